@@ -1,0 +1,420 @@
+"""The catalog: pairs, their feature tables (family, scope, columns, dtypes) and targets tables."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from bqx_assets.errors import CatalogError
+from bqx_assets.layout import KEY, PAIR_COLUMN, PREFIX_SEPARATOR, SHARED_OWNER
+
+log = logging.getLogger(__name__)
+
+CURRENCIES: tuple[str, ...] = ("eur", "usd", "gbp", "jpy", "chf", "aud", "cad", "nzd")
+PAIRS: tuple[str, ...] = (
+    "eurusd", "gbpusd", "usdjpy", "usdchf", "audusd", "usdcad", "nzdusd", "eurgbp", "eurjpy",
+    "eurchf", "euraud", "eurcad", "eurnzd", "gbpjpy", "gbpchf", "gbpaud", "gbpcad", "gbpnzd",
+    "audjpy", "audchf", "audcad", "audnzd", "nzdjpy", "nzdchf", "nzdcad", "cadjpy", "cadchf",
+    "chfjpy",
+)  # fmt: skip
+WINDOWS: tuple[int, ...] = (45, 90, 180, 360, 720, 1440, 2880)
+HORIZONS: tuple[int, ...] = (15, 30, 45, 60, 75, 90, 105)
+TARGET_COLUMNS: tuple[str, ...] = tuple(f"target_bqx{w}_h{h}" for w in WINDOWS for h in HORIZONS)
+
+FAMILY_ORDER: tuple[str, ...] = (
+    "agg", "align", "der", "div", "mom", "mrt", "reg", "rev", "vol", "base", "ext", "cyc", "tmp",
+    "lag", "regime", "corr", "cov", "tri", "mkt", "var", "csi",
+)  # fmt: skip
+SHARED_PREFIXES: tuple[str, ...] = ("tri_", "mkt_", "var_", "csi_")
+"""Tables with these prefixes are used by every pair (DOMAIN: the 411 shared tables)."""
+
+DTYPES = frozenset({"FLOAT64", "INT64", "BOOL", "STRING"})
+Scope = Literal["pair", "cov", "corr", "shared"]
+Role = Literal["feature", "leak"]
+
+_LEAK = re.compile(r"^target_")
+_DEFAULT_PATH = Path(__file__).with_name("catalog.json")
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One extracted column of a warehouse table (BigQuery type name)."""
+
+    name: str
+    dtype: str
+
+    @property
+    def role(self) -> Role:
+        """`leak` for a column that carries a target into a feature table (DOMAIN: base_bqx)."""
+        return "leak" if _LEAK.match(self.name) else "feature"
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A feature table in the warehouse and the pairs whose training files use it."""
+
+    name: str
+    dataset: str
+    family: str
+    scope: Scope
+    pairs: tuple[str, ...]
+    columns: tuple[Column, ...]
+
+    @property
+    def owner(self) -> str:
+        """Checkpoint folder: the pair for single-pair tables, `shared` for tables used by several."""
+        return self.pairs[0] if len(self.pairs) == 1 else SHARED_OWNER
+
+    def stem(self, pair: str) -> str:
+        """The table name with its `_{pair}` token removed (the first team's prefix rule)."""
+        tokens = self.name.split("_")
+        if pair in tokens:
+            tokens.remove(pair)
+        return "_".join(tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetsTable:
+    """`targets_{pair}`: the spine of the pair's training file and its 49 targets."""
+
+    name: str
+    dataset: str
+    pair: str
+    columns: tuple[Column, ...]
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.name.startswith("target_"))
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureColumn:
+    """A column of the training file and where it came from."""
+
+    name: str
+    table: Table
+    column: Column
+
+    @property
+    def family(self) -> str:
+        return self.table.family
+
+
+def feature_name(stem: str, column: str) -> str:
+    """Training-file name of a feature: `{table stem}__{column}`; split on `__` to reverse it."""
+    return f"{stem}{PREFIX_SEPARATOR}{column}"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every pair's feature tables and targets table, in catalog order."""
+
+    project: str
+    features_dataset: str
+    targets_dataset: str
+    pairs: tuple[str, ...]
+    tables: Mapping[str, Table]
+    targets: Mapping[str, TargetsTable]
+    excluded: Mapping[str, str] = field(default_factory=dict)
+    """Warehouse tables left out of the catalog, with the reason."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted({p for t in self.tables.values() for p in t.pairs} - set(self.pairs))
+        if unknown:
+            raise CatalogError(f"catalog tables name pairs that are not in the catalog: {unknown}")
+        missing = [p for p in self.pairs if p not in self.targets]
+        if missing:
+            raise CatalogError(f"catalog has no targets table for pairs {missing}")
+
+    # -- lookups ---------------------------------------------------------------------------
+    def check_pair(self, pair: str) -> str:
+        if pair not in self.pairs:
+            raise CatalogError(f"unknown pair {pair!r}; the catalog has {', '.join(self.pairs)}")
+        return pair
+
+    @cached_property
+    def _by_pair(self) -> dict[str, tuple[Table, ...]]:
+        by_pair: dict[str, list[Table]] = {p: [] for p in self.pairs}
+        for table in self.tables.values():
+            for pair in table.pairs:
+                by_pair[pair].append(table)
+        return {p: tuple(ts) for p, ts in by_pair.items()}
+
+    def tables_for(self, pair: str) -> tuple[Table, ...]:
+        """The pair's feature tables in catalog order (shared tables are the same objects)."""
+        return self._by_pair[self.check_pair(pair)]
+
+    def table(self, name: str) -> Table:
+        try:
+            return self.tables[name]
+        except KeyError:
+            raise CatalogError(f"table {name!r} is not in the catalog") from None
+
+    def shared_tables(self) -> tuple[Table, ...]:
+        """Tables used by every pair: extracted once per refresh."""
+        return tuple(t for t in self.tables.values() if t.scope == "shared")
+
+    def families(self) -> tuple[str, ...]:
+        present = {t.family for t in self.tables.values()}
+        return tuple(f for f in FAMILY_ORDER if f in present) + tuple(
+            sorted(present - set(FAMILY_ORDER))
+        )
+
+    def feature_columns(self, pair: str, *, include_leaks: bool = False) -> tuple[FeatureColumn, ...]:
+        """The pair's training-file features in order; `target_*` columns of feature tables are
+        leaks (DOMAIN: base_bqx) and left out unless asked for."""
+        out: list[FeatureColumn] = []
+        seen: dict[str, tuple[str, str]] = {}
+        for table in self.tables_for(pair):
+            stem = table.stem(pair)
+            for column in table.columns:
+                if column.role == "leak" and not include_leaks:
+                    continue
+                name = feature_name(stem, column.name)
+                if name in seen:
+                    first = seen[name]
+                    raise CatalogError(
+                        f"pair {pair}: feature name {name!r} comes from both "
+                        f"{first[0]}.{first[1]} and {table.name}.{column.name}"
+                    )
+                seen[name] = (table.name, column.name)
+                out.append(FeatureColumn(name, table, column))
+        return tuple(out)
+
+    def leak_columns(self, pair: str) -> tuple[FeatureColumn, ...]:
+        """Columns of the pair's feature tables kept out of the training file as target leakage."""
+        features = {f.name for f in self.feature_columns(pair)}
+        return tuple(f for f in self.feature_columns(pair, include_leaks=True) if f.name not in features)
+
+    def training_columns(self, pair: str) -> tuple[str, ...]:
+        """Every column of the pair's training file, in order: key, targets, features."""
+        return (KEY, *self.targets[self.check_pair(pair)].targets) + tuple(
+            f.name for f in self.feature_columns(pair)
+        )
+
+    def source_of(self, pair: str, name: str) -> tuple[str, str]:
+        """Reverse of the prefix rule: (table, column) of a training-file feature column."""
+        stem, sep, column = name.partition(PREFIX_SEPARATOR)
+        if not sep:
+            raise CatalogError(f"{name!r} is not a feature name of the form <table stem>__<column>")
+        for table in self.tables_for(pair):
+            if table.stem(pair) == stem and any(c.name == column for c in table.columns):
+                return table.name, column
+        raise CatalogError(f"pair {pair}: no catalog table has stem {stem!r} with column {column!r}")
+
+    # -- persistence -----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        schemas: dict[tuple[tuple[str, str], ...], int] = {}
+
+        def schema_id(columns: Sequence[Column]) -> int:
+            key = tuple((c.name, c.dtype) for c in columns)
+            return schemas.setdefault(key, len(schemas))
+
+        tables = [
+            {
+                "name": t.name,
+                "family": t.family,
+                "scope": t.scope,
+                "pairs": list(t.pairs),
+                "schema": schema_id(t.columns),
+            }
+            for t in self.tables.values()
+        ]
+        targets = {p: {"name": t.name, "schema": schema_id(t.columns)} for p, t in self.targets.items()}
+        return {
+            "format": 1,
+            "project": self.project,
+            "features_dataset": self.features_dataset,
+            "targets_dataset": self.targets_dataset,
+            "pairs": list(self.pairs),
+            "schemas": [[list(c) for c in s] for s in schemas],
+            "tables": tables,
+            "targets": targets,
+            "excluded": dict(sorted(self.excluded.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Catalog:
+        try:
+            schemas = [tuple(Column(n, d) for n, d in s) for s in data["schemas"]]
+            tables = {
+                t["name"]: Table(
+                    name=t["name"],
+                    dataset=data["features_dataset"],
+                    family=t["family"],
+                    scope=t["scope"],
+                    pairs=tuple(t["pairs"]),
+                    columns=schemas[t["schema"]],
+                )
+                for t in data["tables"]
+            }
+            targets = {
+                p: TargetsTable(t["name"], data["targets_dataset"], p, schemas[t["schema"]])
+                for p, t in data["targets"].items()
+            }
+            return cls(
+                project=data["project"],
+                features_dataset=data["features_dataset"],
+                targets_dataset=data["targets_dataset"],
+                pairs=tuple(data["pairs"]),
+                tables=tables,
+                targets=targets,
+                excluded=dict(data.get("excluded", {})),
+            )
+        except (KeyError, IndexError, TypeError) as exc:
+            raise CatalogError(f"malformed catalog data: {exc!r}") from exc
+
+    def dump(self, path: Path | str) -> Path:
+        """Write the catalog as JSON, one schema or table per line (diffable, deterministic)."""
+        path = Path(path)
+        data = self.to_dict()
+        lines = ["{"]
+        for i, (key, value) in enumerate(data.items()):
+            comma = "," if i < len(data) - 1 else ""
+            if isinstance(value, list) and key in ("schemas", "tables"):
+                items = [json.dumps(v, separators=(",", ":")) for v in value]
+                body = ",\n    ".join(items)
+                lines.append(f'  "{key}": [\n    {body}\n  ]{comma}')
+            else:
+                lines.append(f'  "{key}": {json.dumps(value)}{comma}')
+        lines.append("}")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str | None = None) -> Catalog:
+        """Load a catalog file (default: the checked-in production catalog)."""
+        path = Path(path) if path else _DEFAULT_PATH
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise CatalogError(f"catalog file {path} does not exist") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CatalogError(f"catalog file {path} is unreadable: {exc}") from exc
+
+    def subset(self, pairs: Iterable[str]) -> Catalog:
+        """The catalog restricted to some pairs (tables used by none of them are dropped)."""
+        keep = tuple(p for p in self.pairs if p in set(pairs))
+        tables = {}
+        for name, t in self.tables.items():
+            used = tuple(p for p in t.pairs if p in keep)
+            if used:
+                tables[name] = t if used == t.pairs else _replace_pairs(t, used)
+        return Catalog(
+            self.project,
+            self.features_dataset,
+            self.targets_dataset,
+            keep,
+            tables,
+            {p: self.targets[p] for p in keep},
+            dict(self.excluded),
+        )
+
+
+def _replace_pairs(table: Table, pairs: tuple[str, ...]) -> Table:
+    return Table(table.name, table.dataset, table.family, table.scope, pairs, table.columns)
+
+
+# -- refresh from INFORMATION_SCHEMA ---------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SchemaRow:
+    """One row of `INFORMATION_SCHEMA.COLUMNS`."""
+
+    dataset: str
+    table: str
+    column: str
+    ordinal: int
+    dtype: str
+
+
+def _pairs_in(name: str, pairs: Sequence[str]) -> tuple[str, ...]:
+    tokens = name.split("_")
+    return tuple(p for p in pairs if p in tokens)
+
+
+def _scope(name: str, family: str, in_name: tuple[str, ...]) -> Scope | None:
+    if not in_name:
+        return "shared" if name.startswith(SHARED_PREFIXES) else None
+    if len(in_name) == 2:
+        return "cov"
+    return "corr" if family == "corr" else "pair"
+
+
+def catalog_from_schema(
+    rows: Iterable[SchemaRow],
+    *,
+    project: str,
+    features_dataset: str,
+    targets_dataset: str,
+    pairs: Sequence[str] = PAIRS,
+) -> Catalog:
+    """Build the catalog from a warehouse's `INFORMATION_SCHEMA.COLUMNS` rows.
+
+    Per pair: every feature table whose name contains the pair as a token, and every table starting
+    with `tri_`, `mkt_`, `var_` or `csi_` (not ending `_summary`). Tables without `interval_time`
+    are not feature tables: they are left out and logged with the reason.
+    """
+    by_table: dict[tuple[str, str], list[SchemaRow]] = {}
+    for row in rows:
+        by_table.setdefault((row.dataset, row.table), []).append(row)
+
+    excluded: dict[str, str] = {}
+    tables: list[Table] = []
+    targets: dict[str, TargetsTable] = {}
+    for (dataset, name), cols in sorted(by_table.items()):
+        cols.sort(key=lambda r: r.ordinal)
+        names = [c.column for c in cols]
+        if dataset == targets_dataset:
+            pair = name.removeprefix("targets_")
+            if name.startswith("targets_") and pair in pairs:
+                if KEY not in names:
+                    raise CatalogError(f"targets table {dataset}.{name} has no {KEY} column")
+                columns = tuple(Column(c.column, c.dtype) for c in cols if c.column not in (KEY, PAIR_COLUMN))
+                targets[pair] = TargetsTable(name, dataset, pair, columns)
+            continue
+        if dataset != features_dataset:
+            continue
+        family = name.split("_")[0]
+        in_name = _pairs_in(name, pairs)
+        scope = _scope(name, family, in_name)
+        if scope is None:
+            excluded[name] = "used by no pair (no pair in its name and no shared prefix)"
+        elif name.endswith("_summary"):
+            excluded[name] = "summary table (not a per-minute feature table)"
+        elif KEY not in names:
+            excluded[name] = f"no {KEY} column"
+        else:
+            columns = []
+            for c in cols:
+                if c.column in (KEY, PAIR_COLUMN):
+                    continue
+                if c.dtype not in DTYPES:
+                    raise CatalogError(f"{dataset}.{name}.{c.column} has unsupported type {c.dtype}")
+                columns.append(Column(c.column, c.dtype))
+            used_by = in_name if scope != "shared" else tuple(pairs)
+            tables.append(Table(name, dataset, family, scope, used_by, tuple(columns)))
+            continue
+        log.info("catalog: leaving out %s.%s: %s", dataset, name, excluded[name])
+
+    order = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    tables.sort(key=lambda t: (order.get(t.family, len(order)), t.family))  # stable: keeps name order
+    missing = [p for p in pairs if p not in targets]
+    if missing:
+        raise CatalogError(f"{targets_dataset} has no targets table for pairs {missing}")
+    return Catalog(
+        project=project,
+        features_dataset=features_dataset,
+        targets_dataset=targets_dataset,
+        pairs=tuple(pairs),
+        tables={t.name: t for t in tables},
+        targets=targets,
+        excluded=excluded,
+    )

@@ -1,0 +1,29 @@
+"""Errors a user sees: each message names the pair, table, column or file at fault."""
+
+
+class BqxError(Exception):
+    """Base class for every expected failure of the pipeline."""
+
+
+class CatalogError(BqxError):
+    """The catalog is missing, malformed, or does not describe the warehouse."""
+
+
+class WarehouseError(BqxError):
+    """A warehouse table could not be read."""
+
+
+class ExtractionError(BqxError):
+    """A table could not be checkpointed, or checkpoints are missing after extraction."""
+
+
+class MergeError(BqxError):
+    """A checkpoint cannot be merged into the training file."""
+
+
+class StorageError(BqxError):
+    """A file could not be written, verified or published under a storage root."""
+
+
+class ValidationError(BqxError):
+    """A training file failed a gate check."""

@@ -1,0 +1,39 @@
+"""Names and parquet layout shared by extraction, merge, validation and storage."""
+
+from __future__ import annotations
+
+KEY = "interval_time"
+"""The join key of every table: BigQuery TIMESTAMP, parquet timestamp[us, tz=UTC]."""
+
+KEY_UNIT = "us"
+KEY_TZ = "UTC"
+
+PAIR_COLUMN = "pair"
+"""Carried by pair-scoped warehouse tables; never extracted (DOMAIN: every column except `pair`)."""
+
+PREFIX_SEPARATOR = "__"
+"""Training-file feature names are `{table stem}__{column}`; no table or column name contains it."""
+
+CHECKPOINT_ROW_GROUP_ROWS = 16_384
+"""Checkpoints are written in row groups of this many rows so that a streaming reader of one
+checkpoint holds at most one small row group of ~25 columns at a time."""
+
+CHECKPOINT_COMPRESSION = "zstd"
+
+SHARED_OWNER = "shared"
+"""Checkpoints of tables used by more than one pair live under `shared/`, written once."""
+
+
+def checkpoint_key(owner: str, table: str) -> str:
+    """Storage key of a table's checkpoint, relative to the checkpoint root."""
+    return f"{owner}/{table}.parquet"
+
+
+def manifest_key(owner: str, table: str) -> str:
+    """Storage key of a checkpoint's manifest (rows, schema fingerprint, source state, checksum)."""
+    return f"{owner}/{table}.manifest.json"
+
+
+def training_file_key(pair: str) -> str:
+    """Storage key of a published training file, relative to the output root."""
+    return f"training_{pair}.parquet"

@@ -1,0 +1,235 @@
+"""Storage roots (a local folder or `gs://bucket/prefix`) with atomic, verified writes."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import google_crc32c
+
+from bqx_assets.errors import StorageError
+
+_CHUNK = 8 * 1024 * 1024
+
+
+def file_crc32c(path: Path | str) -> str:
+    """CRC32C of a file, base64 of the big-endian value: the form GCS reports for objects."""
+    checksum = google_crc32c.Checksum()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            checksum.update(chunk)
+    return base64.b64encode(checksum.digest()).decode()
+
+
+def bytes_crc32c(data: bytes) -> str:
+    return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a storage root knows about one stored file."""
+
+    uri: str
+    size: int
+    crc32c: str
+    updated: datetime
+    generation: int | None = None
+
+
+class Storage(ABC):
+    """A root under which files are stored by key (`eurusd/agg_eurusd.parquet`).
+
+    Writers produce a complete local file first and then call `put_file`, which publishes it
+    atomically: a reader never sees a partial file under its final key.
+    """
+
+    uri: str
+
+    def uri_of(self, key: str) -> str:
+        return f"{self.uri.rstrip('/')}/{key}"
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size, checksum and time of a stored file, or None when there is none."""
+
+    @abstractmethod
+    def put_file(self, local: Path, key: str, *, move: bool = False) -> ObjectInfo:
+        """Store a complete local file under `key`, atomically, verified against its CRC32C.
+
+        `move=True` lets a local root rename the file instead of copying it.
+        """
+
+    @abstractmethod
+    def get_file(self, key: str, local: Path) -> Path:
+        """Fetch a stored file to `local` (verified), returning the path."""
+
+    @abstractmethod
+    def local_path(self, key: str) -> Path | None:
+        """The stored file itself when the root is a local folder, else None."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes | None:
+        """Content of a small stored file (a manifest), or None when there is none."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        """Store a small file atomically."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove a stored file; no error when it does not exist."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under a prefix."""
+
+    @abstractmethod
+    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+        """Copy a stored file to another key, atomically."""
+
+    def fetch(self, key: str, cache_dir: Path) -> Path:
+        """A local path holding the stored file: the file itself for a local root, otherwise a
+        verified copy in `cache_dir` (reused when its checksum still matches)."""
+        path = self.local_path(key)
+        if path is not None:
+            return path
+        info = self.stat(key)
+        if info is None:
+            raise StorageError(f"{self.uri_of(key)} does not exist")
+        local = cache_dir / key
+        if local.exists() and local.stat().st_size == info.size and file_crc32c(local) == info.crc32c:
+            return local
+        return self.get_file(key, local)
+
+
+class LocalStorage(Storage):
+    """A folder on the local filesystem: atomic by write-to-temp then `os.replace`."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise StorageError(f"key {key!r} escapes the storage root {self.root}")
+        return path
+
+    def _temp(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+    def _info(self, path: Path) -> ObjectInfo:
+        st = path.stat()
+        return ObjectInfo(
+            uri=str(path),
+            size=st.st_size,
+            crc32c=file_crc32c(path),
+            updated=datetime.fromtimestamp(st.st_mtime, UTC),
+        )
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        return self._info(path) if path.is_file() else None
+
+    def put_file(self, local: Path, key: str, *, move: bool = False) -> ObjectInfo:
+        local = Path(local)
+        dst = self._path(key)
+        if local.resolve() == dst:
+            return self._info(dst)
+        expected = file_crc32c(local)
+        tmp = self._temp(dst)
+        try:
+            if move:
+                try:
+                    os.replace(local, tmp)
+                except OSError:  # another filesystem: copy, then drop the source below
+                    shutil.copyfile(local, tmp)
+            else:
+                shutil.copyfile(local, tmp)
+            _fsync(tmp)
+            if file_crc32c(tmp) != expected:
+                raise StorageError(f"checksum mismatch writing {dst}; nothing was replaced")
+            os.replace(tmp, dst)
+            if move and local.exists():
+                local.unlink()
+        finally:
+            tmp.unlink(missing_ok=True)
+        return self._info(dst)
+
+    def get_file(self, key: str, local: Path) -> Path:
+        src = self._path(key)
+        if not src.is_file():
+            raise StorageError(f"{src} does not exist")
+        local = Path(local)
+        tmp = self._temp(local)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return local
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        dst = self._path(key)
+        tmp = self._temp(dst)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return self._info(dst)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self._path(prefix) if prefix else self.root
+        if base.is_file():
+            yield prefix
+            return
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and not path.name.endswith(".tmp"):
+                yield path.relative_to(self.root).as_posix()
+
+    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+        return self.put_file(self._path(src_key), dst_key)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def open_storage(uri: str | Path) -> Storage:
+    """The storage root for a local folder or a `gs://bucket/prefix` URI."""
+    text = str(uri)
+    if text.startswith("gs://"):
+        from bqx_assets.gcs import GCSStorage  # imported lazily: local runs never load the client
+
+        return GCSStorage.from_uri(text)
+    if "://" in text:
+        raise StorageError(f"unsupported storage root {text!r}: use a local folder or gs://")
+    return LocalStorage(text)

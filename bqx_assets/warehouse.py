@@ -1,0 +1,71 @@
+"""The warehouse interface that extraction reads through (BigQuery or the embedded DuckDB)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import pyarrow as pa
+
+from bqx_assets.catalog import SchemaRow
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """What the warehouse says about a table now; a checkpoint is current while this matches."""
+
+    dataset: str
+    table: str
+    rows: int
+    last_modified: str
+    """ISO-8601 UTC time of the table's last change (BigQuery `lastModifiedTime`)."""
+    bytes: int
+
+    @property
+    def version(self) -> str:
+        """A data version for Dagster: changes whenever the table does."""
+        return f"{self.last_modified}/{self.rows}"
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """The training window: rows with `start <= interval_time < end` (either side open if None)."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TableRead:
+    """Rows of one table, as Arrow, and the bytes the warehouse scanned to produce them."""
+
+    data: pa.Table
+    bytes_read: int
+
+
+class Warehouse(ABC):
+    """Where feature and targets tables live. Extraction uses only this interface."""
+
+    name: str
+
+    @abstractmethod
+    def information_schema(self) -> list[SchemaRow]:
+        """`INFORMATION_SCHEMA.COLUMNS` rows of the features and targets datasets."""
+
+    @abstractmethod
+    def state(self, dataset: str, table: str) -> SourceState:
+        """Row count, size and last-modified time of a table."""
+
+    @abstractmethod
+    def read(
+        self, dataset: str, table: str, columns: Sequence[str], window: DateRange
+    ) -> TableRead:
+        """`columns` of a table (key first), rows within `window`, ordered by the key.
+
+        Raises WarehouseError naming the table when it cannot be read.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
