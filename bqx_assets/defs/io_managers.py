@@ -1,0 +1,105 @@
+"""IO managers: training files published to a storage root and scanned lazily; small frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from dagster_polars import PolarsParquetIOManager
+
+from bqx_assets.layout import training_file_key
+from bqx_assets.publish import TrainingFile, publish_training_file
+from bqx_assets.storage import Storage, open_storage
+
+
+class TrainingFileIOManager(dg.ConfigurableIOManager):
+    """Publishes `TrainingFile`s to `output_root` and loads them back as Polars LazyFrames.
+
+    An asset returns a `TrainingFile` naming a finished local parquet file; the file is streamed
+    to the root (resumable, CRC32C-verified upload on `gs://`), never loaded into memory. A file
+    whose gate checks passed replaces `training_{pair}.parquet`, the previous version being kept
+    under `versions/`; a failed one goes to `quarantine/` and the published file stays as it was.
+    The local file is deleted once its stored copy is verified (`keep_local` keeps it).
+
+    The pair is the partition key; an unpartitioned asset names it with definition metadata
+    `{"pair": "eurusd"}`.
+    """
+
+    output_root: str = "data/output"
+    """A local folder or `gs://bucket/prefix` (production: `gs://bqx-ml-output`)."""
+    cache_dir: str = "data/cache/output"
+    """Where files of a `gs://` root are fetched (and verified) before they are scanned."""
+    keep_local: bool = False
+
+    def storage(self) -> Storage:
+        return open_storage(self.output_root)
+
+    def handle_output(self, context: dg.OutputContext, obj: TrainingFile) -> None:
+        if not isinstance(obj, TrainingFile):
+            raise dg.DagsterInvariantViolationError(
+                f"TrainingFileIOManager stores TrainingFile objects, got {type(obj).__name__}"
+            )
+        if context.has_asset_partitions and context.asset_partition_key != obj.pair:
+            raise dg.DagsterInvariantViolationError(
+                f"partition {context.asset_partition_key} returned the training file of {obj.pair}"
+            )
+        result = publish_training_file(self.storage(), obj, keep_local=self.keep_local)
+        if not result.published:
+            context.log.warning(
+                f"training file of {obj.pair} failed its gate checks: quarantined at "
+                f"{result.uri}; the published file is unchanged"
+            )
+        context.add_output_metadata(result.metadata())
+
+    def load_input(self, context: dg.InputContext) -> pl.LazyFrame | dict[str, pl.LazyFrame]:
+        pairs = _pairs_of(context)
+        storage = self.storage()
+        # Fetched to a local file first: Polars' own gs:// reader fails against the emulator and,
+        # without a token, asks the cloud metadata server for one.
+        frames = {
+            pair: pl.scan_parquet(storage.fetch(training_file_key(pair), Path(self.cache_dir)))
+            for pair in pairs
+        }
+        if len(frames) == 1 and not _wants_many(context):
+            return next(iter(frames.values()))
+        return frames
+
+
+def _pairs_of(context: dg.InputContext) -> list[str]:
+    if context.has_asset_partitions:
+        return list(context.asset_partition_keys)
+    upstream = context.upstream_output
+    metadata: dict[str, Any] = dict(upstream.definition_metadata or {}) if upstream else {}
+    pair = metadata.get("pair")
+    if not pair:
+        raise dg.DagsterInvariantViolationError(
+            f"cannot tell which pair's training file {context.asset_key.to_user_string()} is: "
+            "partition the asset by pair or give it metadata {'pair': ...}"
+        )
+    return [str(pair)]
+
+
+def _wants_many(context: dg.InputContext) -> bool:
+    """A consumer of several partitions (a dict annotation) gets a dict even for one pair."""
+    typing_type = getattr(context.dagster_type, "typing_type", None)
+    return getattr(typing_type, "__origin__", typing_type) is dict
+
+
+class FrameIOManager(PolarsParquetIOManager):
+    """Small Polars frames (reports, samples, per-pair summaries) as parquet under a local folder.
+
+    dagster-polars 0.27.12 loads with `pl.scan_parquet(rechunk=..., retries=...)`, arguments that
+    polars 2 removed: this is why pyproject pins `polars<2` (a round-trip test covers it). The
+    input annotation chooses an eager `pl.DataFrame` or a lazy `pl.LazyFrame`. The root must be
+    local: Polars' own gs:// reader would ask the cloud metadata server for a token; large files
+    go through `TrainingFileIOManager` instead.
+    """
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if "://" in str(self.base_dir or "") and not str(self.base_dir).startswith("file://"):
+            raise dg.DagsterInvariantViolationError(
+                f"FrameIOManager stores frames in a local folder, not {self.base_dir}"
+            )
+        super().setup_for_execution(context)

@@ -1,0 +1,176 @@
+"""Publishing training files: verified upload, previous version kept, failures quarantined."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bqx_assets.errors import StorageError
+from bqx_assets.layout import training_file_key
+from bqx_assets.metrics import Stopwatch
+from bqx_assets.storage import ObjectInfo, Storage, file_crc32c
+
+VERSIONS_PREFIX = "versions"
+"""Replaced training files are kept as `versions/training_{pair}.{published at}.parquet`, the time
+being when the replaced file was published (UTC, `%Y%m%dT%H%M%S%fZ`). This works the same on a
+local folder, on GCS and on the emulator (fake-gcs-server stores generations but does not list
+them); the output bucket's lifecycle never deletes these copies."""
+
+QUARANTINE_PREFIX = "quarantine"
+"""Training files that failed a gate check: `quarantine/training_{pair}.{run time}.parquet`, with
+the gate report beside it as `.report.json`. The published `training_{pair}.parquet` is never
+touched."""
+
+_STAMP = "%Y%m%dT%H%M%S%fZ"
+
+
+@dataclass(frozen=True)
+class TrainingFile:
+    """A finished training file on local disk, handed from the merge to the output root.
+
+    `passed` says whether every gate check passed; `report` is the gate report (JSON-able), written
+    beside a quarantined file.
+    """
+
+    pair: str
+    local_path: Path
+    passed: bool
+    report: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """Where a training file went and what the transfer cost."""
+
+    pair: str
+    published: bool
+    """True: stored under `training_{pair}.parquet`; False: quarantined."""
+    uri: str
+    size: int
+    crc32c: str
+    generation: int | None
+    seconds: float
+    """Transfer time (the upload for a GCS root; the whole verified copy for a local one)."""
+    previous_uri: str | None = None
+    """Where the replaced version was kept, when there was one."""
+    report_uri: str | None = None
+    unchanged: bool = False
+    """The same bytes were already published: nothing was uploaded or versioned."""
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.size / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def metadata(self) -> dict[str, Any]:
+        """Small, human-readable facts for the materialization."""
+        meta: dict[str, Any] = {
+            "status": "published" if self.published else "quarantined",
+            "uri": self.uri,
+            "size_bytes": self.size,
+            "crc32c": self.crc32c,
+            "upload_seconds": round(self.seconds, 3),
+            "upload_mb_per_s": round(self.mb_per_s, 1),
+        }
+        if self.generation is not None:
+            meta["generation"] = self.generation
+        if self.previous_uri:
+            meta["previous_version_uri"] = self.previous_uri
+        if self.report_uri:
+            meta["report_uri"] = self.report_uri
+        if self.unchanged:
+            meta["unchanged"] = True
+        return meta
+
+
+def version_key(key: str, info: ObjectInfo) -> str:
+    """Key under which a published file is kept when a new version replaces it."""
+    stem, dot, ext = key.rpartition(".")
+    stem, ext = (stem, f".{ext}") if dot else (key, "")
+    return f"{VERSIONS_PREFIX}/{stem}.{info.updated.astimezone(UTC).strftime(_STAMP)}{ext}"
+
+
+def quarantine_key(pair: str, when: datetime) -> str:
+    return f"{QUARANTINE_PREFIX}/training_{pair}.{when.astimezone(UTC).strftime(_STAMP)}.parquet"
+
+
+def _transfer(storage: Storage, local: Path, key: str, *, keep_local: bool) -> tuple[Any, float]:
+    watch = Stopwatch()
+    # put_file verifies the stored object before it returns and only then, with move=True,
+    # removes the local file: the ephemeral copy outlives any failure.
+    info = storage.put_file(local, key, move=not keep_local)
+    seconds = getattr(info, "upload_seconds", None) or watch.seconds
+    return info, seconds
+
+
+def publish_training_file(
+    storage: Storage,
+    training_file: TrainingFile,
+    *,
+    keep_local: bool = False,
+    now: datetime | None = None,
+) -> PublishResult:
+    """Store a finished local training file under the output root `storage`.
+
+    Passed: the file is uploaded and verified under `training_{pair}.parquet`; a different file
+    already published there is first copied to `versions/` (see `VERSIONS_PREFIX`). Failed: the
+    file and its report go to `quarantine/` and the published file stays byte-identical. The
+    local file is deleted after its stored copy is verified, unless `keep_local`. The file is
+    streamed, never read into memory.
+    """
+    local = Path(training_file.local_path)
+    pair = training_file.pair
+    if not local.is_file():
+        raise StorageError(f"training file of {pair} not found at {local}")
+    now = now or datetime.now(UTC)
+    if not training_file.passed:
+        key = quarantine_key(pair, now)
+        report_uri = None
+        if training_file.report is not None:
+            report_key = key.removesuffix(".parquet") + ".report.json"
+            report = json.dumps(training_file.report, indent=2, default=str).encode()
+            report_uri = storage.write_bytes(report_key, report).uri
+        info, seconds = _transfer(storage, local, key, keep_local=keep_local)
+        return PublishResult(
+            pair=pair,
+            published=False,
+            uri=info.uri,
+            size=info.size,
+            crc32c=info.crc32c,
+            generation=info.generation,
+            seconds=seconds,
+            report_uri=report_uri,
+        )
+
+    key = training_file_key(pair)
+    existing = storage.stat(key)
+    previous_uri = None
+    if existing is not None:
+        # Size first: the checksum of a 9 GB file is only computed when it can be equal.
+        if existing.size == local.stat().st_size and existing.crc32c == file_crc32c(local):
+            if not keep_local:
+                local.unlink()
+            return PublishResult(
+                pair=pair,
+                published=True,
+                uri=existing.uri,
+                size=existing.size,
+                crc32c=existing.crc32c,
+                generation=existing.generation,
+                seconds=0.0,
+                unchanged=True,
+            )
+        previous_uri = storage.copy(key, version_key(key, existing)).uri
+    info, seconds = _transfer(storage, local, key, keep_local=keep_local)
+    return PublishResult(
+        pair=pair,
+        published=True,
+        uri=info.uri,
+        size=info.size,
+        crc32c=info.crc32c,
+        generation=info.generation,
+        seconds=seconds,
+        previous_uri=previous_uri,
+    )
