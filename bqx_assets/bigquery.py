@@ -1,0 +1,505 @@
+"""BigQueryWarehouse: feature and targets tables read through the BigQuery and Storage Read APIs."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import requests
+import tenacity
+from google.api_core import exceptions as gexc
+from google.cloud import bigquery
+
+from bqx_assets.catalog import SchemaRow
+from bqx_assets.errors import WarehouseError
+from bqx_assets.layout import KEY, KEY_TZ, KEY_UNIT
+from bqx_assets.warehouse import DateRange, SourceState, TableRead, Warehouse
+
+if TYPE_CHECKING:
+    import google.auth.credentials
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+KEY_TYPE = pa.timestamp(KEY_UNIT, tz=KEY_TZ)
+
+# The API's schema reports legacy names; INFORMATION_SCHEMA and the catalog use standard SQL names.
+_STANDARD_TYPES = {
+    "FLOAT": "FLOAT64",
+    "INTEGER": "INT64",
+    "BOOLEAN": "BOOL",
+    "NUMERIC": "NUMERIC",
+    "BIGNUMERIC": "BIGNUMERIC",
+}
+
+# BigQuery answers 403 with these reasons for quota and rate limits, which pass with time.
+_TRANSIENT_403_REASONS = frozenset({"rateLimitExceeded", "backendError", "quotaExceeded"})
+
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    gexc.TooManyRequests,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.ServiceUnavailable,
+    gexc.GatewayTimeout,
+    gexc.DeadlineExceeded,
+    gexc.Aborted,
+    gexc.Unknown,  # a gRPC transport error with no status (connection reset mid-stream)
+    gexc.RetryError,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.Timeout,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors a later attempt can get past: 429, 5xx, deadlines, dropped connections."""
+    if isinstance(exc, gexc.Forbidden):
+        reasons = {e.get("reason") for e in (exc.errors or []) if isinstance(e, dict)}
+        return bool(reasons & _TRANSIENT_403_REASONS)
+    if isinstance(exc, _TRANSIENT_ERRORS):
+        return True
+    try:
+        import google.auth.exceptions
+
+        return isinstance(exc, google.auth.exceptions.TransportError)
+    except ImportError:  # pragma: no cover - google-auth always comes with the clients
+        return False
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Bounded exponential backoff with full jitter for transient errors."""
+
+    attempts: int = 6
+    initial_s: float = 0.5
+    maximum_s: float = 30.0
+    deadline_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """An extract job's outcome: where the parquet files are and what the job reported."""
+
+    job_id: str
+    destination_uri: str
+    file_counts: tuple[int, ...]
+    seconds: float
+
+
+class BigQueryWarehouse(Warehouse):
+    """The production warehouse: metadata over the BigQuery REST API, rows over Storage Read.
+
+    `api_endpoint` and `read_endpoint` point the clients at an emulator (`http://host:port` and
+    `host:port`, an insecure gRPC channel); with either one set and no credentials, requests go
+    anonymously. Without them, the clients use Application Default Credentials and Google's
+    endpoints. dagster-gcp's `BigQueryResource` cannot take an endpoint, hence our own clients.
+    """
+
+    name = "bigquery"
+
+    def __init__(
+        self,
+        project: str,
+        features_dataset: str,
+        targets_dataset: str,
+        *,
+        location: str | None = None,
+        api_endpoint: str | None = None,
+        read_endpoint: str | None = None,
+        credentials: google.auth.credentials.Credentials | None = None,
+        max_read_streams: int = 4,
+        retry: RetrySettings | None = None,
+        rpc_timeout_s: float = 300.0,
+    ) -> None:
+        from google.cloud.bigquery_storage_v1 import BigQueryReadClient
+
+        self.project = project
+        self.features_dataset = features_dataset
+        self.targets_dataset = targets_dataset
+        self.location = location
+        self.max_read_streams = max(1, max_read_streams)
+        self.retry_settings = retry or RetrySettings()
+        self.rpc_timeout_s = rpc_timeout_s
+        self._retries = 0
+        self._lock = threading.Lock()
+        if credentials is None and (api_endpoint or read_endpoint):
+            from google.auth.credentials import AnonymousCredentials
+
+            credentials = AnonymousCredentials()
+        client_options = {"api_endpoint": api_endpoint} if api_endpoint else None
+        self.client = bigquery.Client(
+            project=project,
+            credentials=credentials,
+            location=location,
+            client_options=client_options,
+        )
+        if read_endpoint:
+            import grpc
+            from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
+                BigQueryReadGrpcTransport,
+            )
+
+            # Short reconnect backoff: a local endpoint that dropped a connection is back at once,
+            # and gRPC's default first backoff (1 s, growing) would dominate a retried read.
+            channel = grpc.insecure_channel(
+                read_endpoint,
+                options=[
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 2000),
+                    ("grpc.max_receive_message_length", -1),
+                ],
+            )
+            self.read_client = BigQueryReadClient(
+                transport=BigQueryReadGrpcTransport(channel=channel)
+            )
+        else:
+            self.read_client = BigQueryReadClient(credentials=credentials)
+
+    # -- retries ---------------------------------------------------------------------------
+    @property
+    def retries(self) -> int:
+        """Transient failures retried so far (for run metadata)."""
+        return self._retries
+
+    def _count_retry(self, state: tenacity.RetryCallState) -> None:
+        with self._lock:
+            self._retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "bigquery: transient error (attempt %d), retrying: %r", state.attempt_number, exc
+        )
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run `fn` with bounded retries of transient errors; any other error, or retries running
+        out, becomes a WarehouseError naming `what` (`dataset.table`)."""
+        settings = self.retry_settings
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(settings.attempts)
+            | tenacity.stop_after_delay(settings.deadline_s),
+            wait=tenacity.wait_random_exponential(
+                multiplier=settings.initial_s, max=settings.maximum_s
+            ),
+            retry=tenacity.retry_if_exception(is_transient),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        try:
+            return retrying(fn)
+        except WarehouseError:
+            raise
+        except gexc.NotFound as exc:
+            raise WarehouseError(f"{what}: not found in project {self.project}: {exc}") from exc
+        except Exception as exc:
+            kind = "still failing after retries" if is_transient(exc) else "failed"
+            raise WarehouseError(f"{what}: {kind}: {type(exc).__name__}: {exc}") from exc
+
+    # -- Warehouse -------------------------------------------------------------------------
+    def information_schema(self) -> list[SchemaRow]:
+        """`INFORMATION_SCHEMA.COLUMNS` of both datasets (one query each, free of scan charges
+        beyond the metadata minimum)."""
+        rows: list[SchemaRow] = []
+        for dataset in (self.features_dataset, self.targets_dataset):
+            rows.extend(self._schema_rows(dataset))
+        return rows
+
+    def _schema_rows(self, dataset: str) -> list[SchemaRow]:
+        sql = (
+            "SELECT table_name, column_name, ordinal_position, data_type "
+            f"FROM `{self.project}.{dataset}.INFORMATION_SCHEMA.COLUMNS` "
+            "ORDER BY table_name, ordinal_position"
+        )
+
+        def query() -> pa.Table:
+            result = self.client.query_and_wait(
+                sql, location=self.location, retry=None, job_retry=None
+            )
+            return result.to_arrow(create_bqstorage_client=False)
+
+        try:
+            data = self._call(f"{dataset}.INFORMATION_SCHEMA.COLUMNS", query)
+        except WarehouseError as exc:
+            if not isinstance(exc.__cause__, gexc.BadRequest):
+                raise
+            # A warehouse without INFORMATION_SCHEMA (some emulators) still lists tables and
+            # their schemas through the API: one call per table instead of one query.
+            log.warning("bigquery: %s; listing tables through the API instead", exc)
+            return self._schema_rows_from_api(dataset)
+        return [
+            SchemaRow(dataset, t, c, int(o), d)
+            for t, c, o, d in zip(*(data.column(i).to_pylist() for i in range(4)), strict=True)
+        ]
+
+    def _schema_rows_from_api(self, dataset: str) -> list[SchemaRow]:
+        ref = bigquery.DatasetReference(self.project, dataset)
+        items = self._call(dataset, lambda: list(self.client.list_tables(ref, retry=None)))
+        rows: list[SchemaRow] = []
+        for item in items:
+            table = self._call(
+                f"{dataset}.{item.table_id}",
+                lambda item=item: self.client.get_table(item.reference, retry=None),
+            )
+            for ordinal, field in enumerate(table.schema, start=1):
+                dtype = _STANDARD_TYPES.get(field.field_type, field.field_type)
+                rows.append(SchemaRow(dataset, item.table_id, field.name, ordinal, dtype))
+        return rows
+
+    def state(self, dataset: str, table: str) -> SourceState:
+        ref = bigquery.TableReference(bigquery.DatasetReference(self.project, dataset), table)
+        info = self._call(f"{dataset}.{table}", lambda: self.client.get_table(ref, retry=None))
+        modified = info.modified or info.created or datetime.fromtimestamp(0, UTC)
+        return SourceState(
+            dataset=dataset,
+            table=table,
+            rows=int(info.num_rows or 0),
+            last_modified=modified.astimezone(UTC).isoformat(),
+            bytes=int(info.num_bytes or 0),
+        )
+
+    def read(
+        self, dataset: str, table: str, columns: Sequence[str], window: DateRange
+    ) -> TableRead:
+        """One Storage Read session: only `columns` and the window's rows leave BigQuery (column
+        projection and the row restriction are applied server-side, so the bytes billed are those
+        of the selected columns); streams are read in parallel and sorted by the key in Arrow,
+        since Storage Read does not order rows."""
+        from google.cloud.bigquery_storage_v1 import types
+
+        what = f"{dataset}.{table}"
+        columns = list(dict.fromkeys(columns))
+        if KEY not in columns:
+            columns.insert(0, KEY)
+        request = types.ReadSession(
+            table=f"projects/{self.project}/datasets/{dataset}/tables/{table}",
+            data_format=types.DataFormat.ARROW,
+            read_options=types.ReadSession.TableReadOptions(
+                selected_fields=columns, row_restriction=row_restriction(window)
+            ),
+        )
+        session = self._call(
+            what,
+            lambda: self.read_client.create_read_session(
+                parent=f"projects/{self.project}",
+                read_session=request,
+                max_stream_count=self.max_read_streams,
+                retry=None,
+                timeout=self.rpc_timeout_s,
+            ),
+        )
+        schema = pa.ipc.read_schema(pa.py_buffer(session.arrow_schema.serialized_schema))
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise WarehouseError(f"{what}: no column(s) {', '.join(missing)}")
+        streams = [s.name for s in session.streams]
+        results: list[tuple[list[pa.RecordBatch], int]]
+        if len(streams) <= 1:
+            results = [self._read_stream(what, name, schema) for name in streams]
+        else:
+            with ThreadPoolExecutor(
+                max_workers=min(len(streams), self.max_read_streams),
+                thread_name_prefix="bq-read",
+            ) as pool:
+                results = list(
+                    pool.map(lambda name: self._read_stream(what, name, schema), streams)
+                )
+        batches = [b for stream_batches, _ in results for b in stream_batches]
+        data = pa.Table.from_batches(batches, schema=schema).select(columns)
+        data = normalise_key(data, what)
+        if not _is_sorted(data.column(KEY)):
+            data = data.sort_by([(KEY, "ascending")])
+        scanned = int(session.estimated_total_bytes_scanned or 0)
+        # Sessions report the bytes they bill; where none is reported (an emulator), the Arrow
+        # bytes received stand in for it.
+        bytes_read = scanned or sum(n for _, n in results)
+        return TableRead(data=data.combine_chunks(), bytes_read=bytes_read)
+
+    def _read_stream(
+        self, what: str, stream: str, schema: pa.Schema
+    ) -> tuple[list[pa.RecordBatch], int]:
+        """Every batch of one stream. A stream that fails transiently is read again from its
+        start (the client itself resumes at the last offset on UNAVAILABLE)."""
+
+        def attempt() -> tuple[list[pa.RecordBatch], int]:
+            batches: list[pa.RecordBatch] = []
+            received = 0
+            responses = self.read_client.read_rows(
+                stream, offset=0, retry=None, timeout=self.rpc_timeout_s
+            )
+            for response in responses:
+                payload = response.arrow_record_batch.serialized_record_batch
+                if not payload:
+                    continue
+                received += len(payload)
+                batches.append(pa.ipc.read_record_batch(pa.py_buffer(payload), schema))
+            return batches, received
+
+        return self._call(what, attempt)
+
+    # -- extract jobs ----------------------------------------------------------------------
+    def export(
+        self,
+        dataset: str,
+        table: str,
+        destination_uri: str,
+        *,
+        compression: str = "ZSTD",
+    ) -> ExportResult:
+        """Export a whole table as parquet to GCS with an extract job (no scan charge).
+
+        `destination_uri` may hold one `*` for sharded output (required above 1 GB). The files
+        hold every column, `pair` included, in no particular row order: the caller drops, filters
+        and sorts, as `read()` does server-side.
+        """
+        what = f"{dataset}.{table}"
+        ref = bigquery.TableReference(bigquery.DatasetReference(self.project, dataset), table)
+        config = bigquery.ExtractJobConfig(
+            destination_format=bigquery.DestinationFormat.PARQUET, compression=compression
+        )
+        started = time.perf_counter()
+
+        def run() -> bigquery.ExtractJob:
+            job = self.client.extract_table(
+                ref, destination_uri, job_config=config, location=self.location, retry=None
+            )
+            job.result(retry=None, timeout=self.rpc_timeout_s)
+            return job
+
+        job = self._call(what, run)
+        return ExportResult(
+            job_id=job.job_id,
+            destination_uri=destination_uri,
+            file_counts=tuple(int(n) for n in job.destination_uri_file_counts or ()),
+            seconds=time.perf_counter() - started,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+        transport: Any = getattr(self.read_client, "_transport", None)
+        if transport is not None:
+            transport.close()
+
+
+def row_restriction(window: DateRange) -> str:
+    """The Storage Read filter for `start <= interval_time < end` (empty when unbounded)."""
+    parts = []
+    if window.start is not None:
+        parts.append(f"{KEY} >= TIMESTAMP '{_timestamp_literal(window.start)}'")
+    if window.end is not None:
+        parts.append(f"{KEY} < TIMESTAMP '{_timestamp_literal(window.end)}'")
+    return " AND ".join(parts)
+
+
+def _timestamp_literal(value: datetime) -> str:
+    # Naive times are taken as UTC, the warehouse's time zone.
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
+
+
+def normalise_key(data: pa.Table, what: str) -> pa.Table:
+    """The key as timestamp[us, tz=UTC], whatever unit or zone the transport produced."""
+    index = data.schema.get_field_index(KEY)
+    key_type = data.schema.field(index).type
+    if key_type == KEY_TYPE:
+        return data
+    if not pa.types.is_timestamp(key_type):
+        raise WarehouseError(f"{what}: {KEY} is {key_type}, not a TIMESTAMP")
+    key = data.column(index)
+    if key_type.tz is None:
+        key = pc.assume_timezone(key, "UTC")
+    # safe=True: a cast that would lose precision fails instead of moving rows in time.
+    key = key.cast(KEY_TYPE, safe=True)
+    return data.set_column(index, pa.field(KEY, KEY_TYPE), key)
+
+
+def _is_sorted(key: pa.ChunkedArray) -> bool:
+    if len(key) < 2:
+        return True
+    flat = key.combine_chunks() if key.num_chunks != 1 else key.chunk(0)
+    if flat.null_count:
+        return False
+    as_int = flat.cast(pa.int64())
+    return bool(pc.all(pc.greater_equal(as_int[1:], as_int[:-1])).as_py())
+
+
+# -- loading (tests, seeding a dataset) ------------------------------------------------------
+_ARROW_TO_BQ: tuple[tuple[Callable[[pa.DataType], bool], str], ...] = (
+    (pa.types.is_timestamp, "TIMESTAMP"),
+    (pa.types.is_floating, "FLOAT64"),
+    (pa.types.is_integer, "INT64"),
+    (pa.types.is_boolean, "BOOL"),
+    (pa.types.is_string, "STRING"),
+    (pa.types.is_large_string, "STRING"),
+    (pa.types.is_date, "DATE"),
+)
+
+
+def bigquery_schema(schema: pa.Schema) -> list[bigquery.SchemaField]:
+    """BigQuery columns for an Arrow schema of the warehouse's types."""
+    fields = []
+    for field in schema:
+        for test, name in _ARROW_TO_BQ:
+            if test(field.type):
+                fields.append(bigquery.SchemaField(field.name, name, mode="NULLABLE"))
+                break
+        else:
+            raise WarehouseError(f"column {field.name}: no BigQuery type for {field.type}")
+    return fields
+
+
+def load_tables(
+    client: bigquery.Client,
+    dataset: str,
+    tables: Mapping[str, pa.Table],
+    *,
+    replace: bool = False,
+) -> dict[str, int]:
+    """Create the tables (partitioned by DATE(interval_time) where they have the key) and append
+    the rows with a parquet load job; returns rows loaded per table. `replace` truncates first."""
+    client.create_dataset(bigquery.Dataset(f"{client.project}.{dataset}"), exists_ok=True)
+    loaded: dict[str, int] = {}
+    for name, data in tables.items():
+        ref = f"{client.project}.{dataset}.{name}"
+        table = bigquery.Table(ref, schema=bigquery_schema(data.schema))
+        if KEY in data.schema.names:
+            table.time_partitioning = bigquery.TimePartitioning(
+                type_=bigquery.TimePartitioningType.DAY, field=KEY
+            )
+        # Created up front so the schema, not the parquet file, decides the column types.
+        client.create_table(table, exists_ok=True)
+        buffer = io.BytesIO()
+        pq.write_table(data, buffer, compression="zstd")
+        buffer.seek(0)
+        config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.PARQUET,
+            write_disposition=(
+                bigquery.WriteDisposition.WRITE_TRUNCATE
+                if replace
+                else bigquery.WriteDisposition.WRITE_APPEND
+            ),
+        )
+        job = client.load_table_from_file(buffer, ref, job_config=config)
+        job.result()
+        loaded[name] = int(job.output_rows or 0)
+    return loaded
+
+
+def schema_rows(dataset: str, tables: Iterable[tuple[str, pa.Schema]]) -> list[SchemaRow]:
+    """The INFORMATION_SCHEMA rows BigQuery reports for tables of these Arrow schemas."""
+    return [
+        SchemaRow(dataset, name, f.name, i, bq.field_type)
+        for name, schema in tables
+        for i, (f, bq) in enumerate(zip(schema, bigquery_schema(schema), strict=True), start=1)
+    ]
