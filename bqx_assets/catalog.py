@@ -68,8 +68,9 @@ class Table:
 
     @property
     def owner(self) -> str:
-        """Checkpoint folder: the pair for single-pair tables, `shared` for tables used by several."""
-        return self.pairs[0] if len(self.pairs) == 1 else SHARED_OWNER
+        """Checkpoint folder: the pair for a pair's own tables, `shared` for shared and cov tables
+        (used by several pairs, so extracted once)."""
+        return self.pairs[0] if self.scope in ("pair", "corr") else SHARED_OWNER
 
     def stem(self, pair: str) -> str:
         """The table name with its `_{pair}` token removed (the first team's prefix rule)."""
@@ -340,7 +341,10 @@ def _pairs_in(name: str, pairs: Sequence[str]) -> tuple[str, ...]:
     return tuple(p for p in pairs if p in tokens)
 
 
-def _scope(name: str, family: str, in_name: tuple[str, ...]) -> Scope | None:
+def _scope(name: str, family: str) -> Scope | None:
+    # Scope comes from the name alone (against every known pair), so a catalog refreshed for a
+    # subset of pairs gives a table the same scope as the full catalog does.
+    in_name = _pairs_in(name, PAIRS)
     if not in_name:
         return "shared" if name.startswith(SHARED_PREFIXES) else None
     if len(in_name) == 2:
@@ -384,9 +388,11 @@ def catalog_from_schema(
             continue
         family = name.split("_")[0]
         in_name = _pairs_in(name, pairs)
-        scope = _scope(name, family, in_name)
+        scope = _scope(name, family)
         if scope is None:
             excluded[name] = "used by no pair (no pair in its name and no shared prefix)"
+        elif scope != "shared" and not in_name:
+            excluded[name] = "belongs to pairs outside this catalog"
         elif name.endswith("_summary"):
             excluded[name] = "summary table (not a per-minute feature table)"
         elif KEY not in names:
