@@ -1,0 +1,730 @@
+"""Spine + feature checkpoints -> one wide parquet file, streaming, in memory that does not grow."""
+
+# How it works, and why
+# ---------------------
+# The training file is a LEFT JOIN of the spine (the targets table) with every feature table on
+# `interval_time`. A join engine holds all of it at once (the first team's iterative Polars join
+# peaked at 56-65 GB), and a row-wise streaming writer still needs a whole output row group of
+# all ~17K columns in memory (rows x 136 KB) plus, for each of 667 files, the decoded checkpoint
+# row group that straddles the batch boundary (~1 GB at 16,384-row checkpoint row groups).
+#
+# Parquet stores a row group column chunk after column chunk, and a column chunk does not depend
+# on any other. So the merge writes the file one *piece* at a time: a piece is a few columns of
+# one table for the rows of one output row group. Each piece is aligned to the spine (vectorised
+# searchsorted + take, never per-row Python), encoded by pyarrow's own parquet writer into a
+# small in-memory parquet file, and its column chunks are appended to the output; the footer is
+# assembled from the pieces' footers (offsets shifted) at the end. Memory is one piece per
+# worker (PIECE_BYTES decoded, whatever the number of columns or rows) plus the spine and the
+# footer, so it does not grow with the number of tables, and the row-group size is free to be
+# chosen for the readers rather than for the writer.
+#
+# Output layout: row groups of DEFAULT_ROW_GROUP_ROWS (262,144) rows, i.e. one row group for a
+# pair's 177,748 rows. Readers (Polars, pandas) select columns: a column chunk of 177K float64
+# is ~1.4 MB, the right size to fetch on its own, and the footer holds one entry per column
+# (~17K) instead of 347 x 17K, which is what made the first team's footer and writer memory
+# grow. Splitting into more row groups only costs here: each feature file is decoded once per
+# output row group it overlaps, so a boundary re-decodes one checkpoint row group per file.
+# Compression is zstd level 1: the best ratio per CPU second of pyarrow's codecs, decoded fast;
+# dictionary encoding only for int/bool/string columns (codes, flags, constant labels), not for
+# high-cardinality floats, where it costs a failed dictionary attempt per column chunk.
+# Statistics (null count, min/max) stay on: validation reads null counts from the footer.
+#
+# Two threads encode pieces (pyarrow releases the GIL while decoding and encoding) while the
+# main thread appends finished pieces in order, so decoding and encoding overlap on two cores.
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bqx_assets.catalog import DTYPES, Catalog, Table, feature_name
+from bqx_assets.errors import MergeError
+from bqx_assets.layout import KEY, KEY_TZ, KEY_UNIT
+from bqx_assets.metrics import Stopwatch, peak_rss_bytes
+
+KEY_TYPE = pa.timestamp(KEY_UNIT, tz=KEY_TZ)
+DEFAULT_ROW_GROUP_ROWS = 262_144
+"""Output row-group size: one row group per pair at production size (see the notes above)."""
+OUTPUT_COMPRESSION = "zstd"
+OUTPUT_COMPRESSION_LEVEL = 1
+PIECE_BYTES = 32 * 1024 * 1024
+"""Decoded size of one piece (columns x rows x 8 bytes): what one worker holds at a time."""
+WORKERS = 2
+_IN_FLIGHT = 2 * WORKERS  # finished pieces waiting for the writer: bounds memory, keeps both busy
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "FLOAT64": pa.float64(),
+    "INT64": pa.int64(),
+    "BOOL": pa.bool_(),
+    "STRING": pa.string(),
+}
+_UNIT_TO_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """One feature table's checkpoint and the columns it contributes, in output order."""
+
+    table: str
+    path: Path
+    columns: tuple[tuple[str, str], ...] | None = None
+    """(source column, output name) in output order; None = every non-key column of the file,
+    named `{table}__{column}`."""
+    dtypes: Mapping[str, str] | None = None
+    """Expected BigQuery type per source column; a file that differs is an error."""
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    rows: int
+    columns: int
+    seconds: float
+    peak_rss_bytes: int
+    bytes_written: int
+    row_groups: int
+
+
+def sources_for_pair(
+    catalog: Catalog, pair: str, path_of: Callable[[Table], Path]
+) -> list[FeatureSource]:
+    """The pair's feature tables in catalog order, named by the catalog's prefix rule; leak
+    columns (`target_*` of feature tables) are checked against the catalog but not written."""
+    by_table: dict[str, list[tuple[str, str]]] = {}
+    for feature in catalog.feature_columns(pair):
+        by_table.setdefault(feature.table.name, []).append((feature.column.name, feature.name))
+    return [
+        FeatureSource(
+            table=table.name,
+            path=path_of(table),
+            columns=tuple(by_table.get(table.name, ())),
+            dtypes={c.name: c.dtype for c in table.columns},
+        )
+        for table in catalog.tables_for(pair)
+    ]
+
+
+def merge_checkpoints(
+    spine: Path,
+    spine_columns: Sequence[str],
+    features: Sequence[FeatureSource],
+    out: Path,
+    *,
+    row_group_rows: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> MergeReport:
+    """Write `out`: the spine's rows in spine order, columns `interval_time`, `spine_columns`,
+    then each feature source's columns, left-joined on `interval_time`.
+
+    Every input is checked before anything heavy is done (schemas, key types, duplicate keys,
+    name collisions); the file is written to a temporary path beside `out`, verified by reading
+    its footer and key column back, and only then renamed. On any error `out` is untouched.
+    """
+    watch = Stopwatch()
+    say = progress or (lambda _line: None)
+    spine, out = Path(spine), Path(out)
+    rows_per_group = row_group_rows or DEFAULT_ROW_GROUP_ROWS
+    if rows_per_group < 1:
+        raise MergeError(f"row_group_rows must be positive, got {rows_per_group}")
+
+    keys, spine_table = _read_spine(spine, spine_columns)
+    plans = _plan_sources(features)
+    names = [KEY, *spine_columns] + [n for p in plans for n in p.names]
+    _check_names(spine, spine_columns, plans)
+    say(f"spine {spine}: {len(keys):,} rows; checking {len(plans)} feature checkpoints")
+    _inspect_all(plans)
+    say(f"inputs checked: {len(names):,} output columns")
+
+    groups = [(a, min(a + rows_per_group, len(keys))) for a in range(0, len(keys), rows_per_group)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        footer = _write(tmp, keys, spine_table, plans, groups, say)
+        _verify(tmp, keys, names, footer, len(groups))
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    report = MergeReport(
+        rows=len(keys),
+        columns=len(names),
+        seconds=round(watch.seconds, 3),
+        peak_rss_bytes=peak_rss_bytes(),
+        bytes_written=out.stat().st_size,
+        row_groups=len(groups),
+    )
+    say(f"wrote {out}: {report.rows:,} rows x {report.columns:,} columns in {report.seconds:.1f}s")
+    return report
+
+
+# -- inputs ----------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    source: FeatureSource
+    columns: list[str]
+    names: list[str]
+    types: list[pa.DataType]
+    groups: list[tuple[int, int]]
+    """(min, max) key in microseconds of each checkpoint row group, from the keys themselves."""
+
+    @property
+    def where(self) -> str:
+        return f"table {self.source.table} ({self.source.path})"
+
+
+def _open(path: Path, where: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise MergeError(f"{where}: file does not exist") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise MergeError(f"{where}: not a readable parquet file: {exc}") from exc
+
+
+def _keys_us(column: pa.ChunkedArray | pa.Array, where: str) -> np.ndarray:
+    """Keys as int64 microseconds since the epoch, UTC.
+
+    Arrow stores zoned timestamps as UTC instants, so any zone converts by relabelling; naive
+    timestamps are read as UTC wall time (BigQuery TIMESTAMP is UTC). The unit is scaled
+    explicitly: reading microseconds as nanoseconds is how the first team got 1970 keys."""
+    kind = column.type
+    if not pa.types.is_timestamp(kind):
+        raise MergeError(f"{where}: key column {KEY} has type {kind}, expected a timestamp")
+    if column.null_count:
+        raise MergeError(f"{where}: key column {KEY} has {column.null_count} null values")
+    values = np.asarray(pc.cast(column, pa.int64()), dtype=np.int64)
+    if kind.unit == "ns":
+        if np.any(values % 1000):
+            raise MergeError(f"{where}: {KEY} has sub-microsecond values, not minute keys")
+        return values // 1000
+    return values * _UNIT_TO_US[kind.unit]
+
+
+def _format_keys(values: np.ndarray) -> str:
+    return ", ".join(f"{v}Z" for v in values.astype("datetime64[us]").astype(str))
+
+
+def _check_unique(keys: np.ndarray, where: str) -> None:
+    ordered = keys if bool(np.all(keys[1:] > keys[:-1])) else np.sort(keys)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if len(repeated):
+        distinct = np.unique(repeated)
+        raise MergeError(
+            f"{where}: {len(repeated)} duplicate {KEY} values ({len(distinct)} distinct keys), "
+            f"e.g. {_format_keys(distinct[:5])}; every key must appear once "
+            "(joining it would repeat spine rows)"
+        )
+
+
+def _canonical(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return pa.string()
+    return kind
+
+
+def _matches(dtype: str, kind: pa.DataType) -> bool:
+    if dtype == "STRING":
+        return _canonical(kind) == pa.string()
+    return kind == _ARROW_TYPES[dtype]
+
+
+def _read_spine(path: Path, columns: Sequence[str]) -> tuple[np.ndarray, pa.Table]:
+    where = f"spine {path}"
+    schema = _open(path, where).schema_arrow
+    missing = [c for c in [KEY, *columns] if c not in schema.names]
+    if missing:
+        raise MergeError(f"{where}: missing columns {missing}")
+    try:
+        table = pq.read_table(path, columns=[KEY, *columns])
+    except (OSError, pa.ArrowException) as exc:
+        raise MergeError(f"{where}: not a readable parquet file: {exc}") from exc
+    if table.num_rows == 0:
+        raise MergeError(f"{where}: has no rows")
+    keys = _keys_us(table.column(KEY), where)
+    _check_unique(keys, where)
+    fields = [pa.field(c, _canonical(table.schema.field(c).type)) for c in columns]
+    spine_table = table.drop_columns([KEY]).cast(pa.schema(fields)).combine_chunks()
+    return keys, spine_table
+
+
+def _plan_sources(features: Sequence[FeatureSource]) -> list[_Plan]:
+    plans = []
+    for source in features:
+        plan = _Plan(source, [], [], [], [])
+        pf = _open(Path(source.path), plan.where)
+        schema = pf.schema_arrow
+        if KEY not in schema.names:
+            raise MergeError(f"{plan.where}: has no {KEY} column")
+        if pf.metadata.num_rows == 0:
+            raise MergeError(f"{plan.where}: has no rows")
+        expected = dict(source.dtypes or {})
+        unknown = sorted(d for d in expected.values() if d not in DTYPES)
+        if unknown:
+            raise MergeError(f"{plan.where}: unsupported expected types {unknown}")
+        absent = [c for c in expected if c not in schema.names]
+        if absent:
+            raise MergeError(f"{plan.where}: missing expected columns {absent}")
+        wrong = [
+            f"{c} is {schema.field(c).type}, expected {d}"
+            for c, d in expected.items()
+            if not _matches(d, schema.field(c).type)
+        ]
+        if wrong:
+            raise MergeError(f"{plan.where}: schema differs from the catalog: {'; '.join(wrong)}")
+        if source.columns is None:
+            pairs = [(c, feature_name(source.table, c)) for c in schema.names if c != KEY]
+        else:
+            pairs = list(source.columns)
+        missing = [c for c, _ in pairs if c not in schema.names]
+        if missing:
+            raise MergeError(f"{plan.where}: missing columns {missing}")
+        for column, name in pairs:
+            plan.columns.append(column)
+            plan.names.append(name)
+            dtype = expected.get(column)
+            plan.types.append(
+                _ARROW_TYPES[dtype] if dtype else _canonical(schema.field(column).type)
+            )
+        plans.append(plan)
+    return plans
+
+
+def _check_names(spine: Path, spine_columns: Sequence[str], plans: Sequence[_Plan]) -> None:
+    seen: dict[str, str] = {KEY: f"{spine}.{KEY}"}
+    for column in spine_columns:
+        if column in seen:
+            raise MergeError(f"output column {column!r} comes from both {seen[column]} and {spine}")
+        seen[column] = f"{spine}.{column}"
+    for plan in plans:
+        for column, name in zip(plan.columns, plan.names, strict=True):
+            here = f"{plan.source.table}.{column} ({plan.source.path})"
+            if name in seen:
+                raise MergeError(f"output column {name!r} comes from both {seen[name]} and {here}")
+            seen[name] = here
+
+
+def _inspect(plan: _Plan) -> None:
+    """Read the key column only: convert it, reject duplicates, note each row group's range."""
+    pf = _open(Path(plan.source.path), plan.where)
+    try:
+        parts = [
+            _keys_us(pf.read_row_group(i, columns=[KEY], use_threads=False).column(0), plan.where)
+            for i in range(pf.metadata.num_row_groups)
+        ]
+    except (OSError, pa.ArrowException) as exc:
+        raise MergeError(f"{plan.where}: not a readable parquet file: {exc}") from exc
+    plan.groups = [(int(p.min()), int(p.max())) if len(p) else (1, 0) for p in parts]
+    _check_unique(np.concatenate(parts), plan.where)
+
+
+def _inspect_all(plans: Sequence[_Plan]) -> None:
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for done in pool.map(_inspect, plans):
+            del done
+
+
+# -- pieces ----------------------------------------------------------------------------------
+def _encode(columns: Sequence[pa.Array | pa.ChunkedArray], names: Sequence[str]) -> pa.Buffer:
+    """One piece as a complete parquet file in memory (one row group) with the output settings."""
+    table = pa.table(list(columns), names=list(names))
+    dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(
+        sink,
+        table.schema,
+        compression=OUTPUT_COMPRESSION,
+        compression_level=OUTPUT_COMPRESSION_LEVEL,
+        use_dictionary=dictionary or False,
+        write_statistics=True,
+        store_schema=False,
+    ) as writer:
+        writer.write_table(table, row_group_size=max(1, table.num_rows))
+    return sink.getvalue()
+
+
+def _slices(count: int, rows: int) -> Iterator[slice]:
+    width = max(1, PIECE_BYTES // max(1, rows * 8))
+    for start in range(0, count, width):
+        yield slice(start, min(start + width, count))
+
+
+def _spine_pieces(keys: np.ndarray, spine_table: pa.Table, a: int, b: int) -> list[pa.Buffer]:
+    part = spine_table.slice(a, b - a)
+    columns = [pa.array(keys[a:b], KEY_TYPE), *part.columns]
+    names = [KEY, *part.column_names]
+    return [_encode(columns[s], names[s]) for s in _slices(len(columns), b - a)]
+
+
+def _align(file_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each spine key, its row in `file_keys` and whether it is there at all."""
+    if len(file_keys) > 1 and not bool(np.all(file_keys[1:] > file_keys[:-1])):
+        order = np.argsort(file_keys, kind="stable")
+        ordered = file_keys[order]
+    else:
+        order, ordered = None, file_keys
+    pos = np.minimum(np.searchsorted(ordered, keys), len(ordered) - 1)
+    found = ordered[pos] == keys
+    return (order[pos] if order is not None else pos), found
+
+
+def _feature_pieces(plan: _Plan, keys: np.ndarray) -> list[pa.Buffer]:
+    rows = len(keys)
+    lo, hi = int(keys.min()), int(keys.max())
+    wanted = [i for i, (a, b) in enumerate(plan.groups) if a <= hi and b >= lo]
+    try:
+        pf = pq.ParquetFile(plan.source.path) if wanted else None
+        if pf is None:
+            take = None
+        else:
+            file_keys = _keys_us(
+                pf.read_row_groups(wanted, columns=[KEY], use_threads=False).column(0), plan.where
+            )
+            pos, found = _align(file_keys, keys)
+            if found.all() and pos[-1] - pos[0] == rows - 1 and bool(np.all(np.diff(pos) == 1)):
+                take = slice(int(pos[0]), int(pos[0]) + rows)  # same keys in the same order
+            else:
+                take = pa.array(pos, pa.int64(), mask=~found)
+        pieces = []
+        for s in _slices(len(plan.columns), rows):
+            names, types = plan.names[s], plan.types[s]
+            if pf is None:
+                columns = [pa.nulls(rows, t) for t in types]
+            else:
+                read = pf.read_row_groups(wanted, columns=plan.columns[s], use_threads=False)
+                if isinstance(take, slice):
+                    read = read.slice(take.start, rows)
+                else:
+                    read = read.take(take)
+                columns = [
+                    c if c.type == t else pc.cast(c, t)
+                    for c, t in zip(read.columns, types, strict=True)
+                ]
+            pieces.append(_encode(columns, names))
+        return pieces
+    except (OSError, pa.ArrowException) as exc:
+        raise MergeError(f"{plan.where}: not a readable parquet file: {exc}") from exc
+
+
+# -- output ----------------------------------------------------------------------------------
+def _write(
+    tmp: Path,
+    keys: np.ndarray,
+    spine_table: pa.Table,
+    plans: Sequence[_Plan],
+    groups: Sequence[tuple[int, int]],
+    say: Callable[[str], None],
+) -> _Footer:
+    footer = _Footer()
+    tasks: list[tuple[int, Callable[[], list[pa.Buffer]]]] = []
+    for r, (a, b) in enumerate(groups):
+        tasks.append((r, lambda a=a, b=b: _spine_pieces(keys, spine_table, a, b)))
+        for plan in plans:
+            tasks.append((r, lambda plan=plan, a=a, b=b: _feature_pieces(plan, keys[a:b])))
+    every = max(1, len(tasks) // 10)
+    stop = threading.Event()
+
+    def run(job: Callable[[], list[pa.Buffer]]) -> list[pa.Buffer]:
+        if stop.is_set():  # an earlier piece failed: don't start more
+            return []
+        return job()
+
+    with open(tmp, "wb") as f, ThreadPoolExecutor(WORKERS) as pool:
+        f.write(_MAGIC)
+        pending: deque[tuple[int, Future[list[pa.Buffer]]]] = deque()
+        queue = iter(tasks)
+        try:
+            for done in range(len(tasks)):
+                while len(pending) < _IN_FLIGHT and (task := next(queue, None)) is not None:
+                    pending.append((task[0], pool.submit(run, task[1])))
+                r, future = pending.popleft()
+                for piece in future.result():
+                    footer.add(f, piece, r, groups[r][1] - groups[r][0])
+                if (done + 1) % every == 0:
+                    say(f"merged {done + 1}/{len(tasks)} tables; {f.tell():,} bytes written")
+        except BaseException:
+            stop.set()
+            for _, future in pending:
+                future.cancel()
+            raise
+        f.write(footer.encode(sum(b - a for a, b in groups)))
+        f.flush()
+        os.fsync(f.fileno())
+    return footer
+
+
+def _verify(
+    tmp: Path, keys: np.ndarray, names: Sequence[str], footer: _Footer, groups: int
+) -> None:
+    """Read the written file's footer and key column back before publishing it."""
+    where = f"merged file {tmp}"
+    try:
+        meta = pq.read_metadata(tmp)
+        if meta.num_rows != len(keys) or meta.num_row_groups != groups:
+            raise MergeError(
+                f"{where}: footer says {meta.num_rows} rows in {meta.num_row_groups} row groups, "
+                f"expected {len(keys)} in {groups}"
+            )
+        written = pq.read_schema(tmp).names
+        if written != list(names):
+            raise MergeError(f"{where}: columns differ from the plan ({len(written)} written)")
+        back = _keys_us(pq.read_table(tmp, columns=[KEY]).column(0), where)
+    except (OSError, pa.ArrowException) as exc:
+        raise MergeError(f"{where}: cannot be read back: {exc}") from exc
+    if not np.array_equal(back, keys):
+        raise MergeError(f"{where}: key column read back differs from the spine")
+
+
+# -- parquet footer assembly (Thrift compact protocol, only what a footer needs) -------------
+_MAGIC = b"PAR1"
+_TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(1, 13)
+
+# Fields decoded from a piece's footer (everything else is copied as raw bytes): the offsets
+# that must move when the piece's column chunks move, and the counts that add up.
+_COLUMN_META = {9: "i", 10: "i", 11: "i", 14: "i"}  # data, index, dictionary, bloom offsets
+_COLUMN_CHUNK = {2: "i", 3: _COLUMN_META, 4: "i", 6: "i"}  # file offset, page-index offsets
+_ROW_GROUP = {1: ("list", _COLUMN_CHUNK), 2: "i", 3: "i", 5: "i", 6: "i", 7: "i"}
+_ROOT = {5: "i"}
+_FILE = {1: "i", 2: ("list", None), 3: "i", 4: ("list", _ROW_GROUP), 7: ("list", None)}
+
+Fields = list[tuple[int, int, Any]]
+
+
+def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _put_uvarint(out: bytearray, value: int) -> None:
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _unzigzag(value: int) -> int:
+    return (value >> 1) ^ -(value & 1)
+
+
+def _zigzag(value: int) -> int:
+    return (value << 1) ^ (value >> 63)
+
+
+def _skip(buf: bytes, pos: int, kind: int, *, element: bool = False) -> int:
+    if kind in (_TRUE, _FALSE):
+        return pos + 1 if element else pos  # a struct field carries its bool in the type
+    if kind == _BYTE:
+        return pos + 1
+    if kind in (_I16, _I32, _I64):
+        return _uvarint(buf, pos)[1]
+    if kind == _DOUBLE:
+        return pos + 8
+    if kind == _BINARY:
+        size, pos = _uvarint(buf, pos)
+        return pos + size
+    if kind in (_LIST, _SET):
+        size, item, pos = _list_header(buf, pos)
+        for _ in range(size):
+            pos = _skip(buf, pos, item, element=True)
+        return pos
+    if kind == _MAP:
+        size, pos = _uvarint(buf, pos)
+        if size:
+            types = buf[pos]
+            pos += 1
+            for _ in range(size):
+                pos = _skip(buf, pos, types >> 4, element=True)
+                pos = _skip(buf, pos, types & 0xF, element=True)
+        return pos
+    if kind == _STRUCT:
+        return _read_struct(buf, pos, {})[1]
+    raise MergeError(f"parquet footer: unknown Thrift type {kind}")
+
+
+def _list_header(buf: bytes, pos: int) -> tuple[int, int, int]:
+    header = buf[pos]
+    size, item = header >> 4, header & 0xF
+    pos += 1
+    if size == 15:
+        size, pos = _uvarint(buf, pos)
+    return size, item, pos
+
+
+def _read_struct(buf: bytes, pos: int, spec: Mapping[int, Any]) -> tuple[Fields, int]:
+    fields: Fields = []
+    fid = 0
+    while True:
+        header = buf[pos]
+        pos += 1
+        if header == 0:
+            return fields, pos
+        kind, delta = header & 0xF, header >> 4
+        if delta:
+            fid += delta
+        else:
+            raw, pos = _uvarint(buf, pos)
+            fid = _unzigzag(raw)
+        want = spec.get(fid)
+        start = pos
+        if want is None:
+            pos = _skip(buf, pos, kind)
+            fields.append((fid, kind, buf[start:pos]))
+        elif want == "i":
+            raw, pos = _uvarint(buf, pos)
+            fields.append((fid, kind, _unzigzag(raw)))
+        elif isinstance(want, dict):
+            value, pos = _read_struct(buf, pos, want)
+            fields.append((fid, kind, value))
+        else:
+            size, item, pos = _list_header(buf, pos)
+            items: list[Any] = []
+            for _ in range(size):
+                if want[1] is None:
+                    start = pos
+                    pos = _skip(buf, pos, item, element=True)
+                    items.append(buf[start:pos])
+                else:
+                    value, pos = _read_struct(buf, pos, want[1])
+                    items.append(value)
+            fields.append((fid, kind, (item, items)))
+
+
+def _write_value(out: bytearray, kind: int, value: Any) -> None:
+    if isinstance(value, bytes):
+        out += value
+    elif isinstance(value, int):
+        _put_uvarint(out, _zigzag(value))
+    elif kind == _STRUCT:
+        _write_struct(out, value)
+    else:
+        item, items = value
+        if len(items) < 15:
+            out.append((len(items) << 4) | item)
+        else:
+            out.append(0xF0 | item)
+            _put_uvarint(out, len(items))
+        for element in items:
+            _write_value(out, item, element)
+
+
+def _write_struct(out: bytearray, fields: Fields) -> None:
+    last = 0
+    for fid, kind, value in fields:
+        if 0 < fid - last <= 15:
+            out.append(((fid - last) << 4) | kind)
+        else:
+            out.append(kind)
+            _put_uvarint(out, _zigzag(fid))
+        last = fid
+        _write_value(out, kind, value)
+    out.append(0)
+
+
+def _shifted(fields: Fields, offsets: frozenset[int], by: int) -> Fields:
+    return [(f, k, v + by if f in offsets and isinstance(v, int) and v > 0 else v) for f, k, v in fields]
+
+
+_CHUNK_OFFSETS = frozenset({2, 4, 6})
+_META_OFFSETS = frozenset({9, 10, 11, 14})
+
+
+class _Footer:
+    """Collects the pieces' column chunks into the output's row groups and schema."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.root: Fields | None = None
+        self.created_by: bytes | None = None
+        self.leaves: list[bytes] = []
+        self.orders: list[bytes] = []
+        self.groups: list[dict[str, Any]] = []
+
+    def add(self, f: Any, piece: pa.Buffer, group: int, rows: int) -> None:
+        """Append one piece's column chunks to `f` and remember their metadata."""
+        view = memoryview(piece)
+        size = len(view)
+        length = int.from_bytes(view[size - 8 : size - 4], "little")
+        meta, _ = _read_struct(bytes(view[size - 8 - length : size - 8]), 0, _FILE)
+        fields = {fid: value for fid, _, value in meta}
+        shift = f.tell() - len(_MAGIC)
+        f.write(view[len(_MAGIC) : size - 8 - length])
+
+        (row_group,) = fields[4][1]
+        group_fields = {fid: value for fid, _, value in row_group}
+        if group_fields[3] != rows:
+            raise MergeError(f"piece has {group_fields[3]} rows, expected {rows}")
+        chunks = []
+        for chunk in group_fields[1][1]:
+            moved = []
+            for fid, kind, value in _shifted(chunk, _CHUNK_OFFSETS, shift):
+                if fid == 3:
+                    value = _shifted(value, _META_OFFSETS, shift)
+                moved.append((fid, kind, value))
+            chunks.append(moved)
+        if group == len(self.groups):
+            self.groups.append(
+                {"chunks": [], "rows": rows, "bytes": 0, "compressed": 0, "offset": shift + 4}
+            )
+        target = self.groups[group]
+        target["chunks"].extend(chunks)
+        target["bytes"] += group_fields[2]
+        target["compressed"] += group_fields.get(6, 0)
+        if group == 0:
+            schema = fields[2][1]
+            if self.root is None:
+                self.version = fields[1]
+                self.root = _read_struct(schema[0], 0, _ROOT)[0]
+                self.created_by = next(v for fid, _, v in meta if fid == 6)
+            self.leaves.extend(schema[1:])
+            self.orders.extend(fields.get(7, (_STRUCT, []))[1])
+
+    def encode(self, rows: int) -> bytes:
+        """The output's footer: FileMetaData, its length and the closing magic."""
+        assert self.root is not None and self.version is not None and self.created_by is not None
+        root = [(f, k, len(self.leaves) if f == 5 else v) for f, k, v in self.root]
+        groups = []
+        for ordinal, g in enumerate(self.groups):
+            groups.append(
+                [
+                    (1, _LIST, (_STRUCT, g["chunks"])),
+                    (2, _I64, g["bytes"]),
+                    (3, _I64, g["rows"]),
+                    (5, _I64, g["offset"]),
+                    (6, _I64, g["compressed"]),
+                    (7, _I16, ordinal),
+                ]
+            )
+        meta: Fields = [
+            (1, _I32, self.version),
+            (2, _LIST, (_STRUCT, [_encoded(root), *self.leaves])),
+            (3, _I64, rows),
+            (4, _LIST, (_STRUCT, groups)),
+            (6, _BINARY, self.created_by),
+        ]
+        if self.orders:
+            meta.append((7, _LIST, (_STRUCT, self.orders)))
+        out = bytearray()
+        _write_struct(out, meta)
+        return bytes(out) + len(out).to_bytes(4, "little") + _MAGIC
+
+
+def _encoded(fields: Fields) -> bytes:
+    out = bytearray()
+    _write_struct(out, fields)
+    return bytes(out)
