@@ -115,6 +115,7 @@ class LocalStorage(Storage):
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
+        self._crc_cache: dict[tuple[str, int, int, int], str] = {}
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -128,10 +129,16 @@ class LocalStorage(Storage):
 
     def _info(self, path: Path) -> ObjectInfo:
         st = path.stat()
+        # A file is only replaced by rename, so (inode, size, mtime) identifies its content and
+        # the checksum is computed once per file, not on every stat.
+        ident = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        crc = self._crc_cache.get(ident)
+        if crc is None:
+            crc = self._crc_cache[ident] = file_crc32c(path)
         return ObjectInfo(
             uri=str(path),
             size=st.st_size,
-            crc32c=file_crc32c(path),
+            crc32c=crc,
             updated=datetime.fromtimestamp(st.st_mtime, UTC),
         )
 

@@ -1,0 +1,346 @@
+"""Extraction: warehouse tables to sorted, verified parquet checkpoints with manifests, resumably."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bqx_assets.catalog import Table, TargetsTable
+from bqx_assets.errors import BqxError, ExtractionError
+from bqx_assets.layout import (
+    CHECKPOINT_COMPRESSION,
+    CHECKPOINT_ROW_GROUP_ROWS,
+    KEY,
+    checkpoint_key,
+    manifest_key,
+)
+from bqx_assets.metrics import Stopwatch
+from bqx_assets.storage import Storage
+from bqx_assets.warehouse import DateRange, SourceState, Warehouse
+
+log = logging.getLogger(__name__)
+
+Source = Table | TargetsTable
+KEY_TYPE = pa.timestamp("us", tz="UTC")
+ARROW_TYPES = {
+    "FLOAT64": pa.float64(),
+    "INT64": pa.int64(),
+    "BOOL": pa.bool_(),
+    "STRING": pa.string(),
+}
+MANIFEST_FORMAT = 1
+
+
+def owner_of(source: Source) -> str:
+    return source.pair if isinstance(source, TargetsTable) else source.owner
+
+
+def expected_schema(source: Source) -> pa.Schema:
+    """The checkpoint schema of a table: the key, then its catalog columns in ordinal order."""
+    return pa.schema(
+        [pa.field(KEY, KEY_TYPE, nullable=False)]
+        + [pa.field(c.name, ARROW_TYPES[c.dtype]) for c in source.columns]
+    )
+
+
+def schema_fingerprint(schema: pa.Schema) -> str:
+    """A short hash of column names and types (nullability and metadata ignored)."""
+    text = "\n".join(f"{f.name}:{f.type}" for f in schema)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _window_text(window: DateRange) -> list[str | None]:
+    return [w.isoformat() if w else None for w in (window.start, window.end)]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a checkpoint holds and which source state it was made from."""
+
+    table: str
+    dataset: str
+    rows: int
+    schema_fingerprint: str
+    source_last_modified: str
+    source_rows: int
+    window: list[str | None]
+    bytes: int
+    crc32c: str
+    bytes_read: int
+    key_min: str | None
+    key_max: str | None
+    format: int = MANIFEST_FORMAT
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest | None:
+        try:
+            return cls(**json.loads(data))
+        except (ValueError, TypeError):
+            return None  # an unreadable manifest means the checkpoint is redone
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The outcome of extracting one table."""
+
+    source: Source
+    status: Literal["extracted", "reused"]
+    manifest: Manifest
+    seconds: float
+
+    @property
+    def family(self) -> str:
+        return "targets" if isinstance(self.source, TargetsTable) else self.source.family
+
+
+def current_manifest(
+    storage: Storage, source: Source, state: SourceState, window: DateRange
+) -> Manifest | None:
+    """The checkpoint's manifest if the checkpoint can be reused as it is, else None.
+
+    Reuse needs: a readable manifest made from the same source state (last-modified time and
+    rows), schema and window, and a stored file whose size and CRC32C match the manifest.
+    """
+    owner = owner_of(source)
+    raw = storage.read_bytes(manifest_key(owner, source.name))
+    manifest = Manifest.from_json(raw) if raw is not None else None
+    if manifest is None or manifest.format != MANIFEST_FORMAT:
+        return None
+    if (
+        manifest.source_last_modified != state.last_modified
+        or manifest.source_rows != state.rows
+        or manifest.schema_fingerprint != schema_fingerprint(expected_schema(source))
+        or manifest.window != _window_text(window)
+    ):
+        return None
+    info = storage.stat(checkpoint_key(owner, source.name))
+    if info is None or info.size != manifest.bytes or info.crc32c != manifest.crc32c:
+        return None
+    return manifest
+
+
+def conform(data: pa.Table, source: Source) -> pa.Table:
+    """Check and normalise a table read from the warehouse against the catalog.
+
+    Keys become timestamp[us, UTC] (a unit or zone mix-up never turns into 1970 dates), rows are
+    sorted by key, and duplicate keys, missing or mistyped columns are errors naming the table.
+    """
+    where = f"{source.dataset}.{source.name}"
+    if KEY not in data.column_names:
+        raise ExtractionError(f"{where} has no {KEY} column")
+    key = data.column(KEY)
+    if not pa.types.is_timestamp(key.type):
+        raise ExtractionError(f"{where}.{KEY} is {key.type}, not a timestamp")
+    if key.null_count:
+        raise ExtractionError(f"{where}.{KEY} has {key.null_count} null keys")
+    if key.type.tz is None:
+        key = pc.assume_timezone(key, "UTC")
+    data = data.set_column(data.column_names.index(KEY), KEY, key.cast(KEY_TYPE))
+    expected = expected_schema(source)
+    missing = [f.name for f in expected if f.name not in data.column_names]
+    if missing:
+        raise ExtractionError(f"{where} lacks catalog columns {missing[:10]}")
+    data = data.select(expected.names)
+    for field in expected:
+        actual = data.schema.field(field.name).type
+        if actual != field.type and not (
+            pa.types.is_large_string(actual) and field.type == pa.string()
+        ):
+            raise ExtractionError(
+                f"{where}.{field.name} is {actual}, the catalog says {field.type}"
+            )
+    data = data.cast(expected)
+    keys = data.column(KEY)
+    if len(keys) > 1 and not pc.all(pc.greater(keys[1:], keys[:-1])).as_py():
+        data = data.sort_by(KEY)
+        keys = data.column(KEY)
+        dup = pc.equal(keys[1:], keys[:-1])
+        if pc.any(dup).as_py():
+            sample = pc.filter(keys[1:], dup).unique()[:5].to_pylist()
+            raise ExtractionError(
+                f"{where} has duplicate {KEY} values (a join would fan out rows), e.g. "
+                + ", ".join(str(k) for k in sample)
+            )
+    return data
+
+
+def write_checkpoint(data: pa.Table, path: Path, row_group_rows: int) -> None:
+    pq.write_table(
+        data,
+        path,
+        row_group_size=row_group_rows,
+        compression=CHECKPOINT_COMPRESSION,
+        write_statistics=True,
+    )
+
+
+def extract_table(
+    warehouse: Warehouse,
+    source: Source,
+    storage: Storage,
+    *,
+    window: DateRange = DateRange(),
+    workdir: Path | None = None,
+    row_group_rows: int = CHECKPOINT_ROW_GROUP_ROWS,
+) -> Checkpoint:
+    """Checkpoint one table, or reuse its checkpoint when that is still current."""
+    clock = Stopwatch()
+    state = warehouse.state(source.dataset, source.name)
+    manifest = current_manifest(storage, source, state, window)
+    if manifest is not None:
+        return Checkpoint(source, "reused", manifest, clock.seconds)
+
+    read = warehouse.read(source.dataset, source.name, expected_schema(source).names, window)
+    data = conform(read.data, source)
+    if data.num_rows == 0:
+        raise ExtractionError(
+            f"{source.dataset}.{source.name} has no rows in the window {_window_text(window)}"
+        )
+    owner = owner_of(source)
+    with tempfile.TemporaryDirectory(dir=workdir, prefix=f"extract-{source.name}-") as tmp:
+        local = Path(tmp) / f"{source.name}.parquet"
+        write_checkpoint(data, local, row_group_rows)
+        # The file is published first, the manifest last: a file without a current manifest is
+        # never reused, so a run killed in between redoes this table.
+        info = storage.put_file(local, checkpoint_key(owner, source.name), move=True)
+    keys = data.column(KEY)
+    manifest = Manifest(
+        table=source.name,
+        dataset=source.dataset,
+        rows=data.num_rows,
+        schema_fingerprint=schema_fingerprint(data.schema),
+        source_last_modified=state.last_modified,
+        source_rows=state.rows,
+        window=_window_text(window),
+        bytes=info.size,
+        crc32c=info.crc32c,
+        bytes_read=read.bytes_read,
+        key_min=keys[0].as_py().isoformat(),
+        key_max=keys[-1].as_py().isoformat(),
+    )
+    storage.write_bytes(manifest_key(owner, source.name), manifest.to_json())
+    return Checkpoint(source, "extracted", manifest, clock.seconds)
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+    extracted: int
+    reused: int
+    megabytes: float
+    seconds: float
+
+    def line(self) -> str:
+        rate = self.megabytes / self.seconds if self.seconds else 0.0
+        return (
+            f"checkpoints {self.done}/{self.total} ({self.extracted} extracted, {self.reused} "
+            f"reused), {self.megabytes:.1f} MB, {rate:.1f} MB/s"
+        )
+
+
+def extract_tables(
+    warehouse: Warehouse,
+    sources: Sequence[Source],
+    storage: Storage,
+    *,
+    window: DateRange = DateRange(),
+    threads: int = 4,
+    workdir: Path | None = None,
+    row_group_rows: int = CHECKPOINT_ROW_GROUP_ROWS,
+    progress: Callable[[Progress], None] | None = None,
+    progress_every: int = 50,
+) -> list[Checkpoint]:
+    """Checkpoint many tables on a bounded thread pool.
+
+    A table that fails does not stop the others: every other checkpoint is still written, then
+    one ExtractionError names every failed table and its reason.
+    """
+    clock = Stopwatch()
+    results: dict[str, Checkpoint] = {}
+    failures: dict[str, str] = {}
+    lock = threading.Lock()
+    counts = {"extracted": 0, "reused": 0, "bytes": 0}
+
+    def report() -> Progress:
+        return Progress(len(results) + len(failures), len(sources), counts["extracted"],
+                        counts["reused"], counts["bytes"] / 1e6, clock.seconds)  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="extract") as pool:
+        futures = {
+            pool.submit(
+                extract_table, warehouse, s, storage,
+                window=window, workdir=workdir, row_group_rows=row_group_rows,
+            ): s
+            for s in sources
+        }  # fmt: skip
+        for future in as_completed(futures):
+            source = futures[future]
+            with lock:
+                try:
+                    checkpoint = future.result()
+                except BqxError as exc:
+                    failures[source.name] = str(exc)
+                    log.error("extraction of %s failed: %s", source.name, exc)
+                else:
+                    results[source.name] = checkpoint
+                    counts[checkpoint.status] += 1
+                    counts["bytes"] += checkpoint.manifest.bytes
+                done = len(results) + len(failures)
+                if progress and (done % progress_every == 0 or done == len(sources)):
+                    progress(report())
+    if failures:
+        listed = "; ".join(f"{name}: {why}" for name, why in sorted(failures.items())[:10])
+        more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
+        raise ExtractionError(
+            f"{len(failures)} of {len(sources)} tables failed, the other checkpoints are kept: "
+            f"{listed}{more}"
+        )
+    return [results[s.name] for s in sources]
+
+
+def missing_checkpoints(storage: Storage, sources: Sequence[Source]) -> list[str]:
+    """Tables without a stored checkpoint whose size and checksum match its manifest."""
+    missing = []
+    for source in sources:
+        owner = owner_of(source)
+        raw = storage.read_bytes(manifest_key(owner, source.name))
+        manifest = Manifest.from_json(raw) if raw is not None else None
+        info = storage.stat(checkpoint_key(owner, source.name))
+        if (
+            manifest is None
+            or info is None
+            or info.size != manifest.bytes
+            or info.crc32c != manifest.crc32c
+        ):
+            missing.append(source.name)
+    return missing
+
+
+def require_checkpoints(storage: Storage, sources: Sequence[Source], what: str) -> None:
+    """Fail naming every table of `what` that lacks a verified checkpoint: an extraction never
+    counts as done with fewer checkpoints than the catalog has tables."""
+    if not sources:
+        raise ExtractionError(f"{what}: the catalog lists no tables to extract")
+    missing = missing_checkpoints(storage, sources)
+    if missing:
+        raise ExtractionError(
+            f"{what}: {len(missing)} of {len(sources)} tables have no verified checkpoint: "
+            + ", ".join(missing[:20])
+            + (" ..." if len(missing) > 20 else "")
+        )
