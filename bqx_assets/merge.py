@@ -335,7 +335,7 @@ def _inspect_all(plans: Sequence[_Plan]) -> None:
 
 
 # -- pieces ----------------------------------------------------------------------------------
-def _encode(columns: Sequence[pa.Array | pa.ChunkedArray], names: Sequence[str]) -> pa.Buffer:
+def encode_piece(columns: Sequence[pa.Array | pa.ChunkedArray], names: Sequence[str]) -> pa.Buffer:
     """One piece as a complete parquet file in memory (one row group) with the output settings."""
     table = pa.table(list(columns), names=list(names))
     dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
@@ -353,7 +353,7 @@ def _encode(columns: Sequence[pa.Array | pa.ChunkedArray], names: Sequence[str])
     return sink.getvalue()
 
 
-def _slices(count: int, rows: int) -> Iterator[slice]:
+def piece_slices(count: int, rows: int) -> Iterator[slice]:
     width = max(1, PIECE_BYTES // max(1, rows * 8))
     for start in range(0, count, width):
         yield slice(start, min(start + width, count))
@@ -363,7 +363,7 @@ def _spine_pieces(keys: np.ndarray, spine_table: pa.Table, a: int, b: int) -> li
     part = spine_table.slice(a, b - a)
     columns = [pa.array(keys[a:b], KEY_TYPE), *part.columns]
     names = [KEY, *part.column_names]
-    return [_encode(columns[s], names[s]) for s in _slices(len(columns), b - a)]
+    return [encode_piece(columns[s], names[s]) for s in piece_slices(len(columns), b - a)]
 
 
 def _align(file_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -396,21 +396,20 @@ def _feature_pieces(plan: _Plan, keys: np.ndarray) -> list[pa.Buffer]:
             else:
                 take = pa.array(pos, pa.int64(), mask=~found)
         pieces = []
-        for s in _slices(len(plan.columns), rows):
+        for s in piece_slices(len(plan.columns), rows):
             names, types = plan.names[s], plan.types[s]
             if pf is None:
                 columns = [pa.nulls(rows, t) for t in types]
             else:
                 read = pf.read_row_groups(wanted, columns=plan.columns[s], use_threads=False)
-                if isinstance(take, slice):
-                    read = read.slice(take.start, rows)
-                else:
-                    read = read.take(take)
+                aligned = (
+                    read.slice(take.start, rows) if isinstance(take, slice) else read.take(take)
+                )
                 columns = [
                     c if c.type == t else pc.cast(c, t)
-                    for c, t in zip(read.columns, types, strict=True)
+                    for c, t in zip(aligned.columns, types, strict=True)
                 ]
-            pieces.append(_encode(columns, names))
+            pieces.append(encode_piece(columns, names))
         return pieces
     except (OSError, pa.ArrowException) as exc:
         raise MergeError(f"{plan.where}: not a readable parquet file: {exc}") from exc
@@ -637,7 +636,9 @@ def _write_struct(out: bytearray, fields: Fields) -> None:
 
 
 def _shifted(fields: Fields, offsets: frozenset[int], by: int) -> Fields:
-    return [(f, k, v + by if f in offsets and isinstance(v, int) and v > 0 else v) for f, k, v in fields]
+    return [
+        (f, k, v + by if f in offsets and isinstance(v, int) and v > 0 else v) for f, k, v in fields
+    ]
 
 
 _CHUNK_OFFSETS = frozenset({2, 4, 6})
