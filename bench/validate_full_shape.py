@@ -1,0 +1,144 @@
+"""Time `bqx validate` on a full-shape training file (177,748 rows x 17,031 columns)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bqx_assets.catalog import Catalog
+from bqx_assets.layout import KEY
+
+ROWS = 177_748
+ROW_GROUP_ROWS = 4096
+PAIR = "eurusd"
+DEFAULT_OUT = Path(__file__).with_name("out") / f"training_{PAIR}_full_shape.parquet"
+_POOL = 64  # distinct value arrays per row group: generation stays cheap, chunks still differ
+_ARROW = {"FLOAT64": pa.float64(), "INT64": pa.int64(), "BOOL": pa.bool_(), "STRING": pa.string()}
+
+
+def _keys(rows: int) -> np.ndarray:
+    """Minute timestamps from 2023-01-02 with weekend gaps, as int64 microseconds."""
+    start = np.datetime64("2023-01-02T00:00", "m")
+    minutes = start + np.arange(rows * 2, dtype="timedelta64[m]")
+    weekday = (minutes.astype("datetime64[D]").astype(np.int64) + 3) % 7  # 0 = Monday
+    return minutes[weekday < 5][:rows].astype("datetime64[us]").astype(np.int64)
+
+
+def _window(name: str) -> int:
+    """Look-back window of a feature from its name suffix: its first rows are null."""
+    tail = name.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() and int(tail) <= 2880 else 0
+
+
+def generate(path: Path, rows: int, row_group_rows: int) -> None:
+    catalog = Catalog.load()
+    targets = catalog.targets[PAIR].targets
+    features = catalog.feature_columns(PAIR)
+    fields = [pa.field(KEY, pa.timestamp("us", tz="UTC"), nullable=False)]
+    fields += [pa.field(t, pa.float64()) for t in targets]
+    fields += [pa.field(f.name, _ARROW[f.column.dtype]) for f in features]
+    schema = pa.schema(fields)
+    windows = [0] * len(targets) + [_window(f.name) for f in features]
+    keys = _keys(rows)
+    rng = np.random.default_rng(5)
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=True) as writer:
+        for offset in range(0, rows, row_group_rows):
+            n = min(row_group_rows, rows - offset)
+            # Rounded like warehouse output (std ~0.087): dictionary pages keep the file near the
+            # production size (9.27 GB) instead of 20 GB of incompressible doubles.
+            pool = [np.round(rng.normal(0, 0.087, n), 4 if k % 4 == 0 else 3) for k in range(_POOL)]
+            ints = [rng.integers(0, 50, n) for _ in range(_POOL)]
+            # Targets get values of their own: a feature sharing a target's values is a leak.
+            own = [rng.normal(0, 0.087, n) for _ in targets]
+            cache: dict[tuple[str, int, int], pa.Array] = {}
+            arrays: list[pa.Array] = [
+                pa.array(keys[offset : offset + n], pa.timestamp("us", tz="UTC"))
+            ]
+            for i, field in enumerate(fields[1:]):
+                k = i % _POOL
+                lead = max(0, min(n, windows[i] - offset))
+                # Targets are null at the end of the series (look-ahead); features at the start.
+                tail = max(0, min(n, offset + n - (rows - 105))) if i < len(targets) else 0
+                key = (str(field.type), i if i < len(targets) else -1 - k, lead * 10_000 + tail)
+                if key not in cache:
+                    mask = np.zeros(n, dtype=bool)
+                    mask[:lead] = True
+                    if tail:
+                        mask[n - tail :] = True
+                    if i < len(targets):
+                        values = own[i]
+                    elif pa.types.is_floating(field.type):
+                        values = pool[k]
+                    elif pa.types.is_integer(field.type):
+                        values = ints[k]
+                    elif pa.types.is_boolean(field.type):
+                        values = ints[k] % 2 == 0
+                    else:
+                        values = np.full(n, PAIR, dtype=object)
+                    cache[key] = pa.array(
+                        values, type=field.type, mask=mask if mask.any() else None
+                    )
+                arrays.append(cache[key])
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=n)
+            print(f"  row group at {offset:>7}: {time.perf_counter() - started:7.1f} s", flush=True)
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--rows", type=int, default=ROWS)
+    parser.add_argument("--row-group-rows", type=int, default=ROW_GROUP_ROWS)
+    parser.add_argument("--regenerate", action="store_true")
+    parser.add_argument("--no-run", action="store_true", help="only build the file")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    if args.regenerate or not args.out.exists():
+        print(f"building {args.out} ({args.rows} rows, row groups of {args.row_group_rows})")
+        generate(args.out, args.rows, args.row_group_rows)
+    meta = pq.read_metadata(args.out)
+    size = args.out.stat().st_size
+    print(
+        f"file: {args.out}: {meta.num_rows} rows x {meta.num_columns} columns, "
+        f"{meta.num_row_groups} row groups, {size / 1e9:.2f} GB, "
+        f"footer {meta.serialized_size / 1e6:.1f} MB"
+    )
+    if args.no_run:
+        return 0
+    bqx = Path(sys.executable).with_name("bqx")
+    command = [str(bqx), "validate", str(args.out), "--pair", PAIR, "--spine-rows", str(args.rows)]
+    print("command:", " ".join(command))
+    results = []
+    for _ in range(args.repeat):
+        started = time.perf_counter()
+        proc = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append((seconds, result))
+        print(
+            f"exit {proc.returncode}: {seconds:.2f} s wall (validation {result['seconds']:.2f} s), "
+            f"peak RSS of the command {result['peak_rss_bytes'] / 2**20:.0f} MiB"
+        )
+    # RUSAGE_CHILDREN is the peak over every waited-for child: the largest validate process.
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(f"peak RSS over the runs (getrusage children): {peak / 2**20:.0f} MiB")
+    print(proc.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
