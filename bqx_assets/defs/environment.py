@@ -1,0 +1,81 @@
+"""The one place that decides the deployment (local or prod) and reads the environment."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import dagster as dg
+
+from bqx_assets.defs.io_managers import TrainingFileIOManager
+from bqx_assets.defs.resources import (
+    BigQueryWarehouseResource,
+    CheckpointStore,
+    EmbeddedWarehouseResource,
+    PipelineSettings,
+)
+
+Deployment = Literal["local", "prod"]
+
+
+def deployment() -> Deployment:
+    """`BQX_ENV=prod` selects BigQuery and GCS; anything else (or nothing) runs locally."""
+    return "prod" if os.environ.get("BQX_ENV", "local").lower() == "prod" else "local"
+
+
+def _env(name: str, default: Any) -> Any:
+    """An `EnvVar` when the variable is set (the UI shows its name, not its value), else the
+    default, so that nothing needs to be set to run."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def _env_int(name: str, default: int) -> Any:
+    return dg.EnvVar.int(name) if os.environ.get(name) else default
+
+
+def _settings(**production: Any) -> PipelineSettings:
+    return PipelineSettings(
+        catalog_path=_env("BQX_CATALOG_PATH", None),
+        window_start=_env("BQX_WINDOW_START", None),
+        window_end=_env("BQX_WINDOW_END", None),
+        extract_threads=_env_int("BQX_EXTRACT_THREADS", 4),
+        workdir=_env("BQX_WORKDIR", "data/work"),
+        **production,
+    )
+
+
+def resources_for(which: Deployment | None = None) -> dict[str, Any]:
+    """The resources of a deployment: the same assets, other warehouse and roots."""
+    if (which or deployment()) == "prod":
+        return {
+            "warehouse": BigQueryWarehouseResource(
+                project=_env("BQX_BQ_PROJECT", "bqx-ml"),
+                location=_env("BQX_BQ_LOCATION", "us-central1"),
+                max_read_streams=_env_int("BQX_BQ_READ_STREAMS", 4),
+            ),
+            "checkpoints": CheckpointStore(
+                root=_env("BQX_CHECKPOINT_ROOT", "gs://bqx-ml-staging/checkpoints"),
+                cache_dir=_env("BQX_CACHE_DIR", "/tmp/bqx/cache/checkpoints"),
+            ),
+            "settings": _settings(),
+            "training_io_manager": TrainingFileIOManager(
+                output_root=_env("BQX_OUTPUT_ROOT", "gs://bqx-ml-output"),
+                cache_dir=_env("BQX_OUTPUT_CACHE_DIR", "/tmp/bqx/cache/output"),
+            ),
+        }
+    # The embedded warehouse holds a few thousand minutes per pair, not production's 177K:
+    # the row-count gate checks equality with the spine and these looser bounds.
+    return {
+        "warehouse": EmbeddedWarehouseResource(
+            path=_env("BQX_WAREHOUSE_PATH", "data/warehouse.duckdb")
+        ),
+        "checkpoints": CheckpointStore(
+            root=_env("BQX_CHECKPOINT_ROOT", "data/checkpoints"),
+            cache_dir=_env("BQX_CACHE_DIR", "data/cache/checkpoints"),
+        ),
+        "settings": _settings(min_rows=_env_int("BQX_MIN_ROWS", 100)),
+        "training_io_manager": TrainingFileIOManager(
+            output_root=_env("BQX_OUTPUT_ROOT", "data/output"),
+            cache_dir=_env("BQX_OUTPUT_CACHE_DIR", "data/cache/output"),
+        ),
+    }

@@ -1,0 +1,132 @@
+"""Configurable resources: the warehouse, the checkpoint root and the pipeline settings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from bqx_assets.catalog import Catalog
+from bqx_assets.storage import Storage, open_storage
+from bqx_assets.validation import Thresholds
+from bqx_assets.warehouse import DateRange, Warehouse
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """Where feature tables are read from; checkpoint assets use only `open()`."""
+
+    def open(self) -> Warehouse:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class EmbeddedWarehouseResource(WarehouseResource):
+    """The synthetic production-shaped warehouse in a local DuckDB file (the default)."""
+
+    path: str = Field(default="data/warehouse.duckdb", description="DuckDB file of the warehouse")
+
+    def open(self) -> Warehouse:
+        from bqx_assets.embedded import EmbeddedWarehouse
+
+        return EmbeddedWarehouse(self.path)
+
+    def describe(self) -> str:
+        return f"embedded DuckDB warehouse {self.path}"
+
+
+class BigQueryWarehouseResource(WarehouseResource):
+    """BigQuery through the official clients: table reads over the Storage Read API."""
+
+    project: str = "bqx-ml"
+    location: str = "us-central1"
+    features_dataset: str = "bqx_ml_v3_features_v2"
+    targets_dataset: str = "bqx_ml_v3_analytics_v2"
+    api_endpoint: str | None = Field(default=None, description="REST endpoint (emulator only)")
+    read_endpoint: str | None = Field(
+        default=None, description="Storage Read gRPC host:port (emulator only, insecure channel)"
+    )
+    max_read_streams: int = 4
+
+    def open(self) -> Warehouse:
+        from bqx_assets.bigquery import BigQueryWarehouse
+
+        return BigQueryWarehouse(
+            self.project,
+            self.features_dataset,
+            self.targets_dataset,
+            location=self.location,
+            api_endpoint=self.api_endpoint,
+            read_endpoint=self.read_endpoint,
+            max_read_streams=self.max_read_streams,
+        )
+
+    def describe(self) -> str:
+        return f"BigQuery project {self.project}"
+
+
+class CheckpointStore(dg.ConfigurableResource):
+    """The checkpoint root: a local folder or `gs://bucket/prefix` (written as extracted)."""
+
+    root: str = Field(default="data/checkpoints", description="folder or gs:// URI")
+    cache_dir: str = Field(
+        default="data/cache/checkpoints",
+        description="local copies of gs:// checkpoints, fetched and verified before a merge",
+    )
+
+    def storage(self) -> Storage:
+        return open_storage(self.root)
+
+
+@cache
+def _load_catalog(path: str | None) -> Catalog:
+    return Catalog.load(path)
+
+
+class PipelineSettings(dg.ConfigurableResource):
+    """Catalog, training window, extraction threads, work folder and gate thresholds."""
+
+    catalog_path: str | None = Field(default=None, description="None: the packaged catalog")
+    window_start: str | None = Field(default=None, description="first day of training (ISO)")
+    window_end: str | None = Field(default=None, description="day after the last (ISO)")
+    extract_threads: int = Field(default=4, description="tables read at once within a run")
+    bq_price_per_tib: float = Field(
+        default=6.25, description="on-demand price of a TiB scanned (US multi-region list price)"
+    )
+    workdir: str = Field(default="data/work", description="local scratch for merges")
+    min_rows: int = 150_000
+    max_rows: int = 200_000
+    target_null_share: float = 0.01
+    feature_null_share: float = 0.05
+    leak_allow: list[str] = Field(default_factory=list)
+
+    def catalog(self) -> Catalog:
+        return _load_catalog(self.catalog_path)
+
+    def window(self) -> DateRange:
+        def parse(text: str | None) -> datetime | None:
+            return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
+
+        return DateRange(parse(self.window_start), parse(self.window_end))
+
+    def thresholds(self) -> Thresholds:
+        window = self.window()
+        base = Thresholds()
+        key_range = (window.start or base.key_range[0], window.end or base.key_range[1])
+        return Thresholds(
+            min_rows=self.min_rows,
+            max_rows=self.max_rows,
+            target_null_share=self.target_null_share,
+            feature_null_share=self.feature_null_share,
+            leak_allow=tuple(self.leak_allow),
+            key_range=key_range,
+        )
+
+    def work_path(self, *parts: str) -> Path:
+        path = Path(self.workdir).joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
