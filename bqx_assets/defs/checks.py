@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import dagster as dg
@@ -14,16 +15,20 @@ def training_check_specs(
 ) -> list[dg.AssetCheckSpec]:
     """One blocking spec per gate check; partitioned like the asset so that the UI keeps a result
     per pair instead of only the latest pair's."""
-    return [
-        dg.AssetCheckSpec(
-            name,
-            asset=asset_key,
-            description=CHECK_DESCRIPTIONS[name],
-            blocking=True,
-            partitions_def=partitions_def,
-        )
-        for name in CHECK_NAMES
-    ]
+    with warnings.catch_warnings():
+        # Partitioned check specs are a preview API in dagster 1.13 and the only way the UI shows
+        # a check result per pair; the warning would repeat at every load of the definitions.
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(
+                name,
+                asset=asset_key,
+                description=CHECK_DESCRIPTIONS[name],
+                blocking=True,
+                partitions_def=partitions_def,
+            )
+            for name in CHECK_NAMES
+        ]
 
 
 def _metadata_value(value: Any) -> Any:
