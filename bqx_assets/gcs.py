@@ -282,7 +282,13 @@ class GCSStorage(Storage):
                 f"{uri} changed while {local} was uploading (expected generation "
                 f"{if_generation_match}); nothing was published"
             ) from exc
-        except api_exceptions.GoogleAPICallError as exc:
+        except (
+            api_exceptions.GoogleAPICallError,
+            media_exceptions.InvalidResponse,
+            OSError,
+        ) as exc:
+            # The client has already retried transient errors chunk by chunk; what reaches here
+            # is final. The local file is kept for a re-run.
             raise StorageError(f"upload of {local} to {uri} failed: {exc}") from exc
         finally:
             if temp is not None:

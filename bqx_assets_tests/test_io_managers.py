@@ -243,3 +243,27 @@ def test_frame_io_manager_refuses_a_remote_root() -> None:
 
     with pytest.raises(dg.DagsterInvariantViolationError, match="local folder"):
         dg.materialize([frame], resources={"io_manager": FrameIOManager(base_dir="gs://b/x")})
+
+
+def test_consumer_of_every_pair_gets_a_dict_of_lazy_frames(tmp_path: Path) -> None:
+    producer, _ = _assets(tmp_path)
+
+    @dg.asset(io_manager_key="frame_io_manager")
+    def row_counts(training_file: dict[str, pl.LazyFrame]) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "pair": list(training_file),
+                "rows": [lf.select(pl.len()).collect().item() for lf in training_file.values()],
+            }
+        )
+
+    resources = _resources(str(tmp_path / "output"), tmp_path)
+    for pair in PAIRS.get_partition_keys():
+        assert dg.materialize([producer], resources=resources, partition_key=pair).success
+    result = dg.materialize([producer, row_counts], resources=resources, selection=[row_counts])
+    assert result.success
+    counts = pl.read_parquet(tmp_path / "frames" / "row_counts.parquet")
+    assert counts.sort("pair").to_dicts() == [
+        {"pair": "eurusd", "rows": 5},
+        {"pair": "gbpusd", "rows": 5},
+    ]
