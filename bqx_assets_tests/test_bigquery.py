@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +24,15 @@ import pytest
 from bqx_assets.bigquery import KEY_TYPE, BigQueryWarehouse, RetrySettings, load_tables
 from bqx_assets.catalog import Catalog, Column, catalog_from_schema
 from bqx_assets.errors import WarehouseError
-from bqx_assets.layout import KEY, PAIR_COLUMN
+from bqx_assets.extraction import (
+    Source,
+    expected_schema,
+    extract_tables,
+    owner_of,
+    require_checkpoints,
+)
+from bqx_assets.layout import KEY, PAIR_COLUMN, checkpoint_key
+from bqx_assets.storage import LocalStorage
 from bqx_assets.warehouse import DateRange
 from bqx_assets_tests.emulators.bigquery import (
     BigQueryEmulator,
@@ -107,11 +121,11 @@ class Subset:
         return data.filter(mask).sort_by(KEY).select(columns)
 
 
-@pytest.fixture(scope="module")
-def subset(bigquery_emulator: BigQueryEmulator) -> Subset:  # noqa: F811
+def load_subset(emulator: BigQueryEmulator) -> Subset:
+    """Load the subset into two new datasets of the emulator (features, targets)."""
     catalog = Catalog.load()
-    features = bigquery_emulator.dataset("features")
-    targets = bigquery_emulator.dataset("targets")
+    features = emulator.dataset("features")
+    targets = emulator.dataset("targets")
     sources: dict[str, pa.Table] = {}
     for name in FEATURE_TABLES:
         table = catalog.table(name)
@@ -125,11 +139,16 @@ def subset(bigquery_emulator: BigQueryEmulator) -> Subset:  # noqa: F811
         )
         for p in PAIRS
     }
-    client = bigquery_emulator.client()
+    client = emulator.client()
     load_tables(client, features, {**sources, SUMMARY_TABLE: summary})
     load_tables(client, targets, target_tables)
     sources.update(target_tables)
-    return Subset(bigquery_emulator, features, targets, catalog, sources)
+    return Subset(emulator, features, targets, catalog, sources)
+
+
+@pytest.fixture(scope="module")
+def subset(bigquery_emulator: BigQueryEmulator) -> Subset:  # noqa: F811
+    return load_subset(bigquery_emulator)
 
 
 @pytest.fixture
@@ -354,3 +373,156 @@ def test_read_throughput_against_native_export(bigquery_emulator: BigQueryEmulat
         f"ratio {export_s / read_s:.2f}x"
     )
     wh.close()
+
+
+# -- extraction against the emulator ---------------------------------------------------------
+def eurusd_sources(subset: Subset, warehouse: BigQueryWarehouse) -> list[Source]:
+    """eurusd's tables as a catalog refreshed from the emulator names them (its datasets)."""
+    catalog = catalog_from_schema(
+        warehouse.information_schema(),
+        project=subset.emulator.project,
+        features_dataset=subset.features,
+        targets_dataset=subset.targets,
+        pairs=PAIRS,
+    )
+    return [*catalog.tables_for("eurusd"), catalog.targets["eurusd"]]
+
+
+def assert_checkpoints_match(subset: Subset, storage: LocalStorage, sources: list[Source]) -> None:
+    for source in sources:
+        path = storage.local_path(checkpoint_key(owner_of(source), source.name))
+        assert path is not None
+        checkpoint = pq.read_table(path)
+        names = expected_schema(source).names
+        expected = subset.expected(source.name, names, WINDOW).cast(checkpoint.schema)
+        assert checkpoint.equals(expected), source.name
+        assert PAIR_COLUMN not in checkpoint.column_names
+
+
+def test_extraction_checkpoints_match_the_source(
+    subset: Subset, warehouse: BigQueryWarehouse, tmp_path: Path
+):
+    sources = eurusd_sources(subset, warehouse)
+    assert len(sources) == len(FEATURE_TABLES) + 1
+    storage = LocalStorage(tmp_path / "checkpoints")
+    done = extract_tables(warehouse, sources, storage, window=WINDOW, threads=4)
+    assert {c.status for c in done} == {"extracted"}
+    assert all(c.manifest.rows == 120 and c.manifest.bytes_read > 0 for c in done)
+    assert_checkpoints_match(subset, storage, sources)
+    require_checkpoints(storage, sources, "eurusd")
+    again = extract_tables(warehouse, sources, storage, window=WINDOW, threads=4)
+    assert {c.status for c in again} == {"reused"}
+
+
+def test_a_changed_source_table_is_extracted_again(
+    bigquery_emulator: BigQueryEmulator,  # noqa: F811
+    tmp_path: Path,
+):
+    catalog = Catalog.load()
+    dataset = bigquery_emulator.dataset("changes")
+    names = ("mkt_corr", "div_eurusd", "csi_agg_aud")
+    sources = [dataclasses.replace(catalog.table(n), dataset=dataset) for n in names]
+    client = bigquery_emulator.client()
+    load_tables(client, dataset, {s.name: source_table(s.name, s.columns, None) for s in sources})
+    wh = bigquery_emulator.warehouse(dataset, dataset)
+    storage = LocalStorage(tmp_path)
+    extract_tables(wh, sources, storage, window=WINDOW)
+    # Ten new minutes inside the window (Sunday before the open) in one table only.
+    new = source_table("mkt_corr", sources[0].columns, None, seed=7).slice(0, 10)
+    early = pa.array([SUNDAY - timedelta(minutes=10 - i) for i in range(10)], KEY_TYPE)
+    load_tables(client, dataset, {"mkt_corr": new.set_column(0, KEY, early)})
+    again = {c.source.name: c for c in extract_tables(wh, sources, storage, window=WINDOW)}
+    assert {n: c.status for n, c in again.items()} == {
+        "mkt_corr": "extracted",
+        "div_eurusd": "reused",
+        "csi_agg_aud": "reused",
+    }
+    assert again["mkt_corr"].manifest.rows == 130
+    wh.close()
+
+
+_EXTRACT_SCRIPT = """
+import json, sys, time
+from datetime import datetime
+
+from bqx_assets.bigquery import BigQueryWarehouse
+from bqx_assets.catalog import catalog_from_schema
+from bqx_assets.extraction import extract_tables
+from bqx_assets.storage import LocalStorage
+from bqx_assets.warehouse import DateRange
+
+args = json.loads(sys.argv[1])
+
+
+class Paced(BigQueryWarehouse):
+    def read(self, *a, **k):
+        time.sleep(args["pause_s"])  # so that the kill lands mid-way through the tables
+        return super().read(*a, **k)
+
+
+wh = Paced(args["project"], args["features"], args["targets"],
+           api_endpoint=args["rest"], read_endpoint=args["grpc"])
+catalog = catalog_from_schema(wh.information_schema(), project=args["project"],
+                              features_dataset=args["features"],
+                              targets_dataset=args["targets"], pairs=args["pairs"])
+sources = [*catalog.tables_for("eurusd"), catalog.targets["eurusd"]]
+window = DateRange(datetime.fromisoformat(args["start"]), datetime.fromisoformat(args["end"]))
+extract_tables(wh, sources, LocalStorage(args["root"]), window=window, threads=1)
+print("extracted", len(sources))
+"""
+
+
+def test_extraction_resume_after_sigkill(
+    subset: Subset, warehouse: BigQueryWarehouse, tmp_path: Path
+):
+    """A real extraction process killed with SIGKILL mid-way; the re-run extracts only the tables
+    without a checkpoint and manifest, and every checkpoint equals an uninterrupted run's."""
+    root = tmp_path / "killed"
+    script = tmp_path / "extract.py"
+    script.write_text(_EXTRACT_SCRIPT)
+    args = {
+        "project": subset.emulator.project,
+        "features": subset.features,
+        "targets": subset.targets,
+        "rest": subset.emulator.rest_endpoint,
+        "grpc": subset.emulator.grpc_endpoint,
+        "pairs": list(PAIRS),
+        "start": WINDOW.start.isoformat(),
+        "end": WINDOW.end.isoformat(),
+        "root": str(root),
+        "pause_s": 0.3,
+    }
+    process = subprocess.Popen(
+        [sys.executable, str(script), json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while len(list(root.rglob("*.manifest.json"))) < 4:
+        assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+        assert time.monotonic() < deadline, "extraction made no progress"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(10)
+    assert process.returncode == -signal.SIGKILL
+
+    sources = eurusd_sources(subset, warehouse)
+    storage = LocalStorage(root)
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*.manifest.json")}
+    kept = {p.name.removesuffix(".manifest.json") for p in before}
+    assert 4 <= len(kept) < len(sources)
+
+    resumed = extract_tables(warehouse, sources, storage, window=WINDOW, threads=2)
+    extracted = {c.source.name for c in resumed if c.status == "extracted"}
+    assert extracted == {s.name for s in sources} - kept
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # kept manifests untouched
+    require_checkpoints(storage, sources, "eurusd")
+
+    clean = LocalStorage(tmp_path / "clean")
+    extract_tables(warehouse, sources, clean, window=WINDOW, threads=2)
+    for source in sources:
+        key = checkpoint_key(owner_of(source), source.name)
+        resumed_info, clean_info = storage.stat(key), clean.stat(key)
+        assert resumed_info is not None and clean_info is not None
+        assert resumed_info.crc32c == clean_info.crc32c, source.name
+    assert_checkpoints_match(subset, storage, sources)

@@ -100,7 +100,7 @@ class BigQueryEmulator:
         **kwargs: Any,
     ) -> BigQueryWarehouse:
         """A BigQueryWarehouse on the emulator; retries are quick so that fault tests stay fast."""
-        kwargs.setdefault("retry", RetrySettings(attempts=6, initial_s=0.05, maximum_s=0.5))
+        kwargs.setdefault("retry", RetrySettings(attempts=8, initial_s=0.1, maximum_s=1.0))
         return BigQueryWarehouse(
             self.project,
             features_dataset,
