@@ -51,7 +51,7 @@ CHECK_DESCRIPTIONS: Mapping[str, str] = {
     ),
     "no_target_leakage": (
         "No feature column is named like a target (target_*, base_bqx__target_45) or carries a "
-        "target's values (same min and max as a target), unless allow-listed."
+        "target's values row by row, unless allow-listed."
     ),
 }
 
@@ -61,6 +61,8 @@ UNEXPECTED_FAMILY = "unexpected"
 _TARGET_NAME = re.compile(r"^target_bqx(?P<window>\d+)_h(?P<horizon>\d+)$")
 # A target token anywhere in a feature name: `target_45`, `base_bqx__target_45`, `x_target`.
 _LEAK_NAME = re.compile(r"(?:^|_)target(?:_|$)")
+_MAX_VALUE_COMPARISONS = 100
+"""Feature/target pairs with equal footer min/max compared row by row, at most (bounded cost)."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ class Thresholds:
     )
     """Keys must lie in [start, end): a unit bug that turns keys into 1970 dates falls outside."""
     value_leak: bool = True
-    """Also flag float features whose footer min and max equal a target's (a copied target)."""
+    """Also flag float features equal to a target row by row (a copied target): nominated by equal
+    footer min/max in one row group, then compared on that row group's values."""
     max_names: int = 20
     """At most this many offending names per list in check metadata (counts are always full)."""
 
@@ -227,6 +230,7 @@ class _ColumnStats:
     last_group_nulls: np.ndarray  # int64 nulls in the last row group (tail completeness)
     last_group_rows: int
     minmax: dict[int, tuple[float, float]]  # float columns: min/max in the sample row group
+    sample_group: int
 
 
 def _footer_stats(pf: pq.ParquetFile, want_minmax: set[int]) -> _ColumnStats:
@@ -270,7 +274,9 @@ def _footer_stats(pf: pq.ParquetFile, want_minmax: set[int]) -> _ColumnStats:
             stats = rg.column(j).statistics
             if stats is not None and stats.has_min_max:
                 minmax[j] = (float(stats.min), float(stats.max))
-    return _ColumnStats(names, list(schema.types), nulls, last_nulls, last_rows, minmax)
+    return _ColumnStats(
+        names, list(schema.types), nulls, last_nulls, last_rows, minmax, groups // 2
+    )
 
 
 def _fill_missing_nulls(pf: pq.ParquetFile, stats: _ColumnStats) -> int:
@@ -578,24 +584,46 @@ def _looks_like_target(name: str) -> bool:
     return bool(_LEAK_NAME.search(name)) or (bool(sep) and column.startswith("target"))
 
 
+def _same_values(pf: pq.ParquetFile, group: int, feature: str, target: str) -> bool:
+    """True when a feature equals a target row by row (a copy, not a shifted series) in one
+    row group; both columns are read from that row group only."""
+    table = pf.read_row_group(group, columns=[feature, target], use_threads=False)
+    a, b = table.column(0), table.column(1)
+    both = len(a) - int(pc.sum(pc.or_(pc.is_null(a), pc.is_null(b))).as_py() or 0)
+    equal = int(pc.sum(pc.equal(a, b)).as_py() or 0)
+    return both > 0 and equal >= 0.99 * both
+
+
 def _no_target_leakage(
-    stats: _ColumnStats, index: dict[str, int], exp: Expectation, th: Thresholds
+    pf: pq.ParquetFile,
+    stats: _ColumnStats,
+    index: dict[str, int],
+    exp: Expectation,
+    th: Thresholds,
 ) -> CheckOutcome:
     allowed = set(th.leak_allow)
     features = [stats.names[j] for j in _features(stats.names, exp)]
     by_name = [c for c in features if c not in allowed and _looks_like_target(c)]
     by_value: dict[str, str] = {}
-    if th.value_leak:
-        fingerprints = {
-            stats.minmax[index[t]]: t
-            for t in exp.targets
-            if t in index and index[t] in stats.minmax
-        }
+    compared = 0
+    if th.value_leak and stats.minmax:
+        fingerprints: dict[tuple[float, float], list[str]] = {}
+        for t in exp.targets:
+            if t in index and index[t] in stats.minmax:
+                fingerprints.setdefault(stats.minmax[index[t]], []).append(t)
         for c in features:
             mm = stats.minmax.get(index[c])
-            # A constant column says nothing; equal spread to the last bit means copied values.
-            if mm and mm[0] < mm[1] and mm in fingerprints and c not in allowed:
-                by_value[c] = fingerprints[mm]
+            # Equal min and max only nominate a column: a target is a lead of bqx_{w}, so the
+            # feature bqx_{w} shares its extremes; only row-by-row equality is a copy.
+            if not mm or mm[0] >= mm[1] or mm not in fingerprints or c in allowed:
+                continue
+            for t in fingerprints[mm]:
+                if compared >= _MAX_VALUE_COMPARISONS:
+                    break
+                compared += 1
+                if _same_values(pf, stats.sample_group, c, t):
+                    by_value[c] = t
+                    break
     offenders = list(dict.fromkeys([*by_name, *by_value]))
     summary = (
         f"{len(offenders)} feature columns look like targets: {', '.join(offenders[:5])}"
@@ -613,6 +641,7 @@ def _no_target_leakage(
             "threshold": {"allow_list": list(th.leak_allow), "value_based": th.value_leak},
             "by_name": _cap(by_name, th.max_names),
             "by_value": dict(list(by_value.items())[: th.max_names]),
+            "value_comparisons": compared,
         },
     )
 
@@ -646,7 +675,7 @@ def validate_training_file(
         _target_horizons(rows, stats, index, expectation, th),
         null_outcome,
         _key_integrity(pf, names, th),
-        _no_target_leakage(stats, index, expectation, th),
+        _no_target_leakage(pf, stats, index, expectation, th),
     )
     return ValidationReport(
         pair=expectation.pair,

@@ -426,3 +426,18 @@ def test_command_needs_the_spine(
     bad = ["validate", str(path), "--pair", PAIR, "--spine-rows", "5", "--catalog"]
     assert cli.main([*bad, str(catalog_file), "--family-null-share", "corr"]) == 1
     assert "FAMILY=SHARE" in capsys.readouterr().err
+
+
+def test_no_target_leakage_accepts_the_series_a_target_leads(
+    tmp_path: Path, expectation: Expectation
+) -> None:
+    # target_bqx{w}_h{h} is bqx_{w} h minutes ahead: same extremes, different rows. Not a leak.
+    def change(cols: Columns) -> None:
+        series = np.random.default_rng(3).normal(0, 1, ROWS)
+        series[[90, 100]] = [5.0, -5.0]  # extremes inside the sampled middle row group
+        cols["base_bqx__bqx_45"] = pa.array(series)
+        cols["target_bqx45_h15"] = pa.array(np.roll(series, -3))
+
+    leak = run(build(tmp_path, expectation, change), expectation).outcome("no_target_leakage")
+    assert leak.passed, leak.metadata
+    assert leak.metadata["value_comparisons"] >= 1
