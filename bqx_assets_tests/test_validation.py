@@ -441,3 +441,11 @@ def test_no_target_leakage_accepts_the_series_a_target_leads(
     leak = run(build(tmp_path, expectation, change), expectation).outcome("no_target_leakage")
     assert leak.passed, leak.metadata
     assert leak.metadata["value_comparisons"] >= 1
+
+
+def test_nested_columns_raise_naming_the_file(tmp_path: Path, expectation: Expectation) -> None:
+    cols = good_columns(expectation)
+    cols["agg_bqx__agg_mean_45"] = pa.array([{"a": 1.0, "b": 2.0}] * ROWS)
+    path = write(tmp_path / "nested.parquet", cols)
+    with pytest.raises(ValidationError, match=r"nested\.parquet.*flat columns"):
+        run(path, expectation)
