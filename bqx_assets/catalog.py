@@ -167,7 +167,9 @@ class Catalog:
             sorted(present - set(FAMILY_ORDER))
         )
 
-    def feature_columns(self, pair: str, *, include_leaks: bool = False) -> tuple[FeatureColumn, ...]:
+    def feature_columns(
+        self, pair: str, *, include_leaks: bool = False
+    ) -> tuple[FeatureColumn, ...]:
         """The pair's training-file features in order; `target_*` columns of feature tables are
         leaks (DOMAIN: base_bqx) and left out unless asked for."""
         out: list[FeatureColumn] = []
@@ -191,13 +193,14 @@ class Catalog:
     def leak_columns(self, pair: str) -> tuple[FeatureColumn, ...]:
         """Columns of the pair's feature tables kept out of the training file as target leakage."""
         features = {f.name for f in self.feature_columns(pair)}
-        return tuple(f for f in self.feature_columns(pair, include_leaks=True) if f.name not in features)
+        return tuple(
+            f for f in self.feature_columns(pair, include_leaks=True) if f.name not in features
+        )
 
     def training_columns(self, pair: str) -> tuple[str, ...]:
         """Every column of the pair's training file, in order: key, targets, features."""
-        return (KEY, *self.targets[self.check_pair(pair)].targets) + tuple(
-            f.name for f in self.feature_columns(pair)
-        )
+        targets = self.targets[self.check_pair(pair)].targets
+        return (KEY, *targets, *(f.name for f in self.feature_columns(pair)))
 
     def source_of(self, pair: str, name: str) -> tuple[str, str]:
         """Reverse of the prefix rule: (table, column) of a training-file feature column."""
@@ -207,7 +210,9 @@ class Catalog:
         for table in self.tables_for(pair):
             if table.stem(pair) == stem and any(c.name == column for c in table.columns):
                 return table.name, column
-        raise CatalogError(f"pair {pair}: no catalog table has stem {stem!r} with column {column!r}")
+        raise CatalogError(
+            f"pair {pair}: no catalog table has stem {stem!r} with column {column!r}"
+        )
 
     # -- persistence -----------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -227,7 +232,9 @@ class Catalog:
             }
             for t in self.tables.values()
         ]
-        targets = {p: {"name": t.name, "schema": schema_id(t.columns)} for p, t in self.targets.items()}
+        targets = {
+            p: {"name": t.name, "schema": schema_id(t.columns)} for p, t in self.targets.items()
+        }
         return {
             "format": 1,
             "project": self.project,
@@ -381,7 +388,9 @@ def catalog_from_schema(
             if name.startswith("targets_") and pair in pairs:
                 if KEY not in names:
                     raise CatalogError(f"targets table {dataset}.{name} has no {KEY} column")
-                columns = tuple(Column(c.column, c.dtype) for c in cols if c.column not in (KEY, PAIR_COLUMN))
+                columns = tuple(
+                    Column(c.column, c.dtype) for c in cols if c.column not in (KEY, PAIR_COLUMN)
+                )
                 targets[pair] = TargetsTable(name, dataset, pair, columns)
             continue
         if dataset != features_dataset:
@@ -403,7 +412,9 @@ def catalog_from_schema(
                 if c.column in (KEY, PAIR_COLUMN):
                     continue
                 if c.dtype not in DTYPES:
-                    raise CatalogError(f"{dataset}.{name}.{c.column} has unsupported type {c.dtype}")
+                    raise CatalogError(
+                        f"{dataset}.{name}.{c.column} has unsupported type {c.dtype}"
+                    )
                 columns.append(Column(c.column, c.dtype))
             used_by = in_name if scope != "shared" else tuple(pairs)
             tables.append(Table(name, dataset, family, scope, used_by, tuple(columns)))
@@ -411,7 +422,9 @@ def catalog_from_schema(
         log.info("catalog: leaving out %s.%s: %s", dataset, name, excluded[name])
 
     order = {f: i for i, f in enumerate(FAMILY_ORDER)}
-    tables.sort(key=lambda t: (order.get(t.family, len(order)), t.family))  # stable: keeps name order
+    tables.sort(
+        key=lambda t: (order.get(t.family, len(order)), t.family)
+    )  # stable: keeps name order
     missing = [p for p in pairs if p not in targets]
     if missing:
         raise CatalogError(f"{targets_dataset} has no targets table for pairs {missing}")

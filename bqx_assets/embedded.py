@@ -180,24 +180,34 @@ class EmbeddedWarehouse(Warehouse):
 
     # -- Warehouse -----------------------------------------------------------------------------
     def information_schema(self) -> list[SchemaRow]:
-        rows = self._cursor().execute(
-            "SELECT table_schema, table_name, column_name, ordinal_position, data_type "
-            "FROM information_schema.columns WHERE table_schema <> ? "
-            "ORDER BY table_schema, table_name, ordinal_position",
-            [META],
-        ).fetchall()
+        rows = (
+            self._cursor()
+            .execute(
+                "SELECT table_schema, table_name, column_name, ordinal_position, data_type "
+                "FROM information_schema.columns WHERE table_schema <> ? "
+                "ORDER BY table_schema, table_name, ordinal_position",
+                [META],
+            )
+            .fetchall()
+        )
         return [SchemaRow(s, t, c, int(o), _FROM_DUCK.get(d, d)) for s, t, c, o, d in rows]
 
     def state(self, dataset: str, table: str) -> SourceState:
-        row = self._cursor().execute(
-            f"SELECT rows, bytes, last_modified FROM {_ident(META, 'tables')} "
-            "WHERE dataset = ? AND table_name = ?",
-            [dataset, table],
-        ).fetchone()
+        row = (
+            self._cursor()
+            .execute(
+                f"SELECT rows, bytes, last_modified FROM {_ident(META, 'tables')} "
+                "WHERE dataset = ? AND table_name = ?",
+                [dataset, table],
+            )
+            .fetchone()
+        )
         if row is None:
             raise WarehouseError(f"table {dataset}.{table} does not exist in {self.path}")
         rows, size, modified = row
-        return SourceState(dataset, table, int(rows), modified.astimezone(UTC).isoformat(), int(size))
+        return SourceState(
+            dataset, table, int(rows), modified.astimezone(UTC).isoformat(), int(size)
+        )
 
     def read(
         self, dataset: str, table: str, columns: Sequence[str], window: DateRange
@@ -234,7 +244,9 @@ class EmbeddedWarehouse(Warehouse):
     def append_minutes(self, dataset: str, table: str, minutes: int, seed: int = 1) -> SourceState:
         """Add `minutes` new rows after a table's last key (a source that changed)."""
         cursor = self._cursor()
-        last = cursor.execute(f"SELECT max({_ident(KEY)}) FROM {_ident(dataset, table)}").fetchone()[0]
+        last = cursor.execute(
+            f"SELECT max({_ident(KEY)}) FROM {_ident(dataset, table)}"
+        ).fetchone()[0]
         current = cursor.execute(f"SELECT * FROM {_ident(dataset, table)} LIMIT 0").to_arrow_table()
         keys = trading_minutes(last + timedelta(minutes=1), minutes)
         rng = _rng(seed, f"{table}/append/{last.isoformat()}")

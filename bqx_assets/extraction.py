@@ -1,4 +1,4 @@
-"""Extraction: warehouse tables to sorted, verified parquet checkpoints with manifests, resumably."""
+"""Extraction: warehouse tables to sorted, verified parquet checkpoints with manifests."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ ARROW_TYPES = {
     "STRING": pa.string(),
 }
 MANIFEST_FORMAT = 1
+ALL_TIME = DateRange()
 
 
 def owner_of(source: Source) -> str:
@@ -194,7 +195,7 @@ def extract_table(
     source: Source,
     storage: Storage,
     *,
-    window: DateRange = DateRange(),
+    window: DateRange = ALL_TIME,
     workdir: Path | None = None,
     row_group_rows: int = CHECKPOINT_ROW_GROUP_ROWS,
 ) -> Checkpoint:
@@ -259,7 +260,7 @@ def extract_tables(
     sources: Sequence[Source],
     storage: Storage,
     *,
-    window: DateRange = DateRange(),
+    window: DateRange = ALL_TIME,
     threads: int = 4,
     workdir: Path | None = None,
     row_group_rows: int = CHECKPOINT_ROW_GROUP_ROWS,

@@ -104,7 +104,11 @@ class Storage(ABC):
         if info is None:
             raise StorageError(f"{self.uri_of(key)} does not exist")
         local = cache_dir / key
-        if local.exists() and local.stat().st_size == info.size and file_crc32c(local) == info.crc32c:
+        if (
+            local.exists()
+            and local.stat().st_size == info.size
+            and file_crc32c(local) == info.crc32c
+        ):
             return local
         return self.get_file(key, local)
 

@@ -41,7 +41,9 @@ def _refresh(args: argparse.Namespace) -> int:
         rows = warehouse.information_schema()
     finally:
         warehouse.close()
-    targets = {r.table.removeprefix("targets_") for r in rows if r.dataset == packaged.targets_dataset}
+    targets = {
+        r.table.removeprefix("targets_") for r in rows if r.dataset == packaged.targets_dataset
+    }
     pairs = args.pairs.split(",") if args.pairs else [p for p in PAIRS if p in targets]
     catalog = catalog_from_schema(
         rows,
@@ -73,7 +75,10 @@ def _show(args: argparse.Namespace) -> int:
     for t in tables:
         columns[t.family] += len(t.columns)
     for family in catalog.families():
-        print(f"{family:8} {sum(t.family == family for t in tables):4} tables {columns[family]:6} columns")
+        print(
+            f"{family:8} {sum(t.family == family for t in tables):4} tables "
+            f"{columns[family]:6} columns"
+        )
     emit({"pair": args.pair, "tables": len(tables), "feature_columns": sum(columns.values()),
           "training_columns": len(catalog.training_columns(args.pair))})  # fmt: skip
     return 0

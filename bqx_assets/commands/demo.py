@@ -72,10 +72,7 @@ def _demo(args: argparse.Namespace) -> int:
     run = defs.get_job_def("pair_training_job").execute_in_process(
         instance=instance, partition_key=args.pair, raise_on_error=False
     )
-    checks = {
-        e.check_name: e.passed
-        for e in run.get_asset_check_evaluations()
-    }
+    checks = {e.check_name: e.passed for e in run.get_asset_check_evaluations()}
     output = open_storage(resources["training_io_manager"].output_root)
     key = training_file_key(args.pair)
     path = output.local_path(key) or output.uri_of(key)
@@ -96,6 +93,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"shape:         {result['rows']} rows x {result['columns']} columns")
     for name, passed in checks.items():
         print(f"check {name:18} {'passed' if passed else 'FAILED'}")
-    print(f"time:          {result['seconds']} s, peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB")
+    print(
+        f"time:          {result['seconds']} s, peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB"
+    )
     emit(result)
     return 0 if run.success and checks and all(checks.values()) else 1

@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create = sub.add_parser("create", help="create the synthetic production-shaped warehouse")
     create.add_argument("--rows", type=int, required=True, help="minutes (rows) per pair")
     create.add_argument("--pairs", default="eurusd", help="comma-separated pairs (or 'all')")
-    create.add_argument("--path", default=DEFAULT_PATH, help=f"DuckDB file (default {DEFAULT_PATH})")
+    create.add_argument(
+        "--path", default=DEFAULT_PATH, help=f"DuckDB file (default {DEFAULT_PATH})"
+    )
     create.add_argument("--seed", type=int, default=7)
     create.add_argument("--catalog", default=None, help="catalog file (default: packaged)")
     create.set_defaults(handler=_create)

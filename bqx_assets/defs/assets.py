@@ -1,6 +1,5 @@
 """The asset graph: warehouse tables, their parquet checkpoints, and each pair's training file."""
 
-
 import shutil
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -97,7 +96,7 @@ def _checkpoint_spec(catalog: Catalog, family: str) -> dg.AssetSpec:
         text = "Parquet checkpoint of the pair's targets table (the spine)."
         group = TRAINING_GROUP
     else:
-        tables, columns, scope = _family_facts(catalog, family)
+        tables, columns, _ = _family_facts(catalog, family)
         text = (
             f"Parquet checkpoints of the `{family}` tables, one file per table, sorted by "
             f"interval_time, each with a manifest: {tables} tables, {columns} columns per pair."
