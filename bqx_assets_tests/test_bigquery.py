@@ -331,50 +331,6 @@ def test_naive_window_bounds_are_utc(subset: Subset, warehouse: BigQueryWarehous
     assert data.equals(subset.expected("csi_agg_aud", wanted, WINDOW))
 
 
-@pytest.mark.slow
-def test_read_throughput_against_native_export(bigquery_emulator: BigQueryEmulator):  # noqa: F811
-    """Closing figure: MB/s of Storage Read into sorted Arrow vs the emulator's own parquet
-    export of the same tables (`BQX_THROUGHPUT_ROWS` rows a table, default 100,000)."""
-    rows = int(os.environ.get("BQX_THROUGHPUT_ROWS", "100000"))
-    catalog = Catalog.load()
-    dataset = bigquery_emulator.dataset("throughput")
-    names = ("agg_bqx_eurusd", "reg_eurusd", "tri_reg_bqx_eur_usd_gbp", "cov_agg_audusd_eurusd")
-    names = tuple(n for n in names if n in catalog.tables)
-    start = np.datetime64("2024-01-01T00:00", "us")
-    tables = {}
-    for name in names:
-        rng = np.random.default_rng(zlib.crc32(name.encode()))
-        cols = {KEY: pa.array(start + np.arange(rows) * 60_000_000).cast(KEY_TYPE)}
-        for c in catalog.table(name).columns:
-            if c.dtype == "STRING":
-                cols[c.name] = pa.array(["x"] * rows)
-            elif c.dtype == "FLOAT64":
-                cols[c.name] = pa.array(rng.normal(0, 0.087, rows))
-            else:
-                cols[c.name] = pa.array(rng.integers(0, 2, rows)).cast(_ARROW[c.dtype])
-        tables[name] = pa.table(cols)
-    load_tables(bigquery_emulator.client(), dataset, tables)
-    wh = bigquery_emulator.warehouse(dataset, dataset, max_read_streams=4)
-    read_bytes = 0
-    started = time.perf_counter()
-    for name in names:
-        data = wh.read(dataset, name, tables[name].column_names, DateRange()).data
-        read_bytes += data.nbytes
-    read_s = time.perf_counter() - started
-    started = time.perf_counter()
-    for name in names:
-        wh.export(dataset, name, f"gs://bench/{dataset}/{name}-*.parquet")
-    export_s = time.perf_counter() - started
-    mb = read_bytes / 1e6
-    print(
-        f"\nemulator throughput, {len(names)} tables x {rows} rows, {mb:.1f} MB of Arrow: "
-        f"Storage Read {mb / read_s:.1f} MB/s ({read_s:.2f} s), "
-        f"native parquet export {mb / export_s:.1f} MB/s ({export_s:.2f} s), "
-        f"ratio {export_s / read_s:.2f}x"
-    )
-    wh.close()
-
-
 # -- extraction against the emulator ---------------------------------------------------------
 def eurusd_sources(subset: Subset, warehouse: BigQueryWarehouse) -> list[Source]:
     """eurusd's tables as a catalog refreshed from the emulator names them (its datasets)."""
@@ -526,3 +482,55 @@ def test_extraction_resume_after_sigkill(
         assert resumed_info is not None and clean_info is not None
         assert resumed_info.crc32c == clean_info.crc32c, source.name
     assert_checkpoints_match(subset, storage, sources)
+
+
+@pytest.mark.slow
+def test_throughput_against_native_export(
+    bigquery_emulator: BigQueryEmulator,  # noqa: F811
+    tmp_path: Path,
+):
+    """Closing figure: MB/s of Storage Read into sorted Arrow, and of the whole extraction
+    (read, conform, checkpoint), against the emulator's own parquet export (an extract job) of
+    the same tables. `BQX_THROUGHPUT_ROWS` rows a table (default 150,000: two read streams)."""
+    rows = int(os.environ.get("BQX_THROUGHPUT_ROWS", "150000"))
+    catalog = Catalog.load()
+    dataset = bigquery_emulator.dataset("throughput")
+    tri_reg = next(t for t in catalog.tables.values() if t.name.startswith("tri_reg_"))
+    names = ("agg_bqx_eurusd", "reg_eurusd", tri_reg.name, "cov_agg_audusd_eurusd", "tmp_eurusd")
+    sources = [dataclasses.replace(catalog.table(n), dataset=dataset) for n in names]
+    start = np.datetime64("2024-01-01T00:00", "us")
+    tables = {}
+    for source in sources:
+        rng = np.random.default_rng(zlib.crc32(source.name.encode()))
+        cols = {KEY: pa.array(start + np.arange(rows) * 60_000_000).cast(KEY_TYPE)}
+        for c in source.columns:
+            if c.dtype == "STRING":
+                cols[c.name] = pa.array(["x"] * rows)
+            elif c.dtype == "FLOAT64":
+                cols[c.name] = pa.array(rng.normal(0, 0.087, rows))
+            else:
+                cols[c.name] = pa.array(rng.integers(0, 2, rows)).cast(_ARROW[c.dtype])
+        tables[source.name] = pa.table(cols)
+    load_tables(bigquery_emulator.client(), dataset, tables)
+    megabytes = sum(t.nbytes for t in tables.values()) / 1e6
+    wh = bigquery_emulator.warehouse(dataset, dataset, max_read_streams=4)
+
+    started = time.perf_counter()
+    for source in sources:
+        wh.read(dataset, source.name, tables[source.name].column_names, DateRange())
+    read_s = time.perf_counter() - started
+    started = time.perf_counter()
+    extract_tables(wh, sources, LocalStorage(tmp_path), threads=4)
+    extract_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for source in sources:
+        wh.export(dataset, source.name, f"gs://bench/{dataset}/{source.name}-*.parquet")
+    export_s = time.perf_counter() - started
+    wh.close()
+    print(
+        f"\nBigQuery emulator, {len(sources)} tables x {rows:,} rows, {megabytes:.1f} MB Arrow:"
+        f"\n  Storage Read to sorted Arrow {megabytes / read_s:7.1f} MB/s ({read_s:.2f} s)"
+        f"\n  extraction to checkpoints    {megabytes / extract_s:7.1f} MB/s ({extract_s:.2f} s)"
+        f"\n  native parquet export        {megabytes / export_s:7.1f} MB/s ({export_s:.2f} s)"
+        f"\n  extraction / export          {export_s / extract_s:7.2f}x"
+    )
