@@ -267,3 +267,80 @@ def test_consumer_of_every_pair_gets_a_dict_of_lazy_frames(tmp_path: Path) -> No
         {"pair": "eurusd", "rows": 5},
         {"pair": "gbpusd", "rows": 5},
     ]
+
+
+@pytest.fixture(scope="module")
+def every_family(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
+    """eurusd's catalog cut to its first table of every family, its file and a warehouse."""
+    from bqx_assets.catalog import Catalog
+    from bqx_assets.embedded import create_warehouse
+
+    full = Catalog.load().subset(["eurusd"])
+    first: dict[str, Any] = {}
+    for table in full.tables_for("eurusd"):
+        first.setdefault(table.family, table)
+    catalog = Catalog(
+        full.project, full.features_dataset, full.targets_dataset, full.pairs,
+        {t.name: t for t in first.values()}, full.targets, full.excluded,
+    )  # fmt: skip
+    root = tmp_path_factory.mktemp("every_family")
+    path = catalog.dump(root / "catalog.json")
+    warehouse = root / "warehouse.duckdb"
+    create_warehouse(warehouse, catalog, pairs=["eurusd"], rows=300).close()
+    return catalog, path, warehouse
+
+
+@pytest.mark.emulator
+def test_whole_pair_with_both_roots_in_gcs(
+    gcs_emulator: gcs_fixtures.GCSEmulator,
+    every_family: tuple[Any, Path, Path],
+    tmp_path: Path,
+) -> None:
+    """The real graph for one pair: checkpoints in a staging bucket, the training file published
+    to an output bucket, nothing on local disk afterwards but caches."""
+    from bqx_assets.defs.assets import all_assets, pair_checkpoints, shared_checkpoints
+    from bqx_assets.defs.assets import training_file as training_file_asset
+    from bqx_assets.defs.resources import (
+        CheckpointStore,
+        EmbeddedWarehouseResource,
+        PipelineSettings,
+    )
+
+    catalog, catalog_path, warehouse = every_family
+    staging, output = gcs_emulator.create_bucket(), gcs_emulator.create_bucket()
+    resources = {
+        "warehouse": EmbeddedWarehouseResource(path=str(warehouse)),
+        "checkpoints": CheckpointStore(
+            root=f"gs://{staging}/checkpoints", cache_dir=str(tmp_path / "cache" / "checkpoints")
+        ),
+        "settings": PipelineSettings(
+            catalog_path=str(catalog_path), min_rows=100, workdir=str(tmp_path / "work")
+        ),
+        "training_io_manager": TrainingFileIOManager(
+            output_root=f"gs://{output}", cache_dir=str(tmp_path / "cache" / "output")
+        ),
+    }
+    shared = dg.materialize(all_assets, resources=resources, selection=[shared_checkpoints])
+    assert shared.success
+    pair = dg.materialize(
+        all_assets,
+        resources=resources,
+        selection=[pair_checkpoints, training_file_asset],
+        partition_key="eurusd",
+    )
+    assert pair.success
+
+    checkpoints = open_storage(f"gs://{staging}/checkpoints")
+    stored = set(checkpoints.list())
+    for table in catalog.tables_for("eurusd"):
+        assert any(key.endswith(f"/{table.name}.parquet") for key in stored), table.name
+        assert any(key.endswith(f"/{table.name}.manifest.json") for key in stored), table.name
+    published = open_storage(f"gs://{output}").stat("training_eurusd.parquet")
+    assert published is not None
+    meta = _published_metadata(pair)
+    assert (meta["status"], meta["crc32c"], meta["size_bytes"]) == (
+        "published",
+        published.crc32c,
+        published.size,
+    )
+    assert not list((tmp_path / "work").rglob("*.parquet"))  # the ephemeral file is gone
