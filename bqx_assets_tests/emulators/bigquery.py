@@ -137,12 +137,10 @@ class BigQueryEmulator:
 
 
 def ensure_emulator_venv() -> Path:
-    """The emulator venv, created by the setup script if missing; skips the test when it cannot
-    be created (no Python 3.13 or no package index on this machine)."""
+    """The emulator venv, created or updated by the setup script (a no-op when its stamp matches
+    the pinned versions); skips the test when it cannot be created (no Python 3.13 or no
+    package index on this machine)."""
     venv = emulator_venv()
-    executable = venv / "bin" / "local-bigquery"
-    if executable.exists() and (venv / ".bqx-stamp").exists():
-        return venv
     try:
         done = subprocess.run(
             ["bash", str(SETUP_SCRIPT)],
@@ -153,7 +151,7 @@ def ensure_emulator_venv() -> Path:
         )
     except subprocess.TimeoutExpired:
         pytest.skip(f"BigQuery emulator venv not created in {SETUP_TIMEOUT_S:.0f} s at {venv}")
-    if done.returncode != 0 or not executable.exists():
+    if done.returncode != 0 or not (venv / "bin" / "local-bigquery").exists():
         pytest.skip(
             f"BigQuery emulator venv could not be created at {venv} "
             f"(scripts/setup_bigquery_emulator.sh exit {done.returncode}): "
