@@ -58,11 +58,13 @@ def gated_assets(root: Path) -> list[dg.AssetsDefinition]:
         pair = context.partition_key
         work = root / "work" / f"training_{pair}.parquet"
         work.parent.mkdir(parents=True, exist_ok=True)
-        write_training_file(work, broken=pair == BAD)
+        write_training_file(work, broken=pair == BAD and not (root / "fixed").exists())
         report = validate_training_file(work, expectation(pair), THRESHOLDS)
         target = root / ("published" if report.passed else "quarantine") / work.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(work, target)
+        if report.passed:
+            (root / "quarantine" / work.name).unlink(missing_ok=True)
         return dg.MaterializeResult(
             metadata=report_metadata(report), check_results=check_results(report, TRAINING)
         )
@@ -161,3 +163,24 @@ def test_a_failed_gate_publishes_nothing_and_blocks_downstream(
     assert event.asset_materialization.partition == BAD
     families = event.asset_materialization.metadata["families"].value
     assert "| corr | 1 | 100.00% | 1 | 5% | NO |" in families
+
+
+def test_rematerializing_after_the_fix_passes_and_publishes(
+    materialized: tuple[dg.DagsterInstance, Path],
+) -> None:
+    # Runs last: it changes the shared instance. The data of the failed pair is fixed upstream.
+    instance, root = materialized
+    (root / "fixed").touch()
+    result = dg.materialize(gated_assets(root), instance=instance, partition_key=BAD)
+    assert result.success
+    keys = [dg.AssetCheckKey(TRAINING, name) for name in CHECK_NAMES]
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        keys, partition_filter=PartitionKeyFilter(key=BAD)
+    )
+    assert {r.status for r in latest.values()} == {AssetCheckExecutionRecordStatus.SUCCEEDED}
+    assert sorted(p.name for p in (root / "published").iterdir()) == [
+        f"training_{GOOD}.parquet",
+        f"training_{BAD}.parquet",
+    ]
+    assert not any((root / "quarantine").iterdir())
+    assert instance.get_materialized_partitions(dg.AssetKey("model_input")) == {GOOD, BAD}
