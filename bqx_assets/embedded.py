@@ -14,7 +14,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bqx_assets.catalog import HORIZONS, Catalog, Column, SchemaRow, Table, TargetsTable
+from bqx_assets.catalog import (
+    CURRENCIES,
+    HORIZONS,
+    PAIRS,
+    Catalog,
+    Column,
+    SchemaRow,
+    Table,
+    TargetsTable,
+)
 from bqx_assets.errors import WarehouseError
 from bqx_assets.layout import KEY, PAIR_COLUMN
 from bqx_assets.warehouse import DateRange, SourceState, TableRead, Warehouse
@@ -70,18 +79,17 @@ def _string_column(name: str, table: str, n: int, rng: np.random.Generator) -> p
     if values is not None:
         return pa.array(np.asarray(values)[rng.integers(0, len(values), n)])
     tokens = table.split("_")
-    constant = {
-        "pair1": next((t for t in tokens if len(t) == 6), ""),
-        "pair2": next((t for t in reversed(tokens) if len(t) == 6), ""),
-        "fx_pair": next((t for t in tokens if len(t) == 6), ""),
-    }.get(name)
-    if constant is None and name.startswith("currency"):
-        currencies = [t for t in tokens if len(t) == 3]
+    pairs = [t for t in tokens if t in PAIRS] or ["xxxxxx"]
+    currencies = [t for t in tokens if t in CURRENCIES]
+    if name in ("pair1", "fx_pair"):
+        constant = pairs[0]
+    elif name == "pair2":
+        constant = pairs[-1]
+    elif name.startswith("currency"):
         index = int(name.removeprefix("currency") or 1) - 1
         constant = currencies[index] if index < len(currencies) else ""
-    if constant is None:  # base_curr / quote_curr of a pair table
-        pair = next((t for t in tokens if len(t) == 6), "xxxxxx")
-        constant = pair[:3] if name == "base_curr" else pair[3:]
+    else:  # base_curr / quote_curr of a pair table
+        constant = pairs[0][:3] if name == "base_curr" else pairs[0][3:]
     return pa.array([constant] * n, type=pa.string())
 
 

@@ -63,13 +63,13 @@ def _demo(args: argparse.Namespace) -> int:
 
     instance = dg.DagsterInstance.get()
     print("materializing the shared checkpoints", flush=True)
-    shared = defs.get_job_def("shared_checkpoints_job").execute_in_process(
+    shared = defs.resolve_job_def("shared_checkpoints_job").execute_in_process(
         instance=instance, raise_on_error=False
     )
     if not shared.success:
         raise BqxError(f"shared checkpoints failed (run {shared.run_id}); see the log above")
     print(f"materializing partition {args.pair}", flush=True)
-    run = defs.get_job_def("pair_training_job").execute_in_process(
+    run = defs.resolve_job_def("pair_training_job").execute_in_process(
         instance=instance, partition_key=args.pair, raise_on_error=False
     )
     checks = {e.check_name: e.passed for e in run.get_asset_check_evaluations()}

@@ -131,11 +131,13 @@ def _family_metadata(
         "reused": dg.MetadataValue.int(sum(c.status == "reused" for c in checkpoints)),
         "rows": dg.MetadataValue.int(sum(c.manifest.rows for c in checkpoints)),
         "megabytes": dg.MetadataValue.float(
-            round(sum(c.manifest.bytes for c in checkpoints) / 1e6, 2)
+            round(sum(c.manifest.bytes for c in checkpoints) / 1e6, 2) * 1.0
         ),
-        "seconds": dg.MetadataValue.float(round(sum(c.seconds for c in checkpoints), 2)),
+        "seconds": dg.MetadataValue.float(round(sum(c.seconds for c in checkpoints), 2) * 1.0),
         "bytes_read": dg.MetadataValue.int(bytes_read),
-        "estimated_cost_usd": dg.MetadataValue.float(round(bytes_read / 2**40 * price_per_tib, 6)),
+        "estimated_cost_usd": dg.MetadataValue.float(
+            round(bytes_read / 2**40 * price_per_tib, 6) * 1.0
+        ),
     }
 
 
