@@ -515,7 +515,32 @@ def _key_integrity(pf: pq.ParquetFile, names: list[str], th: Thresholds) -> Chec
                 "threshold": threshold,
             },
         )
-    column = pf.read(columns=[KEY]).column(0).combine_chunks()
+    if names.count(KEY) > 1:
+        return CheckOutcome(
+            "key_integrity",
+            False,
+            CHECK_DESCRIPTIONS["key_integrity"],
+            {
+                "summary": f"{KEY} appears {names.count(KEY)} times: the join key is ambiguous",
+                "actual": f"{names.count(KEY)} columns",
+                "expected": expected,
+                "threshold": threshold,
+            },
+        )
+    try:
+        column = pf.read(columns=[KEY], use_threads=False).column(0).combine_chunks()
+    except (OSError, pa.ArrowException) as exc:  # a corrupt page or a duplicated key column
+        return CheckOutcome(
+            "key_integrity",
+            False,
+            CHECK_DESCRIPTIONS["key_integrity"],
+            {
+                "summary": f"{KEY} unreadable: {exc}",
+                "actual": "unreadable",
+                "expected": expected,
+                "threshold": threshold,
+            },
+        )
     dtype = column.type
     problems: list[str] = []
     type_ok = pa.types.is_timestamp(dtype) and dtype.unit == KEY_UNIT and dtype.tz == KEY_TZ
@@ -589,7 +614,10 @@ def _looks_like_target(name: str) -> bool:
 def _same_values(pf: pq.ParquetFile, group: int, feature: str, target: str) -> bool:
     """True when a feature equals a target row by row (a copy, not a shifted series) in one
     row group; both columns are read from that row group only."""
-    table = pf.read_row_group(group, columns=[feature, target], use_threads=False)
+    try:
+        table = pf.read_row_group(group, columns=[feature, target], use_threads=False)
+    except (OSError, pa.ArrowException):  # a duplicated name: column_count reports it
+        return False
     a, b = table.column(0), table.column(1)
     both = len(a) - int(pc.sum(pc.or_(pc.is_null(a), pc.is_null(b))).as_py() or 0)
     equal = int(pc.sum(pc.equal(a, b)).as_py() or 0)

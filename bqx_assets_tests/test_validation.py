@@ -449,3 +449,14 @@ def test_nested_columns_raise_naming_the_file(tmp_path: Path, expectation: Expec
     path = write(tmp_path / "nested.parquet", cols)
     with pytest.raises(ValidationError, match=r"nested\.parquet.*flat columns"):
         run(path, expectation)
+
+
+def test_duplicated_key_column_fails_key_integrity(
+    tmp_path: Path, expectation: Expectation
+) -> None:
+    cols = good_columns(expectation)
+    table = pa.Table.from_arrays([*cols.values(), cols[KEY]], names=[*cols, KEY])
+    pq.write_table(table, tmp_path / "dupkey.parquet")
+    report = run(tmp_path / "dupkey.parquet", expectation)
+    assert report.outcome("column_count").metadata["duplicates"] == [KEY]
+    assert not report.outcome("key_integrity").passed
