@@ -338,6 +338,7 @@ def _inspect_all(plans: Sequence[_Plan]) -> None:
 def encode_piece(columns: Sequence[pa.Array | pa.ChunkedArray], names: Sequence[str]) -> pa.Buffer:
     """One piece as a complete parquet file in memory (one row group) with the output settings."""
     table = pa.table(list(columns), names=list(names))
+    floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
     dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
     sink = pa.BufferOutputStream()
     with pq.ParquetWriter(
@@ -346,6 +347,7 @@ def encode_piece(columns: Sequence[pa.Array | pa.ChunkedArray], names: Sequence[
         compression=OUTPUT_COMPRESSION,
         compression_level=OUTPUT_COMPRESSION_LEVEL,
         use_dictionary=dictionary or False,
+        use_byte_stream_split=floats or False,
         write_statistics=True,
         store_schema=False,
     ) as writer:
@@ -433,14 +435,14 @@ def _write(
     every = max(1, len(tasks) // 10)
     stop = threading.Event()
 
-    def run(job: Callable[[], list[pa.Buffer]]) -> list[pa.Buffer]:
+    def run(job: Callable[[], list[pa.Buffer]]) -> list[_Piece]:
         if stop.is_set():  # an earlier piece failed: don't start more
             return []
-        return job()
+        return [_Piece.parse(buffer) for buffer in job()]  # parsed here, off the writing thread
 
     with open(tmp, "wb") as f, ThreadPoolExecutor(WORKERS) as pool:
         f.write(_MAGIC)
-        pending: deque[tuple[int, Future[list[pa.Buffer]]]] = deque()
+        pending: deque[tuple[int, Future[list[_Piece]]]] = deque()
         queue = iter(tasks)
         try:
             for done in range(len(tasks)):
@@ -645,6 +647,25 @@ _CHUNK_OFFSETS = frozenset({2, 4, 6})
 _META_OFFSETS = frozenset({9, 10, 11, 14})
 
 
+@dataclass(frozen=True)
+class _Piece:
+    """An encoded piece: its column chunks (bytes after the leading magic, up to the footer) and
+    its decoded footer."""
+
+    body: memoryview
+    meta: Fields
+
+    @classmethod
+    def parse(cls, buffer: pa.Buffer) -> _Piece:
+        view = memoryview(buffer)
+        size = len(view)
+        length = int.from_bytes(view[size - 8 : size - 4], "little")
+        if bytes(view[:4]) != _MAGIC or bytes(view[size - 4 :]) != _MAGIC:
+            raise MergeError("pyarrow wrote a piece that is not a parquet file")
+        meta, _ = _read_struct(bytes(view[size - 8 - length : size - 8]), 0, _FILE)
+        return cls(view[len(_MAGIC) : size - 8 - length], meta)
+
+
 class _Footer:
     """Collects the pieces' column chunks into the output's row groups and schema."""
 
@@ -656,15 +677,12 @@ class _Footer:
         self.orders: list[bytes] = []
         self.groups: list[dict[str, Any]] = []
 
-    def add(self, f: Any, piece: pa.Buffer, group: int, rows: int) -> None:
+    def add(self, f: Any, piece: _Piece, group: int, rows: int) -> None:
         """Append one piece's column chunks to `f` and remember their metadata."""
-        view = memoryview(piece)
-        size = len(view)
-        length = int.from_bytes(view[size - 8 : size - 4], "little")
-        meta, _ = _read_struct(bytes(view[size - 8 - length : size - 8]), 0, _FILE)
+        meta = piece.meta
         fields = {fid: value for fid, _, value in meta}
         shift = f.tell() - len(_MAGIC)
-        f.write(view[len(_MAGIC) : size - 8 - length])
+        f.write(piece.body)
 
         (row_group,) = fields[4][1]
         group_fields = {fid: value for fid, _, value in row_group}
