@@ -212,16 +212,23 @@ def test_read_keeps_the_requested_column_order_and_pair_when_asked(
     assert whole.num_rows == subset.sources[name].num_rows
 
 
-def test_read_of_many_streams_is_parallel_and_sorted(bigquery_emulator: BigQueryEmulator):  # noqa: F811
-    """The emulator cuts a stream per 100,000 rows: 250,000 rows give three streams."""
+@pytest.fixture(scope="module")
+def big_table(bigquery_emulator: BigQueryEmulator) -> tuple[str, pa.Table]:  # noqa: F811
+    """250,000 rows loaded newest first: the emulator cuts a read stream per 100,000 rows."""
     n = 250_000
-    start = datetime(2023, 1, 2, tzinfo=UTC)
-    key = pa.array(
-        np.datetime64(start.replace(tzinfo=None), "us") + np.arange(n)[::-1] * 60_000_000
-    )
-    data = pa.table({KEY: key.cast(KEY_TYPE), "x": pa.array(np.arange(n, dtype="float64")[::-1])})
+    start = np.datetime64("2023-01-02T00:00", "us")
+    key = pa.array(start + np.arange(n)[::-1] * 60_000_000).cast(KEY_TYPE)
+    data = pa.table({KEY: key, "x": pa.array(np.arange(n, dtype="float64")[::-1])})
     dataset = bigquery_emulator.dataset("streams")
     load_tables(bigquery_emulator.client(), dataset, {"big": data})
+    return dataset, data
+
+
+def test_read_of_many_streams_is_parallel_and_sorted(
+    bigquery_emulator: BigQueryEmulator,  # noqa: F811
+    big_table: tuple[str, pa.Table],
+):
+    dataset, data = big_table
     wh = bigquery_emulator.warehouse(dataset, dataset, max_read_streams=3)
     session_streams = wh.read_client.create_read_session(
         parent=f"projects/{bigquery_emulator.project}",
@@ -235,6 +242,24 @@ def test_read_of_many_streams_is_parallel_and_sorted(bigquery_emulator: BigQuery
     result = wh.read(dataset, "big", [KEY, "x"], DateRange()).data
     assert result.equals(data.sort_by(KEY))
     wh.close()
+
+
+def test_connection_lost_mid_stream_is_resumed(
+    bigquery_emulator: BigQueryEmulator,  # noqa: F811
+    big_table: tuple[str, pa.Table],
+):
+    """The gRPC connection is reset after 1 MB of the three streams' ~4 MB of responses."""
+    dataset, data = big_table
+    with TcpFaultProxy(
+        bigquery_emulator.grpc_endpoint, drops=1, cut_after_bytes=1_000_000
+    ) as proxy:
+        wh = bigquery_emulator.warehouse(
+            dataset, dataset, read_endpoint=proxy.endpoint, max_read_streams=3
+        )
+        result = wh.read(dataset, "big", [KEY, "x"], DateRange()).data
+        assert proxy.faults_injected == 1 and proxy.cuts == 1 and proxy.forwarded >= 1
+        assert result.equals(data.sort_by(KEY))
+        wh.close()
 
 
 def test_state_changes_when_rows_are_appended(bigquery_emulator: BigQueryEmulator):  # noqa: F811
@@ -305,6 +330,25 @@ def test_missing_table_fails_at_once_naming_it(subset: Subset, warehouse: BigQue
     with pytest.raises(WarehouseError, match=rf"{subset.features}\.agg_gbpusd"):
         warehouse.state(subset.features, "agg_gbpusd")
     assert warehouse.retries == 0
+
+
+def test_information_schema_falls_back_to_the_tables_api(
+    subset: Subset, warehouse: BigQueryWarehouse
+):
+    """Where the INFORMATION_SCHEMA query is refused (400 invalidQuery), the same rows come from
+    listing the tables and their schemas."""
+    with HttpFaultProxy(
+        subset.emulator.rest_endpoint,
+        faults=2,
+        status=400,
+        reason="invalidQuery",
+        path_contains="/queries",
+    ) as rest:
+        wh = subset.warehouse(api_endpoint=rest.endpoint)
+        listed = wh.information_schema()
+        assert rest.faults_injected == 2
+        wh.close()
+    assert sorted(listed, key=str) == sorted(warehouse.information_schema(), key=str)
 
 
 def test_missing_column_fails_naming_it(subset: Subset, warehouse: BigQueryWarehouse):

@@ -256,13 +256,24 @@ class _Server(threading.Thread):
 
 class HttpFaultProxy(_Server):
     """An HTTP reverse proxy that answers the first `faults` requests with `status` (a
-    BigQuery-shaped JSON error) and forwards everything else to `upstream`."""
+    BigQuery-shaped JSON error) and forwards everything else to `upstream`. With `path_contains`,
+    only requests whose path contains it get faults."""
 
-    def __init__(self, upstream: str, faults: int, status: int = 503) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        faults: int,
+        status: int = 503,
+        *,
+        reason: str | None = None,
+        path_contains: str | None = None,
+    ) -> None:
         super().__init__()
         self.upstream = upstream.removeprefix("http://")
         self.faults = faults
         self.status = status
+        self.reason = reason or ("backendError" if status >= 500 else "rateLimitExceeded")
+        self.path_contains = path_contains
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -274,11 +285,11 @@ class HttpFaultProxy(_Server):
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                if proxy.take_fault(proxy.faults):
-                    reason = "backendError" if proxy.status >= 500 else "rateLimitExceeded"
+                wanted = proxy.path_contains is None or proxy.path_contains in self.path
+                if wanted and proxy.take_fault(proxy.faults):
                     payload = (
                         f'{{"error": {{"code": {proxy.status}, "message": "injected fault",'
-                        f' "errors": [{{"reason": "{reason}", "message": "injected"}}]}}}}'
+                        f' "errors": [{{"reason": "{proxy.reason}", "message": "injected"}}]}}}}'
                     ).encode()
                     self.send_response(proxy.status)
                     self.send_header("Content-Type", "application/json")
@@ -323,10 +334,17 @@ class HttpFaultProxy(_Server):
 
 class TcpFaultProxy(_Server):
     """A TCP proxy (for gRPC) that drops the first `drops` connections: it accepts them, then
-    resets them once the client has sent its first bytes. Later connections are piped through."""
+    resets them once the client has sent its first bytes. Later connections are piped through.
 
-    def __init__(self, upstream: str, drops: int) -> None:
+    With `cut_after_bytes`, a dropped connection is instead piped through until the server has
+    sent that many bytes, then reset: a connection lost in the middle of a streamed response.
+    """
+
+    def __init__(self, upstream: str, drops: int, *, cut_after_bytes: int | None = None) -> None:
         super().__init__()
+        self.cut_after_bytes = cut_after_bytes
+        self.cuts = 0
+        """Connections reset mid-response."""
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
         self.drops = drops
@@ -345,14 +363,11 @@ class TcpFaultProxy(_Server):
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
-        if self.take_fault(self.drops):
-            try:
+        fault = self.take_fault(self.drops)
+        if fault and self.cut_after_bytes is None:
+            with contextlib.suppress(OSError):
                 client.recv(65536)
-                # SO_LINGER 0: close with RST, the way a crashed peer or a load balancer drops.
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-            except OSError:
-                pass
-            client.close()
+            _reset(client)
             return
         try:
             upstream = socket.create_connection(self.upstream)
@@ -360,14 +375,23 @@ class TcpFaultProxy(_Server):
             client.close()
             return
         self._sockets.append(upstream)
-        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
-        self._pipe(client, upstream)
+        limit = self.cut_after_bytes if fault else None
+        threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
+        self._pipe(client, upstream, None)
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+        sent = 0
         try:
             while data := src.recv(65536):
+                if limit is not None and sent + len(data) >= limit:
+                    dst.sendall(data[: max(0, limit - sent)])
+                    with self.lock:
+                        self.cuts += 1
+                    _reset(dst)
+                    _reset(src)
+                    return
                 dst.sendall(data)
+                sent += len(data)
         except OSError:
             pass
         finally:
@@ -388,3 +412,17 @@ class TcpFaultProxy(_Server):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _reset(sock: socket.socket) -> None:
+    """Drop a connection with RST (SO_LINGER 0), the way a crashed peer or a load balancer does.
+
+    shutdown() first: close() alone leaves the connection open while another thread is blocked
+    in recv() on it, and the client would wait for data that never comes.
+    """
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
