@@ -1,0 +1,1 @@
+"""End-to-end suites against a running dagster-webserver and dagster-daemon (slow)."""

@@ -1,0 +1,286 @@
+"""A local deployment: temp DAGSTER_HOME, 3-pair warehouse, dagster-webserver and dagster-daemon."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+BIN = Path(sys.executable).parent
+PAIRS = ("eurusd", "gbpusd", "usdjpy")
+ROWS = 300
+BACKFILL_TIMEOUT_S = 1500
+BIGQUERY_POOL_LIMIT = 2
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+MAX_CONCURRENT_RUNS = 3
+"""Three pair runs at once, so the bigquery pool (2), not the run queue, bounds warehouse reads."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Deployment:
+    """The running webserver and daemon over one temp project folder."""
+
+    root: Path
+    env: dict[str, str]
+    url: str
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())
+        if answer.get("errors"):
+            raise AssertionError(f"GraphQL errors: {answer['errors']}")
+        return answer["data"]
+
+    def run(self, *args: str, timeout: float = 900) -> str:
+        """A command in the project folder with the deployment's environment; its output."""
+        done = subprocess.run(
+            args, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
+
+def _project(root: Path) -> dict[str, str]:
+    """Copy the instance and workspace files into `root`, with the test's run limit."""
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    config["concurrency"]["runs"]["max_concurrent_runs"] = MAX_CONCURRENT_RUNS
+    config["concurrency"]["pools"]["default_limit"] = BIGQUERY_POOL_LIMIT
+    limits = config["concurrency"]["runs"].setdefault("tag_concurrency_limits", [])
+    if not any(limit["key"] == RANGE_START_TAG for limit in limits):
+        limits.append(
+            {"key": RANGE_START_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        )
+    # The daemon picks up queued runs and backfills quickly, so the test does not idle.
+    config["run_coordinator"]["config"] = {"dequeue_interval_seconds": 1}
+    (root / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    shutil.copy(REPO / "workspace.yaml", root / "workspace.yaml")
+    data = root / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BQX_", "DAGSTER_"))}
+    env.update(
+        DAGSTER_HOME=str(root),
+        BQX_ENV="local",
+        BQX_WAREHOUSE_PATH=str(data / "warehouse.duckdb"),
+        BQX_CHECKPOINT_ROOT=str(data / "checkpoints"),
+        BQX_CACHE_DIR=str(data / "cache" / "checkpoints"),
+        BQX_OUTPUT_ROOT=str(data / "output"),
+        BQX_OUTPUT_CACHE_DIR=str(data / "cache" / "output"),
+        BQX_WORKDIR=str(data / "work"),
+        BQX_MIN_ROWS="100",
+        BQX_EXTRACT_THREADS="2",
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _start(deployment: Deployment, name: str, *args: str) -> subprocess.Popen[bytes]:
+    log = (deployment.root / f"{name}.log").open("wb")
+    process = subprocess.Popen(
+        args,
+        cwd=deployment.root,
+        env=deployment.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: teardown ends its children too
+    )
+    deployment.processes.append(process)
+    return process
+
+
+def _wait_until_loaded(deployment: Deployment, timeout: float = 300) -> None:
+    query = """{ workspaceOrError { __typename ... on Workspace {
+        locationEntries { name loadStatus
+          locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        for process in deployment.processes:
+            if process.poll() is not None:
+                raise AssertionError(f"{process.args[0]} exited with {process.returncode}")
+        try:
+            entries = deployment.graphql(query)["workspaceOrError"]["locationEntries"]
+            last = entries
+            if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                errors = [
+                    e["locationOrLoadError"]
+                    for e in entries
+                    if e["locationOrLoadError"]["__typename"] == "PythonError"
+                ]
+                if errors:
+                    raise AssertionError(f"code location failed to load: {errors}")
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(1)
+    raise AssertionError(f"webserver did not load the code location in {timeout} s: {last}")
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Warehouse, shared checkpoints, then the webserver and daemon on a free local port."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    root = tmp_path_factory.mktemp("bqx-e2e")
+    port = _free_port()
+    deployment = Deployment(root, _project(root), f"http://127.0.0.1:{port}")
+    clock = time.monotonic()
+    warehouse = Path(deployment.env["BQX_WAREHOUSE_PATH"])
+    prebuilt = os.environ.get("BQX_E2E_WAREHOUSE")  # a warehouse made by the same command
+    if prebuilt:
+        warehouse.parent.mkdir(parents=True)
+        shutil.copy(prebuilt, warehouse)
+    else:
+        deployment.run(
+            str(BIN / "bqx"), "warehouse", "create", "--rows", str(ROWS),
+            "--pairs", ",".join(PAIRS), "--path", str(warehouse),
+        )  # fmt: skip
+    deployment.figures["warehouse_seconds"] = round(time.monotonic() - clock, 1)
+    clock = time.monotonic()
+    deployment.run(
+        str(BIN / "dagster"), "job", "execute", "-m", "bqx_assets.definitions",
+        "-j", "shared_checkpoints_job",
+    )  # fmt: skip
+    deployment.figures["shared_checkpoints_seconds"] = round(time.monotonic() - clock, 1)
+    try:
+        _start(
+            deployment, "webserver", str(BIN / "dagster-webserver"),
+            "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port),
+        )  # fmt: skip
+        _start(deployment, "daemon", str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml")
+        _wait_until_loaded(deployment)
+        yield deployment
+    finally:
+        _stop(deployment.processes)
+        for name in ("webserver", "daemon"):
+            log = root / f"{name}.log"
+            if log.exists():
+                shutil.copy(log, ARTIFACTS / f"e2e-{name}.log")
+
+
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on UnauthorizedError { message }
+    ... on PartitionSetNotFoundError { message }
+    ... on InvalidStepError { invalidStepKey }
+    ... on InvalidOutputError { invalidOutputName }
+  }
+}"""
+
+BACKFILL = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      id status numPartitions
+      runs { runId status tags { key value } startTime endTime }
+      error { message }
+    }
+    ... on PythonError { message }
+  }
+}"""
+
+DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+
+def pair_asset_keys(deployment: Deployment) -> list[list[str]]:
+    """The training file and every asset of the `pair_checkpoints` step, from the webserver."""
+    query = """{ assetNodes { assetKey { path } opNames } }"""
+    nodes = deployment.graphql(query)["assetNodes"]
+    keys = [n["assetKey"]["path"] for n in nodes if "pair_checkpoints" in n["opNames"]]
+    return [*sorted(keys), ["training_file"]]
+
+
+def launch_backfill(deployment: Deployment, pairs: list[str]) -> str:
+    params = {
+        "partitionNames": pairs,
+        "assetSelection": [{"path": key} for key in pair_asset_keys(deployment)],
+        "title": f"e2e {','.join(pairs)}",
+    }
+    result = deployment.graphql(LAUNCH, {"params": params})["launchPartitionBackfill"]
+    assert result["__typename"] == "LaunchBackfillSuccess", result
+    return result["backfillId"]
+
+
+def wait_for_backfill(
+    deployment: Deployment, backfill_id: str, timeout: float = BACKFILL_TIMEOUT_S
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        state = deployment.graphql(BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
+        runs = state.get("runs") or []
+        if state.get("status") in DONE and all(
+            r["status"] in {"SUCCESS", "FAILURE", "CANCELED"} for r in runs
+        ):
+            return state
+        time.sleep(3)
+    raise AssertionError(f"backfill {backfill_id} did not finish in {timeout} s: {state}")
+
+
+@dataclass
+class Backfill:
+    id: str
+    state: dict[str, Any]
+    seconds: float
+
+    def runs_by_pair(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for run in self.state["runs"]:
+            tags = {t["key"]: t["value"] for t in run["tags"]}
+            # Backfill runs of one partition carry a range of one, not dagster/partition.
+            pair = tags.get("dagster/partition") or tags.get(RANGE_START_TAG, "?")
+            out.setdefault(pair, []).append(run)
+        return out
+
+
+@pytest.fixture(scope="session")
+def backfill(deployment: Deployment) -> Backfill:
+    """A backfill of the 3 pairs, launched over GraphQL and followed to its end."""
+    clock = time.monotonic()
+    backfill_id = launch_backfill(deployment, list(PAIRS))
+    state = wait_for_backfill(deployment, backfill_id)
+    result = Backfill(backfill_id, state, round(time.monotonic() - clock, 1))
+    deployment.figures["backfill_seconds"] = result.seconds
+    return result

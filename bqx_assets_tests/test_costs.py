@@ -1,0 +1,150 @@
+"""Step usage, the Cloud Run cost estimate, and `bqx costs` over an instance's latest runs."""
+
+import hashlib
+import json
+from collections.abc import Iterator
+
+import dagster as dg
+import pytest
+
+from bqx_assets.commands.costs import cost_lines
+from bqx_assets.costs import (
+    METADATA_KEYS,
+    Container,
+    CostLine,
+    Prices,
+    StepUsage,
+    Usage,
+    estimate,
+    format_report,
+    total,
+)
+from bqx_assets.defs.partitions import pairs_partitions
+
+
+def test_estimate_prices_the_container_for_its_wall_time_plus_bytes_scanned() -> None:
+    prices = Prices(vcpu_second=0.00001, gib_second=0.000001, bigquery_tib=5.0)
+    cloud_run, bigquery = estimate(1000.0, 2**40 // 2, prices, Container(vcpus=2, memory_gib=4))
+    assert cloud_run == pytest.approx(1000 * (2 * 0.00001 + 4 * 0.000001))
+    assert bigquery == pytest.approx(2.5)
+
+
+def test_default_prices_put_a_96_minute_pair_near_the_first_teams_bill() -> None:
+    # The first team paid $0.60-0.71 per pair for 77-96 min on Cloud Run (4 vCPU, 16 GiB).
+    cloud_run, _ = estimate(96 * 60, 0)
+    assert 0.4 < cloud_run < 0.8
+
+
+def test_step_usage_measures_cpu_wall_memory_and_bytes() -> None:
+    with StepUsage(container=Container(vcpus=1, memory_gib=1)) as usage:
+        digest = b""
+        for _ in range(20_000):
+            digest = hashlib.sha256(digest).digest()  # some CPU to measure
+        usage.add_bytes_read(3 * 2**30)
+    measured = usage.finish()
+    assert measured.wall_seconds > 0
+    assert measured.cpu_seconds > 0
+    assert measured.peak_rss_bytes > 10 * 2**20
+    assert measured.bytes_read == 3 * 2**30
+    assert measured.bigquery_usd == pytest.approx(3 / 1024 * 6.25)
+    assert usage.finish() is measured  # fixed once finished
+    metadata = usage.metadata()
+    assert tuple(metadata) == METADATA_KEYS
+    assert metadata["step_estimated_cost_usd"] == pytest.approx(
+        measured.cloud_run_usd + measured.bigquery_usd, abs=1e-6
+    )
+    assert Usage.from_metadata(metadata) == Usage(
+        cpu_seconds=metadata["step_cpu_seconds"],
+        peak_rss_bytes=metadata["step_peak_rss_bytes"],
+        wall_seconds=metadata["step_wall_seconds"],
+        bytes_read=metadata["step_bytes_read"],
+        cloud_run_usd=metadata["step_cloud_run_usd"],
+        bigquery_usd=metadata["step_bigquery_usd"],
+    )
+
+
+def test_finish_before_start_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="before start"):
+        StepUsage().finish()
+
+
+def test_totals_add_time_and_cost_and_keep_the_peak() -> None:
+    a = CostLine("eurusd", 2, Usage(10, 2**30, 60, 100, 0.01, 0.001))
+    b = CostLine("gbpusd", 2, Usage(5, 3 * 2**30, 30, 50, 0.02, 0.002))
+    summed = total([a, b])
+    assert summed.steps == 4
+    assert summed.usage.cpu_seconds == 15 and summed.usage.wall_seconds == 90
+    assert summed.usage.peak_rss_bytes == 3 * 2**30
+    assert summed.usage.estimated_cost_usd == pytest.approx(0.033)
+    report = format_report([a, b])
+    assert report.splitlines()[-1].startswith("total")
+    assert "eurusd" in report and "gbpusd" in report
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def _usage_metadata(wall: float, bytes_read: int) -> dict[str, float | int]:
+    return Usage(
+        cpu_seconds=wall / 2, peak_rss_bytes=2**30, wall_seconds=wall, bytes_read=bytes_read
+    ).to_metadata()
+
+
+def test_cost_lines_sum_each_pairs_latest_run_counting_a_multi_asset_step_once(
+    instance: dg.DagsterInstance,
+) -> None:
+    @dg.multi_asset(
+        specs=[dg.AssetSpec(["checkpoints", "agg"]), dg.AssetSpec(["checkpoints", "targets"])],
+        partitions_def=pairs_partitions,
+        name="pair_checkpoints",
+    )
+    def pair_checkpoints() -> Iterator[dg.MaterializeResult]:
+        # Both families carry the same step usage; it must be counted once.
+        for family in ("agg", "targets"):
+            yield dg.MaterializeResult(
+                asset_key=["checkpoints", family],
+                metadata={"bytes_read": 2**30, **_usage_metadata(100.0, 2**31)},
+            )
+
+    @dg.asset(
+        key="training_file",
+        partitions_def=pairs_partitions,
+        deps=[pair_checkpoints.keys_by_output_name["checkpoints__agg"]],
+    )
+    def training_file() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata=_usage_metadata(50.0, 0))
+
+    @dg.asset(key=["checkpoints", "tri"])
+    def shared() -> dg.MaterializeResult:
+        # No recorded usage: the report falls back to the step's events and its bytes_read.
+        return dg.MaterializeResult(metadata={"bytes_read": 2**40})
+
+    for pair in ("eurusd", "gbpusd"):
+        assert dg.materialize(
+            [pair_checkpoints, training_file], instance=instance, partition_key=pair
+        ).success
+    assert dg.materialize([shared], instance=instance).success
+
+    prices = Prices(vcpu_second=0.001, gib_second=0.0, bigquery_tib=1.0)
+    lines = {
+        line.name: line
+        for line in cost_lines(instance, None, prices=prices, container=Container(1, 1))
+    }
+    assert sorted(lines) == ["eurusd", "gbpusd", "shared"]
+    pair = lines["eurusd"]
+    assert pair.steps == 2
+    assert pair.usage.wall_seconds == pytest.approx(150.0)
+    assert pair.usage.cpu_seconds == pytest.approx(75.0)
+    assert pair.usage.bytes_read == 2**31
+    assert pair.usage.cloud_run_usd == pytest.approx(0.15)
+    assert pair.usage.bigquery_usd == pytest.approx(2 / 1024)
+    shared_line = lines["shared"]
+    assert shared_line.steps == 1 and shared_line.usage.bytes_read == 2**40
+    assert shared_line.usage.bigquery_usd == pytest.approx(1.0)
+    assert shared_line.usage.wall_seconds > 0
+    only = cost_lines(instance, ["gbpusd"], shared=False)
+    assert [line.name for line in only] == ["gbpusd"]
+    json.dumps([line.to_dict() for line in only])  # what `bqx costs` emits
