@@ -357,6 +357,9 @@ def create_warehouse(
         con.execute(f"CREATE TABLE {_ident(dataset, name)} AS SELECT * FROM _new")
         con.unregister("_new")
         wh._record(dataset, name, data)
+        if i % 100 == 0:  # bounded memory: DuckDB holds a transaction's new tables until commit
+            con.execute("COMMIT")
+            con.execute("BEGIN TRANSACTION")
         if progress and (i % 100 == 0 or i == len(jobs)):
             progress(f"warehouse: {i}/{len(jobs)} tables")
     # Tables the refresh must leave out (DOMAIN: the summaries have no interval_time).

@@ -53,12 +53,13 @@ def _demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(Path.cwd()))
     if args.warehouse:
         os.environ["BQX_WAREHOUSE_PATH"] = args.warehouse
+    from bqx_assets.catalog import Catalog
     from bqx_assets.definitions import defs
+    from bqx_assets.defs.environment import resolved
 
     resources = defs.resources
-    warehouse_path = resources["warehouse"].path
-    settings = resources["settings"]
-    settings.catalog().check_pair(args.pair)
+    warehouse_path = resolved(resources["warehouse"].path)
+    Catalog.load(resolved(resources["settings"].catalog_path)).check_pair(args.pair)
     _ensure_warehouse(str(warehouse_path), args.pair, args.rows)
 
     instance = dg.DagsterInstance.get()
@@ -73,7 +74,7 @@ def _demo(args: argparse.Namespace) -> int:
         instance=instance, partition_key=args.pair, raise_on_error=False
     )
     checks = {e.check_name: e.passed for e in run.get_asset_check_evaluations()}
-    output = open_storage(resources["training_io_manager"].output_root)
+    output = open_storage(resolved(resources["training_io_manager"].output_root))
     key = training_file_key(args.pair)
     path = output.local_path(key) or output.uri_of(key)
     meta = pq.read_metadata(path) if run.success and Path(path).exists() else None

@@ -29,6 +29,11 @@ def _env(name: str, default: Any) -> Any:
     return dg.EnvVar(name) if os.environ.get(name) else default
 
 
+def resolved(value: Any) -> Any:
+    """A resource field's value as a run sees it (an `EnvVar` read now)."""
+    return value.get_value() if isinstance(value, dg.EnvVar) else value
+
+
 def _env_int(name: str, default: int) -> Any:
     return dg.EnvVar.int(name) if os.environ.get(name) else default
 
