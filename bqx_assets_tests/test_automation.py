@@ -182,3 +182,14 @@ def test_gate_failure_sensor_alerts_once_per_failed_check(
     _record_gate(instance, {"usdjpy": ["null_completeness"]})
     auto.gate_failure_sensor(dg.build_sensor_context(instance=instance, cursor=again.cursor))
     assert [(a.pair, a.check_name) for a in alerts[2:]] == [("usdjpy", "null_completeness")]
+
+
+def test_sensors_load_with_the_definitions() -> None:
+    """The sensors' jobs and resources resolve against the real graph."""
+    from bqx_assets.definitions import defs
+
+    with_sensors = dg.Definitions.merge(defs, dg.Definitions(sensors=auto.automation))
+    dg.Definitions.validate_loadable(with_sensors)
+    repository = with_sensors.get_repository_def()
+    assert {s.name for s in repository.sensor_defs} >= {s.name for s in auto.automation}
+    assert repository.get_sensor_def("pair_sources_sensor").job_name == "pair_training_job"
