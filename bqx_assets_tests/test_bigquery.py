@@ -110,6 +110,7 @@ class Subset:
     """Table name -> the rows loaded (features and targets)."""
 
     def warehouse(self, **kwargs: object) -> BigQueryWarehouse:
+        kwargs.setdefault("location", "us-central1")  # production's region
         return self.emulator.warehouse(self.features, self.targets, **kwargs)  # type: ignore[arg-type]
 
     def expected(self, name: str, columns: list[str], window: DateRange) -> pa.Table:
@@ -351,6 +352,26 @@ def test_information_schema_falls_back_to_the_tables_api(
     assert sorted(listed, key=str) == sorted(warehouse.information_schema(), key=str)
 
 
+def test_dagster_resource_opens_the_warehouse_on_the_emulator(subset: Subset):
+    from bqx_assets.defs.resources import BigQueryWarehouseResource
+
+    resource = BigQueryWarehouseResource(
+        project=subset.emulator.project,
+        features_dataset=subset.features,
+        targets_dataset=subset.targets,
+        api_endpoint=subset.emulator.rest_endpoint,
+        read_endpoint=subset.emulator.grpc_endpoint,
+    )
+    wh = resource.open()
+    try:
+        assert wh.state(subset.features, "mkt_corr").rows == 330
+        wanted = [KEY, "bqx_45"]
+        data = wh.read(subset.targets, "targets_eurusd", wanted, WINDOW).data
+        assert data.equals(subset.expected("targets_eurusd", wanted, WINDOW))
+    finally:
+        wh.close()
+
+
 def test_missing_column_fails_naming_it(subset: Subset, warehouse: BigQueryWarehouse):
     with pytest.raises(WarehouseError, match=r"mkt_corr.*no_such_column"):
         warehouse.read(subset.features, "mkt_corr", [KEY, "no_such_column"], WINDOW)
@@ -490,7 +511,7 @@ def test_extraction_resume_after_sigkill(
         "start": WINDOW.start.isoformat(),
         "end": WINDOW.end.isoformat(),
         "root": str(root),
-        "pause_s": 0.3,
+        "pause_s": 0.15,
     }
     process = subprocess.Popen(
         [sys.executable, str(script), json.dumps(args)],
