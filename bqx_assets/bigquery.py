@@ -6,7 +6,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -123,6 +123,7 @@ class BigQueryWarehouse(Warehouse):
         max_read_streams: int = 4,
         retry: RetrySettings | None = None,
         rpc_timeout_s: float = 300.0,
+        stream_timeout_s: float = 1800.0,
     ) -> None:
         from google.cloud.bigquery_storage_v1 import BigQueryReadClient
 
@@ -133,6 +134,9 @@ class BigQueryWarehouse(Warehouse):
         self.max_read_streams = max(1, max_read_streams)
         self.retry_settings = retry or RetrySettings()
         self.rpc_timeout_s = rpc_timeout_s
+        # A whole stream of a wide table may take minutes; a connection that died silently must
+        # still end (the client's own default is a day).
+        self.stream_timeout_s = stream_timeout_s
         self._retries = 0
         self._lock = threading.Lock()
         if credentials is None and (api_endpoint or read_endpoint):
@@ -336,7 +340,7 @@ class BigQueryWarehouse(Warehouse):
             batches: list[pa.RecordBatch] = []
             received = 0
             responses = self.read_client.read_rows(
-                stream, offset=0, retry=None, timeout=self.rpc_timeout_s
+                stream, offset=0, retry=None, timeout=self.stream_timeout_s
             )
             for response in responses:
                 payload = response.arrow_record_batch.serialized_record_batch
@@ -494,12 +498,3 @@ def load_tables(
         job.result()
         loaded[name] = int(job.output_rows or 0)
     return loaded
-
-
-def schema_rows(dataset: str, tables: Iterable[tuple[str, pa.Schema]]) -> list[SchemaRow]:
-    """The INFORMATION_SCHEMA rows BigQuery reports for tables of these Arrow schemas."""
-    return [
-        SchemaRow(dataset, name, f.name, i, bq.field_type)
-        for name, schema in tables
-        for i, (f, bq) in enumerate(zip(schema, bigquery_schema(schema), strict=True), start=1)
-    ]
