@@ -217,6 +217,23 @@ class EmbeddedWarehouse(Warehouse):
             dataset, table, int(rows), modified.astimezone(UTC).isoformat(), int(size)
         )
 
+    def states(self, dataset: str, tables: Sequence[str]) -> dict[str, SourceState]:
+        rows = (
+            self._cursor()
+            .execute(
+                f"SELECT table_name, rows, bytes, last_modified FROM {_ident(META, 'tables')} "
+                "WHERE dataset = ? AND list_contains(?, table_name)",
+                [dataset, list(tables)],
+            )
+            .fetchall()
+        )
+        return {
+            name: SourceState(
+                dataset, name, int(n), modified.astimezone(UTC).isoformat(), int(size)
+            )
+            for name, n, size, modified in rows
+        }
+
     def read(
         self, dataset: str, table: str, columns: Sequence[str], window: DateRange
     ) -> TableRead:

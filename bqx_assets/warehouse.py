@@ -10,6 +10,7 @@ from datetime import datetime
 import pyarrow as pa
 
 from bqx_assets.catalog import SchemaRow
+from bqx_assets.errors import WarehouseError
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,16 @@ class Warehouse(ABC):
     @abstractmethod
     def state(self, dataset: str, table: str) -> SourceState:
         """Row count, size and last-modified time of a table."""
+
+    def states(self, dataset: str, tables: Sequence[str]) -> dict[str, SourceState]:
+        """States of the tables that exist, by name (a missing table is left out)."""
+        out = {}
+        for table in tables:
+            try:
+                out[table] = self.state(dataset, table)
+            except WarehouseError:
+                continue
+        return out
 
     @abstractmethod
     def read(

@@ -1,5 +1,6 @@
 """The asset graph: warehouse tables, their parquet checkpoints, and each pair's training file."""
 
+import hashlib
 import shutil
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,7 @@ from bqx_assets.merge import merge_checkpoints, sources_for_pair
 from bqx_assets.metrics import Stopwatch, peak_rss_bytes
 from bqx_assets.publish import TrainingFile
 from bqx_assets.validation import Expectation, validate_training_file
+from bqx_assets.warehouse import SourceState
 
 SHARED_FAMILIES: tuple[str, ...] = ("tri", "mkt", "var", "csi")
 PAIR_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILY_ORDER if f not in SHARED_FAMILIES)
@@ -52,43 +54,70 @@ def checkpoint_asset_key(family: str) -> dg.AssetKey:
 
 
 def _family_facts(catalog: Catalog, family: str) -> tuple[int, int, str]:
+    if family == TARGETS:
+        return 1, len(catalog.targets[catalog.pairs[0]].columns), "pair"
     tables = [t for t in catalog.tables_for(catalog.pairs[0]) if t.family == family]
     return len(tables), sum(len(t.columns) for t in tables), tables[0].scope
 
 
-def _warehouse_specs(catalog: Catalog) -> list[dg.AssetSpec]:
-    specs = []
-    for family in (*PAIR_FAMILIES, *SHARED_FAMILIES):
-        tables, columns, scope = _family_facts(catalog, family)
-        shared = family in SHARED_FAMILIES
-        specs.append(
-            dg.AssetSpec(
-                warehouse_key(family),
-                description=(
-                    f"BigQuery feature tables of the `{family}` family in "
-                    f"`{catalog.features_dataset}`: {tables} tables and {columns} columns per "
-                    f"pair ({_SCOPE_TEXT[scope]})."
-                    + ("" if shared else " A partition is one pair's tables.")
-                ),
-                group_name=family,
-                kinds={"bigquery"},
-                partitions_def=None if shared else pairs_partitions,
-                metadata={"tables_per_pair": tables, "columns_per_pair": columns},
-            )
+def source_version(states: Sequence[SourceState], expected: int) -> str:
+    """A data version of a set of warehouse tables: changes when any of them changes."""
+    text = "\n".join(sorted(f"{s.table}:{s.last_modified}:{s.rows}" for s in states))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest if len(states) == expected else f"missing-{expected - len(states)}-{digest}"
+
+
+def _observer(catalog: Catalog, family: str) -> dg.SourceAsset:
+    """An observable source asset for a family's warehouse tables: observing it records a data
+    version per pair (or one for shared tables) from the tables' last-modified times and row
+    counts, so checkpoints made from older versions show as stale in the UI."""
+    tables, columns, scope = _family_facts(catalog, family)
+    shared = family in SHARED_FAMILIES
+    if family == TARGETS:
+        text = (
+            f"`{catalog.targets_dataset}.targets_{{pair}}`: the spine of each training file "
+            "(its rows) and the 49 targets target_bqx{w}_h{h}. A partition is one pair."
         )
-    specs.append(
-        dg.AssetSpec(
-            warehouse_key(TARGETS),
-            description=(
-                f"`{catalog.targets_dataset}.targets_{{pair}}`: the spine of each training file "
-                "(its rows) and the 49 targets target_bqx{w}_h{h}. A partition is one pair."
-            ),
-            group_name=TRAINING_GROUP,
-            kinds={"bigquery"},
-            partitions_def=pairs_partitions,
+    else:
+        text = (
+            f"BigQuery feature tables of the `{family}` family in `{catalog.features_dataset}`: "
+            f"{tables} tables and {columns} columns per pair ({_SCOPE_TEXT[scope]})."
+            + ("" if shared else " A partition is one pair's tables.")
         )
-    )
-    return specs
+
+    def observe(context: dg.OpExecutionContext) -> dg.DataVersion | dg.DataVersionsByPartition:
+        cat: Catalog = context.resources.settings.catalog()
+        wh = context.resources.warehouse.open()
+        try:
+            if family == TARGETS:
+                states = wh.states(cat.targets_dataset, [cat.targets[p].name for p in cat.pairs])
+                return dg.DataVersionsByPartition(
+                    {p: source_version([s] if (s := states.get(cat.targets[p].name)) else [], 1)
+                     for p in cat.pairs}
+                )  # fmt: skip
+            names = {t.name for t in cat.tables.values() if t.family == family}
+            states = wh.states(cat.features_dataset, sorted(names))
+            if shared:
+                return dg.DataVersion(source_version(list(states.values()), len(names)))
+            versions = {}
+            for pair in cat.pairs:
+                own = [t.name for t in cat.tables_for(pair) if t.family == family]
+                versions[pair] = source_version([states[n] for n in own if n in states], len(own))
+            return dg.DataVersionsByPartition(versions)
+        finally:
+            wh.close()
+
+    return dg.observable_source_asset(
+        key=warehouse_key(family),
+        description=text,
+        group_name=TRAINING_GROUP if family == TARGETS else family,
+        partitions_def=None if shared else pairs_partitions,
+        metadata={"tables_per_pair": tables, "columns_per_pair": columns}
+        if family != TARGETS
+        else None,
+        required_resource_keys={"warehouse", "settings"},
+        tags={"dagster/kind/bigquery": ""},
+    )(observe)
 
 
 def _checkpoint_spec(catalog: Catalog, family: str) -> dg.AssetSpec:
@@ -175,9 +204,16 @@ def _extract(
         by_family[checkpoint.family].append(checkpoint)
     for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
         family = key.path[-1]
+        made = by_family.get(family, [])
         yield dg.MaterializeResult(
             asset_key=key,
-            metadata=_family_metadata(by_family.get(family, []), settings.bq_price_per_tib),
+            metadata=_family_metadata(made, settings.bq_price_per_tib),
+            # The checkpoints' content: unchanged when every table was reused as it was.
+            data_version=dg.DataVersion(
+                hashlib.sha256(
+                    "".join(sorted(c.manifest.crc32c for c in made)).encode()
+                ).hexdigest()[:16]
+            ),
         )
 
 
@@ -295,5 +331,5 @@ def training_file(
     yield from check_results(report, TRAINING_FILE)
 
 
-warehouse_assets = _warehouse_specs(_CATALOG)
+warehouse_assets = [_observer(_CATALOG, f) for f in (*PAIR_FAMILIES, *SHARED_FAMILIES, TARGETS)]
 all_assets = [*warehouse_assets, shared_checkpoints, pair_checkpoints, training_file]
