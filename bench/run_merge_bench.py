@@ -52,7 +52,14 @@ def measure(name: str, command: list[str], cap_bytes: int, logs: Path) -> dict:
     watcher.join(1)
     code = os.waitstatus_to_exitcode(status)
     peak = max(usage.ru_maxrss * 1024, seen[0])  # Linux reports KiB
-    result: dict = {"name": name, "wall_s": round(wall, 1), "rc": code, "peak_rss_bytes": peak}
+    cpu = usage.ru_utime + usage.ru_stime
+    result: dict = {
+        "name": name,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "rc": code,
+        "peak_rss_bytes": peak,
+    }
     lines = [line for line in out_path.read_text().splitlines() if line.startswith("{")]
     errors = err_path.read_text().strip().splitlines()
     if killed.is_set():
@@ -68,8 +75,13 @@ def measure(name: str, command: list[str], cap_bytes: int, logs: Path) -> dict:
 
 
 def warm(folder: Path) -> None:
-    """Read every input once so the runs compare from the same (warm) page cache."""
-    for path in sorted(folder.rglob("*.parquet")):
+    """Read every input once so the runs compare from the same (warm) page cache; inputs larger
+    than half the memory cannot stay cached, so every run reads them from disk."""
+    files = sorted(folder.rglob("*.parquet"))
+    if sum(p.stat().st_size for p in files) > psutil.virtual_memory().total / 2:
+        print("inputs larger than half the memory: not warming the page cache")
+        return
+    for path in files:
         with open(path, "rb") as f:
             while f.read(16 * 1024 * 1024):
                 pass
@@ -115,13 +127,18 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results[name] = r = measure(name, command, cap, data)
         rss = r["peak_rss_bytes"] / GIB
-        print(f"{name:6s} wall {r['wall_s']:7.1f} s  peak RSS {rss:6.2f} GiB  {r['status']}")
+        print(
+            f"{name:6s} wall {r['wall_s']:7.1f} s  cpu {r['cpu_s']:7.1f} s  "
+            f"peak RSS {rss:6.2f} GiB  {r['status']}"
+        )
         (data / f"{name}.parquet").unlink(missing_ok=True)
     ours = results.get("ours")
     for base in ("naive", "floor"):
         other = results.get(base)
         if ours and other and ours["status"] == "ok" and other["status"] == "ok":
-            print(f"ours/{base}: {ours['wall_s'] / other['wall_s']:.2f}x wall")
+            wall = ours["wall_s"] / other["wall_s"]
+            cpu = ours["cpu_s"] / other["cpu_s"]
+            print(f"ours/{base}: {wall:.2f}x wall, {cpu:.2f}x cpu")
         elif ours and other:
             print(f"ours/{base}: n/a ({base} {other['status']})")
     (data / "bench.json").write_text(json.dumps({"shape": shape, "results": results}, indent=1))

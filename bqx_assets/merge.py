@@ -150,8 +150,8 @@ def merge_checkpoints(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     try:
-        footer = _write(tmp, keys, spine_table, plans, groups, say)
-        _verify(tmp, keys, names, footer, len(groups))
+        _write(tmp, keys, spine_table, plans, groups, say)
+        _verify(tmp, keys, names, len(groups))
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -382,6 +382,8 @@ def _align(file_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def _feature_pieces(plan: _Plan, keys: np.ndarray) -> list[pa.Buffer]:
     rows = len(keys)
+    if not plan.columns:
+        return []
     lo, hi = int(keys.min()), int(keys.max())
     wanted = [i for i, (a, b) in enumerate(plan.groups) if a <= hi and b >= lo]
     try:
@@ -425,7 +427,7 @@ def _write(
     plans: Sequence[_Plan],
     groups: Sequence[tuple[int, int]],
     say: Callable[[str], None],
-) -> _Footer:
+) -> None:
     footer = _Footer()
     tasks: list[tuple[int, Callable[[], list[pa.Buffer]]]] = []
     for r, (a, b) in enumerate(groups):
@@ -452,7 +454,7 @@ def _write(
                 for piece in future.result():
                     footer.add(f, piece, r, groups[r][1] - groups[r][0])
                 if (done + 1) % every == 0:
-                    say(f"merged {done + 1}/{len(tasks)} tables; {f.tell():,} bytes written")
+                    say(f"merged {done + 1}/{len(tasks)} table slices; {f.tell():,} bytes written")
         except BaseException:
             stop.set()
             for _, future in pending:
@@ -461,12 +463,9 @@ def _write(
         f.write(footer.encode(sum(b - a for a, b in groups)))
         f.flush()
         os.fsync(f.fileno())
-    return footer
 
 
-def _verify(
-    tmp: Path, keys: np.ndarray, names: Sequence[str], footer: _Footer, groups: int
-) -> None:
+def _verify(tmp: Path, keys: np.ndarray, names: Sequence[str], groups: int) -> None:
     """Read the written file's footer and key column back before publishing it."""
     where = f"merged file {tmp}"
     try:
