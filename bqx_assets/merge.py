@@ -532,7 +532,9 @@ def _skip(buf: bytes, pos: int, kind: int, *, element: bool = False) -> int:
     if kind == _BYTE:
         return pos + 1
     if kind in (_I16, _I32, _I64):
-        return _uvarint(buf, pos)[1]
+        while buf[pos] & 0x80:  # only the end of the varint is needed
+            pos += 1
+        return pos + 1
     if kind == _DOUBLE:
         return pos + 8
     if kind == _BINARY:
