@@ -556,7 +556,8 @@ def test_throughput_against_native_export(
 ):
     """Closing figure: MB/s of Storage Read into sorted Arrow, and of the whole extraction
     (read, conform, checkpoint), against the emulator's own parquet export (an extract job) of
-    the same tables. `BQX_THROUGHPUT_ROWS` rows a table (default 150,000: two read streams)."""
+    the same tables. `BQX_THROUGHPUT_ROWS` rows a table (default 150,000: two read streams),
+    best of `BQX_THROUGHPUT_ROUNDS` (default 3)."""
     rows = int(os.environ.get("BQX_THROUGHPUT_ROWS", "150000"))
     catalog = Catalog.load()
     dataset = bigquery_emulator.dataset("throughput")
@@ -580,17 +581,21 @@ def test_throughput_against_native_export(
     megabytes = sum(t.nbytes for t in tables.values()) / 1e6
     wh = bigquery_emulator.warehouse(dataset, dataset, max_read_streams=4)
 
-    started = time.perf_counter()
-    for source in sources:
-        wh.read(dataset, source.name, tables[source.name].column_names, DateRange())
-    read_s = time.perf_counter() - started
-    started = time.perf_counter()
-    extract_tables(wh, sources, LocalStorage(tmp_path), threads=4)
-    extract_s = time.perf_counter() - started
-    started = time.perf_counter()
-    for source in sources:
-        wh.export(dataset, source.name, f"gs://bench/{dataset}/{source.name}-*.parquet")
-    export_s = time.perf_counter() - started
+    # Best of a few interleaved rounds: on a shared machine a single timing is mostly noise.
+    read_s = extract_s = export_s = float("inf")
+    for round_ in range(int(os.environ.get("BQX_THROUGHPUT_ROUNDS", "3"))):
+        started = time.perf_counter()
+        for source in sources:
+            wh.read(dataset, source.name, tables[source.name].column_names, DateRange())
+        read_s = min(read_s, time.perf_counter() - started)
+        started = time.perf_counter()
+        extract_tables(wh, sources, LocalStorage(tmp_path / f"round{round_}"), threads=4)
+        extract_s = min(extract_s, time.perf_counter() - started)
+        started = time.perf_counter()
+        for source in sources:
+            uri = f"gs://bench/{dataset}/{round_}/{source.name}-*.parquet"
+            wh.export(dataset, source.name, uri)
+        export_s = min(export_s, time.perf_counter() - started)
     wh.close()
     print(
         f"\nBigQuery emulator, {len(sources)} tables x {rows:,} rows, {megabytes:.1f} MB Arrow:"
