@@ -397,6 +397,7 @@ def test_command_passes_with_exit_0_and_a_json_line(
     assert "PASSED" in out[0]
     result = json.loads(out[-1])
     assert result["passed"] is True and result["rows"] == ROWS
+    assert result["row_groups"] == 4  # 200 rows in groups of 64
     assert set(result["checks"]) == set(CHECK_NAMES)
 
 

@@ -63,6 +63,7 @@ def report_metadata(report: ValidationReport) -> dict[str, dg.MetadataValue]:
     return {
         "rows": dg.MetadataValue.int(report.rows),
         "columns": dg.MetadataValue.int(report.columns),
+        "row_groups": dg.MetadataValue.int(report.row_groups),
         "gate": dg.MetadataValue.text("passed" if report.passed else "failed"),
         "failed_checks": dg.MetadataValue.json(list(report.failed)),
         "validation_seconds": dg.MetadataValue.float(round(report.seconds, 2)),
