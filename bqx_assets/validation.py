@@ -86,6 +86,10 @@ class Thresholds:
     value_leak: bool = True
     """Also flag float features equal to a target row by row (a copied target): nominated by equal
     footer min/max in one row group, then compared on that row group's values."""
+    max_footer_bytes: int = 128 * 2**20
+    """Larger footers are refused before parsing: pyarrow holds ~7.5 bytes per footer byte (a
+    106 MB footer, 17,031 columns x 44 row groups, parses to ~800 MB), so this keeps validation
+    under 1 GiB. The first team's layout, 347 row groups, has a ~820 MB footer (6 GB parsed)."""
     max_names: int = 20
     """At most this many offending names per list in check metadata (counts are always full)."""
 
@@ -102,6 +106,7 @@ class Thresholds:
             "leak_allow": list(self.leak_allow),
             "key_range": [self.key_range[0].isoformat(), self.key_range[1].isoformat()],
             "value_leak": self.value_leak,
+            "max_footer_bytes": self.max_footer_bytes,
         }
 
 
@@ -681,6 +686,30 @@ def _no_target_leakage(
     )
 
 
+def _check_footer_size(path: Path, pair: str, limit: int) -> None:
+    """Refuse a footer too large to parse in bounded memory, from its length in the last 8 bytes
+    (a file that is not parquet is left to pyarrow's error)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            if f.tell() < 12:
+                return
+            f.seek(-8, 2)
+            tail = f.read(8)
+    except OSError as exc:
+        raise ValidationError(f"pair {pair}: cannot read {path}: {exc}") from exc
+    if tail[4:] != b"PAR1":
+        return
+    footer = int.from_bytes(tail[:4], "little")
+    if footer > limit:
+        raise ValidationError(
+            f"pair {pair}: {path} has a {footer / 2**20:.0f} MiB parquet footer (too many row "
+            f"groups x columns); parsing it needs ~{footer * 7.5 / 2**30:.1f} GiB, over the "
+            f"{limit / 2**20:.0f} MiB footer limit. Write the file with fewer row groups (the "
+            "merge writes one per 262,144 rows) or raise max_footer_bytes."
+        )
+
+
 def validate_training_file(
     path: Path | str, expectation: Expectation, thresholds: Thresholds | None = None
 ) -> ValidationReport:
@@ -689,6 +718,7 @@ def validate_training_file(
     th = thresholds or Thresholds()
     clock = Stopwatch()
     path = Path(path)
+    _check_footer_size(path, expectation.pair, th.max_footer_bytes)
     try:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:

@@ -461,3 +461,14 @@ def test_duplicated_key_column_fails_key_integrity(
     report = run(tmp_path / "dupkey.parquet", expectation)
     assert report.outcome("column_count").metadata["duplicates"] == [KEY]
     assert not report.outcome("key_integrity").passed
+
+
+def test_a_footer_too_large_to_parse_in_bounded_memory_is_refused(
+    tmp_path: Path, expectation: Expectation, catalog_file: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = build(tmp_path, expectation)
+    with pytest.raises(ValidationError, match=r"eurusd.*footer.*fewer row groups"):
+        run(path, expectation, Thresholds(min_rows=1, max_footer_bytes=1_000))
+    argv = ["validate", str(path), "--pair", PAIR, "--catalog", str(catalog_file)]
+    assert cli.main([*argv, "--spine-rows", str(ROWS), "--max-footer-mb", "0.001"]) == 1
+    assert "max_footer_bytes" in capsys.readouterr().err

@@ -47,6 +47,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--no-value-leak", action="store_true", help="skip the min/max comparison with targets"
     )
+    parser.add_argument(
+        "--max-footer-mb",
+        type=float,
+        help="refuse files whose parquet footer is larger (default 128; memory ~7.5x this)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -89,6 +94,9 @@ def thresholds_from_args(args: argparse.Namespace) -> Any:
         leak_allow=tuple(args.allow_leak),
         key_range=key_range,
         value_leak=not args.no_value_leak,
+        max_footer_bytes=defaults.max_footer_bytes
+        if args.max_footer_mb is None
+        else int(args.max_footer_mb * 2**20),
     )
 
 
