@@ -45,7 +45,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--key-start", help="earliest allowed key, ISO date (default 2000-01-01)")
     parser.add_argument("--key-end", help="keys must be before this ISO date (default 2100-01-01)")
     parser.add_argument(
-        "--no-value-leak", action="store_true", help="skip the min/max comparison with targets"
+        "--no-value-leak",
+        action="store_true",
+        help="only name-based leak detection (no value comparison with targets)",
     )
     parser.add_argument(
         "--max-footer-mb",
