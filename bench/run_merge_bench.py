@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="data folder (default bench/out/<tables>x<rows>)")
     parser.add_argument("--cap-gib", type=float, default=14.0, help="RSS at which a run is killed")
     parser.add_argument("--only", nargs="*", choices=["naive", "floor", "ours"])
+    parser.add_argument("--keep", action="store_true", help="keep ours.parquet to inspect it")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     data = args.dir or BENCH / "out" / f"{args.tables}x{args.rows}"
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:6s} wall {r['wall_s']:7.1f} s  cpu {r['cpu_s']:7.1f} s  "
             f"peak RSS {rss:6.2f} GiB  {r['status']}"
         )
-        (data / f"{name}.parquet").unlink(missing_ok=True)
+        if not (args.keep and name == "ours"):
+            (data / f"{name}.parquet").unlink(missing_ok=True)
     ours = results.get("ours")
     for base in ("naive", "floor"):
         other = results.get(base)
