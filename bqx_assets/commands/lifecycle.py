@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
-
-from google.api_core import exceptions as api_exceptions
-from google.cloud import storage
+from typing import TYPE_CHECKING, Any
 
 from bqx_assets.commands import emit
 from bqx_assets.errors import StorageError
+
+if TYPE_CHECKING:  # the client is imported when a command needs it: every `bqx` start loads this
+    from google.cloud import storage
 
 # The shipped rules (deploy/), in the JSON form `gcloud storage buckets update --lifecycle-file`
 # also accepts:
@@ -47,6 +47,8 @@ def apply_rules(
     bucket_name: str, rules: list[dict[str, Any]], client: storage.Client | None = None
 ) -> None:
     """Replace the bucket's lifecycle rules with `rules`."""
+    from google.api_core import exceptions as api_exceptions
+
     from bqx_assets.gcs import storage_client
 
     bucket = (client or storage_client()).bucket(bucket_name)

@@ -295,7 +295,7 @@ def training_file(
         return storage.fetch(checkpoint_key(owner_of(source), source.name), cache)
 
     spine = path_of(targets)
-    workdir = settings.work_path("merge", f"{pair}-{context.run_id[:8]}")
+    workdir = settings.work_path("merge", f"{pair}-{context.run.run_id[:8]}")
     out = workdir / f"training_{pair}.parquet"
     try:
         merged = merge_checkpoints(

@@ -102,6 +102,9 @@ class PipelineSettings(dg.ConfigurableResource):
     max_rows: int = 200_000
     target_null_share: float = 0.01
     feature_null_share: float = 0.05
+    family_null_share: dict[str, float] = Field(
+        default_factory=dict, description="per-family overrides of feature_null_share"
+    )
     leak_allow: list[str] = Field(default_factory=list)
 
     def catalog(self) -> Catalog:
@@ -122,6 +125,7 @@ class PipelineSettings(dg.ConfigurableResource):
             max_rows=self.max_rows,
             target_null_share=self.target_null_share,
             feature_null_share=self.feature_null_share,
+            family_null_share=dict(self.family_null_share),
             leak_allow=tuple(self.leak_allow),
             key_range=key_range,
         )
