@@ -77,6 +77,8 @@ def _project(root: Path) -> dict[str, str]:
         limits.append(
             {"key": RANGE_START_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
         )
+    # No newsletter dialog over the pages the browser test screenshots.
+    config["nux"] = {"enabled": False}
     # The daemon picks up queued runs and backfills quickly, so the test does not idle.
     config["run_coordinator"]["config"] = {"dequeue_interval_seconds": 1}
     (root / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

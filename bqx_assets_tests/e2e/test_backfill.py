@@ -126,9 +126,16 @@ def test_backfill_runs_each_pair_once_and_publishes_checked_files(
     _record("setup_seconds", deployment.figures)
 
 
+POOL = (
+    """{ instance { concurrencyLimit(concurrencyKey: "bigquery") { limit usingDefaultLimit } } }"""
+)
+
+
 def test_bigquery_pool_bounds_overlapping_warehouse_reads(
     deployment: Deployment, backfill: Backfill, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    pool = deployment.graphql(POOL)["instance"]["concurrencyLimit"]
+    assert pool["limit"] == BIGQUERY_POOL_LIMIT, pool
     intervals: list[tuple[float, float]] = []
     events_per_run: dict[str, dict[str, Any]] = {}
     for pair, runs in sorted(backfill.runs_by_pair().items()):

@@ -46,14 +46,18 @@ def page() -> Iterator[Any]:
             browser.close()
 
 
-def _open(page: Any, url: str, shot: str, expect: list[str]) -> str:
-    """Load `url`, wait until every text in `expect` shows, screenshot it; the page's text."""
-    page.goto(url, wait_until="domcontentloaded")
+def _shoot(page: Any, shot: str, expect: list[str]) -> str:
+    """Wait until every text in `expect` shows, screenshot the page; the page's text."""
     for text in expect:
         page.get_by_text(text, exact=False).first.wait_for(state="visible")
-    page.wait_for_timeout(1500)  # let the remaining status queries settle for the screenshot
+    page.wait_for_timeout(2000)  # let the remaining status queries settle for the screenshot
     page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
     return page.inner_text("body")
+
+
+def _open(page: Any, url: str, shot: str, expect: list[str]) -> str:
+    page.goto(url, wait_until="domcontentloaded")
+    return _shoot(page, shot, expect)
 
 
 def test_asset_graph_shows_the_training_group(
@@ -66,7 +70,9 @@ def test_asset_graph_shows_the_training_group(
         ["training_file"],
     )
     assert "training_file" in body
-    assert "targets" in body
+    # The groups upstream of the training file are drawn collapsed, by name.
+    assert "lag" in body and "mkt" in body
+    assert f"{len(CHECK_NAMES)} / {len(CHECK_NAMES)} Passed" in body
 
 
 def test_partitions_page_lists_the_built_pairs(
@@ -80,7 +86,10 @@ def test_partitions_page_lists_the_built_pairs(
     )
     for pair in PAIRS:
         assert pair in body
-    assert "28" in body  # every pair is a partition, built or not
+    assert "Materialized (3)" in body and "Missing (25)" in body  # 28 pairs, 3 built
+    page.get_by_text(PAIRS[0], exact=True).first.click()
+    detail = _shoot(page, "ui-training-file-partition-eurusd.png", ["rows"])
+    assert PAIRS[0] in detail
 
 
 def test_checks_tab_lists_every_gate_check(
@@ -94,3 +103,11 @@ def test_checks_tab_lists_every_gate_check(
     )
     for name in CHECK_NAMES:
         assert name in body
+    assert body.count("Succeeded") >= len(CHECK_NAMES)
+    # One check's result per pair.
+    page.get_by_text("row_count", exact=True).first.click()
+    page.get_by_text("Partitions", exact=True).last.click()
+    per_pair = _shoot(page, "ui-training-file-check-partitions.png", list(PAIRS))
+    for pair in PAIRS:
+        assert pair in per_pair
+    assert f"Passed ({len(PAIRS)})" in per_pair and "Failed (0)" in per_pair
