@@ -114,6 +114,14 @@ def test_backfill_runs_each_pair_once_and_publishes_checked_files(
         training = deployment.root / "data" / "output" / f"training_{pair}.parquet"
         assert training.is_file() and training.stat().st_size > 0
         run_id = by_pair[pair][0]["runId"]
+        tags = {t["key"]: t["value"] for t in by_pair[pair][0]["tags"]}
+        # Dagster 1.13 records a check result's partition only in runs tagged dagster/partition;
+        # BackfillPolicy.multi_run(1) tags a one-pair range instead and loses it.
+        assert tags.get("dagster/partition") == pair, (
+            f"backfill run of {pair} has no dagster/partition tag ({tags}): drop the "
+            "BackfillPolicy of pair_checkpoints and training_file (one run per partition is the "
+            "default) so check results keep their pair"
+        )
         for check in CHECK_NAMES:
             found = deployment.graphql(CHECKS, {"check": check, "pair": pair})
             executions = found["assetCheckExecutions"]
