@@ -361,11 +361,10 @@ def piece_slices(count: int, rows: int) -> Iterator[slice]:
         yield slice(start, min(start + width, count))
 
 
-def _spine_pieces(keys: np.ndarray, spine_table: pa.Table, a: int, b: int) -> list[pa.Buffer]:
+def _spine_piece(keys: np.ndarray, spine_table: pa.Table, a: int, b: int, s: slice) -> pa.Buffer:
     part = spine_table.slice(a, b - a)
-    columns = [pa.array(keys[a:b], KEY_TYPE), *part.columns]
-    names = [KEY, *part.column_names]
-    return [encode_piece(columns[s], names[s]) for s in piece_slices(len(columns), b - a)]
+    columns = [pa.array(keys[a:b], KEY_TYPE), *part.columns][s]
+    return encode_piece(columns, [KEY, *part.column_names][s])
 
 
 def _align(file_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -380,41 +379,31 @@ def _align(file_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndar
     return (order[pos] if order is not None else pos), found
 
 
-def _feature_pieces(plan: _Plan, keys: np.ndarray) -> list[pa.Buffer]:
+def _feature_piece(plan: _Plan, keys: np.ndarray, s: slice) -> pa.Buffer:
+    """Columns `s` of one table for the spine rows whose keys are `keys`.
+
+    The alignment is recomputed for each piece of a wide table from its key column (~1 MB):
+    cheaper than holding a table's decoded columns, and it keeps one piece the unit of memory."""
     rows = len(keys)
-    if not plan.columns:
-        return []
+    names, types = plan.names[s], plan.types[s]
     lo, hi = int(keys.min()), int(keys.max())
     wanted = [i for i, (a, b) in enumerate(plan.groups) if a <= hi and b >= lo]
+    if not wanted:
+        return encode_piece([pa.nulls(rows, t) for t in types], names)
     try:
-        pf = pq.ParquetFile(plan.source.path) if wanted else None
-        if pf is None:
-            take = None
+        read = pq.ParquetFile(plan.source.path).read_row_groups(
+            wanted, columns=[KEY, *plan.columns[s]], use_threads=False
+        )
+        pos, found = _align(_keys_us(read.column(0), plan.where), keys)
+        read = read.drop_columns([KEY])
+        if found.all() and pos[-1] - pos[0] == rows - 1 and bool(np.all(np.diff(pos) == 1)):
+            aligned = read.slice(int(pos[0]), rows)  # same keys in the same order: no copy
         else:
-            file_keys = _keys_us(
-                pf.read_row_groups(wanted, columns=[KEY], use_threads=False).column(0), plan.where
-            )
-            pos, found = _align(file_keys, keys)
-            if found.all() and pos[-1] - pos[0] == rows - 1 and bool(np.all(np.diff(pos) == 1)):
-                take = slice(int(pos[0]), int(pos[0]) + rows)  # same keys in the same order
-            else:
-                take = pa.array(pos, pa.int64(), mask=~found)
-        pieces = []
-        for s in piece_slices(len(plan.columns), rows):
-            names, types = plan.names[s], plan.types[s]
-            if pf is None:
-                columns = [pa.nulls(rows, t) for t in types]
-            else:
-                read = pf.read_row_groups(wanted, columns=plan.columns[s], use_threads=False)
-                aligned = (
-                    read.slice(take.start, rows) if isinstance(take, slice) else read.take(take)
-                )
-                columns = [
-                    c if c.type == t else pc.cast(c, t)
-                    for c, t in zip(aligned.columns, types, strict=True)
-                ]
-            pieces.append(encode_piece(columns, names))
-        return pieces
+            aligned = read.take(pa.array(pos, pa.int64(), mask=~found))
+        columns = [
+            c if c.type == t else pc.cast(c, t) for c, t in zip(aligned.columns, types, strict=True)
+        ]
+        return encode_piece(columns, names)
     except (OSError, pa.ArrowException) as exc:
         raise MergeError(f"{plan.where}: not a readable parquet file: {exc}") from exc
 
@@ -429,32 +418,35 @@ def _write(
     say: Callable[[str], None],
 ) -> None:
     footer = _Footer()
-    tasks: list[tuple[int, Callable[[], list[pa.Buffer]]]] = []
+    tasks: list[tuple[int, Callable[[], pa.Buffer]]] = []
     for r, (a, b) in enumerate(groups):
-        tasks.append((r, lambda a=a, b=b: _spine_pieces(keys, spine_table, a, b)))
+        for s in piece_slices(1 + spine_table.num_columns, b - a):
+            tasks.append((r, lambda a=a, b=b, s=s: _spine_piece(keys, spine_table, a, b, s)))
         for plan in plans:
-            tasks.append((r, lambda plan=plan, a=a, b=b: _feature_pieces(plan, keys[a:b])))
+            for s in piece_slices(len(plan.columns), b - a):
+                tasks.append((r, lambda p=plan, a=a, b=b, s=s: _feature_piece(p, keys[a:b], s)))
     every = max(1, len(tasks) // 10)
     stop = threading.Event()
 
-    def run(job: Callable[[], list[pa.Buffer]]) -> list[_Piece]:
+    def run(job: Callable[[], pa.Buffer]) -> _Piece | None:
         if stop.is_set():  # an earlier piece failed: don't start more
-            return []
-        return [_Piece.parse(buffer) for buffer in job()]  # parsed here, off the writing thread
+            return None
+        return _Piece.parse(job())  # parsed here, off the writing thread
 
     with open(tmp, "wb") as f, ThreadPoolExecutor(WORKERS) as pool:
         f.write(_MAGIC)
-        pending: deque[tuple[int, Future[list[_Piece]]]] = deque()
+        pending: deque[tuple[int, Future[_Piece | None]]] = deque()
         queue = iter(tasks)
         try:
             for done in range(len(tasks)):
                 while len(pending) < _IN_FLIGHT and (task := next(queue, None)) is not None:
                     pending.append((task[0], pool.submit(run, task[1])))
                 r, future = pending.popleft()
-                for piece in future.result():
+                piece = future.result()
+                if piece is not None:
                     footer.add(f, piece, r, groups[r][1] - groups[r][0])
                 if (done + 1) % every == 0:
-                    say(f"merged {done + 1}/{len(tasks)} table slices; {f.tell():,} bytes written")
+                    say(f"merged {done + 1}/{len(tasks)} pieces; {f.tell():,} bytes written")
         except BaseException:
             stop.set()
             for _, future in pending:
