@@ -3,6 +3,7 @@
 import hashlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -148,3 +149,29 @@ def test_cost_lines_sum_each_pairs_latest_run_counting_a_multi_asset_step_once(
     only = cost_lines(instance, ["gbpusd"], shared=False)
     assert [line.name for line in only] == ["gbpusd"]
     json.dumps([line.to_dict() for line in only])  # what `bqx costs` emits
+
+
+def test_bqx_costs_prints_a_table_and_one_json_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bqx_assets.cli import main
+
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    assert main(["costs"]) == 1  # nothing built yet
+    capsys.readouterr()
+
+    @dg.asset(key="training_file", partitions_def=pairs_partitions)
+    def training_file() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata=_usage_metadata(30.0, 2**30))
+
+    with dg.DagsterInstance.get() as instance:
+        assert dg.materialize([training_file], instance=instance, partition_key="usdjpy").success
+    assert main(["costs", "--pairs", "usdjpy,eurusd", "--vcpus", "2", "--memory-gib", "4"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("prices:") and "2 vCPU, 4 GiB" in out[0]
+    assert any(line.startswith("usdjpy") for line in out)
+    summary = json.loads(out[-1])
+    assert [line["name"] for line in summary["lines"]] == ["usdjpy"]
+    assert summary["total"]["wall_seconds"] == pytest.approx(30.0)
+    assert summary["container"] == {"vcpus": 2.0, "memory_gib": 4.0}
