@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from bqx_assets.defs.assets import all_assets, pair_checkpoints, shared_checkpoints, training_file
+from bqx_assets.defs.automation import automation
 from bqx_assets.defs.environment import resources_for
 from bqx_assets.defs.partitions import pairs_partitions
 
@@ -23,5 +24,6 @@ pair_job = dg.define_asset_job(
 defs = dg.Definitions(
     assets=all_assets,
     jobs=[shared_job, pair_job],
+    sensors=automation,
     resources=resources_for(),
 )

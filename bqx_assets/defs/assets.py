@@ -10,6 +10,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from bqx_assets.catalog import FAMILY_ORDER, Catalog, Table
+from bqx_assets.costs import Prices, StepUsage
 from bqx_assets.defs.checks import check_results, training_check_specs
 from bqx_assets.defs.partitions import pairs_partitions
 from bqx_assets.defs.resources import CheckpointStore, PipelineSettings, WarehouseResource
@@ -178,6 +179,7 @@ def _extract(
     sources: Sequence[Source],
     what: str,
 ) -> Iterator[dg.MaterializeResult]:
+    usage = StepUsage(prices=Prices(bigquery_tib=settings.bq_price_per_tib)).start()
     storage = checkpoints.storage()
     context.log.info(f"{what}: {len(sources)} tables from {warehouse.describe()} to {storage.uri}")
 
@@ -202,12 +204,14 @@ def _extract(
     by_family: dict[str, list[Checkpoint]] = defaultdict(list)
     for checkpoint in done:
         by_family[checkpoint.family].append(checkpoint)
+    usage.add_bytes_read(sum(c.manifest.bytes_read for c in done if c.status == "extracted"))
+    step = usage.metadata()  # the whole step's usage, repeated on each family it materializes
     for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
         family = key.path[-1]
         made = by_family.get(family, [])
         yield dg.MaterializeResult(
             asset_key=key,
-            metadata=_family_metadata(made, settings.bq_price_per_tib),
+            metadata={**_family_metadata(made, settings.bq_price_per_tib), **step},
             # The checkpoints' content: unchanged when every table was reused as it was.
             data_version=dg.DataVersion(
                 hashlib.sha256(
@@ -242,7 +246,6 @@ def shared_checkpoints(
     partitions_def=pairs_partitions,
     can_subset=True,
     pool=BIGQUERY_POOL,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
     description="Checkpoints of one pair's own tables (pair, corr, cov) and its targets table.",
 )
 def pair_checkpoints(
@@ -270,7 +273,6 @@ def pair_checkpoints(
     io_manager_key="training_io_manager",
     group_name=TRAINING_GROUP,
     kinds={"parquet"},
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
 )
 def training_file(
     context: dg.AssetExecutionContext,
@@ -282,6 +284,7 @@ def training_file(
     production: 177,748 rows x 17,031 columns). Built by a streaming merge in bounded memory,
     validated by the gate checks, and published to the output root only when they all pass;
     a file that fails is quarantined. A partition is one pair."""
+    usage = StepUsage().start()
     pair = context.partition_key
     catalog = settings.catalog()
     storage = checkpoints.storage()
@@ -326,6 +329,7 @@ def training_file(
             "peak_rss_bytes": dg.MetadataValue.int(peak_rss_bytes()),
             "gate": dg.MetadataValue.text("passed" if report.passed else "failed"),
             "families": dg.MetadataValue.md(report.family_table_markdown()),
+            **usage.metadata(),
         },
     )
     yield from check_results(report, TRAINING_FILE)
