@@ -79,7 +79,8 @@ class CheckpointStore(dg.ConfigurableResource):
     )
 
     def storage(self) -> Storage:
-        return open_storage(self.root)
+        # Checkpoints are verified against their manifests before reuse: no fsync needed.
+        return open_storage(self.root, durable=False)
 
 
 @cache
