@@ -86,7 +86,11 @@ def test_dagster_definitions_validate_and_load_time() -> None:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert timed.returncode == 0, timed.stderr
-    print(f"definitions load time: {float(timed.stdout.strip().splitlines()[-1]):.2f} s")
+    seconds = float(timed.stdout.strip().splitlines()[-1])
+    print(f"definitions load time: {seconds:.2f} s")
+    # Measured 2.5-2.7 s here (dagster itself is 1.6 s); twice the 3 s target leaves room for a
+    # loaded CI machine while catching an import that drags in a heavy client again.
+    assert seconds < 6
 
 
 def test_training_file_checks_are_blocking() -> None:

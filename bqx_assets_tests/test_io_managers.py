@@ -9,7 +9,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from bqx_assets.defs.io_managers import FrameIOManager, TrainingFileIOManager
+from bqx_assets.defs.frames import FrameIOManager
+from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets.publish import TrainingFile
 from bqx_assets.storage import file_crc32c, open_storage
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
