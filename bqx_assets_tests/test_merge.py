@@ -266,10 +266,18 @@ def test_footer_has_row_groups_and_null_counts(tmp_path: Path, spine: Path) -> N
 
 
 # -- the naive join as reference ---------------------------------------------------------------
-@pytest.mark.parametrize("row_group_rows", [None, 1, 4, 7])
+@pytest.mark.parametrize(
+    ("row_group_rows", "piece_bytes"), [(None, None), (1, None), (4, None), (7, None), (None, 1)]
+)
 def test_output_equals_the_naive_polars_join(
-    tmp_path: Path, spine: Path, row_group_rows: int | None
+    tmp_path: Path,
+    spine: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    row_group_rows: int | None,
+    piece_bytes: int | None,
 ) -> None:
+    if piece_bytes:  # one column per piece: every table is cut and stitched back
+        monkeypatch.setattr("bqx_assets.merge.PIECE_BYTES", piece_bytes)
     rng = np.random.default_rng(3)
     sources = []
     for t in range(6):
