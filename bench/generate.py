@@ -1,5 +1,8 @@
 """Write production-shaped synthetic checkpoints (N tables x R rows) and a targets file."""
 
+# Checkpoints are written by extraction's own `write_checkpoint`, so the benchmark decodes
+# exactly what the merge reads in production.
+
 from __future__ import annotations
 
 import argparse
@@ -11,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from bqx_assets.catalog import Catalog, Table
-from bqx_assets.layout import CHECKPOINT_COMPRESSION, CHECKPOINT_ROW_GROUP_ROWS, KEY, PAIR_COLUMN
+from bqx_assets.extraction import write_checkpoint
+from bqx_assets.layout import CHECKPOINT_ROW_GROUP_ROWS, KEY, PAIR_COLUMN
 
 PAIR = "eurusd"
 START = np.datetime64("2020-01-06T00:00", "m")  # a Monday
@@ -78,12 +81,7 @@ def write_table(path: Path, table: Table, keys: np.ndarray, seed: int) -> int:
     for column in table.columns:
         arrays.append(_column(rng, column.dtype, len(own), rate, column.name))
         names.append(column.name)
-    pq.write_table(
-        pa.table(arrays, names=names),
-        path,
-        row_group_size=CHECKPOINT_ROW_GROUP_ROWS,
-        compression=CHECKPOINT_COMPRESSION,
-    )
+    write_checkpoint(pa.table(arrays, names=names), path, CHECKPOINT_ROW_GROUP_ROWS)
     return path.stat().st_size
 
 
@@ -100,12 +98,7 @@ def write_targets(path: Path, catalog: Catalog, keys: np.ndarray, seed: int) -> 
             mask[-min(n, 105) :] = True
         arrays.append(pa.array(values, pa.float64(), mask=mask))
         names.append(column.name)
-    pq.write_table(
-        pa.table(arrays, names=names),
-        path,
-        row_group_size=CHECKPOINT_ROW_GROUP_ROWS,
-        compression=CHECKPOINT_COMPRESSION,
-    )
+    write_checkpoint(pa.table(arrays, names=names), path, CHECKPOINT_ROW_GROUP_ROWS)
     return path.stat().st_size
 
 
