@@ -60,6 +60,21 @@ class PublishResult:
     unchanged: bool = False
     """The same bytes were already published: nothing was uploaded or versioned."""
 
+    @classmethod
+    def of(
+        cls, pair: str, info: ObjectInfo, *, published: bool, seconds: float, **extra: Any
+    ) -> PublishResult:
+        return cls(
+            pair=pair,
+            published=published,
+            uri=info.uri,
+            size=info.size,
+            crc32c=info.crc32c,
+            generation=info.generation,
+            seconds=seconds,
+            **extra,
+        )
+
     @property
     def mb_per_s(self) -> float:
         return self.size / 1e6 / self.seconds if self.seconds > 0 else 0.0
@@ -133,16 +148,7 @@ def publish_training_file(
             report = json.dumps(training_file.report, indent=2, default=str).encode()
             report_uri = storage.write_bytes(report_key, report).uri
         info, seconds = _transfer(storage, local, key, keep_local=keep_local)
-        return PublishResult(
-            pair=pair,
-            published=False,
-            uri=info.uri,
-            size=info.size,
-            crc32c=info.crc32c,
-            generation=info.generation,
-            seconds=seconds,
-            report_uri=report_uri,
-        )
+        return PublishResult.of(pair, info, published=False, seconds=seconds, report_uri=report_uri)
 
     key = training_file_key(pair)
     existing = storage.stat(key)
@@ -152,25 +158,7 @@ def publish_training_file(
         if existing.size == local.stat().st_size and existing.crc32c == file_crc32c(local):
             if not keep_local:
                 local.unlink()
-            return PublishResult(
-                pair=pair,
-                published=True,
-                uri=existing.uri,
-                size=existing.size,
-                crc32c=existing.crc32c,
-                generation=existing.generation,
-                seconds=0.0,
-                unchanged=True,
-            )
+            return PublishResult.of(pair, existing, published=True, seconds=0.0, unchanged=True)
         previous_uri = storage.copy(key, version_key(key, existing)).uri
     info, seconds = _transfer(storage, local, key, keep_local=keep_local)
-    return PublishResult(
-        pair=pair,
-        published=True,
-        uri=info.uri,
-        size=info.size,
-        crc32c=info.crc32c,
-        generation=info.generation,
-        seconds=seconds,
-        previous_uri=previous_uri,
-    )
+    return PublishResult.of(pair, info, published=True, seconds=seconds, previous_uri=previous_uri)
