@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import logging
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
@@ -23,6 +26,7 @@ from google.cloud import bigquery
 from bqx_assets.catalog import SchemaRow
 from bqx_assets.errors import WarehouseError
 from bqx_assets.layout import KEY, KEY_TZ, KEY_UNIT
+from bqx_assets.storage import Storage, open_storage
 from bqx_assets.warehouse import DateRange, SourceState, TableRead, Warehouse
 
 if TYPE_CHECKING:
@@ -106,6 +110,8 @@ class BigQueryWarehouse(Warehouse):
     `host:port`, an insecure gRPC channel); with either one set and no credentials, requests go
     anonymously. Without them, the clients use Application Default Credentials and Google's
     endpoints. dagster-gcp's `BigQueryResource` cannot take an endpoint, hence our own clients.
+    `gcs_local_root` is the folder where an emulator's extract jobs write `gs://bucket/name`
+    (as `{root}/bucket/name`): exported files are read back from there instead of from GCS.
     """
 
     name = "bigquery"
@@ -124,6 +130,7 @@ class BigQueryWarehouse(Warehouse):
         retry: RetrySettings | None = None,
         rpc_timeout_s: float = 300.0,
         stream_timeout_s: float = 1800.0,
+        gcs_local_root: str | None = None,
     ) -> None:
         from google.cloud.bigquery_storage_v1 import BigQueryReadClient
 
@@ -137,6 +144,7 @@ class BigQueryWarehouse(Warehouse):
         # A whole stream of a wide table may take minutes; a connection that died silently must
         # still end (the client's own default is a day).
         self.stream_timeout_s = stream_timeout_s
+        self.gcs_local_root = gcs_local_root
         self._retries = 0
         self._lock = threading.Lock()
         if credentials is None and (api_endpoint or read_endpoint):
@@ -388,6 +396,55 @@ class BigQueryWarehouse(Warehouse):
             file_counts=tuple(int(n) for n in job.destination_uri_file_counts or ()),
             seconds=time.perf_counter() - started,
         )
+
+    def export_table(
+        self, dataset: str, table: str, columns: Sequence[str], staging_uri: str
+    ) -> TableRead:
+        """The whole table through an extract job (free; a Storage Read bills the bytes of the
+        selected columns): parquet shards under `staging_uri`, read back, the `columns` selected
+        and sorted by the key; the shards are deleted afterwards, whatever the outcome."""
+        what = f"{dataset}.{table}"
+        columns = list(dict.fromkeys(columns))
+        if KEY not in columns:
+            columns.insert(0, KEY)
+        # A folder of its own per export: shards left by an export that was killed are never
+        # read together with this one's.
+        folder = f"{dataset}.{table}/{uuid.uuid4().hex[:16]}"
+        staging = self._staging(staging_uri)
+        try:
+            self.export(dataset, table, f"{staging_uri.rstrip('/')}/{folder}/*.parquet")
+            shards = sorted(k for k in staging.list(folder) if k.endswith(".parquet"))
+            if not shards:
+                raise WarehouseError(f"{what}: the export wrote no files under {staging_uri}")
+            with tempfile.TemporaryDirectory(prefix="bqx-export-") as cache:
+                parts = [self._read_shard(what, staging, k, Path(cache), columns) for k in shards]
+        finally:
+            for key in staging.list(folder):
+                staging.delete(key)
+        data = pa.concat_tables(parts).select(columns)
+        data = normalise_key(data, what)
+        if not _is_sorted(data.column(KEY)):
+            data = data.sort_by([(KEY, "ascending")])
+        return TableRead(data=data.combine_chunks(), bytes_read=0)
+
+    def _staging(self, staging_uri: str) -> Storage:
+        if self.gcs_local_root and staging_uri.startswith("gs://"):
+            return open_storage(
+                Path(self.gcs_local_root) / staging_uri.removeprefix("gs://"), durable=False
+            )
+        return open_storage(staging_uri, durable=False)
+
+    @staticmethod
+    def _read_shard(
+        what: str, staging: Storage, key: str, cache: Path, columns: Sequence[str]
+    ) -> pa.Table:
+        path = staging.fetch(key, cache)
+        names = pq.read_schema(path).names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise WarehouseError(f"{what}: no column(s) {', '.join(missing)}")
+        # Only the wanted columns are decoded (`pair` and the rest stay on disk).
+        return pq.read_table(path, columns=list(columns))
 
     def close(self) -> None:
         self.client.close()

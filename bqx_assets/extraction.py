@@ -29,7 +29,7 @@ from bqx_assets.layout import (
 )
 from bqx_assets.metrics import Stopwatch
 from bqx_assets.storage import Storage
-from bqx_assets.warehouse import DateRange, SourceState, Warehouse
+from bqx_assets.warehouse import DateRange, SourceState, TableRead, Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ ARROW_TYPES = {
 }
 MANIFEST_FORMAT = 1
 ALL_TIME = DateRange()
+ExtractMode = Literal["read", "export"]
+EXTRACT_MODES: tuple[ExtractMode, ...] = ("read", "export")
 
 
 def owner_of(source: Source) -> str:
@@ -84,6 +86,8 @@ class Manifest:
     key_min: str | None
     key_max: str | None
     format: int = MANIFEST_FORMAT
+    method: str = "read"
+    """How the rows left the warehouse: "read" (billed by bytes) or "export" (an extract job)."""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1).encode()
@@ -204,16 +208,37 @@ def extract_table(
     workdir: Path | None = None,
     row_group_rows: int = CHECKPOINT_ROW_GROUP_ROWS,
     state: SourceState | None = None,
+    mode: ExtractMode = "read",
+    staging_uri: str | None = None,
 ) -> Checkpoint:
     """Checkpoint one table, or reuse its checkpoint when that is still current (`state`: the
-    table's state when the caller already looked it up)."""
+    table's state when the caller already looked it up).
+
+    `mode="export"` takes a whole table (an unbounded window) through the warehouse's export to
+    `staging_uri` where it has one, which bills no bytes; a windowed table, or a warehouse
+    without an export, is read as in `mode="read"`.
+    """
+    if mode not in EXTRACT_MODES:
+        raise ExtractionError(f"extraction mode {mode!r} is not one of {', '.join(EXTRACT_MODES)}")
     clock = Stopwatch()
     state = state or warehouse.state(source.dataset, source.name)
     manifest = current_manifest(storage, source, state, window)
     if manifest is not None:
         return Checkpoint(source, "reused", manifest, clock.seconds)
 
-    read = warehouse.read(source.dataset, source.name, expected_schema(source).names, window)
+    names = expected_schema(source).names
+    read: TableRead | None = None
+    # An extract job copies the whole table: a window could only be applied afterwards, so a
+    # windowed table is read (the read's row restriction bills only the window's bytes).
+    if mode == "export" and window == ALL_TIME:
+        if not staging_uri:
+            raise ExtractionError(
+                f"{source.dataset}.{source.name}: export mode needs a staging URI"
+            )
+        read = warehouse.export_table(source.dataset, source.name, names, staging_uri)
+    method = "read" if read is None else "export"
+    if read is None:
+        read = warehouse.read(source.dataset, source.name, names, window)
     data = conform(read.data, source)
     if data.num_rows == 0:
         raise ExtractionError(
@@ -242,6 +267,7 @@ def extract_table(
         bytes_read=read.bytes_read,
         key_min=keys[0].as_py().isoformat(),
         key_max=keys[-1].as_py().isoformat(),
+        method=method,
     )
     storage.write_bytes(manifest_key(owner, source.name), manifest.to_json())
     return Checkpoint(source, "extracted", manifest, clock.seconds)
@@ -275,6 +301,8 @@ def extract_tables(
     row_group_rows: int = CHECKPOINT_ROW_GROUP_ROWS,
     progress: Callable[[Progress], None] | None = None,
     progress_every: int = 50,
+    mode: ExtractMode = "read",
+    staging_uri: str | None = None,
 ) -> list[Checkpoint]:
     """Checkpoint many tables on a bounded thread pool.
 
@@ -302,6 +330,7 @@ def extract_tables(
             pool.submit(
                 extract_table, warehouse, s, storage, window=window, workdir=workdir,
                 row_group_rows=row_group_rows, state=states.get((s.dataset, s.name)),
+                mode=mode, staging_uri=staging_uri,
             ): s
             for s in sources
         }  # fmt: skip

@@ -78,5 +78,15 @@ class Warehouse(ABC):
         Raises WarehouseError naming the table when it cannot be read.
         """
 
+    def export_table(
+        self, dataset: str, table: str, columns: Sequence[str], staging_uri: str
+    ) -> TableRead | None:
+        """The whole table, as `read()` with an unbounded window returns it, made by an export to
+        files under `staging_uri` that the warehouse does not bill as a scan (`bytes_read` 0).
+
+        None where the warehouse has no such export: the caller reads the table instead.
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

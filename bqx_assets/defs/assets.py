@@ -196,6 +196,8 @@ def _extract(
             threads=settings.extract_threads,
             workdir=settings.work_path("extract"),
             progress=report,
+            mode=settings.mode(),
+            staging_uri=settings.export_staging_uri,
         )
     finally:
         wh.close()

@@ -38,12 +38,14 @@ def _env_int(name: str, default: int) -> Any:
     return dg.EnvVar.int(name) if os.environ.get(name) else default
 
 
-def _settings(**production: Any) -> PipelineSettings:
+def _settings(staging: str | None = None, **production: Any) -> PipelineSettings:
     return PipelineSettings(
         catalog_path=_env("BQX_CATALOG_PATH", None),
         window_start=_env("BQX_WINDOW_START", None),
         window_end=_env("BQX_WINDOW_END", None),
         extract_threads=_env_int("BQX_EXTRACT_THREADS", 4),
+        extract_mode=_env("BQX_EXTRACT_MODE", "read"),
+        export_staging_uri=_env("BQX_EXPORT_STAGING_URI", staging),
         workdir=_env("BQX_WORKDIR", "data/work"),
         **production,
     )
@@ -62,7 +64,7 @@ def resources_for(which: Deployment | None = None) -> dict[str, Any]:
                 root=_env("BQX_CHECKPOINT_ROOT", "gs://bqx-ml-staging/checkpoints"),
                 cache_dir=_env("BQX_CACHE_DIR", "/tmp/bqx/cache/checkpoints"),
             ),
-            "settings": _settings(),
+            "settings": _settings(staging="gs://bqx-ml-staging/exports"),
             "training_io_manager": TrainingFileIOManager(
                 output_root=_env("BQX_OUTPUT_ROOT", "gs://bqx-ml-output"),
                 cache_dir=_env("BQX_OUTPUT_CACHE_DIR", "/tmp/bqx/cache/output"),

@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from bqx_assets.catalog import Catalog
+from bqx_assets.extraction import EXTRACT_MODES, ExtractMode
 from bqx_assets.storage import Storage, open_storage
 from bqx_assets.validation import Thresholds
 from bqx_assets.warehouse import DateRange, Warehouse
@@ -95,6 +96,14 @@ class PipelineSettings(dg.ConfigurableResource):
     window_start: str | None = Field(default=None, description="first day of training (ISO)")
     window_end: str | None = Field(default=None, description="day after the last (ISO)")
     extract_threads: int = Field(default=4, description="tables read at once within a run")
+    extract_mode: str = Field(
+        default="read",
+        description="read: Storage Read (billed by bytes); export: whole tables (no window) by a"
+        " free extract job to export_staging_uri, windowed ones still read",
+    )
+    export_staging_uri: str | None = Field(
+        default=None, description="gs:// prefix for the export mode's parquet shards (deleted)"
+    )
     bq_price_per_tib: float = Field(
         default=6.25, description="on-demand price of a TiB scanned (US multi-region list price)"
     )
@@ -110,6 +119,15 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def catalog(self) -> Catalog:
         return _load_catalog(self.catalog_path)
+
+    def mode(self) -> ExtractMode:
+        """`extract_mode`, checked (a plain `str` field, since an `EnvVar` may set it)."""
+        for mode in EXTRACT_MODES:
+            if self.extract_mode == mode:
+                return mode
+        raise ValueError(
+            f"extract_mode {self.extract_mode!r} is not one of {', '.join(EXTRACT_MODES)}"
+        )
 
     def window(self) -> DateRange:
         def parse(text: str | None) -> datetime | None:
