@@ -7,7 +7,6 @@ import dagster as dg
 from bqx_assets.defs.assets import all_assets, pair_checkpoints, shared_checkpoints, training_file
 from bqx_assets.defs.automation import automation
 from bqx_assets.defs.environment import resources_for
-from bqx_assets.defs.partitions import pairs_partitions
 
 shared_job = dg.define_asset_job(
     "shared_checkpoints_job",
@@ -17,7 +16,6 @@ shared_job = dg.define_asset_job(
 pair_job = dg.define_asset_job(
     "pair_training_job",
     selection=dg.AssetSelection.assets(pair_checkpoints, training_file),
-    partitions_def=pairs_partitions,
     description="One pair: its own checkpoints, then its merged and validated training file.",
 )
 
