@@ -18,7 +18,7 @@
 # several pieces, each realigned from the table's key column) plus a few encoded pieces waiting
 # to be written, the spine and the footer, so it does not grow with the number of tables, and
 # the row-group size is free to be chosen for the readers rather than for the writer (measured:
-# 0.94 GiB peak at 668 tables x 177,748 rows, where the iterative join needs ~45 GiB).
+# under 1 GiB peak at 668 tables x 177,748 rows, where the iterative join needs ~45 GiB).
 #
 # Output layout: row groups of DEFAULT_ROW_GROUP_ROWS (262,144) rows, i.e. one row group for a
 # pair's 177,748 rows. Readers (Polars, pandas) select columns: a column chunk of 177K float64
