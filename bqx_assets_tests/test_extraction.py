@@ -69,9 +69,7 @@ def test_resume_reuses_current_checkpoints_and_redoes_bad_ones(
     storage = LocalStorage(tmp_path / "ckpt")
     extract_tables(warehouse, _sources(catalog), storage, threads=2)
     paths = {
-        s.name: storage.local_path(
-            checkpoint_key(s.owner if hasattr(s, "owner") else "eurusd", s.name)
-        )
+        s.name: storage.local_path(checkpoint_key(s.owner, s.name))
         for s in catalog.tables_for("eurusd")
     }
     mtimes = {n: p.stat().st_mtime_ns for n, p in paths.items()}

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 
-from bqx_assets.catalog import FAMILY_ORDER, Catalog, Table
+from bqx_assets.catalog import FAMILY_ORDER, Catalog
 from bqx_assets.costs import Prices, StepUsage
 from bqx_assets.defs.checks import check_results, training_check_specs
 from bqx_assets.defs.partitions import pairs_partitions
@@ -296,7 +296,7 @@ def training_file(
 
     cache = Path(checkpoints.cache_dir)
 
-    def path_of(source: Table | Source) -> Path:
+    def path_of(source: Source) -> Path:
         return storage.fetch(checkpoint_key(owner_of(source), source.name), cache)
 
     spine = path_of(targets)
