@@ -201,21 +201,10 @@ class EmbeddedWarehouse(Warehouse):
         return [SchemaRow(s, t, c, int(o), _FROM_DUCK.get(d, d)) for s, t, c, o, d in rows]
 
     def state(self, dataset: str, table: str) -> SourceState:
-        row = (
-            self._cursor()
-            .execute(
-                f"SELECT rows, bytes, last_modified FROM {_ident(META, 'tables')} "
-                "WHERE dataset = ? AND table_name = ?",
-                [dataset, table],
-            )
-            .fetchone()
-        )
-        if row is None:
+        state = self.states(dataset, [table]).get(table)
+        if state is None:
             raise WarehouseError(f"table {dataset}.{table} does not exist in {self.path}")
-        rows, size, modified = row
-        return SourceState(
-            dataset, table, int(rows), modified.astimezone(UTC).isoformat(), int(size)
-        )
+        return state
 
     def states(self, dataset: str, tables: Sequence[str]) -> dict[str, SourceState]:
         rows = (

@@ -122,17 +122,25 @@ def current_manifest(
     Reuse needs: a readable manifest made from the same source state (last-modified time and
     rows), schema and window, and a stored file whose size and CRC32C match the manifest.
     """
-    owner = owner_of(source)
-    raw = storage.read_bytes(manifest_key(owner, source.name))
-    manifest = Manifest.from_json(raw) if raw is not None else None
-    if manifest is None or manifest.format != MANIFEST_FORMAT:
-        return None
+    manifest = verified_manifest(storage, source)
     if (
-        manifest.source_last_modified != state.last_modified
+        manifest is None
+        or manifest.format != MANIFEST_FORMAT
+        or manifest.source_last_modified != state.last_modified
         or manifest.source_rows != state.rows
         or manifest.schema_fingerprint != schema_fingerprint(expected_schema(source))
         or manifest.window != _window_text(window)
     ):
+        return None
+    return manifest
+
+
+def verified_manifest(storage: Storage, source: Source) -> Manifest | None:
+    """The checkpoint's manifest when the stored file's size and CRC32C match it, else None."""
+    owner = owner_of(source)
+    raw = storage.read_bytes(manifest_key(owner, source.name))
+    manifest = Manifest.from_json(raw) if raw is not None else None
+    if manifest is None:
         return None
     info = storage.stat(checkpoint_key(owner, source.name))
     if info is None or info.size != manifest.bytes or info.crc32c != manifest.crc32c:
@@ -364,20 +372,7 @@ def extract_tables(
 
 def missing_checkpoints(storage: Storage, sources: Sequence[Source]) -> list[str]:
     """Tables without a stored checkpoint whose size and checksum match its manifest."""
-    missing = []
-    for source in sources:
-        owner = owner_of(source)
-        raw = storage.read_bytes(manifest_key(owner, source.name))
-        manifest = Manifest.from_json(raw) if raw is not None else None
-        info = storage.stat(checkpoint_key(owner, source.name))
-        if (
-            manifest is None
-            or info is None
-            or info.size != manifest.bytes
-            or info.crc32c != manifest.crc32c
-        ):
-            missing.append(source.name)
-    return missing
+    return [s.name for s in sources if verified_manifest(storage, s) is None]
 
 
 def require_checkpoints(storage: Storage, sources: Sequence[Source], what: str) -> None:
