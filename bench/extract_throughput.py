@@ -18,10 +18,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bqx_assets.catalog import Catalog
-from bqx_assets.embedded import EmbeddedWarehouse, create_warehouse, warehouse_params
-from bqx_assets.extraction import extract_tables
-from bqx_assets.storage import LocalStorage
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse, warehouse_params
+from bqx_assets.core.extraction import extract_tables
+from bqx_assets.core.storage import LocalStorage
 
 
 def main() -> None:

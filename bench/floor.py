@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from bqx_assets.catalog import TARGET_COLUMNS
-from bqx_assets.layout import KEY
-from bqx_assets.merge import encode_piece, piece_slices
-from bqx_assets.metrics import peak_rss_bytes
+from bqx_assets.core.catalog import TARGET_COLUMNS
+from bqx_assets.core.layout import KEY
+from bqx_assets.core.merge import encode_piece, piece_slices
+from bqx_assets.core.metrics import peak_rss_bytes
 
 
 def floor(targets: Path, features: list[Path], out: Path) -> tuple[int, int]:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bqx_assets.catalog import Catalog, Table
-from bqx_assets.extraction import write_checkpoint
-from bqx_assets.layout import CHECKPOINT_ROW_GROUP_ROWS, KEY, PAIR_COLUMN
+from bqx_assets.core.catalog import Catalog, Table
+from bqx_assets.core.extraction import write_checkpoint
+from bqx_assets.core.layout import CHECKPOINT_ROW_GROUP_ROWS, KEY, PAIR_COLUMN
 
 PAIR = "eurusd"
 START = np.datetime64("2020-01-06T00:00", "m")  # a Monday

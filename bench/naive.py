@@ -10,9 +10,9 @@ from pathlib import Path
 
 import polars as pl
 
-from bqx_assets.catalog import TARGET_COLUMNS, feature_name
-from bqx_assets.layout import KEY
-from bqx_assets.metrics import peak_rss_bytes
+from bqx_assets.core.catalog import TARGET_COLUMNS, feature_name
+from bqx_assets.core.layout import KEY
+from bqx_assets.core.metrics import peak_rss_bytes
 
 
 def naive_merge(targets: Path, features: list[Path], out: Path) -> pl.DataFrame:

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bqx_assets.catalog import Catalog
-from bqx_assets.layout import KEY
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.layout import KEY
 
 ROWS = 177_748
 ROW_GROUP_ROWS = 4096

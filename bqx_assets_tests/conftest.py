@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bqx_assets.catalog import Catalog
+from bqx_assets.core.catalog import Catalog
 
 # Nothing in the suite may look for the cloud metadata server.
 os.environ.setdefault("NO_GCE_CHECK", "True")
@@ -56,7 +56,7 @@ def mini(tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalog, Path]:
 @pytest.fixture(scope="session")
 def mini_warehouse(tmp_path_factory: pytest.TempPathFactory, mini: tuple[Catalog, Path]) -> Path:
     """A read-only embedded warehouse of the mini catalog, 600 minutes per table."""
-    from bqx_assets.embedded import create_warehouse
+    from bqx_assets.core.embedded import create_warehouse
 
     catalog, _ = mini
     path = tmp_path_factory.mktemp("warehouse") / "warehouse.duckdb"

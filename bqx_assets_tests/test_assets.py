@@ -11,14 +11,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bqx_assets.catalog import Catalog
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.embedded import EmbeddedWarehouse
+from bqx_assets.core.extraction import expected_schema
+from bqx_assets.core.validation import CHECK_NAMES
+from bqx_assets.core.warehouse import DateRange
 from bqx_assets.defs.assets import pair_checkpoints, shared_checkpoints, training_file
 from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets.defs.resources import CheckpointStore, EmbeddedWarehouseResource, PipelineSettings
-from bqx_assets.embedded import EmbeddedWarehouse
-from bqx_assets.extraction import expected_schema
-from bqx_assets.validation import CHECK_NAMES
-from bqx_assets.warehouse import DateRange
 
 
 def resources(root: Path, catalog_path: Path, warehouse: Path) -> dict[str, object]:

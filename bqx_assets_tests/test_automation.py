@@ -8,13 +8,13 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from bqx_assets.catalog import SchemaRow
+from bqx_assets.core.catalog import SchemaRow
+from bqx_assets.core.errors import WarehouseError
+from bqx_assets.core.warehouse import DateRange, SourceState, TableRead, Warehouse
 from bqx_assets.defs import automation as auto
 from bqx_assets.defs.checks import training_check_specs
 from bqx_assets.defs.partitions import pairs_partitions
 from bqx_assets.defs.resources import PipelineSettings, WarehouseResource
-from bqx_assets.errors import WarehouseError
-from bqx_assets.warehouse import DateRange, SourceState, TableRead, Warehouse
 
 
 class _StateWarehouse(Warehouse):

@@ -21,19 +21,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bqx_assets.bigquery import KEY_TYPE, BigQueryWarehouse, RetrySettings, load_tables
-from bqx_assets.catalog import Catalog, Column, catalog_from_schema
-from bqx_assets.errors import WarehouseError
-from bqx_assets.extraction import (
+from bqx_assets.core.bigquery import KEY_TYPE, BigQueryWarehouse, RetrySettings, load_tables
+from bqx_assets.core.catalog import Catalog, Column, catalog_from_schema
+from bqx_assets.core.errors import WarehouseError
+from bqx_assets.core.extraction import (
     Source,
     expected_schema,
     extract_tables,
     owner_of,
     require_checkpoints,
 )
-from bqx_assets.layout import KEY, PAIR_COLUMN, checkpoint_key
-from bqx_assets.storage import LocalStorage
-from bqx_assets.warehouse import DateRange
+from bqx_assets.core.layout import KEY, PAIR_COLUMN, checkpoint_key
+from bqx_assets.core.storage import LocalStorage
+from bqx_assets.core.warehouse import DateRange
 from bqx_assets_tests.emulators.bigquery import (
     BigQueryEmulator,
     HttpFaultProxy,
@@ -466,11 +466,11 @@ _EXTRACT_SCRIPT = """
 import json, sys, time
 from datetime import datetime
 
-from bqx_assets.bigquery import BigQueryWarehouse
-from bqx_assets.catalog import catalog_from_schema
-from bqx_assets.extraction import extract_tables
-from bqx_assets.storage import LocalStorage
-from bqx_assets.warehouse import DateRange
+from bqx_assets.core.bigquery import BigQueryWarehouse
+from bqx_assets.core.catalog import catalog_from_schema
+from bqx_assets.core.extraction import extract_tables
+from bqx_assets.core.storage import LocalStorage
+from bqx_assets.core.warehouse import DateRange
 
 args = json.loads(sys.argv[1])
 

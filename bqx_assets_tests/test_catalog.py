@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bqx_assets.catalog import (
+from bqx_assets.core.catalog import (
     PAIRS,
     TARGET_COLUMNS,
     Catalog,
@@ -17,7 +17,7 @@ from bqx_assets.catalog import (
     Table,
     catalog_from_schema,
 )
-from bqx_assets.errors import CatalogError
+from bqx_assets.core.errors import CatalogError
 
 FAMILY_COLUMNS = {
     "tri": 6460, "csi": 5232, "cov": 2364, "var": 973, "reg": 696, "corr": 240, "agg": 192,
@@ -87,7 +87,7 @@ def test_a_name_collision_after_prefixing_names_both_sources() -> None:
         "agg_eurusd": Table("agg_eurusd", "ds", "agg", "pair", ("eurusd",), cols),
         "agg_eurusd_x": Table("agg", "ds", "agg", "shared", ("eurusd",), cols),
     }
-    from bqx_assets.catalog import TargetsTable
+    from bqx_assets.core.catalog import TargetsTable
 
     cat = Catalog(
         "p",
@@ -109,7 +109,9 @@ def test_unknown_pair_is_a_clear_error(catalog: Catalog) -> None:
 
 
 def test_dump_is_deterministic_and_round_trips(catalog: Catalog, tmp_path: Path) -> None:
-    packaged = Path(__import__("bqx_assets").__file__).with_name("catalog.json")
+    packaged = Path(__import__("bqx_assets.core.catalog").core.catalog.__file__).with_name(
+        "catalog.json"
+    )
     out = catalog.dump(tmp_path / "c.json")
     assert out.read_bytes() == packaged.read_bytes()
     assert Catalog.load(out).to_dict() == catalog.to_dict()

@@ -12,9 +12,9 @@ import pytest
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from bqx_assets.core.layout import KEY
+from bqx_assets.core.validation import CHECK_NAMES, Expectation, Thresholds, validate_training_file
 from bqx_assets.defs.checks import check_results, report_metadata, training_check_specs
-from bqx_assets.layout import KEY
-from bqx_assets.validation import CHECK_NAMES, Expectation, Thresholds, validate_training_file
 
 GOOD, BAD = "eurusd", "gbpusd"
 ROWS = 120

@@ -8,8 +8,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bqx_assets.commands.costs import cost_lines
-from bqx_assets.costs import (
+from bqx_assets.cli.commands.costs import cost_lines
+from bqx_assets.core.costs import (
     METADATA_KEYS,
     Container,
     CostLine,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from bqx_assets.core.validation import CHECK_NAMES
 from bqx_assets.definitions import defs
-from bqx_assets.validation import CHECK_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = Path(__file__).with_name("snapshots") / "asset_graph.json"

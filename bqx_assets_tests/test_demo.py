@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bqx_assets.catalog import Catalog
-from bqx_assets.embedded import create_warehouse
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.embedded import create_warehouse
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 60

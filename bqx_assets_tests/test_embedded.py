@@ -10,17 +10,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from bqx_assets.catalog import Catalog, catalog_from_schema
-from bqx_assets.embedded import (
+from bqx_assets.core.catalog import Catalog, catalog_from_schema
+from bqx_assets.core.embedded import (
     EmbeddedWarehouse,
     create_warehouse,
     feature_table_data,
     targets_table_data,
     trading_minutes,
 )
-from bqx_assets.errors import WarehouseError
-from bqx_assets.extraction import expected_schema
-from bqx_assets.warehouse import DateRange
+from bqx_assets.core.errors import WarehouseError
+from bqx_assets.core.extraction import expected_schema
+from bqx_assets.core.warehouse import DateRange
 
 
 def test_trading_minutes_skip_the_weekend() -> None:

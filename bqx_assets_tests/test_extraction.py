@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bqx_assets.catalog import Catalog
-from bqx_assets.embedded import EmbeddedWarehouse
-from bqx_assets.errors import ExtractionError
-from bqx_assets.extraction import (
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.embedded import EmbeddedWarehouse
+from bqx_assets.core.errors import ExtractionError
+from bqx_assets.core.extraction import (
     Manifest,
     conform,
     expected_schema,
@@ -22,9 +22,9 @@ from bqx_assets.extraction import (
     missing_checkpoints,
     require_checkpoints,
 )
-from bqx_assets.layout import checkpoint_key, manifest_key
-from bqx_assets.storage import LocalStorage
-from bqx_assets.warehouse import DateRange
+from bqx_assets.core.layout import checkpoint_key, manifest_key
+from bqx_assets.core.storage import LocalStorage
+from bqx_assets.core.warehouse import DateRange
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from bqx_assets.core.publish import TrainingFile
+from bqx_assets.core.storage import file_crc32c, open_storage
 from bqx_assets.defs.frames import FrameIOManager
 from bqx_assets.defs.io_managers import TrainingFileIOManager
-from bqx_assets.publish import TrainingFile
-from bqx_assets.storage import file_crc32c, open_storage
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
 
 # Fixtures made visible to this module (a plain import would be shadowed by the arguments).
@@ -273,8 +273,8 @@ def test_consumer_of_every_pair_gets_a_dict_of_lazy_frames(tmp_path: Path) -> No
 @pytest.fixture(scope="module")
 def every_family(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
     """eurusd's catalog cut to its first table of every family, its file and a warehouse."""
-    from bqx_assets.catalog import Catalog
-    from bqx_assets.embedded import create_warehouse
+    from bqx_assets.core.catalog import Catalog
+    from bqx_assets.core.embedded import create_warehouse
 
     full = Catalog.load().subset(["eurusd"])
     first: dict[str, Any] = {}

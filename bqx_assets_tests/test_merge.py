@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bqx_assets.catalog import Catalog, Column, Table, TargetsTable
 from bqx_assets.cli import main
-from bqx_assets.errors import MergeError
-from bqx_assets.layout import KEY
-from bqx_assets.merge import FeatureSource, merge_checkpoints, sources_for_pair
+from bqx_assets.core.catalog import Catalog, Column, Table, TargetsTable
+from bqx_assets.core.errors import MergeError
+from bqx_assets.core.layout import KEY
+from bqx_assets.core.merge import FeatureSource, merge_checkpoints, sources_for_pair
 
 START = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
 TARGETS = ["target_a", "target_b"]
@@ -277,7 +277,7 @@ def test_output_equals_the_naive_polars_join(
     piece_bytes: int | None,
 ) -> None:
     if piece_bytes:  # one column per piece: every table is cut and stitched back
-        monkeypatch.setattr("bqx_assets.merge.PIECE_BYTES", piece_bytes)
+        monkeypatch.setattr("bqx_assets.core.merge.PIECE_BYTES", piece_bytes)
     rng = np.random.default_rng(3)
     sources = []
     for t in range(6):

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from bqx_assets import cli
-from bqx_assets.catalog import Catalog, Column, Table, TargetsTable
-from bqx_assets.errors import ValidationError
-from bqx_assets.layout import KEY
-from bqx_assets.validation import (
+from bqx_assets.core.catalog import Catalog, Column, Table, TargetsTable
+from bqx_assets.core.errors import ValidationError
+from bqx_assets.core.layout import KEY
+from bqx_assets.core.validation import (
     CHECK_NAMES,
     Expectation,
     Thresholds,

@@ -1,4 +1,4 @@
-"""Build bqx_assets/catalog.json from the production facts in DOMAIN.md.
+"""Build bqx_assets/core/catalog.json from the production facts in DOMAIN.md.
 
 The checked-in catalog is data. This script is how its first version was made: it writes the
 INFORMATION_SCHEMA rows that the production warehouse has and runs them through the same refresh
@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from bqx_assets.catalog import (
+from bqx_assets.core.catalog import (
     CURRENCIES,
     PAIRS,
     TARGET_COLUMNS,
@@ -21,7 +21,7 @@ from bqx_assets.catalog import (
     SchemaRow,
     catalog_from_schema,
 )
-from bqx_assets.layout import KEY, PAIR_COLUMN
+from bqx_assets.core.layout import KEY, PAIR_COLUMN
 
 PROJECT = "bqx-ml"
 FEATURES = "bqx_ml_v3_features_v2"
@@ -174,7 +174,7 @@ def main() -> None:
     catalog = catalog_from_schema(
         production_schema(), project=PROJECT, features_dataset=FEATURES, targets_dataset=TARGETS
     )
-    out = Path(__file__).resolve().parents[1] / "bqx_assets" / "catalog.json"
+    out = Path(__file__).resolve().parents[1] / "bqx_assets" / "core" / "catalog.json"
     catalog.dump(out)
     tables = catalog.tables_for("eurusd")
     print(

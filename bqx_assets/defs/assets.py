@@ -9,12 +9,9 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 
-from bqx_assets.catalog import FAMILY_ORDER, Catalog
-from bqx_assets.costs import Prices, StepUsage
-from bqx_assets.defs.checks import check_results, training_check_specs
-from bqx_assets.defs.partitions import pairs_partitions
-from bqx_assets.defs.resources import CheckpointStore, PipelineSettings, WarehouseResource
-from bqx_assets.extraction import (
+from bqx_assets.core.catalog import FAMILY_ORDER, Catalog
+from bqx_assets.core.costs import Prices, StepUsage
+from bqx_assets.core.extraction import (
     Checkpoint,
     Progress,
     Source,
@@ -22,12 +19,15 @@ from bqx_assets.extraction import (
     owner_of,
     require_checkpoints,
 )
-from bqx_assets.layout import checkpoint_key
-from bqx_assets.merge import merge_checkpoints, sources_for_pair
-from bqx_assets.metrics import Stopwatch, peak_rss_bytes
-from bqx_assets.publish import TrainingFile
-from bqx_assets.validation import Expectation, validate_training_file
-from bqx_assets.warehouse import SourceState
+from bqx_assets.core.layout import checkpoint_key
+from bqx_assets.core.merge import merge_checkpoints, sources_for_pair
+from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
+from bqx_assets.core.publish import TrainingFile
+from bqx_assets.core.validation import Expectation, validate_training_file
+from bqx_assets.core.warehouse import SourceState
+from bqx_assets.defs.checks import check_results, training_check_specs
+from bqx_assets.defs.partitions import pairs_partitions
+from bqx_assets.defs.resources import CheckpointStore, PipelineSettings, WarehouseResource
 
 SHARED_FAMILIES: tuple[str, ...] = ("tri", "mkt", "var", "csi")
 PAIR_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILY_ORDER if f not in SHARED_FAMILIES)

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from bqx_assets.catalog import Catalog
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.errors import BqxError
+from bqx_assets.core.validation import CHECK_NAMES
+from bqx_assets.core.warehouse import Warehouse
 from bqx_assets.defs.resources import PipelineSettings, WarehouseResource
-from bqx_assets.errors import BqxError
-from bqx_assets.validation import CHECK_NAMES
-from bqx_assets.warehouse import Warehouse
 
 TRAINING_FILE = dg.AssetKey("training_file")
 SHARED_CHECKPOINT = dg.AssetKey(["checkpoints", "tri"])

@@ -8,9 +8,9 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from bqx_assets.layout import training_file_key
-from bqx_assets.publish import TrainingFile, publish_training_file
-from bqx_assets.storage import Storage, open_storage
+from bqx_assets.core.layout import training_file_key
+from bqx_assets.core.publish import TrainingFile, publish_training_file
+from bqx_assets.core.storage import Storage, open_storage
 
 
 class TrainingFileIOManager(dg.ConfigurableIOManager):

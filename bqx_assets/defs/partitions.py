@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import dagster as dg
 
-from bqx_assets.catalog import PAIRS
+from bqx_assets.core.catalog import PAIRS
 
 pairs_partitions = dg.StaticPartitionsDefinition(list(PAIRS))

@@ -9,11 +9,11 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from bqx_assets.catalog import Catalog
-from bqx_assets.extraction import EXTRACT_MODES, ExtractMode
-from bqx_assets.storage import Storage, open_storage
-from bqx_assets.validation import Thresholds
-from bqx_assets.warehouse import DateRange, Warehouse
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.extraction import EXTRACT_MODES, ExtractMode
+from bqx_assets.core.storage import Storage, open_storage
+from bqx_assets.core.validation import Thresholds
+from bqx_assets.core.warehouse import DateRange, Warehouse
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -32,7 +32,7 @@ class EmbeddedWarehouseResource(WarehouseResource):
     path: str = Field(default="data/warehouse.duckdb", description="DuckDB file of the warehouse")
 
     def open(self) -> Warehouse:
-        from bqx_assets.embedded import EmbeddedWarehouse
+        from bqx_assets.core.embedded import EmbeddedWarehouse
 
         return EmbeddedWarehouse(self.path)
 
@@ -54,7 +54,7 @@ class BigQueryWarehouseResource(WarehouseResource):
     max_read_streams: int = 4
 
     def open(self) -> Warehouse:
-        from bqx_assets.bigquery import BigQueryWarehouse
+        from bqx_assets.core.bigquery import BigQueryWarehouse
 
         return BigQueryWarehouse(
             self.project,

@@ -33,7 +33,7 @@ from google.cloud.bigquery_storage_v1.services.big_query_read.transports import 
     BigQueryReadGrpcTransport,
 )
 
-from bqx_assets.bigquery import BigQueryWarehouse, RetrySettings
+from bqx_assets.core.bigquery import BigQueryWarehouse, RetrySettings
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = REPO / "scripts" / "setup_bigquery_emulator.sh"

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bqx_assets.errors import StorageError
-from bqx_assets.layout import training_file_key
-from bqx_assets.metrics import Stopwatch
-from bqx_assets.storage import ObjectInfo, Storage, file_crc32c
+from bqx_assets.core.errors import StorageError
+from bqx_assets.core.layout import training_file_key
+from bqx_assets.core.metrics import Stopwatch
+from bqx_assets.core.storage import ObjectInfo, Storage, file_crc32c
 
 VERSIONS_PREFIX = "versions"
 """Replaced training files are kept as `versions/training_{pair}.{published at}.parquet`, the time

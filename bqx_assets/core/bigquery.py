@@ -23,11 +23,11 @@ import tenacity
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
-from bqx_assets.catalog import SchemaRow
-from bqx_assets.errors import WarehouseError
-from bqx_assets.layout import KEY, KEY_TZ, KEY_UNIT
-from bqx_assets.storage import Storage, open_storage
-from bqx_assets.warehouse import DateRange, SourceState, TableRead, Warehouse
+from bqx_assets.core.catalog import SchemaRow
+from bqx_assets.core.errors import WarehouseError
+from bqx_assets.core.layout import KEY, KEY_TZ, KEY_UNIT
+from bqx_assets.core.storage import Storage, open_storage
+from bqx_assets.core.warehouse import DateRange, SourceState, TableRead, Warehouse
 
 if TYPE_CHECKING:
     import google.auth.credentials

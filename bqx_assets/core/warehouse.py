@@ -9,8 +9,8 @@ from datetime import datetime
 
 import pyarrow as pa
 
-from bqx_assets.catalog import SchemaRow
-from bqx_assets.errors import WarehouseError
+from bqx_assets.core.catalog import SchemaRow
+from bqx_assets.core.errors import WarehouseError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bqx_assets.catalog import (
+from bqx_assets.core.catalog import (
     CURRENCIES,
     HORIZONS,
     PAIRS,
@@ -24,9 +24,9 @@ from bqx_assets.catalog import (
     Table,
     TargetsTable,
 )
-from bqx_assets.errors import WarehouseError
-from bqx_assets.layout import KEY, PAIR_COLUMN
-from bqx_assets.warehouse import DateRange, SourceState, TableRead, Warehouse
+from bqx_assets.core.errors import WarehouseError
+from bqx_assets.core.layout import KEY, PAIR_COLUMN
+from bqx_assets.core.warehouse import DateRange, SourceState, TableRead, Warehouse
 
 log = logging.getLogger(__name__)
 

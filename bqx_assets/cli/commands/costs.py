@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bqx_assets.costs import Container, CostLine, Prices, Usage, estimate, format_report, total
+from bqx_assets.core.costs import Container, CostLine, Prices, Usage, estimate, format_report, total
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -109,7 +109,7 @@ def cost_lines(
     """One line per pair with a materialized training file (and one for the shared run)."""
     import dagster as dg
 
-    from bqx_assets.catalog import PAIRS
+    from bqx_assets.core.catalog import PAIRS
 
     prices, container = prices or Prices(), container or Container()
     training = dg.AssetKey("training_file")
@@ -132,8 +132,8 @@ def cost_lines(
 def _costs(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from bqx_assets.catalog import Catalog
-    from bqx_assets.commands import emit
+    from bqx_assets.cli.commands import emit
+    from bqx_assets.core.catalog import Catalog
 
     os.environ.setdefault("DAGSTER_HOME", str(Path.cwd()))
     pairs = [Catalog.load().check_pair(p) for p in args.pairs.split(",")] if args.pairs else None

@@ -11,8 +11,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from bqx_assets.errors import CatalogError
-from bqx_assets.layout import KEY, PAIR_COLUMN, PREFIX_SEPARATOR, SHARED_OWNER
+from bqx_assets.core.errors import CatalogError
+from bqx_assets.core.layout import KEY, PAIR_COLUMN, PREFIX_SEPARATOR, SHARED_OWNER
 
 log = logging.getLogger(__name__)
 

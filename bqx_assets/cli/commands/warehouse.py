@@ -22,10 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from bqx_assets.catalog import Catalog
-    from bqx_assets.commands import emit
-    from bqx_assets.embedded import create_warehouse
-    from bqx_assets.metrics import Stopwatch
+    from bqx_assets.cli.commands import emit
+    from bqx_assets.core.catalog import Catalog
+    from bqx_assets.core.embedded import create_warehouse
+    from bqx_assets.core.metrics import Stopwatch
 
     catalog = Catalog.load(args.catalog)
     pairs = list(catalog.pairs) if args.pairs == "all" else args.pairs.split(",")

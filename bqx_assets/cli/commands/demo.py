@@ -28,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _ensure_warehouse(path: str, pair: str, rows: int) -> None:
-    from bqx_assets.catalog import Catalog
-    from bqx_assets.embedded import create_warehouse, warehouse_params
+    from bqx_assets.core.catalog import Catalog
+    from bqx_assets.core.embedded import create_warehouse, warehouse_params
 
     params = warehouse_params(path)
     if params and int(params["rows"]) == rows and pair in params["pairs"].split(","):
@@ -43,17 +43,17 @@ def _demo(args: argparse.Namespace) -> int:
     import dagster as dg
     import pyarrow.parquet as pq
 
-    from bqx_assets.commands import emit
-    from bqx_assets.errors import BqxError
-    from bqx_assets.layout import training_file_key
-    from bqx_assets.metrics import Stopwatch, peak_rss_bytes
-    from bqx_assets.storage import open_storage
+    from bqx_assets.cli.commands import emit
+    from bqx_assets.core.errors import BqxError
+    from bqx_assets.core.layout import training_file_key
+    from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
+    from bqx_assets.core.storage import open_storage
 
     clock = Stopwatch()
     os.environ.setdefault("DAGSTER_HOME", str(Path.cwd()))
     if args.warehouse:
         os.environ["BQX_WAREHOUSE_PATH"] = args.warehouse
-    from bqx_assets.catalog import Catalog
+    from bqx_assets.core.catalog import Catalog
     from bqx_assets.definitions import defs
     from bqx_assets.defs.environment import resolved
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bqx_assets.commands import emit
+from bqx_assets.cli.commands import emit
 
 
 def register(subparsers: Any) -> None:
@@ -39,9 +39,9 @@ def _run(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from bqx_assets.catalog import Catalog
-    from bqx_assets.errors import MergeError
-    from bqx_assets.merge import FeatureSource, merge_checkpoints, sources_for_pair
+    from bqx_assets.core.catalog import Catalog
+    from bqx_assets.core.errors import MergeError
+    from bqx_assets.core.merge import FeatureSource, merge_checkpoints, sources_for_pair
 
     folder: Path = args.features
     if not folder.is_dir():

@@ -21,6 +21,10 @@ class MergeError(BqxError):
     """A checkpoint cannot be merged into the training file."""
 
 
+class FooterError(MergeError):
+    """A parquet footer the merge cannot assemble safely (for example a field it does not know)."""
+
+
 class StorageError(BqxError):
     """A file could not be written, verified or published under a storage root."""
 

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bqx_assets.catalog import Catalog
-from bqx_assets.errors import ValidationError
-from bqx_assets.layout import KEY, KEY_TZ, KEY_UNIT, PREFIX_SEPARATOR
-from bqx_assets.metrics import Stopwatch, peak_rss_bytes
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.errors import ValidationError
+from bqx_assets.core.layout import KEY, KEY_TZ, KEY_UNIT, PREFIX_SEPARATOR
+from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
 
 CHECK_NAMES: tuple[str, ...] = (
     "row_count",

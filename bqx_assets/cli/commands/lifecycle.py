@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bqx_assets.commands import emit
-from bqx_assets.errors import StorageError
+from bqx_assets.cli.commands import emit
+from bqx_assets.core.errors import StorageError
 
 if TYPE_CHECKING:  # the client is imported when a command needs it: every `bqx` start loads this
     from google.cloud import storage
@@ -49,7 +49,7 @@ def apply_rules(
     """Replace the bucket's lifecycle rules with `rules`."""
     from google.api_core import exceptions as api_exceptions
 
-    from bqx_assets.gcs import storage_client
+    from bqx_assets.core.gcs import storage_client
 
     bucket = (client or storage_client()).bucket(bucket_name)
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import google_crc32c
 
-from bqx_assets.errors import StorageError
+from bqx_assets.core.errors import StorageError
 
 _CHUNK = 8 * 1024 * 1024
 
@@ -247,7 +247,9 @@ def open_storage(uri: str | Path, *, durable: bool = True) -> Storage:
     files before they are renamed into place)."""
     text = str(uri)
     if text.startswith("gs://"):
-        from bqx_assets.gcs import GCSStorage  # imported lazily: local runs never load the client
+        from bqx_assets.core.gcs import (
+            GCSStorage,  # imported lazily: local runs never load the client
+        )
 
         return GCSStorage.from_uri(text)
     if "://" in text:

@@ -1,4 +1,4 @@
-"""The `bqx` command: one subcommand per module of `bqx_assets.commands`."""
+"""The `bqx` command: one subcommand per module of `bqx_assets.cli.commands`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from bqx_assets import commands
-from bqx_assets.errors import BqxError
+from bqx_assets.cli import commands
+from bqx_assets.core.errors import BqxError
 
 
 def build_parser() -> argparse.ArgumentParser:

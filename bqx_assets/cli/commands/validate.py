@@ -63,8 +63,8 @@ def _date(text: str) -> datetime:
 
 
 def thresholds_from_args(args: argparse.Namespace) -> Any:
-    from bqx_assets.errors import ValidationError
-    from bqx_assets.validation import Thresholds
+    from bqx_assets.core.errors import ValidationError
+    from bqx_assets.core.validation import Thresholds
 
     defaults = Thresholds()
     families: dict[str, float] = {}
@@ -105,10 +105,10 @@ def thresholds_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from bqx_assets.catalog import Catalog
-    from bqx_assets.commands import emit
-    from bqx_assets.errors import ValidationError
-    from bqx_assets.validation import Expectation, validate_training_file
+    from bqx_assets.cli.commands import emit
+    from bqx_assets.core.catalog import Catalog
+    from bqx_assets.core.errors import ValidationError
+    from bqx_assets.core.validation import Expectation, validate_training_file
 
     catalog = Catalog.load(args.catalog)
     catalog.check_pair(args.pair)

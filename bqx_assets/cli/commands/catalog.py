@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _refresh(args: argparse.Namespace) -> int:
     import logging
 
-    from bqx_assets.catalog import PAIRS, Catalog, catalog_from_schema
-    from bqx_assets.commands import emit
+    from bqx_assets.cli.commands import emit
+    from bqx_assets.core.catalog import PAIRS, Catalog, catalog_from_schema
     from bqx_assets.defs.environment import resources_for
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -66,8 +66,8 @@ def _refresh(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from bqx_assets.catalog import Catalog
-    from bqx_assets.commands import emit
+    from bqx_assets.cli.commands import emit
+    from bqx_assets.core.catalog import Catalog
 
     catalog = Catalog.load(args.catalog)
     tables = catalog.tables_for(args.pair)

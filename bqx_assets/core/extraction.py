@@ -18,18 +18,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bqx_assets.catalog import Table, TargetsTable
-from bqx_assets.errors import BqxError, ExtractionError
-from bqx_assets.layout import (
+from bqx_assets.core.catalog import Table, TargetsTable
+from bqx_assets.core.errors import BqxError, ExtractionError
+from bqx_assets.core.layout import (
     CHECKPOINT_COMPRESSION,
     CHECKPOINT_ROW_GROUP_ROWS,
     KEY,
     checkpoint_key,
     manifest_key,
 )
-from bqx_assets.metrics import Stopwatch
-from bqx_assets.storage import Storage
-from bqx_assets.warehouse import DateRange, SourceState, TableRead, Warehouse
+from bqx_assets.core.metrics import Stopwatch
+from bqx_assets.core.storage import Storage
+from bqx_assets.core.warehouse import DateRange, SourceState, TableRead, Warehouse
 
 log = logging.getLogger(__name__)
 

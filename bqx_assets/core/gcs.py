@@ -17,9 +17,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage import exceptions as media_exceptions
 
-from bqx_assets.errors import StorageError
-from bqx_assets.metrics import Stopwatch
-from bqx_assets.storage import ObjectInfo, Storage, bytes_crc32c, file_crc32c
+from bqx_assets.core.errors import StorageError
+from bqx_assets.core.metrics import Stopwatch
+from bqx_assets.core.storage import ObjectInfo, Storage, bytes_crc32c, file_crc32c
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 """When set (`http://127.0.0.1:4443`), clients talk to that emulator with anonymous credentials."""

@@ -1,0 +1,1 @@
+"""The domain core: catalog, warehouses, extraction, merge, validation, storage. No Dagster."""

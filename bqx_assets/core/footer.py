@@ -1,0 +1,279 @@
+"""The training file's parquet footer, assembled from the footers of separately encoded pieces."""
+
+# pyarrow has no per-column-chunk writer (`FileMetaData.append_row_groups` stacks row groups, not
+# columns) and fastparquet's Thrift codec drops footer fields it does not know, so the merge
+# encodes each piece as a small parquet file and this module moves the pieces' column chunks into
+# one file and writes its footer (Thrift compact protocol, only what a footer needs).
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from bqx_assets.core.errors import FooterError
+
+MAGIC = b"PAR1"
+_TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(1, 13)
+
+# Fields decoded from a piece's footer (everything else is copied as raw bytes): the offsets
+# that must move when the piece's column chunks move, and the counts that add up.
+_COLUMN_META = {9: "i", 10: "i", 11: "i", 14: "i"}  # data, index, dictionary, bloom offsets
+_COLUMN_CHUNK = {2: "i", 3: _COLUMN_META, 4: "i", 6: "i"}  # file offset, page-index offsets
+_ROW_GROUP = {1: ("list", _COLUMN_CHUNK), 2: "i", 3: "i", 5: "i", 6: "i", 7: "i"}
+_ROOT = {5: "i"}
+_FILE = {1: "i", 2: ("list", None), 3: "i", 4: ("list", _ROW_GROUP), 7: ("list", None)}
+
+Fields = list[tuple[int, int, Any]]
+
+
+def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _put_uvarint(out: bytearray, value: int) -> None:
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _unzigzag(value: int) -> int:
+    return (value >> 1) ^ -(value & 1)
+
+
+def _zigzag(value: int) -> int:
+    return (value << 1) ^ (value >> 63)
+
+
+def _skip(buf: bytes, pos: int, kind: int, *, element: bool = False) -> int:
+    if kind in (_TRUE, _FALSE):
+        return pos + 1 if element else pos  # a struct field carries its bool in the type
+    if kind == _BYTE:
+        return pos + 1
+    if kind in (_I16, _I32, _I64):
+        while buf[pos] & 0x80:  # only the end of the varint is needed
+            pos += 1
+        return pos + 1
+    if kind == _DOUBLE:
+        return pos + 8
+    if kind == _BINARY:
+        size, pos = _uvarint(buf, pos)
+        return pos + size
+    if kind in (_LIST, _SET):
+        size, item, pos = _list_header(buf, pos)
+        for _ in range(size):
+            pos = _skip(buf, pos, item, element=True)
+        return pos
+    if kind == _MAP:
+        size, pos = _uvarint(buf, pos)
+        if size:
+            types = buf[pos]
+            pos += 1
+            for _ in range(size):
+                pos = _skip(buf, pos, types >> 4, element=True)
+                pos = _skip(buf, pos, types & 0xF, element=True)
+        return pos
+    if kind == _STRUCT:
+        return _read_struct(buf, pos, {})[1]
+    raise FooterError(f"parquet footer: unknown Thrift type {kind}")
+
+
+def _list_header(buf: bytes, pos: int) -> tuple[int, int, int]:
+    header = buf[pos]
+    size, item = header >> 4, header & 0xF
+    pos += 1
+    if size == 15:
+        size, pos = _uvarint(buf, pos)
+    return size, item, pos
+
+
+def _read_struct(buf: bytes, pos: int, spec: Mapping[int, Any]) -> tuple[Fields, int]:
+    fields: Fields = []
+    fid = 0
+    while True:
+        header = buf[pos]
+        pos += 1
+        if header == 0:
+            return fields, pos
+        kind, delta = header & 0xF, header >> 4
+        if delta:
+            fid += delta
+        else:
+            raw, pos = _uvarint(buf, pos)
+            fid = _unzigzag(raw)
+        want = spec.get(fid)
+        start = pos
+        if want is None:
+            pos = _skip(buf, pos, kind)
+            fields.append((fid, kind, buf[start:pos]))
+        elif want == "i":
+            raw, pos = _uvarint(buf, pos)
+            fields.append((fid, kind, _unzigzag(raw)))
+        elif isinstance(want, dict):
+            value, pos = _read_struct(buf, pos, want)
+            fields.append((fid, kind, value))
+        else:
+            size, item, pos = _list_header(buf, pos)
+            items: list[Any] = []
+            for _ in range(size):
+                if want[1] is None:
+                    start = pos
+                    pos = _skip(buf, pos, item, element=True)
+                    items.append(buf[start:pos])
+                else:
+                    value, pos = _read_struct(buf, pos, want[1])
+                    items.append(value)
+            fields.append((fid, kind, (item, items)))
+
+
+def _write_value(out: bytearray, kind: int, value: Any) -> None:
+    if isinstance(value, bytes):
+        out += value
+    elif isinstance(value, int):
+        _put_uvarint(out, _zigzag(value))
+    elif kind == _STRUCT:
+        _write_struct(out, value)
+    else:
+        item, items = value
+        if len(items) < 15:
+            out.append((len(items) << 4) | item)
+        else:
+            out.append(0xF0 | item)
+            _put_uvarint(out, len(items))
+        for element in items:
+            _write_value(out, item, element)
+
+
+def _write_struct(out: bytearray, fields: Fields) -> None:
+    last = 0
+    for fid, kind, value in fields:
+        if 0 < fid - last <= 15:
+            out.append(((fid - last) << 4) | kind)
+        else:
+            out.append(kind)
+            _put_uvarint(out, _zigzag(fid))
+        last = fid
+        _write_value(out, kind, value)
+    out.append(0)
+
+
+def _shifted(fields: Fields, offsets: frozenset[int], by: int) -> Fields:
+    return [
+        (f, k, v + by if f in offsets and isinstance(v, int) and v > 0 else v) for f, k, v in fields
+    ]
+
+
+_CHUNK_OFFSETS = frozenset({2, 4, 6})
+_META_OFFSETS = frozenset({9, 10, 11, 14})
+
+
+@dataclass(frozen=True)
+class Piece:
+    """An encoded piece: its column chunks (bytes after the leading magic, up to the footer) and
+    its decoded footer."""
+
+    body: memoryview
+    meta: Fields
+
+    @classmethod
+    def parse(cls, buffer: pa.Buffer) -> Piece:
+        view = memoryview(buffer)
+        size = len(view)
+        length = int.from_bytes(view[size - 8 : size - 4], "little")
+        if bytes(view[:4]) != MAGIC or bytes(view[size - 4 :]) != MAGIC:
+            raise FooterError("pyarrow wrote a piece that is not a parquet file")
+        meta, _ = _read_struct(bytes(view[size - 8 - length : size - 8]), 0, _FILE)
+        return cls(view[len(MAGIC) : size - 8 - length], meta)
+
+
+class FooterAssembler:
+    """Collects the pieces' column chunks into the output's row groups and schema."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.root: Fields | None = None
+        self.created_by: bytes | None = None
+        self.leaves: list[bytes] = []
+        self.orders: list[bytes] = []
+        self.groups: list[dict[str, Any]] = []
+
+    def add(self, f: Any, piece: Piece, group: int, rows: int) -> None:
+        """Append one piece's column chunks to `f` and remember their metadata."""
+        meta = piece.meta
+        fields = {fid: value for fid, _, value in meta}
+        shift = f.tell() - len(MAGIC)
+        f.write(piece.body)
+
+        (row_group,) = fields[4][1]
+        group_fields = {fid: value for fid, _, value in row_group}
+        if group_fields[3] != rows:
+            raise FooterError(f"piece has {group_fields[3]} rows, expected {rows}")
+        chunks = []
+        for chunk in group_fields[1][1]:
+            moved = []
+            for fid, kind, value in _shifted(chunk, _CHUNK_OFFSETS, shift):
+                if fid == 3:
+                    value = _shifted(value, _META_OFFSETS, shift)
+                moved.append((fid, kind, value))
+            chunks.append(moved)
+        if group == len(self.groups):
+            self.groups.append(
+                {"chunks": [], "rows": rows, "bytes": 0, "compressed": 0, "offset": shift + 4}
+            )
+        target = self.groups[group]
+        target["chunks"].extend(chunks)
+        target["bytes"] += group_fields[2]
+        target["compressed"] += group_fields.get(6, 0)
+        if group == 0:
+            schema = fields[2][1]
+            if self.root is None:
+                self.version = fields[1]
+                self.root = _read_struct(schema[0], 0, _ROOT)[0]
+                self.created_by = next(v for fid, _, v in meta if fid == 6)
+            self.leaves.extend(schema[1:])
+            self.orders.extend(fields.get(7, (_STRUCT, []))[1])
+
+    def encode(self, rows: int) -> bytes:
+        """The output's footer: FileMetaData, its length and the closing magic."""
+        assert self.root is not None and self.version is not None and self.created_by is not None
+        root = [(f, k, len(self.leaves) if f == 5 else v) for f, k, v in self.root]
+        groups = []
+        for ordinal, g in enumerate(self.groups):
+            groups.append(
+                [
+                    (1, _LIST, (_STRUCT, g["chunks"])),
+                    (2, _I64, g["bytes"]),
+                    (3, _I64, g["rows"]),
+                    (5, _I64, g["offset"]),
+                    (6, _I64, g["compressed"]),
+                    (7, _I16, ordinal),
+                ]
+            )
+        meta: Fields = [
+            (1, _I32, self.version),
+            (2, _LIST, (_STRUCT, [_encoded(root), *self.leaves])),
+            (3, _I64, rows),
+            (4, _LIST, (_STRUCT, groups)),
+            (6, _BINARY, self.created_by),
+        ]
+        if self.orders:
+            meta.append((7, _LIST, (_STRUCT, self.orders)))
+        out = bytearray()
+        _write_struct(out, meta)
+        return bytes(out) + len(out).to_bytes(4, "little") + MAGIC
+
+
+def _encoded(fields: Fields) -> bytes:
+    out = bytearray()
+    _write_struct(out, fields)
+    return bytes(out)
