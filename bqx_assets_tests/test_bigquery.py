@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bqx_assets.core.bigquery import KEY_TYPE, BigQueryWarehouse, RetrySettings, load_tables
+from bqx_assets.core.bigquery import BigQueryWarehouse, RetrySettings, load_tables
 from bqx_assets.core.catalog import Catalog, Column, catalog_from_schema
 from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.extraction import (
@@ -31,7 +31,7 @@ from bqx_assets.core.extraction import (
     owner_of,
     require_checkpoints,
 )
-from bqx_assets.core.layout import KEY, PAIR_COLUMN, checkpoint_key
+from bqx_assets.core.layout import ARROW_TYPES, KEY, KEY_TYPE, PAIR_COLUMN, checkpoint_key
 from bqx_assets.core.storage import LocalStorage
 from bqx_assets.core.warehouse import DateRange
 from bqx_assets_tests.emulators.bigquery import (
@@ -62,7 +62,6 @@ SUMMARY_TABLE = "mkt_reg_summary"
 FRIDAY = datetime(2024, 1, 5, 18, 0, tzinfo=UTC)
 SUNDAY = datetime(2024, 1, 7, 22, 0, tzinfo=UTC)
 WINDOW = DateRange(datetime(2024, 1, 5, 21, 0, tzinfo=UTC), datetime(2024, 1, 7, 23, 0, tzinfo=UTC))
-_ARROW = {"FLOAT64": pa.float64(), "INT64": pa.int64(), "BOOL": pa.bool_(), "STRING": pa.string()}
 
 
 def minutes() -> pa.Array:
@@ -575,7 +574,7 @@ def test_throughput_against_native_export(
             elif c.dtype == "FLOAT64":
                 cols[c.name] = pa.array(rng.normal(0, 0.087, rows))
             else:
-                cols[c.name] = pa.array(rng.integers(0, 2, rows)).cast(_ARROW[c.dtype])
+                cols[c.name] = pa.array(rng.integers(0, 2, rows)).cast(ARROW_TYPES[c.dtype])
         tables[source.name] = pa.table(cols)
     load_tables(bigquery_emulator.client(), dataset, tables)
     megabytes = sum(t.nbytes for t in tables.values()) / 1e6

@@ -118,7 +118,7 @@ def test_duplicate_keys_fail_that_table_and_keep_the_others(
     assert "2 of 15 tables failed, the other checkpoints are kept" in text
     assert (
         "mkt_sentiment has duplicate interval_time values" in text
-        and "2024-01-01 00:00:00+00:00" in text
+        and "2024-01-01T00:00:00+00:00" in text
     )
     assert "regime_eurusd_45" in text
     assert missing_checkpoints(storage, _sources(catalog)) == ["regime_eurusd_45", "mkt_sentiment"]

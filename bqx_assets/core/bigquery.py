@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import requests
 import tenacity
@@ -25,7 +24,8 @@ from google.cloud import bigquery
 
 from bqx_assets.core.catalog import SchemaRow
 from bqx_assets.core.errors import WarehouseError
-from bqx_assets.core.layout import KEY, KEY_TZ, KEY_UNIT
+from bqx_assets.core.keys import by_key
+from bqx_assets.core.layout import KEY
 from bqx_assets.core.storage import Storage, open_storage
 from bqx_assets.core.warehouse import DateRange, SourceState, TableRead, Warehouse
 
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-KEY_TYPE = pa.timestamp(KEY_UNIT, tz=KEY_TZ)
 
 # The API's schema reports legacy names; INFORMATION_SCHEMA and the catalog use standard SQL names.
 _STANDARD_TYPES = {
@@ -329,9 +327,7 @@ class BigQueryWarehouse(Warehouse):
                 )
         batches = [b for stream_batches, _ in results for b in stream_batches]
         data = pa.Table.from_batches(batches, schema=schema).select(columns)
-        data = normalise_key(data, what)
-        if not _is_sorted(data.column(KEY)):
-            data = data.sort_by([(KEY, "ascending")])
+        data, _ = by_key(data, what, WarehouseError)
         scanned = int(session.estimated_total_bytes_scanned or 0)
         # Sessions report the bytes they bill; where none is reported (an emulator), the Arrow
         # bytes received stand in for it.
@@ -422,9 +418,7 @@ class BigQueryWarehouse(Warehouse):
             for key in staging.list(folder):
                 staging.delete(key)
         data = pa.concat_tables(parts).select(columns)
-        data = normalise_key(data, what)
-        if not _is_sorted(data.column(KEY)):
-            data = data.sort_by([(KEY, "ascending")])
+        data, _ = by_key(data, what, WarehouseError)
         return TableRead(data=data.combine_chunks(), bytes_read=0)
 
     def _staging(self, staging_uri: str) -> Storage:
@@ -467,32 +461,6 @@ def _timestamp_literal(value: datetime) -> str:
     # Naive times are taken as UTC, the warehouse's time zone.
     value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     return value.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
-
-
-def normalise_key(data: pa.Table, what: str) -> pa.Table:
-    """The key as timestamp[us, tz=UTC], whatever unit or zone the transport produced."""
-    index = data.schema.get_field_index(KEY)
-    key_type = data.schema.field(index).type
-    if key_type == KEY_TYPE:
-        return data
-    if not pa.types.is_timestamp(key_type):
-        raise WarehouseError(f"{what}: {KEY} is {key_type}, not a TIMESTAMP")
-    key = data.column(index)
-    if key_type.tz is None:
-        key = pc.assume_timezone(key, "UTC")
-    # safe=True: a cast that would lose precision fails instead of moving rows in time.
-    key = key.cast(KEY_TYPE, safe=True)
-    return data.set_column(index, pa.field(KEY, KEY_TYPE), key)
-
-
-def _is_sorted(key: pa.ChunkedArray) -> bool:
-    if len(key) < 2:
-        return True
-    flat = key.combine_chunks() if key.num_chunks != 1 else key.chunk(0)
-    if flat.null_count:
-        return False
-    as_int = flat.cast(pa.int64())
-    return bool(pc.all(pc.greater_equal(as_int[1:], as_int[:-1])).as_py())
 
 
 # -- loading (tests, seeding a dataset) ------------------------------------------------------

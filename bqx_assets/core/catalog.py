@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from bqx_assets.core.errors import CatalogError
-from bqx_assets.core.layout import KEY, PAIR_COLUMN, PREFIX_SEPARATOR, SHARED_OWNER
+from bqx_assets.core.layout import ARROW_TYPES, KEY, PAIR_COLUMN, PREFIX_SEPARATOR, SHARED_OWNER
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ FAMILY_ORDER: tuple[str, ...] = (
 SHARED_PREFIXES: tuple[str, ...] = ("tri_", "mkt_", "var_", "csi_")
 """Tables with these prefixes are used by every pair (DOMAIN: the 411 shared tables)."""
 
-DTYPES = frozenset({"FLOAT64", "INT64", "BOOL", "STRING"})
+DTYPES = frozenset(ARROW_TYPES)
+"""BigQuery column types the catalog accepts: those with an Arrow type in the checkpoints."""
 Scope = Literal["pair", "cov", "corr", "shared"]
 Role = Literal["feature", "leak"]
 

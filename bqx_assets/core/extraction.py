@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bqx_assets.core.catalog import Table, TargetsTable
 from bqx_assets.core.errors import BqxError, ExtractionError
+from bqx_assets.core.keys import by_key, check_unique
 from bqx_assets.core.layout import (
+    ARROW_TYPES,
     CHECKPOINT_COMPRESSION,
     CHECKPOINT_ROW_GROUP_ROWS,
     KEY,
+    KEY_TYPE,
     checkpoint_key,
     manifest_key,
 )
@@ -34,13 +36,6 @@ from bqx_assets.core.warehouse import DateRange, SourceState, TableRead, Warehou
 log = logging.getLogger(__name__)
 
 Source = Table | TargetsTable
-KEY_TYPE = pa.timestamp("us", tz="UTC")
-ARROW_TYPES = {
-    "FLOAT64": pa.float64(),
-    "INT64": pa.int64(),
-    "BOOL": pa.bool_(),
-    "STRING": pa.string(),
-}
 MANIFEST_FORMAT = 1
 ALL_TIME = DateRange()
 ExtractMode = Literal["read", "export"]
@@ -155,16 +150,7 @@ def conform(data: pa.Table, source: Source) -> pa.Table:
     sorted by key, and duplicate keys, missing or mistyped columns are errors naming the table.
     """
     where = f"{source.dataset}.{source.name}"
-    if KEY not in data.column_names:
-        raise ExtractionError(f"{where} has no {KEY} column")
-    key = data.column(KEY)
-    if not pa.types.is_timestamp(key.type):
-        raise ExtractionError(f"{where}.{KEY} is {key.type}, not a timestamp")
-    if key.null_count:
-        raise ExtractionError(f"{where}.{KEY} has {key.null_count} null keys")
-    if key.type.tz is None:
-        key = pc.assume_timezone(key, "UTC")
-    data = data.set_column(data.column_names.index(KEY), KEY, key.cast(KEY_TYPE))
+    data, keys = by_key(data, where, ExtractionError)
     expected = expected_schema(source)
     present = set(data.column_names)
     missing = [f.name for f in expected if f.name not in present]
@@ -178,19 +164,8 @@ def conform(data: pa.Table, source: Source) -> pa.Table:
             raise ExtractionError(
                 f"{where}.{field.name} is {actual}, the catalog says {field.type}"
             )
-    data = data.cast(expected)
-    keys = data.column(KEY)
-    if len(keys) > 1 and not pc.all(pc.greater(keys[1:], keys[:-1])).as_py():
-        data = data.sort_by(KEY)
-        keys = data.column(KEY)
-        dup = pc.equal(keys[1:], keys[:-1])
-        if pc.any(dup).as_py():
-            sample = pc.filter(keys[1:], dup).unique()[:5].to_pylist()
-            raise ExtractionError(
-                f"{where} has duplicate {KEY} values (a join would fan out rows), e.g. "
-                + ", ".join(str(k) for k in sample)
-            )
-    return data
+    check_unique(keys, where, ExtractionError)
+    return data.cast(expected)
 
 
 def write_checkpoint(data: pa.Table, path: Path, row_group_rows: int) -> None:

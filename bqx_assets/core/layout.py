@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import pyarrow as pa
+
 KEY = "interval_time"
 """The join key of every table: BigQuery TIMESTAMP, parquet timestamp[us, tz=UTC]."""
 
 KEY_UNIT = "us"
 KEY_TZ = "UTC"
+KEY_TYPE = pa.timestamp(KEY_UNIT, tz=KEY_TZ)
+"""The key's Arrow type in checkpoints and training files, whatever unit a reader produced."""
+
+ARROW_TYPES: Mapping[str, pa.DataType] = MappingProxyType(
+    {
+        "FLOAT64": pa.float64(),
+        "INT64": pa.int64(),
+        "BOOL": pa.bool_(),
+        "STRING": pa.string(),
+    }
+)
+"""BigQuery (standard SQL) type of a catalog column -> its Arrow type in checkpoints and the
+training file. Its keys are the types the catalog accepts (`catalog.DTYPES`)."""
 
 PAIR_COLUMN = "pair"
 """Carried by pair-scoped warehouse tables; never extracted (DOMAIN: every column except `pair`)."""

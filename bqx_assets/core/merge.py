@@ -52,13 +52,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bqx_assets.core.catalog import DTYPES, Catalog, Table, feature_name
+from bqx_assets.core.catalog import Catalog, Table, feature_name
 from bqx_assets.core.errors import MergeError
 from bqx_assets.core.footer import MAGIC, FooterAssembler, Piece
-from bqx_assets.core.layout import KEY, KEY_TZ, KEY_UNIT
+from bqx_assets.core.keys import check_unique, key_array, keys_us
+from bqx_assets.core.layout import ARROW_TYPES, KEY
 from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
 
-KEY_TYPE = pa.timestamp(KEY_UNIT, tz=KEY_TZ)
 DEFAULT_ROW_GROUP_ROWS = 262_144
 """Output row-group size: one row group per pair at production size (see the notes above)."""
 OUTPUT_COMPRESSION = "zstd"
@@ -67,14 +67,6 @@ PIECE_BYTES = 32 * 1024 * 1024
 """Decoded size of one piece (columns x rows x 8 bytes): what one worker holds at a time."""
 WORKERS = 2
 _IN_FLIGHT = 2 * WORKERS  # finished pieces waiting for the writer: bounds memory, keeps both busy
-
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "FLOAT64": pa.float64(),
-    "INT64": pa.int64(),
-    "BOOL": pa.bool_(),
-    "STRING": pa.string(),
-}
-_UNIT_TO_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
 
 
 @dataclass(frozen=True)
@@ -196,41 +188,6 @@ def _open(path: Path, where: str) -> pq.ParquetFile:
         raise MergeError(f"{where}: not a readable parquet file: {exc}") from exc
 
 
-def _keys_us(column: pa.ChunkedArray | pa.Array, where: str) -> np.ndarray:
-    """Keys as int64 microseconds since the epoch, UTC.
-
-    Arrow stores zoned timestamps as UTC instants, so any zone converts by relabelling; naive
-    timestamps are read as UTC wall time (BigQuery TIMESTAMP is UTC). The unit is scaled
-    explicitly: reading microseconds as nanoseconds is how the first team got 1970 keys."""
-    kind = column.type
-    if not pa.types.is_timestamp(kind):
-        raise MergeError(f"{where}: key column {KEY} has type {kind}, expected a timestamp")
-    if column.null_count:
-        raise MergeError(f"{where}: key column {KEY} has {column.null_count} null values")
-    values = np.asarray(pc.cast(column, pa.int64()), dtype=np.int64)
-    if kind.unit == "ns":
-        if np.any(values % 1000):
-            raise MergeError(f"{where}: {KEY} has sub-microsecond values, not minute keys")
-        return values // 1000
-    return values * _UNIT_TO_US[kind.unit]
-
-
-def _format_keys(values: np.ndarray) -> str:
-    return ", ".join(f"{v}Z" for v in values.astype("datetime64[us]").astype(str))
-
-
-def _check_unique(keys: np.ndarray, where: str) -> None:
-    ordered = keys if bool(np.all(keys[1:] > keys[:-1])) else np.sort(keys)
-    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-    if len(repeated):
-        distinct = np.unique(repeated)
-        raise MergeError(
-            f"{where}: {len(repeated)} duplicate {KEY} values ({len(distinct)} distinct keys), "
-            f"e.g. {_format_keys(distinct[:5])}; every key must appear once "
-            "(joining it would repeat spine rows)"
-        )
-
-
 def _canonical(kind: pa.DataType) -> pa.DataType:
     if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
         return pa.string()
@@ -240,7 +197,7 @@ def _canonical(kind: pa.DataType) -> pa.DataType:
 def _matches(dtype: str, kind: pa.DataType) -> bool:
     if dtype == "STRING":
         return _canonical(kind) == pa.string()
-    return kind == _ARROW_TYPES[dtype]
+    return kind == ARROW_TYPES[dtype]
 
 
 def _read_spine(path: Path, columns: Sequence[str]) -> tuple[np.ndarray, pa.Table]:
@@ -255,8 +212,8 @@ def _read_spine(path: Path, columns: Sequence[str]) -> tuple[np.ndarray, pa.Tabl
         raise MergeError(f"{where}: not a readable parquet file: {exc}") from exc
     if table.num_rows == 0:
         raise MergeError(f"{where}: has no rows")
-    keys = _keys_us(table.column(KEY), where)
-    _check_unique(keys, where)
+    keys = keys_us(table.column(KEY), where, MergeError)
+    check_unique(keys, where, MergeError)
     fields = [pa.field(c, _canonical(table.schema.field(c).type)) for c in columns]
     spine_table = table.drop_columns([KEY]).cast(pa.schema(fields)).combine_chunks()
     return keys, spine_table
@@ -273,7 +230,7 @@ def _plan_sources(features: Sequence[FeatureSource]) -> list[_Plan]:
         if pf.metadata.num_rows == 0:
             raise MergeError(f"{plan.where}: has no rows")
         expected = dict(source.dtypes or {})
-        unknown = sorted(d for d in expected.values() if d not in DTYPES)
+        unknown = sorted(d for d in expected.values() if d not in ARROW_TYPES)
         if unknown:
             raise MergeError(f"{plan.where}: unsupported expected types {unknown}")
         absent = [c for c in expected if c not in schema.names]
@@ -298,7 +255,7 @@ def _plan_sources(features: Sequence[FeatureSource]) -> list[_Plan]:
             plan.names.append(name)
             dtype = expected.get(column)
             plan.types.append(
-                _ARROW_TYPES[dtype] if dtype else _canonical(schema.field(column).type)
+                ARROW_TYPES[dtype] if dtype else _canonical(schema.field(column).type)
             )
         plans.append(plan)
     return plans
@@ -323,13 +280,17 @@ def _inspect(plan: _Plan) -> None:
     pf = _open(Path(plan.source.path), plan.where)
     try:
         parts = [
-            _keys_us(pf.read_row_group(i, columns=[KEY], use_threads=False).column(0), plan.where)
+            keys_us(
+                pf.read_row_group(i, columns=[KEY], use_threads=False).column(0),
+                plan.where,
+                MergeError,
+            )
             for i in range(pf.metadata.num_row_groups)
         ]
     except (OSError, pa.ArrowException) as exc:
         raise MergeError(f"{plan.where}: not a readable parquet file: {exc}") from exc
     plan.groups = [(int(p.min()), int(p.max())) if len(p) else (1, 0) for p in parts]
-    _check_unique(np.concatenate(parts), plan.where)
+    check_unique(np.concatenate(parts), plan.where, MergeError)
 
 
 def _inspect_all(plans: Sequence[_Plan]) -> None:
@@ -367,7 +328,7 @@ def piece_slices(count: int, rows: int) -> Iterator[slice]:
 
 def _spine_piece(keys: np.ndarray, spine_table: pa.Table, a: int, b: int, s: slice) -> pa.Buffer:
     part = spine_table.slice(a, b - a)
-    columns = [pa.array(keys[a:b], KEY_TYPE), *part.columns][s]
+    columns = [key_array(keys[a:b]), *part.columns][s]
     return encode_piece(columns, [KEY, *part.column_names][s])
 
 
@@ -398,7 +359,7 @@ def _feature_piece(plan: _Plan, keys: np.ndarray, s: slice) -> pa.Buffer:
         read = pq.ParquetFile(plan.source.path).read_row_groups(
             wanted, columns=[KEY, *plan.columns[s]], use_threads=False
         )
-        pos, found = _align(_keys_us(read.column(0), plan.where), keys)
+        pos, found = _align(keys_us(read.column(0), plan.where, MergeError), keys)
         read = read.drop_columns([KEY])
         if found.all() and pos[-1] - pos[0] == rows - 1 and bool(np.all(np.diff(pos) == 1)):
             aligned = read.slice(int(pos[0]), rows)  # same keys in the same order: no copy
@@ -475,7 +436,7 @@ def _verify(tmp: Path, keys: np.ndarray, names: Sequence[str], groups: int) -> N
         written = pq.read_schema(tmp).names
         if written != list(names):
             raise MergeError(f"{where}: columns differ from the plan ({len(written)} written)")
-        back = _keys_us(pq.read_table(tmp, columns=[KEY]).column(0), where)
+        back = keys_us(pq.read_table(tmp, columns=[KEY]).column(0), where, MergeError)
     except (OSError, pa.ArrowException) as exc:
         raise MergeError(f"{where}: cannot be read back: {exc}") from exc
     if not np.array_equal(back, keys):

@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.errors import ValidationError
+from bqx_assets.core.keys import EXAMPLES, duplicated
+from bqx_assets.core.keys import int64s as _int64s
 from bqx_assets.core.layout import KEY, KEY_TZ, KEY_UNIT, PREFIX_SEPARATOR
 from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
 
@@ -501,15 +503,6 @@ def _iso(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, UTC).isoformat()
 
 
-def _int64s(array: pa.Array) -> np.ndarray:
-    """The values of a null-free integer or timestamp array as int64, without pyarrow's
-    `to_numpy`, which imports pandas (2 s of a 10 s budget)."""
-    array = array.cast(pa.int64())
-    return np.frombuffer(
-        array.buffers()[1], dtype=np.int64, count=len(array), offset=array.offset * 8
-    )
-
-
 def _key_integrity(pf: pq.ParquetFile, names: list[str], th: Thresholds) -> CheckOutcome:
     expected = f"timestamp[{KEY_UNIT}, tz={KEY_TZ}], unique, strictly increasing, in key_range"
     threshold = {"key_range": [th.key_range[0].isoformat(), th.key_range[1].isoformat()]}
@@ -586,8 +579,7 @@ def _key_integrity(pf: pq.ParquetFile, names: list[str], th: Thresholds) -> Chec
         )
     dup_examples: list[str] = []
     if duplicates:
-        ordered = np.sort(keys)
-        dup_examples = [_iso(int(v)) for v in np.unique(ordered[1:][np.diff(ordered) == 0])[:5]]
+        dup_examples = [_iso(int(v)) for v in duplicated(keys)[1][:EXAMPLES]]
     actual = {
         "type": str(dtype),
         "rows": len(column),
