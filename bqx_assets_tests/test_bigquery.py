@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bqx_assets.core.bigquery import BigQueryWarehouse, RetrySettings, load_tables
+from bqx_assets.core.bigquery import BigQueryWarehouse, RetrySettings
 from bqx_assets.core.catalog import Catalog, Column, catalog_from_schema
 from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.extraction import (
@@ -39,6 +39,7 @@ from bqx_assets_tests.emulators.bigquery import (
     HttpFaultProxy,
     TcpFaultProxy,
     bigquery_emulator,  # noqa: F401 - the session fixture
+    load_tables,
 )
 
 pytestmark = pytest.mark.emulator

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bqx_assets.core.bigquery import BigQueryWarehouse, load_tables
+from bqx_assets.core.bigquery import BigQueryWarehouse
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.errors import ExtractionError, WarehouseError
 from bqx_assets.core.extraction import Source, extract_table, extract_tables, owner_of
@@ -20,6 +20,7 @@ from bqx_assets.core.warehouse import SourceState
 from bqx_assets_tests.emulators.bigquery import (
     BigQueryEmulator,
     bigquery_emulator,  # noqa: F401 - the session fixture
+    load_tables,
 )
 from bqx_assets_tests.test_bigquery import WINDOW, source_table
 

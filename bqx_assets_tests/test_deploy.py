@@ -7,10 +7,12 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
@@ -33,6 +35,18 @@ INSTRUCTIONS = {
     "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
     "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
 }  # fmt: skip
+
+
+def deploy_module(name: str) -> ModuleType:
+    """A module of the `deploy` extra (the production instance's classes). The README's test
+    command installs it; without it these tests fail, naming the command, rather than skip."""
+    try:
+        return import_module(name)
+    except ImportError as error:
+        pytest.fail(
+            f"{name} is not installed: it comes with the `deploy` extra, which the README's test "
+            f"command installs (uv run --frozen --extra deploy pytest): {error}"
+        )
 
 
 @pytest.fixture
@@ -70,11 +84,11 @@ def test_every_configurable_class_accepts_its_config(
     checked = []
     for section in ("run_coordinator", "run_launcher", "compute_logs"):
         entry = config[section]
-        cls = getattr(import_module(entry["module"]), entry["class"])
+        cls = getattr(deploy_module(entry["module"]), entry["class"])
         result = process_config(cls.config_type(), entry.get("config") or {})
         assert result.success, (section, result.errors)
         checked.append(cls.__name__)
-    from dagster_postgres import DagsterPostgresStorage
+    DagsterPostgresStorage = deploy_module("dagster_postgres").DagsterPostgresStorage
 
     result = process_config(DagsterPostgresStorage.config_type(), config["storage"]["postgres"])
     assert result.success, result.errors
@@ -103,8 +117,7 @@ def test_a_misspelt_field_fails_validation(tmp_path: Path, prod_env: dict[str, s
 def test_a_missing_credential_fails_at_config_time(
     tmp_path: Path, prod_env: dict[str, str]
 ) -> None:
-    from dagster_postgres import DagsterPostgresStorage
-
+    DagsterPostgresStorage = deploy_module("dagster_postgres").DagsterPostgresStorage
     config = _prod_config(tmp_path)
     del os.environ["DAGSTER_PG_HOST"]
     result = process_config(DagsterPostgresStorage.config_type(), config["storage"]["postgres"])
@@ -233,3 +246,35 @@ def test_wheel_installs_with_locked_deps_and_the_image_command_resolves(tmp_path
     listed = run(str(venv / "bin" / "dagster"), "definitions", "validate",
                  *cmd[cmd.index("-m"):cmd.index("-m") + 2], env=env)  # fmt: skip
     assert "error" not in listed.lower()
+
+
+def _locked_closure(*, extras: tuple[str, ...] = ()) -> set[str]:
+    """Package names a `uv sync --frozen --no-dev` (plus `extras`) installs, read from uv.lock."""
+    packages: dict[str, list[dict]] = {}
+    for package in tomllib.loads((REPO / "uv.lock").read_text())["package"]:
+        packages.setdefault(package["name"], []).append(package)
+    seen: set[str] = set()
+    todo: list[tuple[str, tuple[str, ...]]] = [("bqx-assets", extras)]
+    while todo:
+        name, wanted = todo.pop()
+        for package in packages[name]:
+            deps = list(package.get("dependencies", []))
+            for extra in wanted:
+                deps += package.get("optional-dependencies", {}).get(extra, [])
+            for dep in deps:
+                if dep["name"] not in seen:
+                    seen.add(dep["name"])
+                    todo.append((dep["name"], tuple(dep.get("extra", []))))
+    return seen
+
+
+def test_the_runtime_install_leaves_the_deploy_only_packages_out() -> None:
+    """dagster-gcp (GCS compute logs of the production instance) and what it drags in (pandas,
+    google-api-python-client) come only with the `deploy` extra; numpy, which the core imports,
+    is declared."""
+    runtime = _locked_closure()
+    assert {"dagster-gcp", "pandas", "google-api-python-client"}.isdisjoint(runtime)
+    assert {"numpy", "polars", "dagster-polars", "pyarrow"} <= runtime
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("numpy") for d in project["dependencies"])
+    assert "dagster-gcp" in _locked_closure(extras=("deploy",))

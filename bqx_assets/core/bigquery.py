@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -461,65 +460,3 @@ def _timestamp_literal(value: datetime) -> str:
     # Naive times are taken as UTC, the warehouse's time zone.
     value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     return value.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
-
-
-# -- loading (tests, seeding a dataset) ------------------------------------------------------
-_ARROW_TO_BQ: tuple[tuple[Callable[[pa.DataType], bool], str], ...] = (
-    (pa.types.is_timestamp, "TIMESTAMP"),
-    (pa.types.is_floating, "FLOAT64"),
-    (pa.types.is_integer, "INT64"),
-    (pa.types.is_boolean, "BOOL"),
-    (pa.types.is_string, "STRING"),
-    (pa.types.is_large_string, "STRING"),
-    (pa.types.is_date, "DATE"),
-)
-
-
-def bigquery_schema(schema: pa.Schema) -> list[bigquery.SchemaField]:
-    """BigQuery columns for an Arrow schema of the warehouse's types."""
-    fields = []
-    for field in schema:
-        for test, name in _ARROW_TO_BQ:
-            if test(field.type):
-                fields.append(bigquery.SchemaField(field.name, name, mode="NULLABLE"))
-                break
-        else:
-            raise WarehouseError(f"column {field.name}: no BigQuery type for {field.type}")
-    return fields
-
-
-def load_tables(
-    client: bigquery.Client,
-    dataset: str,
-    tables: Mapping[str, pa.Table],
-    *,
-    replace: bool = False,
-) -> dict[str, int]:
-    """Create the tables (partitioned by DATE(interval_time) where they have the key) and append
-    the rows with a parquet load job; returns rows loaded per table. `replace` truncates first."""
-    client.create_dataset(bigquery.Dataset(f"{client.project}.{dataset}"), exists_ok=True)
-    loaded: dict[str, int] = {}
-    for name, data in tables.items():
-        ref = f"{client.project}.{dataset}.{name}"
-        table = bigquery.Table(ref, schema=bigquery_schema(data.schema))
-        if KEY in data.schema.names:
-            table.time_partitioning = bigquery.TimePartitioning(
-                type_=bigquery.TimePartitioningType.DAY, field=KEY
-            )
-        # Created up front so the schema, not the parquet file, decides the column types.
-        client.create_table(table, exists_ok=True)
-        buffer = io.BytesIO()
-        pq.write_table(data, buffer, compression="zstd")
-        buffer.seek(0)
-        config = bigquery.LoadJobConfig(
-            source_format=bigquery.SourceFormat.PARQUET,
-            write_disposition=(
-                bigquery.WriteDisposition.WRITE_TRUNCATE
-                if replace
-                else bigquery.WriteDisposition.WRITE_APPEND
-            ),
-        )
-        job = client.load_table_from_file(buffer, ref, job_config=config)
-        job.result()
-        loaded[name] = int(job.output_rows or 0)
-    return loaded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import http.server
+import io
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ os.environ.setdefault("NO_GCE_CHECK", "True")
 
 
 import grpc
+import pyarrow as pa
+import pyarrow.parquet as pq
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 from google.cloud.bigquery_storage_v1 import BigQueryReadClient
@@ -34,6 +37,8 @@ from google.cloud.bigquery_storage_v1.services.big_query_read.transports import 
 )
 
 from bqx_assets.core.bigquery import BigQueryWarehouse, RetrySettings
+from bqx_assets.core.errors import WarehouseError
+from bqx_assets.core.layout import KEY
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = REPO / "scripts" / "setup_bigquery_emulator.sh"
@@ -426,3 +431,65 @@ def _reset(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
+
+
+# -- loading: seeding the emulator's datasets ---------------------------------------------
+_ARROW_TO_BQ: tuple[tuple[Callable[[pa.DataType], bool], str], ...] = (
+    (pa.types.is_timestamp, "TIMESTAMP"),
+    (pa.types.is_floating, "FLOAT64"),
+    (pa.types.is_integer, "INT64"),
+    (pa.types.is_boolean, "BOOL"),
+    (pa.types.is_string, "STRING"),
+    (pa.types.is_large_string, "STRING"),
+    (pa.types.is_date, "DATE"),
+)
+
+
+def bigquery_schema(schema: pa.Schema) -> list[bigquery.SchemaField]:
+    """BigQuery columns for an Arrow schema of the warehouse's types."""
+    fields = []
+    for column in schema:
+        for test, name in _ARROW_TO_BQ:
+            if test(column.type):
+                fields.append(bigquery.SchemaField(column.name, name, mode="NULLABLE"))
+                break
+        else:
+            raise WarehouseError(f"column {column.name}: no BigQuery type for {column.type}")
+    return fields
+
+
+def load_tables(
+    client: bigquery.Client,
+    dataset: str,
+    tables: Mapping[str, pa.Table],
+    *,
+    replace: bool = False,
+) -> dict[str, int]:
+    """Create the tables (partitioned by DATE(interval_time) where they have the key) and append
+    the rows with a parquet load job; returns rows loaded per table. `replace` truncates first."""
+    client.create_dataset(bigquery.Dataset(f"{client.project}.{dataset}"), exists_ok=True)
+    loaded: dict[str, int] = {}
+    for name, data in tables.items():
+        ref = f"{client.project}.{dataset}.{name}"
+        table = bigquery.Table(ref, schema=bigquery_schema(data.schema))
+        if KEY in data.schema.names:
+            table.time_partitioning = bigquery.TimePartitioning(
+                type_=bigquery.TimePartitioningType.DAY, field=KEY
+            )
+        # Created up front so the schema, not the parquet file, decides the column types.
+        client.create_table(table, exists_ok=True)
+        buffer = io.BytesIO()
+        pq.write_table(data, buffer, compression="zstd")
+        buffer.seek(0)
+        config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.PARQUET,
+            write_disposition=(
+                bigquery.WriteDisposition.WRITE_TRUNCATE
+                if replace
+                else bigquery.WriteDisposition.WRITE_APPEND
+            ),
+        )
+        job = client.load_table_from_file(buffer, ref, job_config=config)
+        job.result()
+        loaded[name] = int(job.output_rows or 0)
+    return loaded
