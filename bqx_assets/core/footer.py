@@ -243,8 +243,12 @@ class FooterAssembler:
             self.leaves.extend(schema[1:])
             self.orders.extend(fields.get(7, (_STRUCT, []))[1])
 
-    def encode(self, rows: int) -> bytes:
-        """The output's footer: FileMetaData, its length and the closing magic."""
+    def encode(self, rows: int, key_value: Mapping[str, str] | None = None) -> bytes:
+        """The output's footer: FileMetaData, its length and the closing magic.
+
+        `key_value` becomes the file's key-value metadata (FileMetaData field 5, KeyValue structs
+        {1: key, 2: value}): what readers see as `pq.read_metadata(...).metadata`. The pieces'
+        own key-value metadata is not carried over: it describes each piece, not the file."""
         assert self.root is not None and self.version is not None and self.created_by is not None
         root = [(f, k, len(self.leaves) if f == 5 else v) for f, k, v in self.root]
         groups = []
@@ -264,13 +268,27 @@ class FooterAssembler:
             (2, _LIST, (_STRUCT, [_encoded(root), *self.leaves])),
             (3, _I64, rows),
             (4, _LIST, (_STRUCT, groups)),
-            (6, _BINARY, self.created_by),
         ]
+        if key_value:
+            pairs = [
+                [(1, _BINARY, _binary(key)), (2, _BINARY, _binary(value))]
+                for key, value in key_value.items()
+            ]
+            meta.append((5, _LIST, (_STRUCT, pairs)))
+        meta.append((6, _BINARY, self.created_by))
         if self.orders:
             meta.append((7, _LIST, (_STRUCT, self.orders)))
         out = bytearray()
         _write_struct(out, meta)
         return bytes(out) + len(out).to_bytes(4, "little") + MAGIC
+
+
+def _binary(text: str) -> bytes:
+    """A Thrift compact string as it is written in place: varint length, then UTF-8 bytes."""
+    data = text.encode()
+    out = bytearray()
+    _put_uvarint(out, len(data))
+    return bytes(out + data)
 
 
 def _encoded(fields: Fields) -> bytes:

@@ -44,7 +44,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bqx_assets.core.catalog import Catalog, Table, feature_name
+from bqx_assets.core.coverage import (
+    COVERAGE_KEY,
+    Coverage,
+    TableCoverage,
+    newest_day_start,
+    table_coverage_of,
+)
 from bqx_assets.core.errors import MergeError
 from bqx_assets.core.footer import MAGIC, FooterAssembler, Piece
 from bqx_assets.core.keys import check_unique, key_array, keys_us
@@ -90,6 +97,8 @@ class MergeReport:
     peak_rss_bytes: int
     bytes_written: int
     row_groups: int
+    coverage: Coverage | None = None
+    """Which spine rows each feature table covered (also in the file's footer metadata)."""
 
 
 def sources_for_pair(
@@ -139,14 +148,18 @@ def merge_checkpoints(
     names = [KEY, *spine_columns] + [n for p in plans for n in p.names]
     _check_names(spine, spine_columns, plans)
     say(f"spine {spine}: {len(keys):,} rows; checking {len(plans)} feature checkpoints")
-    _inspect_all(plans)
+    newest_from = newest_day_start(keys)
+    first_column = 1 + len(spine_columns)
+    for plan in plans:
+        plan.first_column, first_column = first_column, first_column + len(plan.columns)
+    _inspect_all(plans, keys, newest_from)
     say(f"inputs checked: {len(names):,} output columns")
 
     groups = [(a, min(a + rows_per_group, len(keys))) for a in range(0, len(keys), rows_per_group)]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     try:
-        _write(tmp, keys, spine_table, plans, groups, say)
+        coverage = _write(tmp, keys, spine_table, plans, groups, say, newest_from)
         _verify(tmp, keys, names, len(groups))
         os.replace(tmp, out)
     except BaseException:
@@ -159,6 +172,7 @@ def merge_checkpoints(
         peak_rss_bytes=peak_rss_bytes(),
         bytes_written=out.stat().st_size,
         row_groups=len(groups),
+        coverage=coverage,
     )
     say(f"wrote {out}: {report.rows:,} rows x {report.columns:,} columns in {report.seconds:.1f}s")
     return report
@@ -173,6 +187,13 @@ class _Plan:
     types: list[pa.DataType]
     groups: list[tuple[int, int]]
     """(min, max) key in microseconds of each checkpoint row group, from the keys themselves."""
+    first_column: int = 0
+    source_rows: int = 0
+    source_nulls: list[int] = field(default_factory=list)
+    """Nulls per column in the whole checkpoint, from its footer statistics (-1: none there)."""
+    coverage: TableCoverage | None = None
+    newest_nulls: np.ndarray | None = None
+    """Nulls per column written into the newest day's rows, added up piece by piece."""
 
     @property
     def where(self) -> str:
@@ -257,8 +278,28 @@ def _plan_sources(features: Sequence[FeatureSource]) -> list[_Plan]:
             plan.types.append(
                 ARROW_TYPES[dtype] if dtype else _canonical(schema.field(column).type)
             )
+        plan.source_rows = pf.metadata.num_rows
+        plan.source_nulls = _source_nulls(pf, plan.columns)
         plans.append(plan)
     return plans
+
+
+def _source_nulls(pf: pq.ParquetFile, columns: Sequence[str]) -> list[int]:
+    """Null cells of each column in a checkpoint, summed from its footer's row-group statistics
+    (no data read); -1 for a column whose footer has no null count."""
+    meta = pf.metadata
+    leaf = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+    counts = []
+    for column in columns:
+        total = 0
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(leaf[column]).statistics
+            if stats is None or not stats.has_null_count:
+                total = -1
+                break
+            total += stats.null_count
+        counts.append(total)
+    return counts
 
 
 def _check_names(spine: Path, spine_columns: Sequence[str], plans: Sequence[_Plan]) -> None:
@@ -275,8 +316,9 @@ def _check_names(spine: Path, spine_columns: Sequence[str], plans: Sequence[_Pla
             seen[name] = here
 
 
-def _inspect(plan: _Plan) -> None:
-    """Read the key column only: convert it, reject duplicates, note each row group's range."""
+def _inspect(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> None:
+    """Read the key column only: convert it, reject duplicates, note each row group's range and
+    which spine keys the table covers."""
     pf = _open(Path(plan.source.path), plan.where)
     try:
         parts = [
@@ -290,13 +332,43 @@ def _inspect(plan: _Plan) -> None:
     except (OSError, pa.ArrowException) as exc:
         raise MergeError(f"{plan.where}: not a readable parquet file: {exc}") from exc
     plan.groups = [(int(p.min()), int(p.max())) if len(p) else (1, 0) for p in parts]
-    check_unique(np.concatenate(parts), plan.where, MergeError)
+    file_keys = np.concatenate(parts)
+    check_unique(file_keys, plan.where, MergeError)
+    plan.coverage = table_coverage_of(
+        plan.source.table,
+        plan.first_column,
+        plan.source_rows,
+        file_keys,
+        spine_keys,
+        newest_from,
+        plan.source_nulls,
+    )
+    plan.newest_nulls = np.zeros(len(plan.columns), dtype=np.int64)
 
 
-def _inspect_all(plans: Sequence[_Plan]) -> None:
+def _inspect_all(plans: Sequence[_Plan], spine_keys: np.ndarray, newest_from: int) -> None:
     with ThreadPoolExecutor(WORKERS) as pool:
-        for done in pool.map(_inspect, plans):
+        for done in pool.map(lambda p: _inspect(p, spine_keys, newest_from), plans):
             del done
+
+
+_NEWEST_LOCK = threading.Lock()  # two pieces of one slice meet when the newest day spans groups
+
+
+def _count_newest(
+    plan: _Plan,
+    keys: np.ndarray,
+    s: slice,
+    columns: Sequence[pa.Array | pa.ChunkedArray],
+    newest_from: int,
+) -> None:
+    """Add the nulls that a piece writes into the newest day's rows to the table's record."""
+    if plan.newest_nulls is None or not len(keys) or int(keys[-1]) < newest_from:
+        return
+    start = int(np.searchsorted(keys, newest_from))
+    counts = [c.slice(start).null_count for c in columns]
+    with _NEWEST_LOCK:
+        plan.newest_nulls[s] += counts
 
 
 # -- pieces ----------------------------------------------------------------------------------
@@ -344,7 +416,7 @@ def _align(file_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndar
     return (order[pos] if order is not None else pos), found
 
 
-def _feature_piece(plan: _Plan, keys: np.ndarray, s: slice) -> pa.Buffer:
+def _feature_piece(plan: _Plan, keys: np.ndarray, s: slice, newest_from: int) -> pa.Buffer:
     """Columns `s` of one table for the spine rows whose keys are `keys`.
 
     The alignment is recomputed for each piece of a wide table from its key column (~1 MB):
@@ -354,7 +426,9 @@ def _feature_piece(plan: _Plan, keys: np.ndarray, s: slice) -> pa.Buffer:
     lo, hi = int(keys.min()), int(keys.max())
     wanted = [i for i, (a, b) in enumerate(plan.groups) if a <= hi and b >= lo]
     if not wanted:
-        return encode_piece([pa.nulls(rows, t) for t in types], names)
+        empty = [pa.nulls(rows, t) for t in types]
+        _count_newest(plan, keys, s, empty, newest_from)
+        return encode_piece(empty, names)
     try:
         read = pq.ParquetFile(plan.source.path).read_row_groups(
             wanted, columns=[KEY, *plan.columns[s]], use_threads=False
@@ -368,6 +442,7 @@ def _feature_piece(plan: _Plan, keys: np.ndarray, s: slice) -> pa.Buffer:
         columns = [
             c if c.type == t else pc.cast(c, t) for c, t in zip(aligned.columns, types, strict=True)
         ]
+        _count_newest(plan, keys, s, columns, newest_from)
         return encode_piece(columns, names)
     except (OSError, pa.ArrowException) as exc:
         raise MergeError(f"{plan.where}: not a readable parquet file: {exc}") from exc
@@ -381,7 +456,9 @@ def _write(
     plans: Sequence[_Plan],
     groups: Sequence[tuple[int, int]],
     say: Callable[[str], None],
-) -> None:
+    newest_from: int,
+) -> Coverage:
+    """Write the pieces, then the footer with the coverage record; returns the record."""
     footer = FooterAssembler()
     tasks: list[tuple[int, Callable[[], pa.Buffer]]] = []
     for r, (a, b) in enumerate(groups):
@@ -389,7 +466,9 @@ def _write(
             tasks.append((r, lambda a=a, b=b, s=s: _spine_piece(keys, spine_table, a, b, s)))
         for plan in plans:
             for s in piece_slices(len(plan.columns), b - a):
-                tasks.append((r, lambda p=plan, a=a, b=b, s=s: _feature_piece(p, keys[a:b], s)))
+                tasks.append(
+                    (r, lambda p=plan, a=a, b=b, s=s: _feature_piece(p, keys[a:b], s, newest_from))
+                )
     every = max(1, len(tasks) // 10)
     stop = threading.Event()
 
@@ -417,10 +496,23 @@ def _write(
             for _, future in pending:
                 future.cancel()
             raise
-        f.write(footer.encode(sum(b - a for a, b in groups)))
+        coverage = Coverage(
+            spine_rows=len(keys),
+            first_key=int(keys[0]),
+            last_key=int(keys[-1]),
+            newest_from=newest_from,
+            newest_rows=len(keys) - int(np.searchsorted(keys, newest_from)),
+            tables=tuple(
+                replace(p.coverage, newest_nulls=tuple(int(v) for v in p.newest_nulls))
+                for p in plans
+                if p.coverage is not None and p.newest_nulls is not None
+            ),
+        )
+        f.write(footer.encode(sum(b - a for a, b in groups), {COVERAGE_KEY: coverage.encode()}))
         # No fsync: the file is verified by reading it back below, and it reaches its final
         # storage through Storage.put_file, which syncs and checksums what it publishes; syncing
         # 17 GB here as well would only wait for the disk.
+    return coverage
 
 
 def _verify(tmp: Path, keys: np.ndarray, names: Sequence[str], groups: int) -> None:

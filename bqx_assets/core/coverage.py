@@ -1,0 +1,191 @@
+"""Which spine rows each feature table covered, recorded by the merge in the file's footer."""
+
+# Only the merge knows why a cell of the training file is null: the table had no row for that
+# minute (a late-starting source, a table cut at its own LIMIT, keys in the wrong unit), or the
+# table's own value was null (a rolling window warming up, an ETF closed). It records, per table,
+# which spine keys it matched and how many nulls the table's checkpoint held, and the nulls of the
+# newest rows it wrote; the record travels in the parquet footer's key-value metadata, so a gate
+# that reads only the footer can tell the two apart and name the table at fault.
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+COVERAGE_KEY = "bqx:coverage"
+"""Key of the coverage record in the training file's key-value metadata."""
+
+_VERSION = 1
+_ZSTD = "zstd+base64:"
+_COMPRESS_ABOVE = 16 * 1024
+"""JSON records larger than this are stored zstd-compressed and base64-encoded (a full pair's
+record, 667 tables with a count per column, is ~250 KB of JSON, ~40 KB stored)."""
+
+_DAY_US = 86_400 * 1_000_000
+
+
+def newest_day_start(keys: np.ndarray) -> int:
+    """First key (microseconds) of the spine's last trading day: the UTC day of its last key."""
+    last = int(keys[-1])
+    return last - last % _DAY_US
+
+
+@dataclass(frozen=True)
+class TableCoverage:
+    """What one feature table contributed to the training file."""
+
+    table: str
+    first_column: int
+    """Index of the table's first column in the training file; its columns are contiguous."""
+    columns: int
+    source_rows: int
+    """Rows of the table's checkpoint."""
+    matched: int
+    """Spine keys that the table has a row for."""
+    first_key: int | None
+    last_key: int | None
+    """First and last spine key covered (microseconds), None when none is."""
+    newest_matched: int
+    """Spine keys of the newest day that the table has a row for."""
+    source_nulls: tuple[int, ...]
+    """Null cells per column in the whole checkpoint (its footer statistics; -1 when absent)."""
+    newest_nulls: tuple[int, ...]
+    """Null cells per column in the newest day's rows of the training file, whatever made them."""
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.table,
+            self.first_column,
+            self.columns,
+            self.source_rows,
+            self.matched,
+            self.first_key,
+            self.last_key,
+            self.newest_matched,
+            list(self.source_nulls),
+            list(self.newest_nulls),
+        ]
+
+    @classmethod
+    def from_json(cls, row: Sequence[Any]) -> TableCoverage:
+        table, first, columns, rows, matched, lo, hi, newest, source, tail = row
+        return cls(
+            str(table),
+            int(first),
+            int(columns),
+            int(rows),
+            int(matched),
+            None if lo is None else int(lo),
+            None if hi is None else int(hi),
+            int(newest),
+            tuple(int(v) for v in source),
+            tuple(int(v) for v in tail),
+        )
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Coverage of every feature table of one training file, against its spine."""
+
+    spine_rows: int
+    first_key: int
+    last_key: int
+    newest_from: int
+    """First key of the newest day (the last UTC day of the spine)."""
+    newest_rows: int
+    tables: tuple[TableCoverage, ...]
+
+    def encode(self) -> str:
+        """One compact string for the footer's key-value metadata."""
+        text = json.dumps(
+            {
+                "version": _VERSION,
+                "spine_rows": self.spine_rows,
+                "first_key": self.first_key,
+                "last_key": self.last_key,
+                "newest_from": self.newest_from,
+                "newest_rows": self.newest_rows,
+                "tables": [t.to_json() for t in self.tables],
+            },
+            separators=(",", ":"),
+        )
+        if len(text) <= _COMPRESS_ABOVE:
+            return text
+        data = text.encode()
+        packed = pa.compress(data, codec="zstd", asbytes=True)
+        return f"{_ZSTD}{len(data)}:{base64.b64encode(packed).decode()}"
+
+    @classmethod
+    def decode(cls, value: str | bytes) -> Coverage:
+        text = value.decode() if isinstance(value, bytes) else value
+        if text.startswith(_ZSTD):
+            size, _, packed = text[len(_ZSTD) :].partition(":")
+            raw = pa.decompress(
+                base64.b64decode(packed), decompressed_size=int(size), codec="zstd", asbytes=True
+            )
+            text = raw.decode()
+        data = json.loads(text)
+        if data.get("version") != _VERSION:
+            raise ValueError(f"coverage record version {data.get('version')}, expected {_VERSION}")
+        return cls(
+            int(data["spine_rows"]),
+            int(data["first_key"]),
+            int(data["last_key"]),
+            int(data["newest_from"]),
+            int(data["newest_rows"]),
+            tuple(TableCoverage.from_json(row) for row in data["tables"]),
+        )
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[bytes, bytes] | None) -> Coverage | None:
+        """The record of a parquet file's key-value metadata, None when it has none."""
+        value = (metadata or {}).get(COVERAGE_KEY.encode())
+        return None if value is None else cls.decode(value)
+
+    def table_of_column(self) -> dict[int, TableCoverage]:
+        return {t.first_column + i: t for t in self.tables for i in range(t.columns)}
+
+
+def iso(us: int | None) -> str | None:
+    return None if us is None else datetime.fromtimestamp(us / 1e6, UTC).isoformat()
+
+
+def table_coverage_of(
+    table: str,
+    first_column: int,
+    source_rows: int,
+    file_keys: np.ndarray,
+    spine_keys: np.ndarray,
+    newest_from: int,
+    source_nulls: Sequence[int],
+) -> TableCoverage:
+    """A table's coverage from its key column and the spine's (both int64 microseconds; the
+    spine sorted and unique, as the merge checks). `newest_nulls` starts at zero: the merge adds
+    the nulls of each piece of the newest rows as it writes them (see `NewestNulls`)."""
+    ordered = np.sort(file_keys) if not bool(np.all(file_keys[1:] > file_keys[:-1])) else file_keys
+    if len(ordered):
+        pos = np.minimum(np.searchsorted(ordered, spine_keys), len(ordered) - 1)
+        found = ordered[pos] == spine_keys
+    else:
+        found = np.zeros(len(spine_keys), dtype=bool)
+    hits = np.flatnonzero(found)
+    newest = int(np.searchsorted(spine_keys, newest_from))
+    return TableCoverage(
+        table=table,
+        first_column=first_column,
+        columns=len(source_nulls),
+        source_rows=source_rows,
+        matched=len(hits),
+        first_key=int(spine_keys[hits[0]]) if len(hits) else None,
+        last_key=int(spine_keys[hits[-1]]) if len(hits) else None,
+        newest_matched=int(found[newest:].sum()),
+        source_nulls=tuple(int(v) for v in source_nulls),
+        newest_nulls=(0,) * len(source_nulls),
+    )
