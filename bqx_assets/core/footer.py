@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +22,43 @@ _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _ST
 # Fields decoded from a piece's footer (everything else is copied as raw bytes): the offsets
 # that must move when the piece's column chunks move, and the counts that add up.
 _COLUMN_META = {9: "i", 10: "i", 11: "i", 14: "i"}  # data, index, dictionary, bloom offsets
-_COLUMN_CHUNK = {2: "i", 3: _COLUMN_META, 4: "i", 6: "i"}  # file offset, page-index offsets
+# file offset, then offset-index and column-index offsets and lengths
+_COLUMN_CHUNK = {2: "i", 3: _COLUMN_META, 4: "i", 5: "i", 6: "i", 7: "i"}
 _ROW_GROUP = {1: ("list", _COLUMN_CHUNK), 2: "i", 3: "i", 5: "i", 6: "i", 7: "i"}
 _ROOT = {5: "i"}
 _FILE = {1: "i", 2: ("list", None), 3: "i", 4: ("list", _ROW_GROUP), 7: ("list", None)}
+_PAGE_LOCATION = {1: "i"}  # the page's absolute offset
+_OFFSET_INDEX = {1: ("list", _PAGE_LOCATION)}
+
+# Every field id of parquet-format's parquet.thrift (apache/parquet-format, 2.11) in the structures
+# whose offsets the codec moves. A field outside these is refused, not copied: a newer writer may
+# add one that holds an offset, and copying it unshifted would point readers at the wrong bytes.
+KNOWN_FIELDS: Mapping[str, frozenset[int]] = {
+    # version, schema, num_rows, row_groups, key_value_metadata, created_by, column_orders,
+    # encryption_algorithm, footer_signing_key_metadata
+    "FileMetaData": frozenset(range(1, 10)),
+    # columns, total_byte_size, num_rows, sorting_columns, file_offset, total_compressed_size,
+    # ordinal
+    "RowGroup": frozenset(range(1, 8)),
+    # file_path, file_offset, meta_data, offset_index_offset/_length, column_index_offset/_length,
+    # crypto_metadata, encrypted_column_metadata
+    "ColumnChunk": frozenset(range(1, 10)),
+    # type, encodings, path_in_schema, codec, num_values, total_uncompressed_size,
+    # total_compressed_size, key_value_metadata, data_page_offset (9), index_page_offset (10),
+    # dictionary_page_offset (11), statistics, encoding_stats, bloom_filter_offset (14),
+    # bloom_filter_length, size_statistics, geospatial_statistics
+    "ColumnMetaData": frozenset(range(1, 18)),
+    # page_locations, unencoded_byte_array_data_bytes
+    "OffsetIndex": frozenset({1, 2}),
+    # offset, compressed_page_size, first_row_index
+    "PageLocation": frozenset({1, 2, 3}),
+}
+UNSUPPORTED_FIELDS: Mapping[str, Mapping[int, str]] = {
+    # Encrypted metadata hides its offsets from the codec; a column chunk in another file
+    # (file_path) is not in the piece's body.
+    "FileMetaData": {8: "encryption_algorithm", 9: "footer_signing_key_metadata"},
+    "ColumnChunk": {1: "file_path", 8: "crypto_metadata", 9: "encrypted_column_metadata"},
+}
 
 Fields = list[tuple[int, int, Any]]
 
@@ -173,8 +207,65 @@ def _shifted(fields: Fields, offsets: frozenset[int], by: int) -> Fields:
     ]
 
 
-_CHUNK_OFFSETS = frozenset({2, 4, 6})
+_CHUNK_OFFSETS = frozenset({2, 6})  # the offset index (4) is rewritten, not shifted
 _META_OFFSETS = frozenset({9, 10, 11, 14})
+
+
+def _check_known(fields: Fields, structure: str) -> None:
+    """Refuse a field of `structure` the codec does not know or cannot move."""
+    for fid, _, _ in fields:
+        if fid not in KNOWN_FIELDS[structure]:
+            raise FooterError(
+                f"parquet footer: {structure} field {fid} is not one the footer codec knows "
+                f"(it knows {structure} fields {_ranges(KNOWN_FIELDS[structure])}); it may hold "
+                "an offset that moving the column chunks would leave wrong"
+            )
+        name = UNSUPPORTED_FIELDS.get(structure, {}).get(fid)
+        if name is not None:
+            raise FooterError(
+                f"parquet footer: {structure} field {fid} ({name}) is not supported by the footer "
+                "codec (encrypted or external column chunks cannot be moved)"
+            )
+
+
+def _ranges(ids: frozenset[int]) -> str:
+    ordered = sorted(ids)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}-{ordered[-1]}"
+    return ", ".join(str(i) for i in ordered)
+
+
+def _check_footer(meta: Fields) -> None:
+    _check_known(meta, "FileMetaData")
+    for fid, _, value in meta:
+        if fid != 4:
+            continue
+        for group in value[1]:
+            _check_known(group, "RowGroup")
+            for gid, _, chunks in group:
+                if gid != 1:
+                    continue
+                for chunk in chunks[1]:
+                    _check_known(chunk, "ColumnChunk")
+                    for cid, _, column_meta in chunk:
+                        if cid == 3:
+                            _check_known(column_meta, "ColumnMetaData")
+
+
+def _moved_offset_index(raw: bytes, shift: int) -> bytes:
+    """An OffsetIndex with its pages' absolute offsets moved by `shift` (re-encoded: the varints
+    may grow, so its length can change)."""
+    index, _ = _read_struct(raw, 0, _OFFSET_INDEX)
+    _check_known(index, "OffsetIndex")
+    moved: Fields = []
+    for fid, kind, value in index:
+        if fid == 1:
+            item, locations = value
+            for location in locations:
+                _check_known(location, "PageLocation")
+            value = (item, [_shifted(loc, frozenset({1}), shift) for loc in locations])
+        moved.append((fid, kind, value))
+    return _encoded(moved)
 
 
 @dataclass(frozen=True)
@@ -193,7 +284,29 @@ class Piece:
         if bytes(view[:4]) != MAGIC or bytes(view[size - 4 :]) != MAGIC:
             raise FooterError("pyarrow wrote a piece that is not a parquet file")
         meta, _ = _read_struct(bytes(view[size - 8 - length : size - 8]), 0, _FILE)
+        _check_footer(meta)
         return cls(view[len(MAGIC) : size - 8 - length], meta)
+
+
+def _offset_indexes(piece: Piece, chunks: list[Fields]) -> dict[int, tuple[int, int]]:
+    """(offset, length) in the piece of each column chunk's offset index, checked to be the
+    piece body's last bytes, one after another (as pyarrow writes them)."""
+    found: dict[int, tuple[int, int]] = {}
+    for c, chunk in enumerate(chunks):
+        values = {fid: value for fid, _, value in chunk}
+        if 4 in values:
+            if 5 not in values:
+                raise FooterError("parquet footer: ColumnChunk has an offset index without length")
+            found[c] = (values[4], values[5])
+    if found:
+        spans = sorted(found.values())
+        contiguous = all(a + n == b for (a, n), (b, _) in itertools.pairwise(spans))
+        if not contiguous or spans[-1][0] + spans[-1][1] != len(piece.body) + len(MAGIC):
+            raise FooterError(
+                "parquet footer: the piece's offset indexes are not its last bytes; the codec "
+                "can only rewrite them there"
+            )
+    return found
 
 
 class FooterAssembler:
@@ -212,18 +325,29 @@ class FooterAssembler:
         meta = piece.meta
         fields = {fid: value for fid, _, value in meta}
         shift = f.tell() - len(MAGIC)
-        f.write(piece.body)
-
         (row_group,) = fields[4][1]
         group_fields = {fid: value for fid, _, value in row_group}
         if group_fields[3] != rows:
             raise FooterError(f"piece has {group_fields[3]} rows, expected {rows}")
+        indexes = _offset_indexes(piece, group_fields[1][1])
+        # Offset indexes hold absolute page offsets: they are the body's last bytes (checked
+        # above), so the body goes out up to them and each one is rewritten after it.
+        end = min((start for start, _ in indexes.values()), default=len(piece.body) + len(MAGIC))
+        f.write(piece.body[: end - len(MAGIC)])
+        rewritten: dict[int, tuple[int, int]] = {}
+        for c, (start, length) in sorted(indexes.items(), key=lambda item: item[1][0]):
+            raw = bytes(piece.body[start - len(MAGIC) : start - len(MAGIC) + length])
+            moved_index = _moved_offset_index(raw, shift)
+            rewritten[c] = (f.tell(), len(moved_index))
+            f.write(moved_index)
         chunks = []
-        for chunk in group_fields[1][1]:
+        for c, chunk in enumerate(group_fields[1][1]):
             moved = []
             for fid, kind, value in _shifted(chunk, _CHUNK_OFFSETS, shift):
                 if fid == 3:
                     value = _shifted(value, _META_OFFSETS, shift)
+                elif fid in (4, 5) and c in rewritten:
+                    value = rewritten[c][fid - 4]
                 moved.append((fid, kind, value))
             chunks.append(moved)
         if group == len(self.groups):
