@@ -29,7 +29,8 @@ ROWS = 200
 ROW_GROUP = 64  # several row groups, so that footer statistics are summed across them
 TARGETS = ("target_bqx45_h15", "target_bqx45_h30", "target_bqx90_h15", "target_bqx90_h30")
 START_US = int(datetime(2024, 1, 2, tzinfo=UTC).timestamp() * 1_000_000)
-TH = Thresholds(min_rows=100, max_rows=1_000)
+TH = Thresholds(min_rows=100, max_rows=1_000, require_coverage=False)
+"""Hand-made files carry no coverage record: the merge-built files of test_profile.py do."""
 
 Columns = dict[str, pa.Array]
 
@@ -107,15 +108,17 @@ def test_good_file_passes_every_check(tmp_path: Path, expectation: Expectation) 
     assert (report.rows, report.columns) == (ROWS, len(expectation.columns))
     assert report.outcome("row_count").metadata["actual"] == ROWS
     nulls = report.outcome("null_completeness").metadata
+    none = {"null_share": 0.0, "merge_null_share": 0.0, "source_null_share": 0.0}
     assert nulls["families"] == {
-        "agg": {"columns": 2, "null_share": 0.0},
-        "base": {"columns": 1, "null_share": 0.0},
-        "corr": {"columns": 2, "null_share": 0.0},
+        "agg": {"columns": 2, **none},
+        "base": {"columns": 1, **none},
+        "corr": {"columns": 2, **none},
     }
     target = report.outcome("target_horizons").metadata
     assert target["actual"] == 4 and target["worst_null_share"] == pytest.approx(1 / ROWS)
     table = report.family_table_markdown()
-    assert table.splitlines()[2].startswith("| agg | 2 | 0.00% | 0 | 5% | yes |")
+    # agg expects production's 2.4% for "other" families, plus the 5-point tolerance.
+    assert table.splitlines()[2] == "| agg | 2 | 0.00% | 0.00% | 0.00% | - | 0 | 7.4% | yes |"
     json.dumps(report.to_dict())  # metadata is JSON-able
 
 
@@ -191,7 +194,7 @@ def test_column_count_names_missing_unexpected_and_duplicate_columns(
     assert column.metadata["missing"] == ["corr_etf_idx_spy__corr_45"]
     assert column.metadata["unexpected"] == ["mystery__x_45"]
     nulls = report.outcome("null_completeness").metadata
-    assert nulls["families"]["unexpected"] == {"columns": 1, "null_share": 0.0}
+    assert nulls["families"]["unexpected"]["columns"] == 1
 
 
 def test_column_count_fails_on_duplicate_names(tmp_path: Path, expectation: Expectation) -> None:
@@ -245,7 +248,13 @@ def test_null_completeness_fails_on_a_family_100_percent_null(
     report = run(build(tmp_path, expectation, change), expectation)
     nulls = report.outcome("null_completeness")
     assert not nulls.passed
-    assert nulls.metadata["families"]["corr"] == {"columns": 2, "null_share": 1.0}
+    # Without the merge's coverage record every null counts as the source's.
+    assert nulls.metadata["families"]["corr"] == {
+        "columns": 2,
+        "null_share": 1.0,
+        "merge_null_share": 0.0,
+        "source_null_share": 1.0,
+    }
     assert nulls.metadata["families_over_threshold"] == {"corr": 1.0}
     assert nulls.metadata["all_null_count"] == 2
     assert nulls.metadata["all_null_by_family"] == {"corr": 2}
@@ -254,7 +263,7 @@ def test_null_completeness_fails_on_a_family_100_percent_null(
         "corr_etf_idx_spy__n_45",
     ]
     assert list(nulls.metadata["worst_columns"])[:2] == nulls.metadata["all_null_columns"]
-    assert "| corr | 2 | 100.00% | 2 | 5% | NO |" in report.family_table_markdown()
+    assert "| 100.00% | - | 2 | 58.0% | NO |" in report.family_table_markdown()
 
 
 def test_null_completeness_fails_on_one_all_null_column_and_per_family_threshold(
@@ -264,13 +273,21 @@ def test_null_completeness_fails_on_one_all_null_column_and_per_family_threshold
         cols["agg_bqx__agg_std_45"] = pa.nulls(ROWS, pa.float64())
 
     path = build(tmp_path, expectation, change)
-    # agg is 50% null: over 5%; a per-family override lets the share pass but not the dead column.
-    nulls = run(path, expectation, Thresholds(min_rows=1, family_null_share={"agg": 0.6}))
+    # agg is 50% null: over 7.4%; a per-family expectation lets the share pass but not the dead
+    # column.
+    nulls = run(
+        path,
+        expectation,
+        Thresholds(min_rows=1, family_null_share={"agg": 0.6}, require_coverage=False),
+    )
     outcome = nulls.outcome("null_completeness")
     assert not outcome.passed
     assert outcome.metadata["families_over_threshold"] == {}
     assert outcome.metadata["all_null_columns"] == ["agg_bqx__agg_std_45"]
-    assert outcome.metadata["threshold"] == {"feature_null_share": 0.05, "agg": 0.6}
+    assert outcome.metadata["threshold"] == {
+        "expected_null_share": {"agg": 0.6, "base": 0.024, "corr": 0.024},
+        "tolerance": 0.05,
+    }
 
 
 def test_null_completeness_reads_columns_without_statistics(
@@ -392,6 +409,7 @@ def test_command_passes_with_exit_0_and_a_json_line(
 ) -> None:
     path = build(tmp_path, expectation)
     argv = ["validate", str(path), "--pair", PAIR, "--catalog", str(catalog_file)]
+    argv += ["--no-require-coverage"]  # a hand-made file: no merge coverage record
     assert cli.main([*argv, "--spine-rows", str(ROWS), "--min-rows", "100"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "PASSED" in out[0]
@@ -407,6 +425,7 @@ def test_command_fails_with_exit_1_and_names_the_check(
     path = build(tmp_path, expectation, lambda c: c.pop("target_bqx45_h15"))
     targets = write(tmp_path / "targets.parquet", {KEY: good_columns(expectation)[KEY]})
     argv = ["validate", str(path), "--pair", PAIR, "--catalog", str(catalog_file)]
+    argv += ["--no-require-coverage"]
     code = cli.main(
         [*argv, "--targets", str(targets), "--min-rows", "100", "--family-null-share", "corr=0.5"]
     )

@@ -22,7 +22,7 @@ import pyarrow as pa
 COVERAGE_KEY = "bqx:coverage"
 """Key of the coverage record in the training file's key-value metadata."""
 
-_VERSION = 1
+_VERSION = 2
 _ZSTD = "zstd+base64:"
 _COMPRESS_ABOVE = 16 * 1024
 """JSON records larger than this are stored zstd-compressed and base64-encoded (a full pair's
@@ -54,6 +54,11 @@ class TableCoverage:
     """First and last spine key covered (microseconds), None when none is."""
     newest_matched: int
     """Spine keys of the newest day that the table has a row for."""
+    tail_missing: int
+    """Spine keys after the last one covered: how early the table stops."""
+    longest_gap: int
+    """Longest run of spine keys not covered between the first and the last covered: the gaps
+    the table has by nature (an ETF closed overnight, a feed outage)."""
     source_nulls: tuple[int, ...]
     """Null cells per column in the whole checkpoint (its footer statistics; -1 when absent)."""
     newest_nulls: tuple[int, ...]
@@ -69,13 +74,15 @@ class TableCoverage:
             self.first_key,
             self.last_key,
             self.newest_matched,
+            self.tail_missing,
+            self.longest_gap,
             list(self.source_nulls),
             list(self.newest_nulls),
         ]
 
     @classmethod
     def from_json(cls, row: Sequence[Any]) -> TableCoverage:
-        table, first, columns, rows, matched, lo, hi, newest, source, tail = row
+        table, first, columns, rows, matched, lo, hi, newest, short, gap, source, tail = row
         return cls(
             str(table),
             int(first),
@@ -85,6 +92,8 @@ class TableCoverage:
             None if lo is None else int(lo),
             None if hi is None else int(hi),
             int(newest),
+            int(short),
+            int(gap),
             tuple(int(v) for v in source),
             tuple(int(v) for v in tail),
         )
@@ -186,6 +195,8 @@ def table_coverage_of(
         first_key=int(spine_keys[hits[0]]) if len(hits) else None,
         last_key=int(spine_keys[hits[-1]]) if len(hits) else None,
         newest_matched=int(found[newest:].sum()),
+        tail_missing=len(spine_keys) - 1 - int(hits[-1]) if len(hits) else len(spine_keys),
+        longest_gap=int(np.diff(hits).max()) - 1 if len(hits) > 1 else 0,
         source_nulls=tuple(int(v) for v in source_nulls),
         newest_nulls=(0,) * len(source_nulls),
     )

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.catalog import FAMILY_ORDER, Catalog
+from bqx_assets.core.coverage import Coverage, TableCoverage
 from bqx_assets.core.errors import ValidationError
 from bqx_assets.core.keys import EXAMPLES, duplicated
 from bqx_assets.core.keys import int64s as _int64s
 from bqx_assets.core.layout import KEY, KEY_TZ, KEY_UNIT, PREFIX_SEPARATOR
 from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
+from bqx_assets.core.profile import UNEXPECTED_FAMILY, Profile, build_profile
 
 CHECK_NAMES: tuple[str, ...] = (
     "row_count",
@@ -28,6 +31,9 @@ CHECK_NAMES: tuple[str, ...] = (
     "null_completeness",
     "key_integrity",
     "no_target_leakage",
+    "table_coverage",
+    "newest_rows",
+    "profile_drift",
 )
 
 CHECK_DESCRIPTIONS: Mapping[str, str] = {
@@ -44,8 +50,10 @@ CHECK_DESCRIPTIONS: Mapping[str, str] = {
         "null share is under its threshold (production 1%)."
     ),
     "null_completeness": (
-        "Null share per feature family under its threshold (production 5%) and no feature column "
-        "100% null; reports per family the null share, the worst and the all-null columns."
+        "Null share per feature family at most its expected share plus a tolerance (production: "
+        "corr 53%, tri 24%, cov 10%, others 2.4%; +5 points) and no feature column 100% null; "
+        "reports per family the nulls the merge made (keys a table has no row for) and the "
+        "nulls the sources had."
     ),
     "key_integrity": (
         "interval_time is timestamp[us, tz=UTC], has no nulls, is unique and strictly increasing, "
@@ -55,10 +63,35 @@ CHECK_DESCRIPTIONS: Mapping[str, str] = {
         "No feature column is named like a target (target_*, base_bqx__target_45) or carries a "
         "target's values row by row, unless allow-listed."
     ),
+    "table_coverage": (
+        "From the coverage the merge records in the footer: every feature table covers at least "
+        "its family's expected share of the spine's keys (catches 1970 keys, keys in the wrong "
+        "unit) and does not stop before the spine's end by more than its own longest gap plus a "
+        "tolerance (catches tables cut at their own LIMIT, stale sources); names the tables and "
+        "the newest minutes they miss."
+    ),
+    "newest_rows": (
+        "The newest day of the file (its last trading day) is not more null than the whole file: "
+        "per family, the null share of the values the tables have in the newest rows stays "
+        "within a tolerance of the whole file's (the first team's tail was 67% null)."
+    ),
+    "profile_drift": (
+        "Against the pair's last published profile: no family's or column's null share moves by "
+        "more than its tolerance, no column becomes constant or all-null, no column's range "
+        "jumps, no column changes type. The first build of a pair is judged by the expectations "
+        "of null_completeness instead."
+    ),
 }
 
-UNEXPECTED_FAMILY = "unexpected"
-"""Family of a feature column the catalog does not know (reported by column_count too)."""
+PRODUCTION_NULL_SHARES: Mapping[str, float] = {"corr": 0.53, "tri": 0.24, "cov": 0.10}
+"""Null share of the families that are null by construction in production (DOMAIN): ETF trading
+hours, late-starting sources, cross-pair feed outages."""
+PRODUCTION_OTHER_NULL_SHARE = 0.024
+"""Null share of every other family in production (rolling-window warm-ups): what is left of
+the 12.4% overall once corr, tri and cov are counted."""
+PRODUCTION_MIN_COVERAGE: Mapping[str, float] = {"corr": 0.25}
+"""Share of the spine's keys a table of these families has at least: corr tables have rows only
+while their ETF quotes (about half of the FX minutes)."""
 
 _TARGET_NAME = re.compile(r"^target_bqx(?P<window>\d+)_h(?P<horizon>\d+)$")
 # A target token anywhere in a feature name: `target_45`, `base_bqx__target_45`, `x_target`.
@@ -74,10 +107,36 @@ class Thresholds:
     min_rows: int = 150_000
     max_rows: int = 200_000
     target_null_share: float = 0.01
-    feature_null_share: float = 0.05
-    """Threshold on each feature family's null share (null cells / cells of the family)."""
-    family_null_share: Mapping[str, float] = field(default_factory=dict)
-    """Per-family overrides of `feature_null_share`."""
+    feature_null_share: float = PRODUCTION_OTHER_NULL_SHARE
+    """Expected null share (null cells / cells of the family) of a family not in
+    `family_null_share`."""
+    family_null_share: Mapping[str, float] = field(
+        default_factory=lambda: dict(PRODUCTION_NULL_SHARES)
+    )
+    """Expected null share per family (production's by default)."""
+    null_share_tolerance: float = 0.05
+    """A family may be this much (absolute) more null than expected on a pair's first build."""
+    require_coverage: bool = True
+    """Fail table_coverage when the file has no coverage record (it was not written by the
+    merge)."""
+    min_coverage: float = 0.5
+    """Share of the spine's keys every feature table covers at least (tri sources start late: up
+    to 39% of the spine)."""
+    family_min_coverage: Mapping[str, float] = field(
+        default_factory=lambda: dict(PRODUCTION_MIN_COVERAGE)
+    )
+    """Per-family overrides of `min_coverage`."""
+    tail_tolerance_rows: int = 5
+    """A table may stop this many spine rows before the spine's end beyond its own longest gap."""
+    newest_null_tolerance: float = 0.10
+    """The newest day's null share of the values tables have may exceed the whole file's by this
+    much (absolute), per family."""
+    drift_family_null_share: float = 0.03
+    """A family's null share may move this much (absolute) from the last published profile."""
+    drift_column_null_share: float = 0.15
+    """A column's null share may move this much (absolute) from the last published profile."""
+    drift_range_factor: float = 1.0
+    """A column's min or max may move by this many times its last published range (max - min)."""
     leak_allow: tuple[str, ...] = ()
     """Feature columns that look like targets but are known not to be."""
     key_range: tuple[datetime, datetime] = (
@@ -95,8 +154,14 @@ class Thresholds:
     max_names: int = 20
     """At most this many offending names per list in check metadata (counts are always full)."""
 
-    def null_threshold(self, family: str) -> float:
+    def expected_null_share(self, family: str) -> float:
         return self.family_null_share.get(family, self.feature_null_share)
+
+    def null_threshold(self, family: str) -> float:
+        return self.expected_null_share(family) + self.null_share_tolerance
+
+    def coverage_floor(self, family: str) -> float:
+        return self.family_min_coverage.get(family, self.min_coverage)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +170,15 @@ class Thresholds:
             "target_null_share": self.target_null_share,
             "feature_null_share": self.feature_null_share,
             "family_null_share": dict(self.family_null_share),
+            "null_share_tolerance": self.null_share_tolerance,
+            "require_coverage": self.require_coverage,
+            "min_coverage": self.min_coverage,
+            "family_min_coverage": dict(self.family_min_coverage),
+            "tail_tolerance_rows": self.tail_tolerance_rows,
+            "newest_null_tolerance": self.newest_null_tolerance,
+            "drift_family_null_share": self.drift_family_null_share,
+            "drift_column_null_share": self.drift_column_null_share,
+            "drift_range_factor": self.drift_range_factor,
             "leak_allow": list(self.leak_allow),
             "key_range": [self.key_range[0].isoformat(), self.key_range[1].isoformat()],
             "value_leak": self.value_leak,
@@ -121,6 +195,8 @@ class Expectation:
     columns: tuple[str, ...]
     targets: tuple[str, ...]
     family_of: Mapping[str, str]
+    table_family: Mapping[str, str] = field(default_factory=dict)
+    """Family of each feature table (coverage records name tables)."""
 
     @classmethod
     def for_pair(cls, catalog: Catalog, pair: str, spine_rows: int) -> Expectation:
@@ -131,6 +207,7 @@ class Expectation:
             columns=catalog.training_columns(pair),
             targets=catalog.targets[catalog.check_pair(pair)].targets,
             family_of={f.name: f.family for f in features},
+            table_family={t.name: t.family for t in catalog.tables_for(pair)},
         )
 
 
@@ -171,6 +248,9 @@ class ValidationReport:
     seconds: float
     peak_rss_bytes: int
     families: tuple[FamilyNulls, ...] = ()
+    profile: Profile | None = None
+    """The file's profile (footer statistics and coverage): stored when the file is published,
+    the reference of the pair's next build."""
     row_groups: int = 0
     """The footer holds columns x row groups chunk entries: what validation time and memory
     grow with (about 1 KiB and 2-4 us each with pyarrow)."""
@@ -190,15 +270,23 @@ class ValidationReport:
         raise KeyError(name)
 
     def family_table_markdown(self) -> str:
-        """Per-family columns and null share as a markdown table (one row per family)."""
+        """Per family: columns, null share (split into nulls the merge made and nulls the
+        sources had), the newest day's null share, all-null columns, threshold and verdict."""
         lines = [
-            "| family | columns | null share | all-null columns | threshold | ok |",
-            "|---|---:|---:|---:|---:|---|",
+            "| family | columns | null share | merge-made | in source | newest day "
+            "| all-null columns | threshold | ok |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
+        profiles = {f.family: f for f in self.profile.families} if self.profile else {}
         for f in self.families:
+            p = profiles.get(f.family)
+            made = f"{p.merge_null_share:.2%}" if p else "-"
+            source = f"{p.source_null_share:.2%}" if p else "-"
+            newest = f"{p.newest_null_share:.2%}" if p and p.newest_null_share is not None else "-"
             lines.append(
-                f"| {f.family} | {f.columns:,} | {f.null_share:.2%} | {f.all_null_columns} "
-                f"| {f.threshold:.0%} | {'yes' if f.passed else 'NO'} |"
+                f"| {f.family} | {f.columns:,} | {f.null_share:.2%} | {made} | {source} "
+                f"| {newest} | {f.all_null_columns} | {f.threshold:.1%} "
+                f"| {'yes' if f.passed else 'NO'} |"
             )
         return "\n".join(lines)
 
@@ -243,6 +331,8 @@ class _ColumnStats:
     last_group_rows: int
     minmax: dict[int, tuple[float, float]]  # float columns: min/max in the sample row group
     sample_group: int
+    mins: np.ndarray  # float64 min over all row groups of numeric columns, NaN where unknown
+    maxs: np.ndarray
 
 
 def _footer_stats(pf: pq.ParquetFile, path: Path, want_minmax: set[int]) -> _ColumnStats:
@@ -268,12 +358,28 @@ def _footer_stats(pf: pq.ParquetFile, path: Path, want_minmax: set[int]) -> _Col
     total = np.zeros(n, dtype=np.float64)  # exact: null counts stay far below 2**53
     last = np.zeros(n, dtype=np.float64)
     groups = meta.num_row_groups
+    numeric = [
+        j for j, t in enumerate(schema.types) if pa.types.is_floating(t) or pa.types.is_integer(t)
+    ]
+    mins = np.full(n, np.nan)
+    maxs = np.full(n, np.nan)
     for g in range(groups):
         column = meta.row_group(g).column
+        chunks = [column(j).statistics for j in range(n)]
         counts = np.array(
-            [s.null_count if (s := column(j).statistics) is not None else None for j in range(n)],
+            [s.null_count if s is not None else None for s in chunks], dtype=np.float64
+        )
+        # The profile's range: min/max of every chunk, NaN where a chunk has none (all null).
+        lo = np.array(
+            [s.min if (s := chunks[j]) is not None and s.has_min_max else np.nan for j in numeric],
             dtype=np.float64,
         )
+        hi = np.array(
+            [s.max if (s := chunks[j]) is not None and s.has_min_max else np.nan for j in numeric],
+            dtype=np.float64,
+        )
+        mins[numeric] = np.fmin(mins[numeric], lo)
+        maxs[numeric] = np.fmax(maxs[numeric], hi)
         total += counts
         if g == groups - 1:
             last = counts
@@ -289,7 +395,7 @@ def _footer_stats(pf: pq.ParquetFile, path: Path, want_minmax: set[int]) -> _Col
             if stats is not None and stats.has_min_max:
                 minmax[j] = (float(stats.min), float(stats.max))
     return _ColumnStats(
-        names, list(schema.types), nulls, last_nulls, last_rows, minmax, groups // 2
+        names, list(schema.types), nulls, last_nulls, last_rows, minmax, groups // 2, mins, maxs
     )
 
 
@@ -426,60 +532,72 @@ def _features(names: list[str], exp: Expectation) -> list[int]:
 
 
 def _null_completeness(
-    rows: int, stats: _ColumnStats, exp: Expectation, th: Thresholds, read_columns: int
+    rows: int,
+    stats: _ColumnStats,
+    exp: Expectation,
+    th: Thresholds,
+    read_columns: int,
+    profile: Profile,
 ) -> tuple[CheckOutcome, tuple[FamilyNulls, ...]]:
     features = _features(stats.names, exp)
-    by_family: dict[str, list[int]] = {}
-    for j in features:
-        by_family.setdefault(exp.family_of.get(stats.names[j], UNEXPECTED_FAMILY), []).append(j)
-    order = {f: i for i, f in enumerate(dict.fromkeys(exp.family_of.values()))}
-    families: list[FamilyNulls] = []
-    all_null: list[str] = []
-    for family in sorted(by_family, key=lambda f: order.get(f, len(order))):
-        idx = np.asarray(by_family[family])
-        nulls = stats.nulls[idx]
-        dead = idx[nulls >= rows] if rows else idx[:0]
-        all_null += [stats.names[j] for j in dead]
-        families.append(
-            FamilyNulls(
-                family,
-                len(idx),
-                _share(int(nulls.sum()), rows * len(idx)),
-                len(dead),
-                th.null_threshold(family),
-            )
+    families = tuple(
+        FamilyNulls(
+            f.family, f.columns, f.null_share, f.all_null_columns, th.null_threshold(f.family)
         )
+        for f in profile.families
+    )
+    frame = profile.columns
+    nulls = np.asarray(frame.column("nulls").to_numpy(), dtype=np.int64)
+    column_names = frame.column("column").to_pylist()
+    column_families = frame.column("family").to_pylist()
+    dead = np.flatnonzero(nulls >= rows) if rows else np.zeros(0, dtype=np.int64)
+    all_null = [column_names[i] for i in dead]
     feature_idx = np.asarray(features, dtype=np.int64)
-    total = int(stats.nulls[feature_idx].sum()) if len(feature_idx) else 0
+    total = int(nulls.sum())
     overall = _share(total, rows * len(feature_idx))
     worst: list[tuple[str, float]] = []
-    if len(feature_idx) and rows:
-        top = feature_idx[np.argsort(-stats.nulls[feature_idx], kind="stable")[:10]]
-        worst = [(stats.names[j], round(int(stats.nulls[j]) / rows, 6)) for j in top]
+    if len(nulls) and rows:
+        top = np.argsort(-nulls, kind="stable")[:10]
+        worst = [(column_names[i], round(int(nulls[i]) / rows, 6)) for i in top]
     last = stats.last_group_nulls[feature_idx].sum() if len(feature_idx) else 0
     tail_share = _share(int(last), stats.last_group_rows * len(feature_idx))
     over = {f.family: round(f.null_share, 6) for f in families if f.null_share > f.threshold}
-    by_family_dead = {f.family: f.all_null_columns for f in families if f.all_null_columns}
+    by_family_dead: dict[str, int] = {}
+    for i in dead:
+        by_family_dead[column_families[i]] = by_family_dead.get(column_families[i], 0) + 1
     passed = not over and not all_null
     parts = [f"{len(feature_idx):,} features, {overall:.2%} null"]
     if over:
         parts.append(
-            "families over threshold: "
-            + ", ".join(f"{k} {v:.1%} > {th.null_threshold(k):.0%}" for k, v in over.items())
+            "families over expectation: "
+            + ", ".join(
+                f"{k} {v:.1%} > {th.expected_null_share(k):.1%} + {th.null_share_tolerance:.0%}"
+                for k, v in over.items()
+            )
         )
     if all_null:
         parts.append(
             f"{len(all_null)} columns 100% null ("
             + ", ".join(f"{k} {v}" for k, v in by_family_dead.items())
-            + ")"
+            + f", e.g. {', '.join(all_null[:3])})"
         )
     metadata = {
         "summary": "; ".join(parts),
         "actual": round(overall, 6),
-        "expected": "every family's null share <= its threshold; no feature column 100% null",
-        "threshold": {"feature_null_share": th.feature_null_share, **th.family_null_share},
+        "expected": "every family's null share <= its expected share + tolerance; no feature "
+        "column 100% null",
+        "threshold": {
+            "expected_null_share": {f.family: th.expected_null_share(f.family) for f in families},
+            "tolerance": th.null_share_tolerance,
+        },
         "families": {
-            f.family: {"columns": f.columns, "null_share": round(f.null_share, 6)} for f in families
+            f.family: {
+                "columns": f.columns,
+                "null_share": round(f.null_share, 6),
+                "merge_null_share": round(f.merge_null_share, 6),
+                "source_null_share": round(f.source_null_share, 6),
+            }
+            for f in profile.families
         },
         "families_over_threshold": over,
         "all_null_count": len(all_null),
@@ -490,12 +608,302 @@ def _null_completeness(
         "null_counts_from": "footer statistics"
         if not read_columns
         else f"footer statistics; {read_columns} columns without statistics read",
+        "merge_vs_source": "from the merge's coverage record"
+        if profile.coverage is not None
+        else "no coverage record: every null counted as the source's",
     }
     return (
         CheckOutcome(
             "null_completeness", passed, CHECK_DESCRIPTIONS["null_completeness"], metadata
         ),
-        tuple(families),
+        families,
+    )
+
+
+def _no_coverage(name: str, th: Thresholds, why: str) -> CheckOutcome:
+    return CheckOutcome(
+        name,
+        not th.require_coverage,
+        CHECK_DESCRIPTIONS[name],
+        {
+            "summary": f"no coverage record in the footer ({why})"
+            + ("" if th.require_coverage else "; not required"),
+            "actual": "no record",
+            "expected": "the merge's coverage record",
+            "threshold": {"require_coverage": th.require_coverage},
+        },
+    )
+
+
+def _table_coverage(
+    coverage: Coverage | None, rows: int, exp: Expectation, th: Thresholds
+) -> CheckOutcome:
+    name = "table_coverage"
+    if coverage is None:
+        return _no_coverage(name, th, "the file was not written by bqx merge")
+    problems: dict[str, dict[str, Any]] = {}
+    short: list[TableCoverage] = []
+    stopped: list[TableCoverage] = []
+    for t in coverage.tables:
+        family = exp.table_family.get(t.table, UNEXPECTED_FAMILY)
+        share = _share(t.matched, coverage.spine_rows)
+        floor = th.coverage_floor(family)
+        allowed_tail = max(th.tail_tolerance_rows, t.longest_gap)
+        reasons = []
+        if share < floor:
+            short.append(t)
+            reasons.append(f"covers {share:.1%} of the spine < {floor:.0%}")
+        if t.tail_missing > allowed_tail:
+            stopped.append(t)
+            reasons.append(
+                f"stops {t.tail_missing:,} rows before the spine's end "
+                f"(its longest gap {t.longest_gap:,}, tolerance {th.tail_tolerance_rows})"
+            )
+        if reasons:
+            problems[t.table] = {
+                "family": family,
+                "why": "; ".join(reasons),
+                "coverage": round(share, 6),
+                "last_key": _iso(t.last_key) if t.last_key is not None else None,
+                "newest_minutes_missed": coverage.newest_rows - t.newest_matched,
+            }
+    if rows != coverage.spine_rows:
+        problems["(spine)"] = {
+            "why": f"coverage record for {coverage.spine_rows:,} rows, file has {rows:,}"
+        }
+    worst = sorted(problems.items(), key=lambda kv: -kv[1].get("newest_minutes_missed", 0))
+    if problems:
+        by_family: dict[str, int] = {}
+        for info in problems.values():
+            by_family[info.get("family", "-")] = by_family.get(info.get("family", "-"), 0) + 1
+        summary = (
+            f"{len(problems)} of {len(coverage.tables)} tables short ("
+            + ", ".join(f"{k} {v}" for k, v in by_family.items())
+            + "): "
+            + "; ".join(
+                f"{k} misses {v.get('newest_minutes_missed', 0):,} of the "
+                f"{coverage.newest_rows:,} newest minutes ({v['why']})"
+                for k, v in worst[:3]
+            )
+        )
+    else:
+        summary = (
+            f"{len(coverage.tables)} tables cover the spine "
+            f"{_iso(coverage.first_key)} .. {_iso(coverage.last_key)} as expected"
+        )
+    return CheckOutcome(
+        name,
+        not problems,
+        CHECK_DESCRIPTIONS[name],
+        {
+            "summary": summary,
+            "actual": {
+                "tables": len(coverage.tables),
+                "short_tables": len(problems),
+                "low_coverage": len(short),
+                "stopped_early": len(stopped),
+            },
+            "expected": "every table covers its family's share and reaches the spine's end",
+            "threshold": {
+                "min_coverage": th.min_coverage,
+                "family_min_coverage": dict(th.family_min_coverage),
+                "tail_tolerance_rows": th.tail_tolerance_rows,
+            },
+            "newest_rows": coverage.newest_rows,
+            "newest_from": _iso(coverage.newest_from),
+            "tables": dict(worst[: th.max_names]),
+        },
+    )
+
+
+def _newest_rows(
+    profile: Profile, stats: _ColumnStats, exp: Expectation, th: Thresholds
+) -> CheckOutcome:
+    name = "newest_rows"
+    coverage = profile.coverage
+    if coverage is None:
+        # Without the merge's record, the last row group stands for the newest rows when the
+        # file has more than one.
+        if stats.last_group_rows and stats.sample_group > 0:
+            feature_idx = np.asarray(_features(stats.names, exp), dtype=np.int64)
+            cells = stats.last_group_rows * len(feature_idx)
+            tail = _share(int(stats.last_group_nulls[feature_idx].sum()), cells)
+            whole = _share(
+                int(np.maximum(stats.nulls[feature_idx], 0).sum()),
+                profile.rows * len(feature_idx),
+            )
+            passed = tail <= whole + th.newest_null_tolerance
+            return CheckOutcome(
+                name,
+                passed,
+                CHECK_DESCRIPTIONS[name],
+                {
+                    "summary": f"last row group {tail:.2%} null vs {whole:.2%} in the whole file"
+                    " (no coverage record)",
+                    "actual": round(tail, 6),
+                    "expected": round(whole, 6),
+                    "threshold": th.newest_null_tolerance,
+                },
+            )
+        return _no_coverage(name, th, "the newest rows cannot be told from the footer")
+    over: dict[str, dict[str, float]] = {}
+    shares: dict[str, dict[str, float]] = {}
+    for f in profile.families:
+        newest = f.newest_source_null_share or 0.0
+        whole = f.whole_source_null_share or 0.0
+        shares[f.family] = {
+            "newest": round(newest, 6),
+            "whole": round(whole, 6),
+            "newest_all_nulls": round(f.newest_null_share or 0.0, 6),
+        }
+        if newest > whole + th.newest_null_tolerance:
+            over[f.family] = shares[f.family]
+    worst_tables = _newest_worst_tables(profile, coverage, set(over))
+    if over:
+        summary = (
+            f"the newest day ({coverage.newest_rows:,} rows from {_iso(coverage.newest_from)}) is "
+            "more null than the whole file: "
+            + ", ".join(f"{k} {v['newest']:.1%} vs {v['whole']:.1%}" for k, v in over.items())
+            + (f"; worst tables {', '.join(worst_tables[:3])}" if worst_tables else "")
+        )
+    else:
+        summary = (
+            f"newest day ({coverage.newest_rows:,} rows from {_iso(coverage.newest_from)}) within "
+            f"{th.newest_null_tolerance:.0%} of the whole file in every family"
+        )
+    return CheckOutcome(
+        name,
+        not over,
+        CHECK_DESCRIPTIONS[name],
+        {
+            "summary": summary,
+            "actual": {k: v["newest"] for k, v in shares.items()},
+            "expected": {k: v["whole"] for k, v in shares.items()},
+            "threshold": th.newest_null_tolerance,
+            "families_over": over,
+            "tables": worst_tables[: th.max_names],
+            "newest_rows": coverage.newest_rows,
+        },
+    )
+
+
+def _newest_worst_tables(profile: Profile, coverage: Coverage, families: set[str]) -> list[str]:
+    """Tables of `families` ordered by the null share of their values in the newest day."""
+    if not families:
+        return []
+    family_of_table = dict(
+        zip(
+            profile.columns.column("table").to_pylist(),
+            profile.columns.column("family").to_pylist(),
+            strict=True,
+        )
+    )
+    scored = []
+    for t in coverage.tables:
+        if family_of_table.get(t.table) not in families or not t.newest_matched:
+            continue
+        made = (coverage.newest_rows - t.newest_matched) * t.columns
+        share = _share(max(sum(t.newest_nulls) - made, 0), t.newest_matched * t.columns)
+        scored.append((share, t.table))
+    return [f"{name} {share:.0%}" for share, name in sorted(scored, reverse=True) if share > 0]
+
+
+def _profile_drift(profile: Profile, history: Profile | None, th: Thresholds) -> CheckOutcome:
+    name = "profile_drift"
+    threshold = {
+        "family_null_share": th.drift_family_null_share,
+        "column_null_share": th.drift_column_null_share,
+        "range_factor": th.drift_range_factor,
+    }
+    if history is None:
+        return CheckOutcome(
+            name,
+            True,
+            CHECK_DESCRIPTIONS[name],
+            {
+                "summary": "first build of the pair: no published profile to compare with; "
+                "judged by the expected null shares (null_completeness)",
+                "actual": "no history",
+                "expected": "the pair's last published profile",
+                "threshold": threshold,
+            },
+        )
+    families: dict[str, dict[str, float]] = {}
+    for f in profile.families:
+        before = history.family(f.family)
+        if (
+            before is not None
+            and abs(f.null_share - before.null_share) > th.drift_family_null_share
+        ):
+            families[f.family] = {
+                "before": round(before.null_share, 6),
+                "now": round(f.null_share, 6),
+            }
+    now, then = profile.columns, history.columns
+    then_index = {c: i for i, c in enumerate(then.column("column").to_pylist())}
+    names = now.column("column").to_pylist()
+    common = [(i, then_index[c]) for i, c in enumerate(names) if c in then_index]
+    a = np.asarray([i for i, _ in common], dtype=np.int64)
+    b = np.asarray([j for _, j in common], dtype=np.int64)
+
+    def values(table: pa.Table, column: str, idx: np.ndarray) -> np.ndarray:
+        array = table.column(column).combine_chunks().take(pa.array(idx, pa.int64()))
+        return np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+    share_now, share_then = values(now, "null_share", a), values(then, "null_share", b)
+    lo_now, lo_then = values(now, "min", a), values(then, "min", b)
+    hi_now, hi_then = values(now, "max", a), values(then, "max", b)
+    dtype_now = now.column("dtype").to_pylist()
+    dtype_then = then.column("dtype").to_pylist()
+    moved = np.abs(share_now - share_then) > th.drift_column_null_share
+    became_null = (share_now >= 1.0) & (share_then < 1.0)
+    span = hi_then - lo_then
+    became_constant = (lo_now == hi_now) & (span > 0)
+    with np.errstate(invalid="ignore"):
+        jumped = (span > 0) & (
+            (np.abs(lo_now - lo_then) > th.drift_range_factor * span)
+            | (np.abs(hi_now - hi_then) > th.drift_range_factor * span)
+        )
+    retyped = [
+        f"{names[i]}: {dtype_then[j]} -> {dtype_now[i]}"
+        for i, j in common
+        if dtype_now[i] != dtype_then[j]
+    ]
+
+    def named(mask: np.ndarray) -> list[str]:
+        return [names[int(a[k])] for k in np.flatnonzero(mask)]
+
+    lists = {
+        "null_share_moved": named(moved & ~became_null),
+        "became_all_null": named(became_null),
+        "became_constant": named(became_constant),
+        "range_jumped": named(jumped & ~became_constant),
+        "retyped": retyped,
+    }
+    parts = []
+    if families:
+        parts.append(
+            "families' null share moved: "
+            + ", ".join(f"{k} {v['before']:.1%} -> {v['now']:.1%}" for k, v in families.items())
+        )
+    for label, items in lists.items():
+        if items:
+            parts.append(f"{len(items)} columns {label.replace('_', ' ')} (e.g. {items[0]})")
+    passed = not parts
+    return CheckOutcome(
+        name,
+        passed,
+        CHECK_DESCRIPTIONS[name],
+        {
+            "summary": "; ".join(parts)
+            if parts
+            else f"within tolerance of the profile of {history.created}",
+            "actual": {k: len(v) for k, v in lists.items()} | {"families": len(families)},
+            "expected": f"the profile published {history.created} ({history.rows:,} rows)",
+            "threshold": threshold,
+            "families": families,
+            **{k: _cap(v, th.max_names) for k, v in lists.items()},
+        },
     )
 
 
@@ -678,11 +1086,13 @@ def _no_target_leakage(
     )
 
 
-def _check_footer_size(path: Path, pair: str, limit: int) -> None:
+def _check_footer_size(
+    path: Path | str, pair: str, limit: int, source: BinaryIO | None = None
+) -> None:
     """Refuse a footer too large to parse in bounded memory, from its length in the last 8 bytes
     (a file that is not parquet is left to pyarrow's error)."""
     try:
-        with open(path, "rb") as f:
+        with nullcontext(source) if source is not None else open(path, "rb") as f:
             f.seek(0, 2)
             if f.tell() < 12:
                 return
@@ -703,16 +1113,24 @@ def _check_footer_size(path: Path, pair: str, limit: int) -> None:
 
 
 def validate_training_file(
-    path: Path | str, expectation: Expectation, thresholds: Thresholds | None = None
+    path: Path | str,
+    expectation: Expectation,
+    thresholds: Thresholds | None = None,
+    history: Profile | None = None,
+    *,
+    source: BinaryIO | None = None,
 ) -> ValidationReport:
-    """Run every gate check on a training file without loading it: footer statistics and the key
-    column only. Raises ValidationError only when the file cannot be read as parquet."""
+    """Run every gate check on a training file without loading it: footer statistics, the merge's
+    coverage record and the key column only. `history` is the profile of the pair's last
+    published file (None for a first build). Raises ValidationError only when the file cannot be
+    read as parquet or its coverage record is corrupt. `source`: the file already opened (a
+    stored object read by ranges), `path` then only names it."""
     th = thresholds or Thresholds()
     clock = Stopwatch()
-    path = Path(path)
-    _check_footer_size(path, expectation.pair, th.max_footer_bytes)
+    path = Path(path) if source is None else path
+    _check_footer_size(path, expectation.pair, th.max_footer_bytes, source)
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(source if source is not None else path)
     except (OSError, pa.ArrowException) as exc:
         raise ValidationError(
             f"pair {expectation.pair}: cannot read {path} as parquet: {exc}"
@@ -725,7 +1143,26 @@ def validate_training_file(
         want = {j for j, t in enumerate(pf.schema_arrow.types) if pa.types.is_floating(t)}
     stats = _footer_stats(pf, path, want)
     read_columns = _fill_missing_nulls(pf, stats)
-    null_outcome, families = _null_completeness(rows, stats, expectation, th, read_columns)
+    try:
+        coverage = Coverage.from_metadata(pf.metadata.metadata)
+    except (ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+        raise ValidationError(
+            f"pair {expectation.pair}: {path} has a corrupt coverage record: {exc}"
+        ) from exc
+    profile = build_profile(
+        expectation.pair,
+        rows,
+        names,
+        stats.types,
+        stats.nulls,
+        stats.mins,
+        stats.maxs,
+        _features(names, expectation),
+        expectation.family_of,
+        FAMILY_ORDER,
+        coverage,
+    )
+    null_outcome, families = _null_completeness(rows, stats, expectation, th, read_columns, profile)
     outcomes = (
         _row_count(rows, expectation, th),
         _column_count(names, expectation, th),
@@ -733,6 +1170,9 @@ def validate_training_file(
         null_outcome,
         _key_integrity(pf, names, th),
         _no_target_leakage(pf, stats, index, expectation, th),
+        _table_coverage(coverage, rows, expectation, th),
+        _newest_rows(profile, stats, expectation, th),
+        _profile_drift(profile, history, th),
     )
     return ValidationReport(
         pair=expectation.pair,
@@ -743,5 +1183,6 @@ def validate_training_file(
         seconds=clock.seconds,
         peak_rss_bytes=peak_rss_bytes(),
         families=families,
+        profile=profile,
         row_groups=pf.metadata.num_row_groups,
     )

@@ -1,0 +1,263 @@
+"""A training file's profile: per column nulls and range, per family and table, from its footer."""
+
+# A profile is what the gate remembers of a published file, to judge the next build of the same
+# pair against it (TFDV's statistics per span, Deequ's metrics repository): per column the null
+# share and the footer min/max, per family the null share split into nulls the merge made (spine
+# keys a table has no row for) and nulls the source had, and each table's coverage. It is built
+# from the footer only (validation has already walked it), stored beside the published file as
+# `training_{pair}.profile.parquet` (one row per column; families, tables and the coverage record
+# in the file's key-value metadata), and is a few hundred KB at 17K columns.
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bqx_assets.core.coverage import COVERAGE_KEY, Coverage
+from bqx_assets.core.errors import ValidationError
+from bqx_assets.core.storage import Storage
+
+PROFILE_KEY = "bqx:profile"
+"""Key of the profile's summary (pair, rows, families, tables) in its parquet metadata."""
+
+UNEXPECTED_FAMILY = "unexpected"
+"""Family of a feature column the catalog does not know (reported by column_count too)."""
+
+_SCHEMA = pa.schema(
+    [
+        pa.field("column", pa.string()),
+        pa.field("family", pa.string()),
+        pa.field("table", pa.string()),
+        pa.field("dtype", pa.string()),
+        pa.field("nulls", pa.int64()),
+        pa.field("null_share", pa.float64()),
+        pa.field("merge_nulls", pa.int64()),
+        pa.field("source_nulls", pa.int64()),
+        pa.field("newest_nulls", pa.int64()),
+        pa.field("min", pa.float64()),
+        pa.field("max", pa.float64()),
+    ]
+)
+"""One row per feature column. merge_nulls: spine rows its table has no row for; source_nulls:
+the rest of its nulls (values null in the source); newest_nulls: nulls in the newest day (-1
+without a coverage record); min/max: footer statistics of numeric columns, null otherwise."""
+
+
+def profile_key(pair: str) -> str:
+    """Storage key of a published file's profile, beside `training_{pair}.parquet`."""
+    return f"training_{pair}.profile.parquet"
+
+
+@dataclass(frozen=True)
+class FamilyProfile:
+    """Null shares of one feature family (cells of the family in the file as denominator)."""
+
+    family: str
+    columns: int
+    null_share: float
+    merge_null_share: float
+    """Cells null because the table had no row for the spine key (the merge made them)."""
+    source_null_share: float
+    """Cells null in the table's own rows (the source had them)."""
+    all_null_columns: int
+    newest_null_share: float | None = None
+    """Null share of the newest day's rows (None without a coverage record)."""
+    newest_source_null_share: float | None = None
+    """Share of null values among the newest day's rows that the tables have."""
+    whole_source_null_share: float | None = None
+    """Share of null values among all the rows the tables have (the newest day's reference)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FamilyProfile:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A training file's profile: the per-column frame and its per-family summary."""
+
+    pair: str
+    rows: int
+    created: str
+    columns: pa.Table
+    families: tuple[FamilyProfile, ...]
+    coverage: Coverage | None = None
+
+    def family(self, name: str) -> FamilyProfile | None:
+        return next((f for f in self.families if f.family == name), None)
+
+    def to_bytes(self) -> bytes:
+        summary = {
+            "pair": self.pair,
+            "rows": self.rows,
+            "created": self.created,
+            "families": [f.to_json() for f in self.families],
+        }
+        metadata = {PROFILE_KEY: json.dumps(summary, separators=(",", ":"))}
+        if self.coverage is not None:
+            metadata[COVERAGE_KEY] = self.coverage.encode()
+        table = self.columns.replace_schema_metadata(metadata)
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd", store_schema=False)
+        return sink.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> Profile:
+        try:
+            table = pq.read_table(io.BytesIO(data))
+            metadata = table.schema.metadata or {}
+            summary = json.loads(metadata[PROFILE_KEY.encode()])
+            coverage = Coverage.from_metadata(metadata)
+            return cls(
+                pair=str(summary["pair"]),
+                rows=int(summary["rows"]),
+                created=str(summary["created"]),
+                columns=table.replace_schema_metadata(None).cast(_SCHEMA),
+                families=tuple(FamilyProfile.from_json(f) for f in summary["families"]),
+                coverage=coverage,
+            )
+        except (OSError, pa.ArrowException, KeyError, ValueError, TypeError) as exc:
+            raise ValidationError(f"{where}: not a training-file profile: {exc}") from exc
+
+    def family_markdown(self) -> str:
+        """Per-family null shares as a markdown table: all, made by the merge, in the source,
+        and in the newest day."""
+        lines = [
+            "| family | columns | null share | merge-made | in source | newest day | all-null |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for f in self.families:
+            newest = "-" if f.newest_null_share is None else f"{f.newest_null_share:.2%}"
+            lines.append(
+                f"| {f.family} | {f.columns:,} | {f.null_share:.2%} | {f.merge_null_share:.2%} "
+                f"| {f.source_null_share:.2%} | {newest} | {f.all_null_columns} |"
+            )
+        return "\n".join(lines)
+
+
+def build_profile(
+    pair: str,
+    rows: int,
+    names: Sequence[str],
+    types: Sequence[pa.DataType],
+    nulls: np.ndarray,
+    mins: np.ndarray,
+    maxs: np.ndarray,
+    features: Sequence[int],
+    family_of: Mapping[str, str],
+    family_order: Sequence[str],
+    coverage: Coverage | None,
+) -> Profile:
+    """The profile of the feature columns `features` (indexes into `names`) of a file of `rows`
+    rows, from footer null counts and min/max (NaN where absent) and the merge's coverage."""
+    idx = np.asarray(features, dtype=np.int64)
+    n = len(idx)
+    table_of = coverage.table_of_column() if coverage else {}
+    merge = np.zeros(n, dtype=np.int64)
+    newest = np.full(n, -1, dtype=np.int64)
+    newest_merge = np.zeros(n, dtype=np.int64)
+    newest_rows_had = np.zeros(n, dtype=np.int64)  # newest-day rows the column's table has
+    rows_had = np.full(n, rows, dtype=np.int64)  # rows the column's table has
+    tables: list[str] = []
+    for i, j in enumerate(idx):
+        t = table_of.get(int(j))
+        if t is None:
+            tables.append("")
+            continue
+        tables.append(t.table)
+        merge[i] = rows - t.matched
+        rows_had[i] = t.matched
+        newest[i] = t.newest_nulls[int(j) - t.first_column]
+        newest_merge[i] = coverage.newest_rows - t.newest_matched if coverage else 0
+        newest_rows_had[i] = t.newest_matched
+    col_nulls = nulls[idx] if n else np.zeros(0, dtype=np.int64)
+    source = np.maximum(col_nulls - merge, 0)
+    families = [family_of.get(names[j], UNEXPECTED_FAMILY) for j in idx]
+    numeric = np.array(
+        [pa.types.is_integer(types[j]) or pa.types.is_floating(types[j]) for j in idx], dtype=bool
+    )
+    lo = np.where(numeric, mins[idx], np.nan) if n else np.zeros(0)
+    hi = np.where(numeric, maxs[idx], np.nan) if n else np.zeros(0)
+    frame = pa.table(
+        [
+            pa.array([names[j] for j in idx], pa.string()),
+            pa.array(families, pa.string()),
+            pa.array(tables, pa.string()),
+            pa.array([str(types[j]) for j in idx], pa.string()),
+            pa.array(col_nulls, pa.int64()),
+            pa.array(col_nulls / rows if rows else np.zeros(n), pa.float64()),
+            pa.array(merge, pa.int64()),
+            pa.array(source, pa.int64()),
+            pa.array(newest, pa.int64()),
+            pa.array(lo, pa.float64(), mask=np.isnan(lo)),
+            pa.array(hi, pa.float64(), mask=np.isnan(hi)),
+        ],
+        schema=_SCHEMA,
+    )
+    fam = np.asarray(families, dtype=object)
+    order = {f: i for i, f in enumerate(family_order)}
+    summaries = []
+    for family in sorted(set(families), key=lambda f: (order.get(f, len(order)), f)):
+        m = fam == family
+        cells = rows * int(m.sum())
+        summary: dict[str, Any] = {
+            "family": family,
+            "columns": int(m.sum()),
+            "null_share": _share(int(col_nulls[m].sum()), cells),
+            "merge_null_share": _share(int(merge[m].sum()), cells),
+            "source_null_share": _share(int(source[m].sum()), cells),
+            "all_null_columns": int((col_nulls[m] >= rows).sum()) if rows else 0,
+        }
+        if coverage is not None:
+            newest_cells = coverage.newest_rows * int(m.sum())
+            had = int(newest_rows_had[m].sum())
+            summary["newest_null_share"] = _share(int(newest[m].sum()), newest_cells)
+            summary["newest_source_null_share"] = _share(
+                int((newest[m] - newest_merge[m]).clip(min=0).sum()), had
+            )
+            summary["whole_source_null_share"] = _share(
+                int(source[m].sum()), int(rows_had[m].sum())
+            )
+        summaries.append(FamilyProfile(**summary))
+    return Profile(
+        pair=pair,
+        rows=rows,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        columns=frame,
+        families=tuple(summaries),
+        coverage=coverage,
+    )
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def save_profile(storage: Storage, profile: Profile, workdir: Path) -> str:
+    """Store a profile beside the pair's published training file; returns its URI."""
+    local = Path(workdir) / profile_key(profile.pair)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(profile.to_bytes())
+    info = storage.put_file(local, profile_key(profile.pair), move=True)
+    local.unlink(missing_ok=True)
+    return info.uri
+
+
+def load_profile(storage: Storage, pair: str) -> Profile | None:
+    """The profile of the pair's last published training file, None before its first."""
+    data = storage.read_bytes(profile_key(pair))
+    if data is None:
+        return None
+    return Profile.from_bytes(data, storage.uri_of(profile_key(pair)))
