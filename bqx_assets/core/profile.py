@@ -110,7 +110,7 @@ class Profile:
             metadata[COVERAGE_KEY] = self.coverage.encode()
         table = self.columns.replace_schema_metadata(metadata)
         sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd", store_schema=False)
+        pq.write_table(table, sink, compression="zstd")
         return sink.getvalue()
 
     @classmethod
