@@ -23,8 +23,8 @@ from bqx_assets.core.costs import (
 from bqx_assets.defs.partitions import pairs_partitions
 
 
-def test_estimate_prices_the_container_for_its_wall_time_plus_bytes_scanned() -> None:
-    prices = Prices(vcpu_second=0.00001, gib_second=0.000001, bigquery_tib=5.0)
+def test_estimate_prices_the_container_for_its_wall_time_plus_bytes_read() -> None:
+    prices = Prices(vcpu_second=0.00001, gib_second=0.000001, storage_read_tib=5.0)
     cloud_run, bigquery = estimate(1000.0, 2**40 // 2, prices, Container(vcpus=2, memory_gib=4))
     assert cloud_run == pytest.approx(1000 * (2 * 0.00001 + 4 * 0.000001))
     assert bigquery == pytest.approx(2.5)
@@ -32,8 +32,18 @@ def test_estimate_prices_the_container_for_its_wall_time_plus_bytes_scanned() ->
 
 def test_default_prices_put_a_96_minute_pair_near_the_first_teams_bill() -> None:
     # The first team paid $0.60-0.71 per pair for 77-96 min on Cloud Run (4 vCPU, 16 GiB).
-    cloud_run, _ = estimate(96 * 60, 0)
+    cloud_run, _ = estimate(96 * 60, 0, container=Container(vcpus=4, memory_gib=16))
     assert 0.4 < cloud_run < 0.8
+    # The job now runs at 2 vCPU / 4 GiB: the same time costs 0.44/1.04 (42%) of that.
+    assert estimate(96 * 60, 0)[0] == pytest.approx(cloud_run * 0.44 / 1.04)
+
+
+def test_storage_read_bytes_are_priced_at_the_data_extraction_rate() -> None:
+    # $1.10 per TiB read (BigQuery "Data extraction pricing"), not the $6.25 query rate: a
+    # pair's ~12 GB of checkpoints read from the warehouse costs about 1.2 cents.
+    _, bigquery = estimate(0.0, 12 * 10**9)
+    assert bigquery == pytest.approx(12e9 / 2**40 * 1.10)
+    assert Prices().storage_read_free_tib_per_month == 300.0
 
 
 def test_step_usage_measures_cpu_wall_memory_and_bytes() -> None:
@@ -47,7 +57,7 @@ def test_step_usage_measures_cpu_wall_memory_and_bytes() -> None:
     assert measured.cpu_seconds > 0
     assert measured.peak_rss_bytes > 10 * 2**20
     assert measured.bytes_read == 3 * 2**30
-    assert measured.bigquery_usd == pytest.approx(3 / 1024 * 6.25)
+    assert measured.bigquery_usd == pytest.approx(3 / 1024 * 1.10)
     assert usage.finish() is measured  # fixed once finished
     metadata = usage.metadata()
     assert tuple(metadata) == METADATA_KEYS
@@ -116,7 +126,10 @@ def test_cost_lines_sum_each_pairs_latest_run_counting_a_multi_asset_step_once(
         deps=[pair_checkpoints.keys_by_output_name["checkpoints__agg"]],
     )
     def training_file() -> dg.MaterializeResult:
-        return dg.MaterializeResult(metadata=_usage_metadata(50.0, 0))
+        # A footprint measurement beside the usage: reported as recorded, the largest per line.
+        return dg.MaterializeResult(
+            metadata={**_usage_metadata(50.0, 0), "step_peak_local_bytes": 3 * 2**30}
+        )
 
     @dg.asset(key=["checkpoints", "tri"])
     def shared() -> dg.MaterializeResult:
@@ -129,7 +142,7 @@ def test_cost_lines_sum_each_pairs_latest_run_counting_a_multi_asset_step_once(
         ).success
     assert dg.materialize([shared], instance=instance).success
 
-    prices = Prices(vcpu_second=0.001, gib_second=0.0, bigquery_tib=1.0)
+    prices = Prices(vcpu_second=0.001, gib_second=0.0, storage_read_tib=1.0)
     lines = {
         line.name: line
         for line in cost_lines(instance, None, prices=prices, container=Container(1, 1))
@@ -146,6 +159,11 @@ def test_cost_lines_sum_each_pairs_latest_run_counting_a_multi_asset_step_once(
     assert shared_line.steps == 1 and shared_line.usage.bytes_read == 2**40
     assert shared_line.usage.bigquery_usd == pytest.approx(1.0)
     assert shared_line.usage.wall_seconds > 0
+    assert pair.footprint == {"step_peak_local_bytes": 3 * 2**30}
+    assert shared_line.footprint == {}
+    report = format_report(list(lines.values())).splitlines()
+    assert "peak_local_GiB" in report[0]
+    assert report[-1].split()[-1] == "3.00"  # the total keeps the largest footprint
     only = cost_lines(instance, ["gbpusd"], shared=False)
     assert [line.name for line in only] == ["gbpusd"]
     json.dumps([line.to_dict() for line in only])  # what `bqx costs` emits
@@ -175,3 +193,12 @@ def test_bqx_costs_prints_a_table_and_one_json_line(
     assert [line["name"] for line in summary["lines"]] == ["usdjpy"]
     assert summary["total"]["wall_seconds"] == pytest.approx(30.0)
     assert summary["container"] == {"vcpus": 2.0, "memory_gib": 4.0}
+
+
+def test_pipeline_settings_default_to_the_cores_prices_and_gate() -> None:
+    from bqx_assets.core.validation import Thresholds
+    from bqx_assets.defs.resources import PipelineSettings
+
+    settings = PipelineSettings()
+    assert settings.bq_price_per_tib == Prices().storage_read_tib
+    assert settings.thresholds() == Thresholds()

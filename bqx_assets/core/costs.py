@@ -5,9 +5,11 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import TracebackType
 from typing import Any, Self
+
+from bqx_assets.core.metrics import peak_rss_bytes
 
 METADATA_KEYS: tuple[str, ...] = (
     "step_cpu_seconds",
@@ -22,24 +24,37 @@ METADATA_KEYS: tuple[str, ...] = (
 step's usage on each family's materialization, beside that family's own `bytes_read`."""
 
 
+STORAGE_READ_PRICING_URL = "https://cloud.google.com/bigquery/pricing#data_extraction_pricing"
+"""Google's BigQuery pricing page, "Data extraction pricing": the Storage Read API's price."""
+
+
 @dataclass(frozen=True)
 class Prices:
-    """List prices in USD. Defaults: Cloud Run jobs (instance-based billing) in us-central1, a
-    tier-1 region, free tier ignored: $0.000018 per vCPU-second and $0.000002 per GiB-second;
-    BigQuery on-demand analysis in the US multi-region: $6.25 per TiB scanned."""
+    """List prices in USD. Cloud Run jobs (instance-based billing) in us-central1, a tier-1
+    region, free tier ignored: $0.000018 per vCPU-second and $0.000002 per GiB-second.
+
+    Bytes read are Storage Read API bytes, which BigQuery prices on their own ("Data extraction
+    pricing", STORAGE_READ_PRICING_URL), not at the on-demand query rate ($6.25 per TiB scanned):
+    on-demand, $1.10 per TiB read in the US multi-region. Export mode reads nothing billable (an
+    extract job is free)."""
 
     vcpu_second: float = 0.000018
     gib_second: float = 0.000002
-    bigquery_tib: float = 6.25
+    storage_read_tib: float = 1.10
+    storage_read_free_tib_per_month: float = 300.0
+    """The free Storage Read allowance per billing account and month. Not subtracted by the
+    estimates: a step cannot know the month's total; at ~12 GB per pair, a whole backfill of
+    28 pairs stays far inside it, so the BigQuery figures are the list price before it."""
 
 
 @dataclass(frozen=True)
 class Container:
     """The Cloud Run job's container: it is billed for what it is allocated for the whole wall
-    time, not for what the step used, so the estimate needs its size."""
+    time, not for what the step used, so the estimate needs its size. The default is the job's
+    size in deploy/ (2 vCPU, 4 GiB: the streaming merge stays under 1 GiB)."""
 
-    vcpus: float = 4.0
-    memory_gib: float = 16.0
+    vcpus: float = 2.0
+    memory_gib: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,12 @@ class Usage:
             cloud_run_usd=self.cloud_run_usd + other.cloud_run_usd,
             bigquery_usd=self.bigquery_usd + other.bigquery_usd,
         )
+
+    def priced(self, prices: Prices | None = None, container: Container | None = None) -> Usage:
+        """The same usage with its costs estimated at `prices` for `container` (a report may
+        price recorded runs differently from how they were priced when they ran)."""
+        cloud_run, bigquery = estimate(self.wall_seconds, self.bytes_read, prices, container)
+        return replace(self, cloud_run_usd=cloud_run, bigquery_usd=bigquery)
 
     def to_metadata(self) -> dict[str, float | int]:
         """Plain values under METADATA_KEYS (the Dagster layer wraps them)."""
@@ -114,11 +135,11 @@ def estimate(
     container: Container | None = None,
 ) -> tuple[float, float]:
     """(Cloud Run USD, BigQuery USD) of a step that held `container` for `wall_seconds` and
-    scanned `bytes_read` bytes."""
+    read `bytes_read` bytes through the Storage Read API."""
     prices = prices or Prices()
     container = container or Container()
     per_second = container.vcpus * prices.vcpu_second + container.memory_gib * prices.gib_second
-    return wall_seconds * per_second, bytes_read / 2**40 * prices.bigquery_tib
+    return wall_seconds * per_second, bytes_read / 2**40 * prices.storage_read_tib
 
 
 def _cpu_seconds() -> float:
@@ -129,11 +150,10 @@ def _cpu_seconds() -> float:
 
 
 def _peak_rss_bytes() -> int:
-    # ru_maxrss is the peak of the process's life (KiB on Linux). Each step of a multiprocess run
-    # is its own process, so there it is the step's peak; in-process runs report the run's.
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) * 1024
+    # The peak of the process's life: each step of a multiprocess run is its own process, so
+    # there it is the step's peak; in-process runs report the run's. Children too: work done in
+    # subprocesses is held by the step as well.
+    return max(peak_rss_bytes(), peak_rss_bytes(children=True))
 
 
 @dataclass
@@ -190,34 +210,65 @@ class StepUsage:
         self.finish()
 
 
+def footprint(metadata: Mapping[str, Any]) -> dict[str, float]:
+    """A step's other recorded measurements: numeric metadata under `step_` keys that are not
+    METADATA_KEYS (the footprint: peak local bytes, RSS + local bytes, named in metrics.py)."""
+    found: dict[str, float] = {}
+    for key, value in metadata.items():
+        value = getattr(value, "value", value)
+        if (
+            key.startswith("step_")
+            and key not in METADATA_KEYS
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
+            found[key] = value
+    return found
+
+
+def largest(*footprints: Mapping[str, float]) -> dict[str, float]:
+    """The largest value per key: footprints are peaks, which steps run one after another do
+    not add."""
+    out: dict[str, float] = {}
+    for each in footprints:
+        for key, value in each.items():
+            out[key] = max(out.get(key, value), value)
+    return out
+
+
 @dataclass(frozen=True)
 class CostLine:
-    """One row of a cost report: a pair (or `shared`) and the summed usage of its steps."""
+    """One row of a cost report: a pair (or `shared`), the summed usage of its steps and the
+    largest footprint any of them recorded."""
 
     name: str
     steps: int
     usage: Usage
+    footprint: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "steps": self.steps, **self.usage.to_dict()}
+        return {"name": self.name, "steps": self.steps, **self.usage.to_dict(), **self.footprint}
 
 
 def total(lines: Iterable[CostLine]) -> CostLine:
     summed = Usage()
     steps = 0
+    peaks: dict[str, float] = {}
     for line in lines:
         summed = summed + line.usage
         steps += line.steps
-    return CostLine("total", steps, summed)
+        peaks = largest(peaks, line.footprint)
+    return CostLine("total", steps, summed, peaks)
 
 
 def format_report(lines: Iterable[CostLine]) -> str:
-    """A fixed-width table of the lines and their total."""
+    """A fixed-width table of the lines and their total (footprint columns when recorded)."""
     lines = list(lines)
+    extra = sorted({key for line in lines for key in line.footprint})
     header = (
         f"{'pair':10} {'steps':>5} {'cpu_s':>9} {'peak_GiB':>9} {'wall_s':>9} "
         f"{'read_MB':>10} {'cloud_run_$':>12} {'bigquery_$':>11} {'total_$':>10}"
-    )
+    ) + "".join(f" {_column(key):>{_width(key)}}" for key in extra)
     rows = [header, "-" * len(header)]
     for line in [*lines, total(lines)]:
         u = line.usage
@@ -226,5 +277,21 @@ def format_report(lines: Iterable[CostLine]) -> str:
             f"{u.peak_rss_bytes / 2**30:>9.2f} {u.wall_seconds:>9.1f} "
             f"{u.bytes_read / 1e6:>10.1f} {u.cloud_run_usd:>12.6f} {u.bigquery_usd:>11.6f} "
             f"{u.estimated_cost_usd:>10.6f}"
+            + "".join(f" {_cell(key, line.footprint.get(key)):>{_width(key)}}" for key in extra)
         )
     return "\n".join(rows)
+
+
+def _column(key: str) -> str:
+    name = key.removeprefix("step_")
+    return f"{name.removesuffix('_bytes')}_GiB" if name.endswith("_bytes") else name
+
+
+def _width(key: str) -> int:
+    return max(10, len(_column(key)))
+
+
+def _cell(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 2**30:.2f}" if key.endswith("_bytes") else f"{value:g}"

@@ -179,7 +179,7 @@ def _extract(
     sources: Sequence[Source],
     what: str,
 ) -> Iterator[dg.MaterializeResult]:
-    usage = StepUsage(prices=Prices(bigquery_tib=settings.bq_price_per_tib)).start()
+    usage = StepUsage(prices=Prices(storage_read_tib=settings.bq_price_per_tib)).start()
     storage = checkpoints.storage()
     context.log.info(f"{what}: {len(sources)} tables from {warehouse.describe()} to {storage.uri}")
 

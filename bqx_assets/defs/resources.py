@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.costs import Prices
 from bqx_assets.core.extraction import EXTRACT_MODES, ExtractMode
 from bqx_assets.core.storage import Storage, open_storage
 from bqx_assets.core.validation import Thresholds
@@ -84,6 +85,10 @@ class CheckpointStore(dg.ConfigurableResource):
         return open_storage(self.root, durable=False)
 
 
+_GATE = Thresholds()
+"""The gate's production defaults, which the settings' defaults are."""
+
+
 @cache
 def _load_catalog(path: str | None) -> Catalog:
     return Catalog.load(path)
@@ -105,17 +110,20 @@ class PipelineSettings(dg.ConfigurableResource):
         default=None, description="gs:// prefix for the export mode's parquet shards (deleted)"
     )
     bq_price_per_tib: float = Field(
-        default=6.25, description="on-demand price of a TiB scanned (US multi-region list price)"
+        default=Prices().storage_read_tib,
+        description="price of a TiB read through the Storage Read API (US multi-region list price)",
     )
     workdir: str = Field(default="data/work", description="local scratch for merges")
-    min_rows: int = 150_000
-    max_rows: int = 200_000
-    target_null_share: float = 0.01
-    feature_null_share: float = 0.05
+    # Gate defaults are the core's (validation.Thresholds), not restated here.
+    min_rows: int = _GATE.min_rows
+    max_rows: int = _GATE.max_rows
+    target_null_share: float = _GATE.target_null_share
+    feature_null_share: float = _GATE.feature_null_share
     family_null_share: dict[str, float] = Field(
-        default_factory=dict, description="per-family overrides of feature_null_share"
+        default_factory=lambda: dict(_GATE.family_null_share),
+        description="per-family overrides of feature_null_share",
     )
-    leak_allow: list[str] = Field(default_factory=list)
+    leak_allow: list[str] = Field(default_factory=lambda: list(_GATE.leak_allow))
 
     def catalog(self) -> Catalog:
         return _load_catalog(self.catalog_path)

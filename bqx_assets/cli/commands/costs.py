@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bqx_assets.core.costs import Container, CostLine, Prices, Usage, estimate, format_report, total
+from bqx_assets.core.costs import (
+    STORAGE_READ_PRICING_URL,
+    Container,
+    CostLine,
+    Prices,
+    Usage,
+    footprint,
+    format_report,
+    largest,
+    total,
+)
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -24,8 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Reads the Dagster instance (DAGSTER_HOME, default: the current folder): for each "
             "pair, the run of its latest training file, and the run of the latest shared "
             "checkpoints; sums each run's steps and prices them as Cloud Run job time of the "
-            "given container plus BigQuery bytes scanned. Steps without recorded usage are "
-            "measured from their start and end events (CPU unknown: 0)."
+            "given container plus Storage Read API bytes read. Steps without recorded usage "
+            "are measured from Dagster's step statistics (CPU unknown: 0)."
         ),
     )
     parser.add_argument("--pairs", default=None, help="comma-separated pairs (default: all built)")
@@ -33,7 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     defaults, size = Prices(), Container()
     parser.add_argument("--vcpu-second", type=float, default=defaults.vcpu_second)
     parser.add_argument("--gib-second", type=float, default=defaults.gib_second)
-    parser.add_argument("--bigquery-tib", type=float, default=defaults.bigquery_tib)
+    parser.add_argument(
+        "--storage-read-tib",
+        type=float,
+        default=defaults.storage_read_tib,
+        help=f"USD per TiB read through the Storage Read API ({STORAGE_READ_PRICING_URL})",
+    )
     parser.add_argument("--vcpus", type=float, default=size.vcpus, help="run container vCPUs")
     parser.add_argument("--memory-gib", type=float, default=size.memory_gib)
     parser.set_defaults(handler=_costs)
@@ -46,56 +60,37 @@ def _number(value: Any) -> float | None:
 
 def run_usage(
     instance: dg.DagsterInstance, run_id: str, prices: Prices, container: Container
-) -> tuple[int, Usage]:
-    """(steps, summed usage) of one run, priced with `prices` for `container`."""
-    import dagster as dg
-
-    kinds = {
-        dg.DagsterEventType.STEP_START,
-        dg.DagsterEventType.STEP_SUCCESS,
-        dg.DagsterEventType.STEP_FAILURE,
-        dg.DagsterEventType.ASSET_MATERIALIZATION,
-    }
-    started: dict[str, float] = {}
-    ended: dict[str, float] = {}
-    recorded: dict[str, Usage] = {}
-    bytes_read: dict[str, int] = defaultdict(int)
-    peak: dict[str, int] = defaultdict(int)
-    for entry in instance.all_logs(run_id, of_type=kinds):
-        step, event = entry.step_key, entry.dagster_event
-        if step is None or event is None:
-            continue
-        if event.event_type == dg.DagsterEventType.STEP_START:
-            started[step] = entry.timestamp
-        elif event.event_type != dg.DagsterEventType.ASSET_MATERIALIZATION:
-            ended[step] = entry.timestamp
-        else:
-            metadata = event.step_materialization_data.materialization.metadata
-            usage = Usage.from_metadata(metadata)
-            if usage is not None:
-                # A multi-asset repeats its step's usage on every family it materializes.
-                recorded.setdefault(step, usage)
-            bytes_read[step] += int(_number(metadata.get("bytes_read")) or 0)
-            for key in ("peak_rss_bytes", "merge_peak_rss_bytes"):
-                peak[step] = max(peak[step], int(_number(metadata.get(key)) or 0))
+) -> tuple[int, Usage, dict[str, float]]:
+    """(steps, summed usage priced with `prices` for `container`, largest footprint) of one run,
+    from Dagster's step statistics: each step's recorded usage, or where a step recorded none,
+    its wall time and the `bytes_read` and peak memory its materializations report."""
     summed = Usage()
-    steps = sorted(set(started) | set(recorded))
-    for step in steps:
-        usage = recorded.get(step) or Usage(
-            peak_rss_bytes=peak[step],
-            wall_seconds=max(0.0, ended.get(step, started[step]) - started[step]),
-            bytes_read=bytes_read[step],
-        )
-        cloud_run, bigquery = estimate(usage.wall_seconds, usage.bytes_read, prices, container)
-        summed = summed + Usage(
-            cpu_seconds=usage.cpu_seconds,
-            peak_rss_bytes=usage.peak_rss_bytes,
-            wall_seconds=usage.wall_seconds,
-            bytes_read=usage.bytes_read,
-            cloud_run_usd=cloud_run,
-            bigquery_usd=bigquery,
-        )
-    return len(steps), summed
+    peaks: list[dict[str, float]] = []
+    stats = instance.get_run_step_stats(run_id)
+    for step in stats:
+        recorded: Usage | None = None
+        bytes_read, peak = 0, 0
+        for entry in step.materialization_events:
+            materialization = entry.asset_materialization
+            if materialization is None:
+                continue
+            metadata = materialization.metadata
+            # A multi-asset repeats its step's usage on every family it materializes.
+            recorded = recorded or Usage.from_metadata(metadata)
+            bytes_read += int(_number(metadata.get("bytes_read")) or 0)
+            for key in ("peak_rss_bytes", "merge_peak_rss_bytes"):
+                peak = max(peak, int(_number(metadata.get(key)) or 0))
+            peaks.append(footprint(metadata))
+        if recorded is None:
+            started = step.start_time or 0.0
+            ended = step.end_time or started
+            recorded = Usage(
+                peak_rss_bytes=peak,
+                wall_seconds=max(0.0, ended - started),
+                bytes_read=bytes_read,
+            )
+        summed = summed + recorded.priced(prices, container)
+    return len(stats), summed, largest(*peaks)
 
 
 def cost_lines(
@@ -119,13 +114,14 @@ def cost_lines(
             dg.AssetRecordsFilter(asset_key=training, asset_partitions=[pair]), limit=1
         ).records
         if records:
-            steps, usage = run_usage(instance, records[0].run_id, prices, container)
-            lines.append(CostLine(pair, steps, usage))
+            steps, usage, peaks = run_usage(instance, records[0].run_id, prices, container)
+            lines.append(CostLine(pair, steps, usage, peaks))
     if shared:
         records = instance.fetch_materializations(dg.AssetKey(["checkpoints", "tri"]), limit=1)
         if records.records:
-            steps, usage = run_usage(instance, records.records[0].run_id, prices, container)
-            lines.append(CostLine(SHARED, steps, usage))
+            run_id = records.records[0].run_id
+            steps, usage, peaks = run_usage(instance, run_id, prices, container)
+            lines.append(CostLine(SHARED, steps, usage, peaks))
     return lines
 
 
@@ -137,7 +133,7 @@ def _costs(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("DAGSTER_HOME", str(Path.cwd()))
     pairs = [Catalog.load().check_pair(p) for p in args.pairs.split(",")] if args.pairs else None
-    prices = Prices(args.vcpu_second, args.gib_second, args.bigquery_tib)
+    prices = Prices(args.vcpu_second, args.gib_second, args.storage_read_tib)
     container = Container(args.vcpus, args.memory_gib)
     with dg.DagsterInstance.get() as instance:
         lines = cost_lines(
@@ -145,7 +141,9 @@ def _costs(args: argparse.Namespace) -> int:
         )
     print(
         f"prices: ${prices.vcpu_second}/vCPU-s, ${prices.gib_second}/GiB-s "
-        f"({container.vcpus:g} vCPU, {container.memory_gib:g} GiB), ${prices.bigquery_tib}/TiB"
+        f"({container.vcpus:g} vCPU, {container.memory_gib:g} GiB), "
+        f"${prices.storage_read_tib}/TiB read (Storage Read API; the first "
+        f"{prices.storage_read_free_tib_per_month:g} TiB a month are free, not subtracted)"
     )
     print(format_report(lines))
     emit(
