@@ -204,8 +204,14 @@ class GCSStorage(Storage):
         """The stream an upload reads. A seam for tests that inject corruption on the wire."""
         return open(local, "rb")
 
-    def _upload_temp(self, local: Path, name: str, size: int) -> tuple[storage.Blob, float]:
+    def _upload_temp(
+        self, local: Path, name: str, size: int, crc32c: str | None = None
+    ) -> tuple[storage.Blob, float]:
         blob = self.bucket.blob(self._temp_name(name), chunk_size=self.chunk_size)
+        # The local file's CRC32C goes with the upload's metadata (multipart and resumable
+        # alike): GCS itself refuses an object whose bytes do not match it. The client computes
+        # no checksum of its own (checksum=None): it would hash the bytes as sent, not the file.
+        blob.crc32c = crc32c
         watch = Stopwatch()
         with self._open_for_upload(local) as stream:
             # Larger than one chunk: a resumable upload, streamed chunk by chunk. The fresh temp
@@ -249,7 +255,14 @@ class GCSStorage(Storage):
         def attempt() -> storage.Blob:
             nonlocal attempts, upload_seconds, verify_seconds
             attempts += 1
-            blob, upload_seconds = self._upload_temp(local, name, size)
+            try:
+                blob, upload_seconds = self._upload_temp(local, name, size, expected)
+            except api_exceptions.BadRequest as exc:
+                # GCS answers 400 "Provided CRC32C ... doesn't match calculated CRC32C": bytes
+                # corrupted on the way, retried like a mismatch found by the read-back below.
+                if "crc32c" not in str(exc).lower():
+                    raise
+                raise _ChecksumMismatch(f"GCS refused the upload: {exc}") from exc
             check = Stopwatch()
             blob.reload()
             verify_seconds += check.seconds
