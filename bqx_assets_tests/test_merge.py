@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,9 +20,13 @@ import pytest
 
 from bqx_assets.cli import main
 from bqx_assets.core.catalog import Catalog, Column, Table, TargetsTable
-from bqx_assets.core.errors import MergeError
+from bqx_assets.core.errors import MergeError, StorageError
+from bqx_assets.core.gcs import GCSStorage
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.merge import FeatureSource, merge_checkpoints, sources_for_pair
+from bqx_assets.core.publish import TrainingFile, publish_training_file
+from bqx_assets.core.storage import StoredFile, file_crc32c
+from bqx_assets_tests.emulators import gcs as gcs_fixtures
 
 START = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
 TARGETS = ["target_a", "target_b"]
@@ -455,3 +464,181 @@ def test_cli_reports_bad_input_and_exits_non_zero(
     assert code == 1
     assert "bqx merge: error:" in err and "dup_table" in err and "duplicate" in err
     assert not out.exists()
+
+
+# -- checkpoints read in place from GCS, output streamed to GCS --------------------------------
+gcs_emulator = gcs_fixtures.gcs_emulator
+gcs_bucket = gcs_fixtures.gcs_bucket
+STREAM_CHUNK = 256 * 1024  # the smallest resumable-upload chunk: several chunks per test file
+
+
+def wide(tmp_path: Path, name: str, keys: Sequence[int], columns: int, seed: int) -> Path:
+    """A float table of random values (incompressible: the output spans many upload chunks),
+    in several row groups, with a string column (dictionary pages)."""
+    rng = np.random.default_rng(seed)
+    data: dict = {KEY: minutes(keys)}
+    for c in range(columns):
+        values = rng.normal(size=len(keys))
+        data[f"v{c}"] = pa.array(values, mask=values > 1.5)
+    data["label"] = ["up" if k % 3 else "down" for k in keys]
+    return write(tmp_path / f"{name}.parquet", data, row_group_size=max(1, len(keys) // 3))
+
+
+def stored_inputs(
+    storage: GCSStorage, spine: Path, features: Sequence[FeatureSource]
+) -> tuple[StoredFile, list[FeatureSource]]:
+    """The same files uploaded to `storage` and opened in place, checked against their
+    stored size and CRC32C as the asset checks them against their manifests."""
+
+    def upload(path: Path) -> StoredFile:
+        info = storage.put_file(path, path.name)
+        return storage.open_stored(path.name, size=info.size, crc32c=info.crc32c)
+
+    return upload(spine), [replace(f, path=upload(Path(f.path))) for f in features]
+
+
+def local_set(
+    tmp_path: Path, rows: int = 3000, tables: int = 6
+) -> tuple[Path, list[FeatureSource]]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    order = list(range(rows))
+    spine = write(
+        tmp_path / "targets.parquet",
+        {
+            KEY: minutes(order),
+            "target_a": [float(m) for m in order],
+            "target_b": [None if m % 7 == 0 else -float(m) for m in order],
+        },
+        row_group_size=rows // 2,
+    )
+    features = [
+        FeatureSource(f"t{i}", wide(tmp_path, f"t{i}", range(i * 10, rows + i * 10), 8, seed=i))
+        for i in range(tables)
+    ]
+    return spine, features
+
+
+@pytest.mark.emulator
+def test_stored_checkpoints_merge_to_the_same_file_as_local_ones(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    spine, features = local_set(tmp_path / "local")
+    local_out = tmp_path / "local_out" / "training.parquet"
+    merge_checkpoints(spine, TARGETS, features, local_out)
+
+    storage = GCSStorage(gcs_bucket, "ckpt", chunk_size=STREAM_CHUNK)
+    stored_spine, stored = stored_inputs(storage, spine, features)
+    before = storage.reads.requests
+    from_gcs = tmp_path / "gcs_out" / "training.parquet"
+    merge_checkpoints(stored_spine, TARGETS, stored, from_gcs)
+    assert from_gcs.read_bytes() == local_out.read_bytes()
+    assert storage.reads.requests > before  # read by ranges, not through a local copy
+
+    output = GCSStorage(gcs_bucket, "out", chunk_size=STREAM_CHUNK)
+    report = merge_checkpoints(stored_spine, TARGETS, stored, output.stage("training.parquet"))
+    assert report.staged is not None
+    assert report.staged.info.size > 3 * STREAM_CHUNK  # streamed in several chunks
+    assert (report.staged.info.size, report.staged.info.crc32c) == (
+        local_out.stat().st_size,
+        file_crc32c(local_out),
+    )
+    # Column by column, too: the file read back from the object equals the local one.
+    back = pq.ParquetFile(report.staged.file.open()).read()
+    assert back.equals(pq.read_table(local_out))
+    output.discard(report.staged)
+    assert list(output.list()) == []
+
+
+@pytest.mark.emulator
+def test_a_checkpoint_replaced_while_merging_is_an_error_naming_it(
+    gcs_emulator: gcs_fixtures.GCSEmulator, gcs_bucket: str, tmp_path: Path
+) -> None:
+    spine, features = local_set(tmp_path / "local")
+    storage = GCSStorage(gcs_bucket, "ckpt", chunk_size=STREAM_CHUNK)
+    stored_spine, stored = stored_inputs(storage, spine, features)
+    output = GCSStorage(gcs_bucket, "out", chunk_size=STREAM_CHUNK)
+    published = output.write_bytes("training.parquet", b"the previous version")
+
+    def replace_t3(line: str) -> None:
+        if line.startswith("inputs checked"):  # after its footer and keys were read
+            storage.put_file(Path(features[0].path), "t3.parquet")  # another file, new generation
+
+    with pytest.raises(MergeError, match=r"table t3 \(gs://.*t3\.parquet\).*generation"):
+        merge_checkpoints(
+            stored_spine, TARGETS, stored, output.stage("training.parquet"), progress=replace_t3
+        )
+    names = sorted(b.name for b in gcs_emulator.client().list_blobs(gcs_bucket, prefix="out/"))
+    assert names == ["out/training.parquet"]  # no temporary object left
+    assert output.read_bytes("training.parquet") == b"the previous version"
+    assert output.stat("training.parquet") == published
+
+    # Checked against its manifest when opened: a changed object is refused before any read.
+    t3 = Path(features[3].path)
+    with pytest.raises(StorageError, match="changed since it was checked"):
+        storage.open_stored("t3.parquet", size=t3.stat().st_size, crc32c=file_crc32c(t3))
+
+
+_KILLED_MERGE = """
+import sys, time
+from pathlib import Path
+from bqx_assets.core.gcs import GCSStorage
+from bqx_assets.core.merge import FeatureSource, merge_checkpoints
+
+bucket, spine, marker, *tables = sys.argv[1:]
+storage = GCSStorage(bucket, "out", chunk_size=256 * 1024)
+upload = storage.stage("training_eurusd.parquet")
+
+def stall(line):
+    # Some chunks are on the server, the upload is not finished: the test kills us here.
+    if line.startswith("merged") and upload.tell() > 2 * 1024 * 1024:
+        time.sleep(0.5)
+        Path(marker).write_text(str(upload.tell()))
+        time.sleep(3600)
+
+features = [FeatureSource(Path(t).stem, Path(t)) for t in tables]
+merge_checkpoints(Path(spine), ["target_a", "target_b"], features, upload, progress=stall)
+"""
+
+
+@pytest.mark.emulator
+def test_a_merge_killed_while_streaming_leaves_nothing_and_a_rerun_publishes(
+    gcs_emulator: gcs_fixtures.GCSEmulator, gcs_bucket: str, tmp_path: Path
+) -> None:
+    spine, features = local_set(tmp_path / "local", rows=4000, tables=12)
+    expected = tmp_path / "expected.parquet"
+    merge_checkpoints(spine, TARGETS, features, expected)
+    output = GCSStorage(gcs_bucket, "out", chunk_size=STREAM_CHUNK)
+    previous = output.write_bytes("training_eurusd.parquet", b"the previous version")
+    marker = tmp_path / "sent"
+    args = [gcs_bucket, str(spine), str(marker), *(str(f.path) for f in features)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_MERGE, *args],
+        env=gcs_emulator.env(),
+        cwd=Path(__file__).resolve().parents[1],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert int(marker.read_text()) > 2 * 1024 * 1024
+    every = sorted(b.name for b in gcs_emulator.client().list_blobs(gcs_bucket))
+    assert every == ["out/training_eurusd.parquet"]  # nothing half-written, no temporary object
+    assert output.stat("training_eurusd.parquet") == previous
+
+    report = merge_checkpoints(spine, TARGETS, features, output.stage("training_eurusd.parquet"))
+    assert report.staged is not None
+    result = publish_training_file(
+        output, TrainingFile("eurusd", None, passed=True, staged=report.staged)
+    )
+    assert result.published and result.previous_uri is not None
+    published = output.stat("training_eurusd.parquet")
+    assert published is not None
+    assert (published.size, published.crc32c) == (expected.stat().st_size, file_crc32c(expected))
+    every = sorted(b.name for b in gcs_emulator.client().list_blobs(gcs_bucket))
+    assert not [n for n in every if n.endswith(".tmp")]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import queue
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import suppress
@@ -11,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+import google_crc32c
 import tenacity
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
@@ -19,7 +23,16 @@ from google.cloud.storage import exceptions as media_exceptions
 
 from bqx_assets.core.errors import StorageError
 from bqx_assets.core.metrics import Stopwatch
-from bqx_assets.core.storage import ObjectInfo, Storage, bytes_crc32c, file_crc32c
+from bqx_assets.core.storage import (
+    ObjectInfo,
+    ObjectStorage,
+    ReadCounter,
+    StagedFile,
+    StagedUpload,
+    StoredFile,
+    bytes_crc32c,
+    file_crc32c,
+)
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 """When set (`http://127.0.0.1:4443`), clients talk to that emulator with anonymous credentials."""
@@ -81,7 +94,7 @@ class _ChecksumMismatch(Exception):
     """An uploaded temporary object differs from the local file (retried, never published)."""
 
 
-class GCSStorage(Storage):
+class GCSStorage(ObjectStorage):
     """A `gs://bucket/prefix` root.
 
     `put_file` streams the local file with a resumable upload to a temporary object, compares the
@@ -106,6 +119,7 @@ class GCSStorage(Storage):
         self.chunk_size = chunk_size
         self.attempts = attempts
         self.uri = f"gs://{bucket}/{self.prefix}".rstrip("/")
+        self.reads = ReadCounter()
 
     @classmethod
     def from_uri(cls, uri: str, client: storage.Client | None = None) -> GCSStorage:
@@ -362,6 +376,51 @@ class GCSStorage(Storage):
         with suppress(api_exceptions.NotFound):
             self.bucket.blob(self._name(key)).delete()
 
+    # in place: ranged reads and streamed uploads
+
+    def open_stored(self, key: str, *, size: int, crc32c: str) -> GCSFile:
+        name = self._name(key)
+        blob = self._get_blob(name)
+        if blob is None:
+            raise StorageError(f"{self._gs(name)} does not exist")
+        if int(blob.size or 0) != size or blob.crc32c != crc32c:
+            raise StorageError(
+                f"{self._gs(name)} has {blob.size} bytes, crc32c {blob.crc32c}; expected {size} "
+                f"bytes, crc32c {crc32c}: it changed since it was checked"
+            )
+        return GCSFile(self, name, size, int(blob.generation))
+
+    def stage(self, key: str) -> GCSUpload:
+        return GCSUpload(self, self._name(key))
+
+    def publish_staged(
+        self, staged: StagedFile, key: str, *, if_generation_match: int | None = None
+    ) -> ObjectInfo:
+        name = self._name(key)
+        source = self.bucket.blob(self._name(staged.key), generation=staged.info.generation)
+        try:
+            published = self._publish(source, name, if_generation_match)
+        except api_exceptions.PreconditionFailed as exc:
+            raise StorageError(
+                f"{self._gs(name)} changed while it was being written (expected generation "
+                f"{if_generation_match}); nothing was published"
+            ) from exc
+        except api_exceptions.GoogleAPICallError as exc:
+            raise StorageError(
+                f"cannot publish {staged.info.uri} as {self._gs(name)}: {exc}"
+            ) from exc
+        if published.crc32c != staged.info.crc32c or published.size != staged.info.size:
+            raise StorageError(
+                f"{self._gs(name)} was published with crc32c {published.crc32c}, "
+                f"{published.size} bytes; the verified upload has {staged.info.crc32c}, "
+                f"{staged.info.size} bytes"
+            )
+        return self._info(published)
+
+    def discard(self, staged: StagedFile) -> None:
+        with suppress(api_exceptions.NotFound):
+            self.bucket.blob(self._name(staged.key)).delete()
+
     def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
         src_name = self._name(src_key)
         source = self._get_blob(src_name)
@@ -374,3 +433,162 @@ class GCSStorage(Storage):
         if dst.crc32c != source.crc32c or dst.size != source.size:
             raise StorageError(f"copy of {self._gs(src_name)} to {self._gs(dst.name)} differs")
         return self._info(dst)
+
+
+READ_ATTEMPTS = 3
+"""Ranged reads whose connection breaks are retried this many times in all (the client retries
+HTTP errors itself)."""
+
+
+class GCSFile(StoredFile):
+    """An object read in place by ranged GETs of one generation: `generation=` in the request
+    pins the bytes, and `if_generation_match` makes a replaced object an error even in a bucket
+    that keeps old generations. One request per read, no local copy."""
+
+    def __init__(self, storage: GCSStorage, name: str, size: int, generation: int) -> None:
+        self.storage = storage
+        self.name = name
+        self.size = size
+        self.generation = generation
+        self.uri = storage._gs(name)
+        self._blob = storage.bucket.blob(name, generation=generation)
+
+    def read_range(self, start: int, stop: int) -> bytes:
+        if stop <= start:
+            return b""
+        try:
+            # Part of an object: its CRC32C covers the whole, so the check is the length here
+            # and the parquet page checks and decoders downstream.
+            data = self._blob.download_as_bytes(
+                start=start,
+                end=stop - 1,
+                if_generation_match=self.generation,
+                checksum=None,
+                raw_download=True,
+            )
+        except (api_exceptions.NotFound, api_exceptions.PreconditionFailed) as exc:
+            raise StorageError(
+                f"{self.uri} generation {self.generation} was replaced or deleted while being "
+                f"read ({type(exc).__name__})"
+            ) from exc
+        except (api_exceptions.GoogleAPICallError, media_exceptions.InvalidResponse) as exc:
+            raise StorageError(f"cannot read bytes {start}-{stop} of {self.uri}: {exc}") from exc
+        if len(data) != stop - start:
+            raise StorageError(
+                f"short read of {self.uri}: {len(data)} bytes for range {start}-{stop}"
+            )
+        self.storage.reads.add(len(data))
+        return data
+
+
+_UPLOAD_QUEUE = 4
+"""Writes waiting for the upload thread: the writer keeps producing while a chunk is sent."""
+
+
+class GCSUpload(StagedUpload):
+    """A resumable upload to `{dir}/.{name}.{uuid}.tmp`, fed as the file is written.
+
+    The bytes go to a background thread that sends them chunk by chunk (`chunk_size`, one chunk
+    in memory), so producing the file and sending it overlap. CRC32C is computed on the way twice:
+    here, over what the writer handed over, and by the client over what it sent, which it puts in
+    the final chunk's `X-Goog-Hash` header (GCS rejects a body that does not match) and checks
+    against the server's answer. `commit()` then compares the stored object's CRC32C and size with
+    the writer's. A process killed before `commit()` leaves no object: an unfinished resumable
+    upload is not an object, and its session expires on its own.
+    """
+
+    def __init__(self, storage: GCSStorage, name: str) -> None:
+        self.storage = storage
+        self.name = name
+        self.temp = storage._temp_name(name)
+        self._blob = storage.bucket.blob(self.temp, chunk_size=storage.chunk_size)
+        self._crc = google_crc32c.Checksum()
+        self._pos = 0
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(_UPLOAD_QUEUE)
+        self._error: BaseException | None = None
+        self._watch = Stopwatch()
+        self._writer = self._blob.open(
+            "wb",
+            chunk_size=storage.chunk_size,
+            if_generation_match=0,
+            checksum="crc32c",
+            content_type="application/octet-stream",
+        )
+        self._thread = threading.Thread(target=self._send, name="gcs-upload", daemon=True)
+        self._thread.start()
+        self._committed: StagedFile | None = None
+
+    def _send(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain: the writer learns of the error on its next call
+            try:
+                self._writer.write(data)
+            except BaseException as exc:  # handed to the writing thread
+                self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise StorageError(
+                f"upload of {self.storage._gs(self.temp)} failed: {self._error}"
+            ) from self._error
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._raise()
+        if not isinstance(data, bytes):
+            data = bytes(data)  # the checksum needs bytes; the piece's buffer is freed sooner
+        self._crc.update(data)
+        self._queue.put(data)
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _finish_thread(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def commit(self) -> StagedFile:
+        self._finish_thread()
+        self._raise()
+        uri = self.storage._gs(self.temp)
+        try:
+            self._writer.close()  # the last chunk, with the CRC32C of the whole
+            upload_seconds = self._watch.seconds
+            self._blob.reload()
+        except (
+            api_exceptions.GoogleAPICallError,
+            media_exceptions.InvalidResponse,
+            media_exceptions.DataCorruption,
+            OSError,
+        ) as exc:
+            self._delete()
+            raise StorageError(f"upload of {uri} failed: {exc}") from exc
+        expected = base64.b64encode(self._crc.digest()).decode()
+        if self._blob.crc32c != expected or int(self._blob.size or 0) != self._pos:
+            self._delete()
+            raise StorageError(
+                f"{uri} was stored with crc32c {self._blob.crc32c}, {self._blob.size} bytes; "
+                f"{expected}, {self._pos} bytes were written; nothing was kept"
+            )
+        info = self.storage._info(self._blob)
+        self._committed = StagedFile(
+            key=self.storage._key(self.temp),
+            info=info,
+            file=GCSFile(self.storage, self.temp, info.size, int(self._blob.generation)),
+            upload_seconds=upload_seconds,
+        )
+        return self._committed
+
+    def _delete(self) -> None:
+        with suppress(api_exceptions.NotFound, api_exceptions.GoogleAPICallError):
+            self.storage.bucket.blob(self.temp).delete()
+
+    def abort(self) -> None:
+        if self._error is None:
+            self._error = StorageError("aborted")
+        self._finish_thread()
+        # An unfinished resumable upload created no object; a committed one is deleted.
+        self._delete()

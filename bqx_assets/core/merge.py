@@ -44,8 +44,10 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -60,11 +62,12 @@ from bqx_assets.core.coverage import (
     newest_day_start,
     table_coverage_of,
 )
-from bqx_assets.core.errors import MergeError
+from bqx_assets.core.errors import MergeError, StorageError
 from bqx_assets.core.footer import MAGIC, FooterAssembler, Piece
 from bqx_assets.core.keys import check_unique, key_array, keys_us
 from bqx_assets.core.layout import ARROW_TYPES, KEY
 from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
+from bqx_assets.core.storage import StagedFile, StagedUpload, StoredFile
 
 DEFAULT_ROW_GROUP_ROWS = 262_144
 """Output row-group size: one row group per pair at production size (see the notes above)."""
@@ -75,13 +78,28 @@ PIECE_BYTES = 32 * 1024 * 1024
 WORKERS = 2
 _IN_FLIGHT = 2 * WORKERS  # finished pieces waiting for the writer: bounds memory, keeps both busy
 
+# Checkpoints in an object store (gs://) are read in place, never copied to local disk: for each
+# piece only the byte ranges of its column chunks (and the key column's) in the row groups it
+# overlaps, located from the footer read once per file. Those ranges are fetched by IO_THREADS
+# threads ahead of the two decoding workers, up to PREFETCH_BYTES of compressed bytes, so the
+# network latency of one request (~30 ms on GCS) overlaps decoding instead of adding to it.
+IO_THREADS = 8
+"""Ranged reads in flight at once (under the client's HTTP connection pool of 10)."""
+PREFETCH_BYTES = 128 * 1024 * 1024
+"""Compressed bytes fetched ahead of the decoding workers: bounds memory, hides latency."""
+_GAP = 256 * 1024  # column chunks closer than this are fetched in one request
+
+Input = Path | StoredFile
+"""A checkpoint: a local file, or a stored object read in place by byte ranges."""
+_Blocks = list[tuple[int, bytes]]
+
 
 @dataclass(frozen=True)
 class FeatureSource:
     """One feature table's checkpoint and the columns it contributes, in output order."""
 
     table: str
-    path: Path
+    path: Input
     columns: tuple[tuple[str, str], ...] | None = None
     """(source column, output name) in output order; None = every non-key column of the file,
     named `{table}__{column}`."""
@@ -99,10 +117,12 @@ class MergeReport:
     row_groups: int
     coverage: Coverage | None = None
     """Which spine rows each feature table covered (also in the file's footer metadata)."""
+    staged: StagedFile | None = None
+    """The verified temporary object when the output was a `StagedUpload`."""
 
 
 def sources_for_pair(
-    catalog: Catalog, pair: str, path_of: Callable[[Table], Path]
+    catalog: Catalog, pair: str, path_of: Callable[[Table], Input]
 ) -> list[FeatureSource]:
     """The pair's feature tables in catalog order, named by the catalog's prefix rule; leak
     columns (`target_*` of feature tables) are checked against the catalog but not written."""
@@ -121,10 +141,10 @@ def sources_for_pair(
 
 
 def merge_checkpoints(
-    spine: Path,
+    spine: Input | str,
     spine_columns: Sequence[str],
     features: Sequence[FeatureSource],
-    out: Path,
+    out: Path | StagedUpload,
     *,
     row_group_rows: int | None = None,
     progress: Callable[[str], None] | None = None,
@@ -135,10 +155,15 @@ def merge_checkpoints(
     Every input is checked before anything heavy is done (schemas, key types, duplicate keys,
     name collisions); the file is written to a temporary path beside `out`, verified by reading
     its footer and key column back, and only then renamed. On any error `out` is untouched.
+
+    `out` may instead be a `StagedUpload` (a gs:// output root): the file is streamed into it
+    as it is written, committed, and verified by ranged reads of the stored object; the report
+    names the staged object, which the caller publishes or discards. On any error the upload is
+    aborted and no object is left.
     """
     watch = Stopwatch()
     say = progress or (lambda _line: None)
-    spine, out = Path(spine), Path(out)
+    spine = _input(spine)
     rows_per_group = row_group_rows or DEFAULT_ROW_GROUP_ROWS
     if rows_per_group < 1:
         raise MergeError(f"row_group_rows must be positive, got {rows_per_group}")
@@ -156,24 +181,40 @@ def merge_checkpoints(
     say(f"inputs checked: {len(names):,} output columns")
 
     groups = [(a, min(a + rows_per_group, len(keys))) for a in range(0, len(keys), rows_per_group)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        coverage = _write(tmp, keys, spine_table, plans, groups, say, newest_from)
-        _verify(tmp, keys, names, len(groups))
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    staged: StagedFile | None = None
+    if isinstance(out, StagedUpload):
+        try:
+            coverage = _write(out, keys, spine_table, plans, groups, say, newest_from)
+            staged = out.commit()
+            _verify(staged.file, keys, names, len(groups))
+        except BaseException:
+            out.abort()
+            raise
+        written = staged.info.size
+    else:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                coverage = _write(f, keys, spine_table, plans, groups, say, newest_from)
+            _verify(tmp, keys, names, len(groups))
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        written = out.stat().st_size
     report = MergeReport(
         rows=len(keys),
         columns=len(names),
         seconds=round(watch.seconds, 3),
         peak_rss_bytes=peak_rss_bytes(),
-        bytes_written=out.stat().st_size,
+        bytes_written=written,
         row_groups=len(groups),
         coverage=coverage,
+        staged=staged,
     )
+    out = staged.info.uri if staged is not None else out
     say(f"wrote {out}: {report.rows:,} rows x {report.columns:,} columns in {report.seconds:.1f}s")
     return report
 
@@ -194,19 +235,71 @@ class _Plan:
     coverage: TableCoverage | None = None
     newest_nulls: np.ndarray | None = None
     """Nulls per column written into the newest day's rows, added up piece by piece."""
+    metadata: pq.FileMetaData | None = None
+    """The footer of a stored checkpoint, read once and reused by every piece."""
 
     @property
     def where(self) -> str:
         return f"table {self.source.table} ({self.source.path})"
 
 
-def _open(path: Path, where: str) -> pq.ParquetFile:
+def _input(path: Input | str) -> Input:
+    return path if isinstance(path, StoredFile) else Path(path)
+
+
+def _open(
+    path: Input,
+    where: str,
+    *,
+    metadata: pq.FileMetaData | None = None,
+    blocks: _Blocks | None = None,
+) -> pq.ParquetFile:
+    """A parquet reader over a local file, or over a stored object by ranged reads (`blocks`:
+    ranges fetched ahead; `metadata`: its footer, so it is not fetched again)."""
     try:
+        if isinstance(path, StoredFile):
+            # Without blocks, pre_buffer coalesces the reads into few requests; with them,
+            # each column chunk is read on its own, from the blocks.
+            return pq.ParquetFile(
+                path.open(blocks or ()), metadata=metadata, pre_buffer=blocks is None
+            )
         return pq.ParquetFile(path)
     except FileNotFoundError:
         raise MergeError(f"{where}: file does not exist") from None
+    except StorageError as exc:
+        raise MergeError(f"{where}: {exc}") from exc
     except (OSError, pa.ArrowException) as exc:
         raise MergeError(f"{where}: not a readable parquet file: {exc}") from exc
+
+
+def _chunk_ranges(
+    meta: pq.FileMetaData, groups: Sequence[int], columns: Sequence[str]
+) -> list[tuple[int, int]]:
+    """(start, stop) byte ranges holding `columns` of row groups `groups`, neighbours merged."""
+    leaf = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+    spans = []
+    for g in groups:
+        row_group = meta.row_group(g)
+        for column in columns:
+            chunk = row_group.column(leaf[column])
+            start = chunk.data_page_offset
+            if chunk.has_dictionary_page and 0 < (chunk.dictionary_page_offset or 0) < start:
+                start = chunk.dictionary_page_offset
+            spans.append((start, start + chunk.total_compressed_size))
+    merged: list[tuple[int, int]] = []
+    for start, stop in sorted(spans):
+        if merged and start - merged[-1][1] <= _GAP:
+            merged[-1] = (merged[-1][0], max(stop, merged[-1][1]))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def _fetch(path: StoredFile, ranges: Sequence[tuple[int, int]], where: str) -> _Blocks:
+    try:
+        return [(start, path.read_range(start, stop)) for start, stop in ranges]
+    except StorageError as exc:
+        raise MergeError(f"{where}: {exc}") from exc
 
 
 def _canonical(kind: pa.DataType) -> pa.DataType:
@@ -221,14 +314,20 @@ def _matches(dtype: str, kind: pa.DataType) -> bool:
     return kind == ARROW_TYPES[dtype]
 
 
-def _read_spine(path: Path, columns: Sequence[str]) -> tuple[np.ndarray, pa.Table]:
+def _read_spine(path: Input, columns: Sequence[str]) -> tuple[np.ndarray, pa.Table]:
     where = f"spine {path}"
-    schema = _open(path, where).schema_arrow
+    pf = _open(path, where)
+    schema = pf.schema_arrow
     missing = [c for c in [KEY, *columns] if c not in schema.names]
     if missing:
         raise MergeError(f"{where}: missing columns {missing}")
     try:
-        table = pq.read_table(path, columns=[KEY, *columns])
+        if isinstance(path, StoredFile):  # pre_buffer: the columns in a few coalesced requests
+            table = pf.read(columns=[KEY, *columns])
+        else:
+            table = pq.read_table(path, columns=[KEY, *columns])
+    except StorageError as exc:
+        raise MergeError(f"{where}: {exc}") from exc
     except (OSError, pa.ArrowException) as exc:
         raise MergeError(f"{where}: not a readable parquet file: {exc}") from exc
     if table.num_rows == 0:
@@ -240,11 +339,26 @@ def _read_spine(path: Path, columns: Sequence[str]) -> tuple[np.ndarray, pa.Tabl
     return keys, spine_table
 
 
+def _footers(features: Sequence[FeatureSource]) -> Iterator[pq.ParquetFile]:
+    """Each source's parquet reader in order: local files opened one by one as today; the
+    footers of stored objects fetched IO_THREADS at a time (a request each)."""
+    stored = any(isinstance(s.path, StoredFile) for s in features)
+    if not stored:
+        for source in features:
+            yield _open(_input(source.path), _Plan(source, [], [], [], []).where)
+        return
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        yield from pool.map(
+            lambda s: _open(_input(s.path), _Plan(s, [], [], [], []).where), features
+        )
+
+
 def _plan_sources(features: Sequence[FeatureSource]) -> list[_Plan]:
     plans = []
-    for source in features:
+    for source, pf in zip(features, _footers(features), strict=True):
         plan = _Plan(source, [], [], [], [])
-        pf = _open(Path(source.path), plan.where)
+        if isinstance(source.path, StoredFile):
+            plan.metadata = pf.metadata
         schema = pf.schema_arrow
         if KEY not in schema.names:
             raise MergeError(f"{plan.where}: has no {KEY} column")
@@ -302,7 +416,7 @@ def _source_nulls(pf: pq.ParquetFile, columns: Sequence[str]) -> list[int]:
     return counts
 
 
-def _check_names(spine: Path, spine_columns: Sequence[str], plans: Sequence[_Plan]) -> None:
+def _check_names(spine: Input, spine_columns: Sequence[str], plans: Sequence[_Plan]) -> None:
     seen: dict[str, str] = {KEY: f"{spine}.{KEY}"}
     for column in spine_columns:
         if column in seen:
@@ -319,7 +433,12 @@ def _check_names(spine: Path, spine_columns: Sequence[str], plans: Sequence[_Pla
 def _inspect(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> None:
     """Read the key column only: convert it, reject duplicates, note each row group's range and
     which spine keys the table covers."""
-    pf = _open(Path(plan.source.path), plan.where)
+    path = _input(plan.source.path)
+    blocks = None
+    if isinstance(path, StoredFile) and plan.metadata is not None:
+        every = range(plan.metadata.num_row_groups)
+        blocks = _fetch(path, _chunk_ranges(plan.metadata, every, [KEY]), plan.where)
+    pf = _open(path, plan.where, metadata=plan.metadata, blocks=blocks)
     try:
         parts = [
             keys_us(
@@ -329,6 +448,8 @@ def _inspect(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> None:
             )
             for i in range(pf.metadata.num_row_groups)
         ]
+    except StorageError as exc:
+        raise MergeError(f"{plan.where}: {exc}") from exc
     except (OSError, pa.ArrowException) as exc:
         raise MergeError(f"{plan.where}: not a readable parquet file: {exc}") from exc
     plan.groups = [(int(p.min()), int(p.max())) if len(p) else (1, 0) for p in parts]
@@ -347,7 +468,9 @@ def _inspect(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> None:
 
 
 def _inspect_all(plans: Sequence[_Plan], spine_keys: np.ndarray, newest_from: int) -> None:
-    with ThreadPoolExecutor(WORKERS) as pool:
+    # Stored objects: one small request per file, so latency rather than CPU bounds this.
+    stored = any(p.metadata is not None for p in plans)
+    with ThreadPoolExecutor(IO_THREADS if stored else WORKERS) as pool:
         for done in pool.map(lambda p: _inspect(p, spine_keys, newest_from), plans):
             del done
 
@@ -416,23 +539,41 @@ def _align(file_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndar
     return (order[pos] if order is not None else pos), found
 
 
-def _feature_piece(plan: _Plan, keys: np.ndarray, s: slice, newest_from: int) -> pa.Buffer:
-    """Columns `s` of one table for the spine rows whose keys are `keys`.
+def _wanted(plan: _Plan, keys: np.ndarray) -> list[int]:
+    """The checkpoint's row groups whose key range overlaps `keys` (sorted)."""
+    lo, hi = int(keys.min()), int(keys.max())
+    return [i for i, (a, b) in enumerate(plan.groups) if a <= hi and b >= lo]
+
+
+def _piece_ranges(plan: _Plan, keys: np.ndarray, s: slice) -> list[tuple[int, int]]:
+    """Byte ranges one piece of a stored checkpoint reads (none for a local file)."""
+    if plan.metadata is None:
+        return []
+    wanted = _wanted(plan, keys)
+    return _chunk_ranges(plan.metadata, wanted, [KEY, *plan.columns[s]]) if wanted else []
+
+
+def _feature_piece(
+    plan: _Plan, keys: np.ndarray, s: slice, newest_from: int, blocks: _Blocks | None = None
+) -> pa.Buffer:
+    """Columns `s` of one table for the spine rows whose keys are `keys` (`blocks`: the piece's
+    byte ranges of a stored checkpoint, fetched ahead).
 
     The alignment is recomputed for each piece of a wide table from its key column (~1 MB):
     cheaper than holding a table's decoded columns, and it keeps one piece the unit of memory."""
     rows = len(keys)
     names, types = plan.names[s], plan.types[s]
-    lo, hi = int(keys.min()), int(keys.max())
-    wanted = [i for i, (a, b) in enumerate(plan.groups) if a <= hi and b >= lo]
+    wanted = _wanted(plan, keys)
     if not wanted:
         empty = [pa.nulls(rows, t) for t in types]
         _count_newest(plan, keys, s, empty, newest_from)
         return encode_piece(empty, names)
     try:
-        read = pq.ParquetFile(plan.source.path).read_row_groups(
-            wanted, columns=[KEY, *plan.columns[s]], use_threads=False
-        )
+        if plan.metadata is None:
+            pf = pq.ParquetFile(plan.source.path)
+        else:
+            pf = _open(plan.source.path, plan.where, metadata=plan.metadata, blocks=blocks)
+        read = pf.read_row_groups(wanted, columns=[KEY, *plan.columns[s]], use_threads=False)
         pos, found = _align(keys_us(read.column(0), plan.where, MergeError), keys)
         read = read.drop_columns([KEY])
         if found.all() and pos[-1] - pos[0] == rows - 1 and bool(np.all(np.diff(pos) == 1)):
@@ -444,13 +585,31 @@ def _feature_piece(plan: _Plan, keys: np.ndarray, s: slice, newest_from: int) ->
         ]
         _count_newest(plan, keys, s, columns, newest_from)
         return encode_piece(columns, names)
+    except StorageError as exc:
+        raise MergeError(f"{plan.where}: {exc}") from exc
     except (OSError, pa.ArrowException) as exc:
         raise MergeError(f"{plan.where}: not a readable parquet file: {exc}") from exc
 
 
 # -- output ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Task:
+    """One piece to write: which output row group, how to make it, and for a stored checkpoint
+    the byte ranges to fetch first."""
+
+    group: int
+    make: Callable[[_Blocks | None], pa.Buffer]
+    source: StoredFile | None = None
+    ranges: tuple[tuple[int, int], ...] = ()
+    where: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(stop - start for start, stop in self.ranges)
+
+
 def _write(
-    tmp: Path,
+    f: BinaryIO | StagedUpload,
     keys: np.ndarray,
     spine_table: pa.Table,
     plans: Sequence[_Plan],
@@ -460,41 +619,80 @@ def _write(
 ) -> Coverage:
     """Write the pieces, then the footer with the coverage record; returns the record."""
     footer = FooterAssembler()
-    tasks: list[tuple[int, Callable[[], pa.Buffer]]] = []
+    tasks: list[_Task] = []
     for r, (a, b) in enumerate(groups):
         for s in piece_slices(1 + spine_table.num_columns, b - a):
-            tasks.append((r, lambda a=a, b=b, s=s: _spine_piece(keys, spine_table, a, b, s)))
+            tasks.append(
+                _Task(r, lambda _, a=a, b=b, s=s: _spine_piece(keys, spine_table, a, b, s))
+            )
         for plan in plans:
+            stored = plan.source.path if isinstance(plan.source.path, StoredFile) else None
             for s in piece_slices(len(plan.columns), b - a):
                 tasks.append(
-                    (r, lambda p=plan, a=a, b=b, s=s: _feature_piece(p, keys[a:b], s, newest_from))
+                    _Task(
+                        r,
+                        lambda blocks, p=plan, a=a, b=b, s=s: _feature_piece(
+                            p, keys[a:b], s, newest_from, blocks
+                        ),
+                        stored,
+                        tuple(_piece_ranges(plan, keys[a:b], s)),
+                        plan.where,
+                    )
                 )
     every = max(1, len(tasks) // 10)
     stop = threading.Event()
+    stored = any(t.source is not None for t in tasks)
 
-    def run(job: Callable[[], pa.Buffer]) -> Piece | None:
+    def fetch(task: _Task) -> _Blocks | None:
+        if stop.is_set() or task.source is None:
+            return None
+        return _fetch(task.source, task.ranges, task.where)
+
+    def run(task: _Task, fetched: Future[_Blocks | None] | None) -> Piece | None:
         if stop.is_set():  # an earlier piece failed: don't start more
             return None
-        return Piece.parse(job())  # parsed here, off the writing thread
+        blocks = fetched.result() if fetched is not None else None
+        return Piece.parse(task.make(blocks))  # parsed here, off the writing thread
 
-    with open(tmp, "wb") as f, ThreadPoolExecutor(WORKERS) as pool:
+    io_pool = ThreadPoolExecutor(IO_THREADS) if stored else nullcontext()
+    with ThreadPoolExecutor(WORKERS) as pool, io_pool as io:
         f.write(MAGIC)
-        pending: deque[tuple[int, Future[Piece | None]]] = deque()
-        queue = iter(tasks)
+        pending: deque[tuple[_Task, Future[Piece | None]]] = deque()
+        fetches: dict[int, Future[_Blocks | None]] = {}
+        ahead = 0  # next task to prefetch
+        fetching = 0  # compressed bytes fetched or being fetched for tasks not yet written
+        submitted = 0
         try:
             for done in range(len(tasks)):
-                while len(pending) < _IN_FLIGHT and (task := next(queue, None)) is not None:
-                    pending.append((task[0], pool.submit(run, task[1])))
-                r, future = pending.popleft()
+                while len(pending) < _IN_FLIGHT and submitted < len(tasks):
+                    # Prefetch ranges ahead of the workers within the byte budget (always at
+                    # least the next task's own).
+                    while (
+                        ahead < len(tasks)
+                        and io is not None
+                        and (ahead <= submitted or fetching + tasks[ahead].nbytes <= PREFETCH_BYTES)
+                    ):
+                        if tasks[ahead].source is not None:
+                            fetches[ahead] = io.submit(fetch, tasks[ahead])
+                            fetching += tasks[ahead].nbytes
+                        ahead += 1
+                    task = tasks[submitted]
+                    pending.append((task, pool.submit(run, task, fetches.pop(submitted, None))))
+                    submitted += 1
+                task, future = pending.popleft()
                 piece = future.result()
+                if task.source is not None:
+                    fetching -= task.nbytes
                 if piece is not None:
-                    footer.add(f, piece, r, groups[r][1] - groups[r][0])
+                    footer.add(f, piece, task.group, groups[task.group][1] - groups[task.group][0])
                 if (done + 1) % every == 0:
                     say(f"merged {done + 1}/{len(tasks)} pieces; {f.tell():,} bytes written")
         except BaseException:
             stop.set()
             for _, future in pending:
                 future.cancel()
+            for waiting in fetches.values():
+                waiting.cancel()
             raise
         coverage = Coverage(
             spine_rows=len(keys),
@@ -509,26 +707,30 @@ def _write(
             ),
         )
         f.write(footer.encode(sum(b - a for a, b in groups), {COVERAGE_KEY: coverage.encode()}))
-        # No fsync: the file is verified by reading it back below, and it reaches its final
+        # No fsync of a local file: it is verified by reading it back, and it reaches its final
         # storage through Storage.put_file, which syncs and checksums what it publishes; syncing
         # 17 GB here as well would only wait for the disk.
     return coverage
 
 
-def _verify(tmp: Path, keys: np.ndarray, names: Sequence[str], groups: int) -> None:
-    """Read the written file's footer and key column back before publishing it."""
+def _verify(tmp: Input, keys: np.ndarray, names: Sequence[str], groups: int) -> None:
+    """Read the written file's footer and key column back before publishing it (a stored
+    object by ranged reads: the footer, then the key column's chunks)."""
     where = f"merged file {tmp}"
     try:
-        meta = pq.read_metadata(tmp)
+        pf = pq.ParquetFile(tmp.open() if isinstance(tmp, StoredFile) else tmp, pre_buffer=True)
+        meta = pf.metadata
         if meta.num_rows != len(keys) or meta.num_row_groups != groups:
             raise MergeError(
                 f"{where}: footer says {meta.num_rows} rows in {meta.num_row_groups} row groups, "
                 f"expected {len(keys)} in {groups}"
             )
-        written = pq.read_schema(tmp).names
+        written = pf.schema_arrow.names
         if written != list(names):
             raise MergeError(f"{where}: columns differ from the plan ({len(written)} written)")
-        back = keys_us(pq.read_table(tmp, columns=[KEY]).column(0), where, MergeError)
+        back = keys_us(pf.read(columns=[KEY]).column(0), where, MergeError)
+    except StorageError as exc:
+        raise MergeError(f"{where}: cannot be read back: {exc}") from exc
     except (OSError, pa.ArrowException) as exc:
         raise MergeError(f"{where}: cannot be read back: {exc}") from exc
     if not np.array_equal(back, keys):

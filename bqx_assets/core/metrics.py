@@ -1,10 +1,15 @@
-"""Wall time and peak memory of the current process, for reports and metadata."""
+"""Wall time, peak memory and local bytes held by the current process, for reports and metadata."""
 
 from __future__ import annotations
 
+import os
 import resource
+import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
 
 
 def peak_rss_bytes(*, children: bool = False) -> int:
@@ -22,3 +27,105 @@ class Stopwatch:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.started
+
+
+STEP_PEAK_LOCAL_BYTES = "step_peak_local_bytes"
+"""Metadata key: the most bytes a step added under its local folders (work, caches, TMPDIR) at
+any moment. On Cloud Run the container's filesystem is memory, so these bytes count against the
+memory limit like RSS does."""
+
+STEP_FOOTPRINT_BYTES = "step_footprint_bytes"
+"""Metadata key: `step_peak_rss_bytes` + `step_peak_local_bytes`, what a container running the
+step must hold (an upper bound: the two peaks need not coincide)."""
+
+FOOTPRINT_KEYS: tuple[str, ...] = (STEP_PEAK_LOCAL_BYTES, STEP_FOOTPRINT_BYTES)
+
+LOCAL_SAMPLE_SECONDS = 0.1
+"""How often local folders are measured; a file that lives for less may be missed."""
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the regular files under `folder` (symlinks not followed; files that vanish
+    while it is walked are skipped)."""
+    total = 0
+    stack = [folder]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(Path(entry.path))
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return total
+
+
+def _outermost(folders: Iterable[Path | str]) -> list[Path]:
+    resolved = sorted({Path(f).expanduser().resolve() for f in folders}, key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for folder in resolved:
+        if not any(folder.is_relative_to(k) for k in kept):
+            kept.append(folder)
+    return kept
+
+
+class LocalBytes:
+    """The peak of bytes held under some local folders while a step runs, above what was there
+    when it started, sampled by a background thread every LOCAL_SAMPLE_SECONDS:
+    `with LocalBytes([workdir, cache, tempfile.gettempdir()]) as local: ...; local.peak`."""
+
+    def __init__(self, folders: Iterable[Path | str], interval: float = LOCAL_SAMPLE_SECONDS):
+        self.folders = _outermost(folders)
+        self.interval = interval
+        self.peak = 0
+        self._baseline = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _now(self) -> int:
+        return sum(folder_bytes(f) for f in self.folders)
+
+    def sample(self) -> int:
+        """Measure now (also called by the thread); returns the bytes above the baseline."""
+        held = max(0, self._now() - self._baseline)
+        self.peak = max(self.peak, held)
+        return held
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def start(self) -> Self:
+        self._baseline = self._now()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="local-bytes", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        """Stop sampling (a last sample first); returns the peak."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            self.sample()
+        return self.peak
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def footprint_metadata(peak_rss: int, peak_local: int) -> dict[str, int]:
+    """Plain values under FOOTPRINT_KEYS (the Dagster layer wraps them)."""
+    return {
+        STEP_PEAK_LOCAL_BYTES: int(peak_local),
+        STEP_FOOTPRINT_BYTES: int(peak_rss + peak_local),
+    }

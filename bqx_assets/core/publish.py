@@ -11,7 +11,7 @@ from typing import Any
 from bqx_assets.core.errors import StorageError
 from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.metrics import Stopwatch
-from bqx_assets.core.storage import ObjectInfo, Storage, file_crc32c
+from bqx_assets.core.storage import ObjectInfo, ObjectStorage, StagedFile, Storage, file_crc32c
 
 VERSIONS_PREFIX = "versions"
 """Replaced training files are kept as `versions/training_{pair}.{published at}.parquet`, the time
@@ -29,16 +29,26 @@ _STAMP = "%Y%m%dT%H%M%S%fZ"
 
 @dataclass(frozen=True)
 class TrainingFile:
-    """A finished training file on local disk, handed from the merge to the output root.
+    """A finished training file handed from the merge to the output root: a file on local disk
+    (`local_path`), or, for a gs:// output root, a verified temporary object the merge streamed
+    its output into (`staged`), which is published by a server-side copy and then deleted.
 
     `passed` says whether every gate check passed; `report` is the gate report (JSON-able), written
     beside a quarantined file.
     """
 
     pair: str
-    local_path: Path
+    local_path: Path | None
     passed: bool
     report: dict[str, Any] | None = None
+    staged: StagedFile | None = None
+
+    def __post_init__(self) -> None:
+        if (self.local_path is None) == (self.staged is None):
+            raise StorageError(
+                f"training file of {self.pair}: give exactly one of a local path and a staged "
+                "object"
+            )
 
 
 @dataclass(frozen=True)
@@ -135,7 +145,9 @@ def publish_training_file(
     local file is deleted after its stored copy is verified, unless `keep_local`. The file is
     streamed, never read into memory.
     """
-    local = Path(training_file.local_path)
+    if training_file.staged is not None:
+        return _publish_staged(storage, training_file, now or datetime.now(UTC))
+    local = Path(training_file.local_path or "")
     pair = training_file.pair
     if not local.is_file():
         raise StorageError(f"training file of {pair} not found at {local}")
@@ -162,3 +174,49 @@ def publish_training_file(
         previous_uri = storage.copy(key, version_key(key, existing)).uri
     info, seconds = _transfer(storage, local, key, keep_local=keep_local)
     return PublishResult.of(pair, info, published=True, seconds=seconds, previous_uri=previous_uri)
+
+
+def _publish_staged(storage: Storage, training_file: TrainingFile, now: datetime) -> PublishResult:
+    """`publish_training_file` for a file already streamed to a verified temporary object of the
+    output root: the same outcomes (published with the previous version kept, unchanged, or
+    quarantined with its report), each by a server-side copy; the temporary object is deleted
+    in every case, failures included. `seconds` is the streamed upload's (it ran during the
+    merge); the copy itself is a metadata operation within a bucket."""
+    staged = training_file.staged
+    pair = training_file.pair
+    assert staged is not None
+    if not isinstance(storage, ObjectStorage):
+        raise StorageError(
+            f"training file of {pair} was staged as {staged.info.uri}, but the output root "
+            f"{storage.uri} is not an object store"
+        )
+    seconds = staged.upload_seconds
+    try:
+        if not training_file.passed:
+            key = quarantine_key(pair, now)
+            report_uri = None
+            if training_file.report is not None:
+                report_key = key.removesuffix(".parquet") + ".report.json"
+                report = json.dumps(training_file.report, indent=2, default=str).encode()
+                report_uri = storage.write_bytes(report_key, report).uri
+            info = storage.publish_staged(staged, key, if_generation_match=0)
+            return PublishResult.of(
+                pair, info, published=False, seconds=seconds, report_uri=report_uri
+            )
+        key = training_file_key(pair)
+        existing = storage.stat(key)
+        previous_uri = None
+        if existing is not None:
+            if existing.size == staged.info.size and existing.crc32c == staged.info.crc32c:
+                return PublishResult.of(pair, existing, published=True, seconds=0.0, unchanged=True)
+            previous_uri = storage.copy(key, version_key(key, existing)).uri
+        info = storage.publish_staged(
+            staged,
+            key,
+            if_generation_match=existing.generation if existing is not None else 0,
+        )
+        return PublishResult.of(
+            pair, info, published=True, seconds=seconds, previous_uri=previous_uri
+        )
+    finally:
+        storage.discard(staged)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import bisect
+import io
 import os
 import shutil
+import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -255,3 +258,159 @@ def open_storage(uri: str | Path, *, durable: bool = True) -> Storage:
     if "://" in text:
         raise StorageError(f"unsupported storage root {text!r}: use a local folder or gs://")
     return LocalStorage(text, durable=durable)
+
+
+# -- stored objects read and written in place (object stores) ----------------------------------
+class ReadCounter:
+    """Requests made and bytes received by ranged reads of one storage root (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.bytes = 0
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self.requests += 1
+            self.bytes += count
+
+
+class StoredFile(ABC):
+    """One stored object read in place by byte ranges, pinned to the version that was checked:
+    a read of a replaced or deleted object fails instead of mixing two versions."""
+
+    uri: str
+    size: int
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @abstractmethod
+    def read_range(self, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) of the pinned version; StorageError when it is gone."""
+
+    def open(self, blocks: Sequence[tuple[int, bytes]] = ()) -> RangeReader:
+        """A seekable read-only file over the object (for `pq.ParquetFile`); reads that fall
+        inside one of `blocks` (offset, bytes), fetched ahead of time, cost no request."""
+        return RangeReader(self, blocks)
+
+
+class RangeReader(io.RawIOBase):
+    """A read-only file object over a `StoredFile`: every read is one ranged request, unless
+    it lies inside a block fetched ahead of time."""
+
+    def __init__(self, stored: StoredFile, blocks: Sequence[tuple[int, bytes]] = ()) -> None:
+        super().__init__()
+        self._stored = stored
+        self._blocks = sorted(blocks, key=lambda b: b[0])
+        self._starts = [offset for offset, _ in self._blocks]
+        self._pos = 0
+
+    @property
+    def name(self) -> str:
+        return self._stored.uri
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._stored.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position in {self._stored.uri}")
+        self._pos = base + offset
+        return self._pos
+
+    def size(self) -> int:
+        return self._stored.size
+
+    def read(self, size: int | None = -1) -> bytes:
+        stop = self._stored.size if size is None or size < 0 else self._pos + size
+        stop = min(stop, self._stored.size)
+        if stop <= self._pos:
+            return b""
+        data = self._cached(self._pos, stop)
+        if data is None:
+            data = self._stored.read_range(self._pos, stop)
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        memoryview(buffer)[: len(data)] = data
+        return len(data)
+
+    def _cached(self, start: int, stop: int) -> bytes | None:
+        i = bisect.bisect_right(self._starts, start) - 1
+        if i < 0:
+            return None
+        offset, block = self._blocks[i]
+        if stop > offset + len(block):
+            return None
+        return block[start - offset : stop - offset]
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A complete, verified temporary object written by a `StagedUpload`, not yet published."""
+
+    key: str
+    """The temporary object's key (hidden from `list`)."""
+    info: ObjectInfo
+    file: StoredFile
+    """The object itself, for reading back in place."""
+    upload_seconds: float
+
+
+class StagedUpload(ABC):
+    """A file written straight to a temporary object as it is produced (a resumable upload):
+    nothing is kept on local disk. `commit()` finishes and verifies it; `abort()` drops it."""
+
+    @abstractmethod
+    def write(self, data: bytes | memoryview) -> int: ...
+
+    @abstractmethod
+    def tell(self) -> int: ...
+
+    @abstractmethod
+    def commit(self) -> StagedFile:
+        """Finish the upload and check the stored object's CRC32C and size against the bytes
+        written; StorageError (and no object left) when they differ."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop the upload and any temporary object; safe to call at any point."""
+
+
+class ObjectStorage(Storage):
+    """A root whose files are not on the local disk (GCS): read in place by ranges and written
+    by streaming uploads instead of being copied through local files."""
+
+    reads: ReadCounter
+
+    @abstractmethod
+    def open_stored(self, key: str, *, size: int, crc32c: str) -> StoredFile:
+        """The stored file `key`, checked to have `size` bytes and CRC32C `crc32c` (its
+        manifest's) and pinned to the version checked; StorageError otherwise."""
+
+    @abstractmethod
+    def stage(self, key: str) -> StagedUpload:
+        """A streaming upload to a temporary object beside `key`."""
+
+    @abstractmethod
+    def publish_staged(
+        self, staged: StagedFile, key: str, *, if_generation_match: int | None = None
+    ) -> ObjectInfo:
+        """Publish a staged object under `key` atomically (server-side copy), verified."""
+
+    @abstractmethod
+    def discard(self, staged: StagedFile) -> None:
+        """Delete a staged temporary object (no error when it is already gone)."""
