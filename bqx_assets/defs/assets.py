@@ -2,15 +2,17 @@
 
 import hashlib
 import shutil
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
-import pyarrow.parquet as pq
 
 from bqx_assets.core.catalog import FAMILY_ORDER, Catalog
 from bqx_assets.core.costs import Prices, StepUsage
+from bqx_assets.core.errors import MergeError, StorageError
 from bqx_assets.core.extraction import (
     Checkpoint,
     Progress,
@@ -18,14 +20,17 @@ from bqx_assets.core.extraction import (
     extract_tables,
     owner_of,
     require_checkpoints,
+    verified_manifest,
 )
-from bqx_assets.core.layout import checkpoint_key
-from bqx_assets.core.merge import merge_checkpoints, sources_for_pair
-from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
+from bqx_assets.core.layout import checkpoint_key, training_file_key
+from bqx_assets.core.merge import IO_THREADS, Input, merge_checkpoints, sources_for_pair
+from bqx_assets.core.metrics import LocalBytes, Stopwatch, footprint_metadata, peak_rss_bytes
 from bqx_assets.core.publish import TrainingFile
+from bqx_assets.core.storage import ObjectStorage, StagedUpload, Storage
 from bqx_assets.core.validation import Expectation, validate_training_file
 from bqx_assets.core.warehouse import SourceState
 from bqx_assets.defs.checks import check_results, training_check_specs
+from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets.defs.partitions import pairs_partitions
 from bqx_assets.defs.resources import CheckpointStore, PipelineSettings, WarehouseResource
 
@@ -151,6 +156,40 @@ def _checkpoint_spec(catalog: Catalog, family: str) -> dg.AssetSpec:
 _CATALOG = Catalog.load()  # the graph's shape; runs read the catalog named in their settings
 
 
+def _step_folders(
+    settings: PipelineSettings, checkpoints: CheckpointStore, *more: str
+) -> list[str]:
+    """The local folders a step may write to, whose bytes count in its footprint."""
+    return [settings.workdir, checkpoints.cache_dir, tempfile.gettempdir(), *more]
+
+
+def _checkpoint_inputs(
+    storage: Storage, sources: Sequence[Source], cache: Path
+) -> dict[str, Input]:
+    """Each source's checkpoint for the merge, by table name. A local root gives its files as
+    they are. An object store (gs://) gives its objects to be read in place by byte ranges,
+    each checked against its manifest (size, CRC32C) and pinned to the generation checked;
+    nothing is copied to local disk."""
+    if not isinstance(storage, ObjectStorage):
+        return {s.name: storage.fetch(checkpoint_key(owner_of(s), s.name), cache) for s in sources}
+
+    def open_one(source: Source) -> Input:
+        key = checkpoint_key(owner_of(source), source.name)
+        manifest = verified_manifest(storage, source)
+        if manifest is None:
+            raise MergeError(
+                f"table {source.name}: {storage.uri_of(key)} does not match its manifest "
+                "(changed or missing since extraction); re-run its checkpoint"
+            )
+        try:
+            return storage.open_stored(key, size=manifest.bytes, crc32c=manifest.crc32c)
+        except StorageError as exc:
+            raise MergeError(f"table {source.name}: {exc}") from exc
+
+    with ThreadPoolExecutor(IO_THREADS) as pool:  # a few small requests each: latency-bound
+        return dict(zip([s.name for s in sources], pool.map(open_one, sources), strict=True))
+
+
 def _family_metadata(
     checkpoints: Sequence[Checkpoint], price_per_tib: float
 ) -> dict[str, dg.MetadataValue]:
@@ -180,6 +219,7 @@ def _extract(
     what: str,
 ) -> Iterator[dg.MaterializeResult]:
     usage = StepUsage(prices=Prices(storage_read_tib=settings.bq_price_per_tib)).start()
+    local = LocalBytes(_step_folders(settings, checkpoints)).start()
     storage = checkpoints.storage()
     context.log.info(f"{what}: {len(sources)} tables from {warehouse.describe()} to {storage.uri}")
 
@@ -207,7 +247,8 @@ def _extract(
     for checkpoint in done:
         by_family[checkpoint.family].append(checkpoint)
     usage.add_bytes_read(sum(c.manifest.bytes_read for c in done if c.status == "extracted"))
-    step = usage.metadata()  # the whole step's usage, repeated on each family it materializes
+    # The whole step's usage, repeated on each family it materializes.
+    step = {**usage.metadata(), **footprint_metadata(usage.finish().peak_rss_bytes, local.stop())}
     for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
         family = key.path[-1]
         made = by_family.get(family, [])
@@ -280,46 +321,65 @@ def training_file(
     context: dg.AssetExecutionContext,
     checkpoints: CheckpointStore,
     settings: PipelineSettings,
+    training_io_manager: dg.ResourceParam[TrainingFileIOManager],
 ) -> Iterator[dg.Output[TrainingFile] | dg.AssetCheckResult]:
     """The pair's training file: the targets table's rows (the spine) left-joined on
     interval_time with the pair's 667 feature tables, one wide parquet file (eurusd in
     production: 177,748 rows x 17,031 columns). Built by a streaming merge in bounded memory,
     validated by the gate checks, and published to the output root only when they all pass;
-    a file that fails is quarantined. A partition is one pair."""
+    a file that fails is quarantined. A partition is one pair.
+
+    With gs:// roots nothing passes through local disk: checkpoints are read in place by ranged
+    reads, and the file is streamed to a temporary object of the output root as it is written,
+    verified and validated there, then published by a server-side copy."""
     usage = StepUsage().start()
+    local = LocalBytes(_step_folders(settings, checkpoints, training_io_manager.cache_dir)).start()
     pair = context.partition_key
     catalog = settings.catalog()
     storage = checkpoints.storage()
+    output = training_io_manager.storage()
     targets = catalog.targets[pair]
     tables = catalog.tables_for(pair)
     require_checkpoints(storage, [*tables, targets], f"pair {pair}")
+    inputs = _checkpoint_inputs(storage, [targets, *tables], Path(checkpoints.cache_dir))
 
-    cache = Path(checkpoints.cache_dir)
-
-    def path_of(source: Source) -> Path:
-        return storage.fetch(checkpoint_key(owner_of(source), source.name), cache)
-
-    spine = path_of(targets)
     workdir = settings.work_path("merge", f"{pair}-{context.run.run_id[:8]}")
-    out = workdir / f"training_{pair}.parquet"
+    out: Path | StagedUpload = workdir / f"training_{pair}.parquet"
+    if isinstance(output, ObjectStorage):
+        out = output.stage(training_file_key(pair))
+    merged = None
     try:
         merged = merge_checkpoints(
-            spine,
+            inputs[targets.name],
             targets.targets,
-            sources_for_pair(catalog, pair, path_of),
+            sources_for_pair(catalog, pair, lambda table: inputs[table.name]),
             out,
             progress=context.log.info,
         )
         clock = Stopwatch()
-        expectation = Expectation.for_pair(catalog, pair, pq.read_metadata(spine).num_rows)
-        report = validate_training_file(out, expectation, settings.thresholds())
+        # The merge wrote exactly the spine's rows (it verified the key column read back).
+        expectation = Expectation.for_pair(catalog, pair, merged.rows)
+        if merged.staged is not None:
+            with merged.staged.file.open() as stored:
+                report = validate_training_file(
+                    merged.staged.info.uri, expectation, settings.thresholds(), source=stored
+                )
+        else:
+            report = validate_training_file(out, expectation, settings.thresholds())
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
+        if merged is not None and merged.staged is not None and isinstance(output, ObjectStorage):
+            output.discard(merged.staged)
         raise
     verdict = "passed every gate check" if report.passed else f"failed {list(report.failed)}"
     context.log.info(f"training file of {pair}: {merged.rows} x {merged.columns}, {verdict}")
+    if merged.staged is not None:
+        handed = TrainingFile(pair, None, report.passed, report.to_dict(), staged=merged.staged)
+    else:
+        handed = TrainingFile(pair, Path(str(out)), report.passed, report.to_dict())
+    step = usage.metadata()
     yield dg.Output(
-        TrainingFile(pair, out, report.passed, report.to_dict()),
+        handed,
         metadata={
             "rows": dg.MetadataValue.int(merged.rows),
             "columns": dg.MetadataValue.int(merged.columns),
@@ -331,7 +391,8 @@ def training_file(
             "peak_rss_bytes": dg.MetadataValue.int(peak_rss_bytes()),
             "gate": dg.MetadataValue.text("passed" if report.passed else "failed"),
             "families": dg.MetadataValue.md(report.family_table_markdown()),
-            **usage.metadata(),
+            **step,
+            **footprint_metadata(usage.finish().peak_rss_bytes, local.stop()),
         },
     )
     yield from check_results(report, TRAINING_FILE)
