@@ -259,7 +259,47 @@ def test_connection_lost_mid_stream_is_resumed(
         )
         result = wh.read(dataset, "big", [KEY, "x"], DateRange()).data
         assert proxy.faults_injected == 1 and proxy.cuts == 1 and proxy.forwarded >= 1
+        # Every row once: the streams went on from the rows they had, not from their starts.
+        assert result.num_rows == data.num_rows
+        assert pc.count_distinct(result[KEY]).as_py() == data.num_rows
         assert result.equals(data.sort_by(KEY))
+        wh.close()
+
+
+@pytest.fixture(scope="module")
+def long_table(bigquery_emulator: BigQueryEmulator) -> tuple[str, pa.Table]:  # noqa: F811
+    """1,500,000 keys: one read stream that the emulator sends as two responses (1,000,000 rows,
+    8 MB, then 500,000)."""
+    n = 1_500_000
+    start = np.datetime64("2023-01-02T00:00", "us")
+    data = pa.table({KEY: pa.array(start + np.arange(n) * 60_000_000).cast(KEY_TYPE)})
+    dataset = bigquery_emulator.dataset("long")
+    load_tables(bigquery_emulator.client(), dataset, {"long": data})
+    return dataset, data
+
+
+def test_stream_cut_after_a_response_resumes_at_the_next_row(
+    bigquery_emulator: BigQueryEmulator,  # noqa: F811
+    long_table: tuple[str, pa.Table],
+):
+    """The connection is reset 9 MB in: after the first response (8 MB), inside the second."""
+    dataset, data = long_table
+    with TcpFaultProxy(
+        bigquery_emulator.grpc_endpoint, drops=1, cut_after_bytes=9_000_000
+    ) as proxy:
+        wh = bigquery_emulator.warehouse(
+            dataset, dataset, read_endpoint=proxy.endpoint, max_read_streams=1
+        )
+        read = wh.read(dataset, "long", [KEY], DateRange())
+        assert proxy.cuts == 1
+        # The stream went on at row 1,000,000 (ReadRowsRequest.offset), not from its start...
+        assert [offset for _, offset in wh.resumes] == [1_000_000]
+        assert wh.retries == 1
+        # ...so every row arrived once, and the bytes received are the table's once.
+        assert read.data.num_rows == data.num_rows
+        assert pc.count_distinct(read.data[KEY]).as_py() == data.num_rows
+        assert read.data.equals(data)
+        assert read.bytes_read < 12_100_000
         wh.close()
 
 

@@ -129,7 +129,10 @@ class BigQueryWarehouse(Warehouse):
         stream_timeout_s: float = 1800.0,
         gcs_local_root: str | None = None,
     ) -> None:
-        from google.cloud.bigquery_storage_v1 import BigQueryReadClient
+        # The generated client, not the package's wrapper: the wrapper's read_rows resumes some
+        # dropped streams on its own, out of sight of the retry budget and its count; here
+        # _read_stream alone resumes a stream, at the row after the last one it received.
+        from google.cloud.bigquery_storage_v1.services.big_query_read import BigQueryReadClient
 
         self.project = project
         self.features_dataset = features_dataset
@@ -143,6 +146,7 @@ class BigQueryWarehouse(Warehouse):
         self.stream_timeout_s = stream_timeout_s
         self.gcs_local_root = gcs_local_root
         self._retries = 0
+        self._resumes: list[tuple[str, int]] = []
         self._lock = threading.Lock()
         if credentials is None and (api_endpoint or read_endpoint):
             from google.auth.credentials import AnonymousCredentials
@@ -336,24 +340,39 @@ class BigQueryWarehouse(Warehouse):
     def _read_stream(
         self, what: str, stream: str, schema: pa.Schema
     ) -> tuple[list[pa.RecordBatch], int]:
-        """Every batch of one stream. A stream that fails transiently is read again from its
-        start (the client itself resumes at the last offset on UNAVAILABLE)."""
+        """Every batch of one stream. A stream that fails transiently part-way is read on from
+        the row after the last one received (ReadRowsRequest.offset), not from its start: the
+        rows already decoded are kept and none arrives twice."""
+        batches: list[pa.RecordBatch] = []
+        received = 0
 
         def attempt() -> tuple[list[pa.RecordBatch], int]:
-            batches: list[pa.RecordBatch] = []
-            received = 0
+            nonlocal received
+            offset = sum(b.num_rows for b in batches)
+            if offset:
+                with self._lock:
+                    self._resumes.append((stream, offset))
+                log.info("bigquery: %s: resuming stream %s at row %d", what, stream, offset)
             responses = self.read_client.read_rows(
-                stream, offset=0, retry=None, timeout=self.stream_timeout_s
+                read_stream=stream, offset=offset, retry=None, timeout=self.stream_timeout_s
             )
             for response in responses:
                 payload = response.arrow_record_batch.serialized_record_batch
                 if not payload:
                     continue
-                received += len(payload)
+                # Kept only once decoded whole: the offset counts complete batches only.
                 batches.append(pa.ipc.read_record_batch(pa.py_buffer(payload), schema))
+                received += len(payload)
             return batches, received
 
         return self._call(what, attempt)
+
+    @property
+    def resumes(self) -> list[tuple[str, int]]:
+        """(stream, row offset) of each stream read resumed part-way so far (for run metadata
+        and tests)."""
+        with self._lock:
+            return list(self._resumes)
 
     # -- extract jobs ----------------------------------------------------------------------
     def export(
