@@ -1,0 +1,32 @@
+"""Step measurements: the local bytes a step holds at its peak, above what was there before."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bqx_assets.core.metrics import (
+    STEP_FOOTPRINT_BYTES,
+    STEP_PEAK_LOCAL_BYTES,
+    LocalBytes,
+    folder_bytes,
+    footprint_metadata,
+)
+
+
+def test_peak_local_bytes_counts_a_file_that_came_and_went(tmp_path: Path) -> None:
+    work, cache = tmp_path / "work", tmp_path / "work" / "cache"
+    cache.mkdir(parents=True)
+    (cache / "before.bin").write_bytes(b"x" * 2_000_000)  # there before: not the step's
+    with LocalBytes([work, cache, tmp_path / "absent"], interval=0.01) as local:
+        scratch = work / "nested" / "scratch.bin"
+        scratch.parent.mkdir()
+        scratch.write_bytes(b"y" * 3_000_000)
+        time.sleep(0.2)
+        scratch.unlink()
+    assert local.peak == 3_000_000  # nested folders counted once, the earlier file not at all
+    assert folder_bytes(work) == 2_000_000
+
+
+def test_footprint_is_peak_rss_plus_peak_local_bytes() -> None:
+    assert footprint_metadata(5, 7) == {STEP_PEAK_LOCAL_BYTES: 7, STEP_FOOTPRINT_BYTES: 12}
