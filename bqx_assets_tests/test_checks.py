@@ -22,7 +22,8 @@ TARGETS = tuple(f"target_bqx45_h{h}" for h in (15, 30))
 FEATURES = {"agg_bqx__agg_mean_45": "agg", "corr_etf_idx_spy__corr_45": "corr"}
 TRAINING = dg.AssetKey("training_file")
 PARTITIONS = dg.StaticPartitionsDefinition([GOOD, BAD])
-THRESHOLDS = Thresholds(min_rows=100, max_rows=1_000)
+THRESHOLDS = Thresholds(min_rows=100, max_rows=1_000, require_coverage=False)
+"""Hand-made files carry no merge coverage record (test_profile.py covers those that do)."""
 
 
 def expectation(pair: str) -> Expectation:
@@ -120,6 +121,11 @@ def test_each_pair_records_its_own_result_per_check(
         "null_completeness": failed,
         "key_integrity": failed,
         "no_target_leakage": passed,
+        # Hand-made files: no coverage record (not required here), one row group's tail, and
+        # a pair's first build (no published profile).
+        "table_coverage": passed,
+        "newest_rows": passed,
+        "profile_drift": passed,
     }
     assert all(r.partition == GOOD for r in by_pair[GOOD].values())
     # The UI's view: the latest result of each check is known per partition, not only overall.
@@ -144,7 +150,10 @@ def test_failed_results_carry_actual_expected_threshold_and_offenders(
     metadata = {k: v.value for k, v in evaluation.metadata.items()}
     assert metadata["families_over_threshold"] == {"corr": 1.0}
     assert metadata["all_null_columns"] == ["corr_etf_idx_spy__corr_45"]
-    assert metadata["threshold"] == {"feature_null_share": 0.05}
+    assert metadata["threshold"] == {
+        "expected_null_share": {"agg": 0.024, "corr": 0.53},
+        "tolerance": {"agg": 0.05, "corr": 0.3},
+    }
     assert {"actual", "expected", "threshold"} <= set(metadata)
     assert "100% null" in (evaluation.description or "")
 
@@ -162,7 +171,7 @@ def test_a_failed_gate_publishes_nothing_and_blocks_downstream(
     assert event is not None and event.asset_materialization is not None
     assert event.asset_materialization.partition == BAD
     families = event.asset_materialization.metadata["families"].value
-    assert "| corr | 1 | 100.00% | 1 | 5% | NO |" in families
+    assert "| corr | 1 | 100.00% | 0.00% | 100.00% | - | 1 | 83.0% | NO |" in families
 
 
 def test_rematerializing_after_the_fix_passes_and_publishes(

@@ -22,7 +22,7 @@ import pyarrow as pa
 COVERAGE_KEY = "bqx:coverage"
 """Key of the coverage record in the training file's key-value metadata."""
 
-_VERSION = 2
+_VERSION = 3
 _ZSTD = "zstd+base64:"
 _COMPRESS_ABOVE = 16 * 1024
 """JSON records larger than this are stored zstd-compressed and base64-encoded (a full pair's
@@ -56,6 +56,10 @@ class TableCoverage:
     """Spine keys of the newest day that the table has a row for."""
     tail_missing: int
     """Spine keys after the last one covered: how early the table stops."""
+    tail_expected: int
+    """Of those, the keys whose minute the day before the table did cover (or that lie less than
+    a day after the spine's start): the rows a table with a daily pattern (an ETF's trading
+    hours) should have had, so a stop outside its hours is not counted."""
     longest_gap: int
     """Longest run of spine keys not covered between the first and the last covered: the gaps
     the table has by nature (an ETF closed overnight, a feed outage)."""
@@ -75,6 +79,7 @@ class TableCoverage:
             self.last_key,
             self.newest_matched,
             self.tail_missing,
+            self.tail_expected,
             self.longest_gap,
             list(self.source_nulls),
             list(self.newest_nulls),
@@ -82,7 +87,7 @@ class TableCoverage:
 
     @classmethod
     def from_json(cls, row: Sequence[Any]) -> TableCoverage:
-        table, first, columns, rows, matched, lo, hi, newest, short, gap, source, tail = row
+        table, first, columns, rows, matched, lo, hi, newest, short, due, gap, source, tail = row
         return cls(
             str(table),
             int(first),
@@ -93,6 +98,7 @@ class TableCoverage:
             None if hi is None else int(hi),
             int(newest),
             int(short),
+            int(due),
             int(gap),
             tuple(int(v) for v in source),
             tuple(int(v) for v in tail),
@@ -186,6 +192,14 @@ def table_coverage_of(
         found = np.zeros(len(spine_keys), dtype=bool)
     hits = np.flatnonzero(found)
     newest = int(np.searchsorted(spine_keys, newest_from))
+    tail = spine_keys[hits[-1] + 1 :] if len(hits) else spine_keys
+    day_before = tail - _DAY_US
+    if len(ordered):
+        at = np.minimum(np.searchsorted(ordered, day_before), len(ordered) - 1)
+        had = ordered[at] == day_before
+    else:
+        had = np.zeros(len(tail), dtype=bool)
+    due = had | (day_before < spine_keys[0])
     return TableCoverage(
         table=table,
         first_column=first_column,
@@ -195,7 +209,8 @@ def table_coverage_of(
         first_key=int(spine_keys[hits[0]]) if len(hits) else None,
         last_key=int(spine_keys[hits[-1]]) if len(hits) else None,
         newest_matched=int(found[newest:].sum()),
-        tail_missing=len(spine_keys) - 1 - int(hits[-1]) if len(hits) else len(spine_keys),
+        tail_missing=len(tail),
+        tail_expected=int(due.sum()),
         longest_gap=int(np.diff(hits).max()) - 1 if len(hits) > 1 else 0,
         source_nulls=tuple(int(v) for v in source_nulls),
         newest_nulls=(0,) * len(source_nulls),

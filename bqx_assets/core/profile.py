@@ -57,6 +57,13 @@ def profile_key(pair: str) -> str:
     return f"training_{pair}.profile.parquet"
 
 
+def candidate_key(pair: str) -> str:
+    """Storage key of the profile of a file that passed the gate but is not published yet: it
+    becomes the pair's profile (`promote_profile`) once the file is published, so a file that
+    fails, or whose upload fails, never becomes the reference of the next build."""
+    return f"profiles/candidate/training_{pair}.profile.parquet"
+
+
 @dataclass(frozen=True)
 class FamilyProfile:
     """Null shares of one feature family (cells of the family in the file as denominator)."""
@@ -245,14 +252,29 @@ def _share(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
-def save_profile(storage: Storage, profile: Profile, workdir: Path) -> str:
-    """Store a profile beside the pair's published training file; returns its URI."""
-    local = Path(workdir) / profile_key(profile.pair)
+def save_profile(storage: Storage, profile: Profile, workdir: Path, key: str | None = None) -> str:
+    """Store a profile under `key` (default: beside the pair's published training file);
+    returns its URI."""
+    key = key or profile_key(profile.pair)
+    local = Path(workdir) / Path(key).name
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_bytes(profile.to_bytes())
-    info = storage.put_file(local, profile_key(profile.pair), move=True)
+    info = storage.put_file(local, key, move=True)
     local.unlink(missing_ok=True)
     return info.uri
+
+
+def promote_profile(storage: Storage, pair: str, workdir: Path) -> Profile:
+    """Make the candidate profile of the pair's just-published file its published profile."""
+    data = storage.read_bytes(candidate_key(pair))
+    if data is None:
+        raise ValidationError(
+            f"pair {pair}: no candidate profile at {storage.uri_of(candidate_key(pair))}; "
+            "the training file's gate did not pass in this build"
+        )
+    profile = Profile.from_bytes(data, storage.uri_of(candidate_key(pair)))
+    save_profile(storage, profile, workdir)
+    return profile
 
 
 def load_profile(storage: Storage, pair: str) -> Profile | None:

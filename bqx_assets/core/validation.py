@@ -89,9 +89,13 @@ hours, late-starting sources, cross-pair feed outages."""
 PRODUCTION_OTHER_NULL_SHARE = 0.024
 """Null share of every other family in production (rolling-window warm-ups): what is left of
 the 12.4% overall once corr, tri and cov are counted."""
-PRODUCTION_MIN_COVERAGE: Mapping[str, float] = {"corr": 0.25}
+PRODUCTION_NULL_TOLERANCE: Mapping[str, float] = {"corr": 0.30, "tri": 0.15}
+"""Per-family tolerances wider than the default: corr's share depends on where the spine's ends
+fall in the ETF's trading hours (80% null for a spine of one morning), one tri source alone may
+start 39% of the way in."""
+PRODUCTION_MIN_COVERAGE: Mapping[str, float] = {"corr": 0.10}
 """Share of the spine's keys a table of these families has at least: corr tables have rows only
-while their ETF quotes (about half of the FX minutes)."""
+while their ETF quotes (about half of the FX minutes; a fifth of a spine of one morning)."""
 
 _TARGET_NAME = re.compile(r"^target_bqx(?P<window>\d+)_h(?P<horizon>\d+)$")
 # A target token anywhere in a feature name: `target_45`, `base_bqx__target_45`, `x_target`.
@@ -115,7 +119,11 @@ class Thresholds:
     )
     """Expected null share per family (production's by default)."""
     null_share_tolerance: float = 0.05
-    """A family may be this much (absolute) more null than expected on a pair's first build."""
+    """A family may be this much (absolute) more null than expected."""
+    family_null_tolerance: Mapping[str, float] = field(
+        default_factory=lambda: dict(PRODUCTION_NULL_TOLERANCE)
+    )
+    """Per-family overrides of `null_share_tolerance`."""
     require_coverage: bool = True
     """Fail table_coverage when the file has no coverage record (it was not written by the
     merge)."""
@@ -126,15 +134,20 @@ class Thresholds:
         default_factory=lambda: dict(PRODUCTION_MIN_COVERAGE)
     )
     """Per-family overrides of `min_coverage`."""
-    tail_tolerance_rows: int = 5
-    """A table may stop this many spine rows before the spine's end beyond its own longest gap."""
+    tail_tolerance_rows: int = 2
+    """A table may miss this many of the spine's last minutes that it had the day before (a
+    table with trading hours is not expected to have rows after they close)."""
     newest_null_tolerance: float = 0.10
     """The newest day's null share of the values tables have may exceed the whole file's by this
     much (absolute), per family."""
-    drift_family_null_share: float = 0.03
-    """A family's null share may move this much (absolute) from the last published profile."""
-    drift_column_null_share: float = 0.15
-    """A column's null share may move this much (absolute) from the last published profile."""
+    drift_family_null_share: float = 0.005
+    """A family's null share may move this much (absolute) from the last published profile, or
+    `drift_relative` of it, whichever is larger."""
+    drift_column_null_share: float = 0.01
+    """A column's null share may move this much (absolute), or `drift_relative` of it."""
+    drift_relative: float = 0.25
+    """Relative part of the drift tolerances: a null share that doubles always moves too far,
+    while one more day of data moves production's shares by about 1% of themselves."""
     drift_range_factor: float = 1.0
     """A column's min or max may move by this many times its last published range (max - min)."""
     leak_allow: tuple[str, ...] = ()
@@ -157,8 +170,11 @@ class Thresholds:
     def expected_null_share(self, family: str) -> float:
         return self.family_null_share.get(family, self.feature_null_share)
 
+    def null_tolerance(self, family: str) -> float:
+        return self.family_null_tolerance.get(family, self.null_share_tolerance)
+
     def null_threshold(self, family: str) -> float:
-        return self.expected_null_share(family) + self.null_share_tolerance
+        return self.expected_null_share(family) + self.null_tolerance(family)
 
     def coverage_floor(self, family: str) -> float:
         return self.family_min_coverage.get(family, self.min_coverage)
@@ -171,6 +187,7 @@ class Thresholds:
             "feature_null_share": self.feature_null_share,
             "family_null_share": dict(self.family_null_share),
             "null_share_tolerance": self.null_share_tolerance,
+            "family_null_tolerance": dict(self.family_null_tolerance),
             "require_coverage": self.require_coverage,
             "min_coverage": self.min_coverage,
             "family_min_coverage": dict(self.family_min_coverage),
@@ -178,6 +195,7 @@ class Thresholds:
             "newest_null_tolerance": self.newest_null_tolerance,
             "drift_family_null_share": self.drift_family_null_share,
             "drift_column_null_share": self.drift_column_null_share,
+            "drift_relative": self.drift_relative,
             "drift_range_factor": self.drift_range_factor,
             "leak_allow": list(self.leak_allow),
             "key_range": [self.key_range[0].isoformat(), self.key_range[1].isoformat()],
@@ -571,7 +589,7 @@ def _null_completeness(
         parts.append(
             "families over expectation: "
             + ", ".join(
-                f"{k} {v:.1%} > {th.expected_null_share(k):.1%} + {th.null_share_tolerance:.0%}"
+                f"{k} {v:.1%} > {th.expected_null_share(k):.1%} + {th.null_tolerance(k):.0%}"
                 for k, v in over.items()
             )
         )
@@ -588,7 +606,7 @@ def _null_completeness(
         "column 100% null",
         "threshold": {
             "expected_null_share": {f.family: th.expected_null_share(f.family) for f in families},
-            "tolerance": th.null_share_tolerance,
+            "tolerance": {f.family: th.null_tolerance(f.family) for f in families},
         },
         "families": {
             f.family: {
@@ -648,16 +666,15 @@ def _table_coverage(
         family = exp.table_family.get(t.table, UNEXPECTED_FAMILY)
         share = _share(t.matched, coverage.spine_rows)
         floor = th.coverage_floor(family)
-        allowed_tail = max(th.tail_tolerance_rows, t.longest_gap)
         reasons = []
         if share < floor:
             short.append(t)
             reasons.append(f"covers {share:.1%} of the spine < {floor:.0%}")
-        if t.tail_missing > allowed_tail:
+        if t.tail_expected > th.tail_tolerance_rows:
             stopped.append(t)
             reasons.append(
-                f"stops {t.tail_missing:,} rows before the spine's end "
-                f"(its longest gap {t.longest_gap:,}, tolerance {th.tail_tolerance_rows})"
+                f"stops {t.tail_missing:,} rows before the spine's end, {t.tail_expected:,} of "
+                f"them minutes it had the day before (tolerance {th.tail_tolerance_rows})"
             )
         if reasons:
             problems[t.table] = {
@@ -813,6 +830,7 @@ def _profile_drift(profile: Profile, history: Profile | None, th: Thresholds) ->
     threshold = {
         "family_null_share": th.drift_family_null_share,
         "column_null_share": th.drift_column_null_share,
+        "relative": th.drift_relative,
         "range_factor": th.drift_range_factor,
     }
     if history is None:
@@ -831,9 +849,8 @@ def _profile_drift(profile: Profile, history: Profile | None, th: Thresholds) ->
     families: dict[str, dict[str, float]] = {}
     for f in profile.families:
         before = history.family(f.family)
-        if (
-            before is not None
-            and abs(f.null_share - before.null_share) > th.drift_family_null_share
+        if before is not None and abs(f.null_share - before.null_share) > max(
+            th.drift_family_null_share, th.drift_relative * before.null_share
         ):
             families[f.family] = {
                 "before": round(before.null_share, 6),
@@ -855,7 +872,9 @@ def _profile_drift(profile: Profile, history: Profile | None, th: Thresholds) ->
     hi_now, hi_then = values(now, "max", a), values(then, "max", b)
     dtype_now = now.column("dtype").to_pylist()
     dtype_then = then.column("dtype").to_pylist()
-    moved = np.abs(share_now - share_then) > th.drift_column_null_share
+    moved = np.abs(share_now - share_then) > np.maximum(
+        th.drift_column_null_share, th.drift_relative * share_then
+    )
     became_null = (share_now >= 1.0) & (share_then < 1.0)
     span = hi_then - lo_then
     became_constant = (lo_now == hi_now) & (span > 0)

@@ -66,7 +66,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--tail-tolerance-rows",
         type=int,
-        help="rows a table may stop before the spine's end beyond its own longest gap (5)",
+        help="last spine minutes a table may miss that it had the day before (2)",
     )
     parser.add_argument(
         "--newest-null-tolerance",
