@@ -43,7 +43,7 @@ def test_graph_is_readable_and_complete() -> None:
     snapshot = _graph_snapshot()
     assets = snapshot["assets"]
     # 21 families: a warehouse node and a checkpoint node each, in the family's group.
-    assert len(assets) == 2 * 21 + 3
+    assert len(assets) == 2 * 21 + 4  # + targets x 2, training_file, training_profile
     groups = {a["group"] for a in assets.values()}
     assert len(groups) == 22 and "training" in groups
     assert assets["checkpoints/tri"] == {

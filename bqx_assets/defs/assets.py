@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
 from bqx_assets.core.catalog import FAMILY_ORDER, Catalog
 from bqx_assets.core.costs import Prices, StepUsage
@@ -25,6 +26,7 @@ from bqx_assets.core.extraction import (
 from bqx_assets.core.layout import checkpoint_key, training_file_key
 from bqx_assets.core.merge import IO_THREADS, Input, merge_checkpoints, sources_for_pair
 from bqx_assets.core.metrics import LocalBytes, Stopwatch, footprint_metadata, peak_rss_bytes
+from bqx_assets.core.profile import candidate_key, load_profile, promote_profile, save_profile
 from bqx_assets.core.publish import TrainingFile
 from bqx_assets.core.storage import ObjectStorage, StagedUpload, Storage
 from bqx_assets.core.validation import Expectation, validate_training_file
@@ -39,6 +41,7 @@ PAIR_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILY_ORDER if f not in SHARE
 TARGETS = "targets"
 TRAINING_GROUP = "training"
 TRAINING_FILE = dg.AssetKey("training_file")
+TRAINING_PROFILE = dg.AssetKey("training_profile")
 BIGQUERY_POOL = "bigquery"
 """Steps that read the warehouse share this pool, so a backfill of many pairs never opens more
 read sessions than the pool allows (dagster.yaml sets its limit)."""
@@ -338,6 +341,8 @@ def training_file(
     catalog = settings.catalog()
     storage = checkpoints.storage()
     output = training_io_manager.storage()
+    # The pair's last published profile: what this build's drift is judged against.
+    history = load_profile(output, pair)
     targets = catalog.targets[pair]
     tables = catalog.tables_for(pair)
     require_checkpoints(storage, [*tables, targets], f"pair {pair}")
@@ -362,16 +367,25 @@ def training_file(
         if merged.staged is not None:
             with merged.staged.file.open() as stored:
                 report = validate_training_file(
-                    merged.staged.info.uri, expectation, settings.thresholds(), source=stored
+                    merged.staged.info.uri,
+                    expectation,
+                    settings.thresholds(),
+                    history=history,
+                    source=stored,
                 )
         else:
-            report = validate_training_file(out, expectation, settings.thresholds())
+            report = validate_training_file(
+                out, expectation, settings.thresholds(), history=history
+            )
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         if merged is not None and merged.staged is not None and isinstance(output, ObjectStorage):
             output.discard(merged.staged)
         raise
     verdict = "passed every gate check" if report.passed else f"failed {list(report.failed)}"
+    if report.passed and report.profile is not None:
+        # A candidate until the file is published: training_profile promotes it.
+        save_profile(output, report.profile, workdir, candidate_key(pair))
     context.log.info(f"training file of {pair}: {merged.rows} x {merged.columns}, {verdict}")
     if merged.staged is not None:
         handed = TrainingFile(pair, None, report.passed, report.to_dict(), staged=merged.staged)
@@ -391,6 +405,9 @@ def training_file(
             "peak_rss_bytes": dg.MetadataValue.int(peak_rss_bytes()),
             "gate": dg.MetadataValue.text("passed" if report.passed else "failed"),
             "families": dg.MetadataValue.md(report.family_table_markdown()),
+            "profile_history": dg.MetadataValue.text(
+                history.created if history else "none: first build of the pair"
+            ),
             **step,
             **footprint_metadata(usage.finish().peak_rss_bytes, local.stop()),
         },
@@ -399,4 +416,52 @@ def training_file(
 
 
 warehouse_assets = [_observer(_CATALOG, f) for f in (*PAIR_FAMILIES, *SHARED_FAMILIES, TARGETS)]
-all_assets = [*warehouse_assets, shared_checkpoints, pair_checkpoints, training_file]
+
+
+@dg.asset(
+    key=TRAINING_PROFILE,
+    partitions_def=pairs_partitions,
+    deps=[TRAINING_FILE],
+    io_manager_key="frame_io_manager",
+    group_name=TRAINING_GROUP,
+    kinds={"polars"},
+)
+def training_profile(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    training_io_manager: dg.ResourceParam[TrainingFileIOManager],
+) -> dg.Output[pl.DataFrame]:
+    """The profile of the pair's published training file, one row per feature column: null
+    share (split into nulls the merge made and nulls the source had), newest-day nulls, footer
+    min/max, family and table. Built from the footer by the gate, it is stored beside the
+    published file as `training_{pair}.profile.parquet`, the reference the pair's next build is
+    judged against (profile_drift). Runs only after every gate check of the file passed. A
+    partition is one pair."""
+    pair = context.partition_key
+    profile = promote_profile(
+        training_io_manager.storage(), pair, settings.work_path("profile", pair)
+    )
+    metadata: dict[str, dg.MetadataValue] = {
+        "rows": dg.MetadataValue.int(profile.rows),
+        "feature_columns": dg.MetadataValue.int(profile.columns.num_rows),
+        "families": dg.MetadataValue.md(profile.family_markdown()),
+        "built": dg.MetadataValue.text(profile.created),
+    }
+    # One float per family, plotted by Dagster across materializations.
+    for family in profile.families:
+        metadata[f"null_share_{family.family}"] = dg.MetadataValue.float(
+            round(family.null_share, 6)
+        )
+    if profile.coverage is not None:
+        metadata["tables"] = dg.MetadataValue.int(len(profile.coverage.tables))
+        metadata["newest_rows"] = dg.MetadataValue.int(profile.coverage.newest_rows)
+    return dg.Output(pl.from_arrow(profile.columns), metadata=metadata)  # type: ignore[arg-type]
+
+
+all_assets = [
+    *warehouse_assets,
+    shared_checkpoints,
+    pair_checkpoints,
+    training_file,
+    training_profile,
+]

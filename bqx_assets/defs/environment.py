@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import dagster as dg
 
+from bqx_assets.defs.frame_io import FrameIOManagerFactory
 from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets.defs.resources import (
     BigQueryWarehouseResource,
@@ -69,6 +70,9 @@ def resources_for(which: Deployment | None = None) -> dict[str, Any]:
                 output_root=_env("BQX_OUTPUT_ROOT", "gs://bqx-ml-output"),
                 cache_dir=_env("BQX_OUTPUT_CACHE_DIR", "/tmp/bqx/cache/output"),
             ),
+            "frame_io_manager": FrameIOManagerFactory(
+                base_dir=_env("BQX_FRAME_DIR", "/tmp/bqx/frames")
+            ),
         }
     # The embedded warehouse holds a few thousand minutes per pair, not production's 177K:
     # the row-count gate checks equality with the spine and these looser bounds.
@@ -85,4 +89,5 @@ def resources_for(which: Deployment | None = None) -> dict[str, Any]:
             output_root=_env("BQX_OUTPUT_ROOT", "data/output"),
             cache_dir=_env("BQX_OUTPUT_CACHE_DIR", "data/cache/output"),
         ),
+        "frame_io_manager": FrameIOManagerFactory(base_dir=_env("BQX_FRAME_DIR", "data/frames")),
     }

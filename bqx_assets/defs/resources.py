@@ -121,8 +121,35 @@ class PipelineSettings(dg.ConfigurableResource):
     feature_null_share: float = _GATE.feature_null_share
     family_null_share: dict[str, float] = Field(
         default_factory=lambda: dict(_GATE.family_null_share),
-        description="per-family overrides of feature_null_share",
+        description="expected null share per family (production's); others: feature_null_share",
     )
+    null_share_tolerance: float = Field(
+        default=_GATE.null_share_tolerance,
+        description="a family may exceed its expected null share by this much on a first build",
+    )
+    family_null_tolerance: dict[str, float] = Field(
+        default_factory=lambda: dict(_GATE.family_null_tolerance),
+        description="per-family overrides of null_share_tolerance",
+    )
+    min_coverage: float = Field(
+        default=_GATE.min_coverage, description="share of the spine every feature table covers"
+    )
+    family_min_coverage: dict[str, float] = Field(
+        default_factory=lambda: dict(_GATE.family_min_coverage),
+        description="per-family overrides of min_coverage",
+    )
+    tail_tolerance_rows: int = Field(
+        default=_GATE.tail_tolerance_rows,
+        description="last spine minutes a table may miss that it had the day before",
+    )
+    newest_null_tolerance: float = Field(
+        default=_GATE.newest_null_tolerance,
+        description="allowed excess null share of the newest day over the whole file",
+    )
+    drift_family_null_share: float = _GATE.drift_family_null_share
+    drift_column_null_share: float = _GATE.drift_column_null_share
+    drift_relative: float = _GATE.drift_relative
+    drift_range_factor: float = _GATE.drift_range_factor
     leak_allow: list[str] = Field(default_factory=lambda: list(_GATE.leak_allow))
 
     def catalog(self) -> Catalog:
@@ -153,6 +180,16 @@ class PipelineSettings(dg.ConfigurableResource):
             target_null_share=self.target_null_share,
             feature_null_share=self.feature_null_share,
             family_null_share=dict(self.family_null_share),
+            null_share_tolerance=self.null_share_tolerance,
+            family_null_tolerance=dict(self.family_null_tolerance),
+            min_coverage=self.min_coverage,
+            family_min_coverage=dict(self.family_min_coverage),
+            tail_tolerance_rows=self.tail_tolerance_rows,
+            newest_null_tolerance=self.newest_null_tolerance,
+            drift_family_null_share=self.drift_family_null_share,
+            drift_column_null_share=self.drift_column_null_share,
+            drift_relative=self.drift_relative,
+            drift_range_factor=self.drift_range_factor,
             leak_allow=tuple(self.leak_allow),
             key_range=key_range,
         )
