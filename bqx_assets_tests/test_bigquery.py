@@ -213,16 +213,31 @@ def test_read_keeps_the_requested_column_order_and_pair_when_asked(
     assert whole.num_rows == subset.sources[name].num_rows
 
 
+def _loaded(
+    emulator: BigQueryEmulator, name: str, columns: dict[str, pa.Array]
+) -> tuple[str, pa.Table]:
+    data = pa.table(columns)
+    dataset = emulator.dataset(name)
+    load_tables(emulator.client(), dataset, {name: data})
+    return dataset, data
+
+
+def _minute_keys(n: int) -> np.ndarray:
+    return np.datetime64("2023-01-02T00:00", "us") + np.arange(n) * 60_000_000
+
+
 @pytest.fixture(scope="module")
 def big_table(bigquery_emulator: BigQueryEmulator) -> tuple[str, pa.Table]:  # noqa: F811
     """250,000 rows loaded newest first: the emulator cuts a read stream per 100,000 rows."""
     n = 250_000
-    start = np.datetime64("2023-01-02T00:00", "us")
-    key = pa.array(start + np.arange(n)[::-1] * 60_000_000).cast(KEY_TYPE)
-    data = pa.table({KEY: key, "x": pa.array(np.arange(n, dtype="float64")[::-1])})
-    dataset = bigquery_emulator.dataset("streams")
-    load_tables(bigquery_emulator.client(), dataset, {"big": data})
-    return dataset, data
+    return _loaded(
+        bigquery_emulator,
+        "big",
+        {
+            KEY: pa.array(_minute_keys(n)[::-1]).cast(KEY_TYPE),
+            "x": pa.array(np.arange(n, dtype="float64")[::-1]),
+        },
+    )
 
 
 def test_read_of_many_streams_is_parallel_and_sorted(
@@ -270,12 +285,9 @@ def test_connection_lost_mid_stream_is_resumed(
 def long_table(bigquery_emulator: BigQueryEmulator) -> tuple[str, pa.Table]:  # noqa: F811
     """1,500,000 keys: one read stream that the emulator sends as two responses (1,000,000 rows,
     8 MB, then 500,000)."""
-    n = 1_500_000
-    start = np.datetime64("2023-01-02T00:00", "us")
-    data = pa.table({KEY: pa.array(start + np.arange(n) * 60_000_000).cast(KEY_TYPE)})
-    dataset = bigquery_emulator.dataset("long")
-    load_tables(bigquery_emulator.client(), dataset, {"long": data})
-    return dataset, data
+    return _loaded(
+        bigquery_emulator, "long", {KEY: pa.array(_minute_keys(1_500_000)).cast(KEY_TYPE)}
+    )
 
 
 def test_stream_cut_after_a_response_resumes_at_the_next_row(

@@ -20,6 +20,7 @@ from bqx_assets.core.costs import (
     format_report,
     total,
 )
+from bqx_assets.core.metrics import STEP_PEAK_LOCAL_BYTES
 from bqx_assets.defs.partitions import pairs_partitions
 
 
@@ -128,7 +129,7 @@ def test_cost_lines_sum_each_pairs_latest_run_counting_a_multi_asset_step_once(
     def training_file() -> dg.MaterializeResult:
         # A footprint measurement beside the usage: reported as recorded, the largest per line.
         return dg.MaterializeResult(
-            metadata={**_usage_metadata(50.0, 0), "step_peak_local_bytes": 3 * 2**30}
+            metadata={**_usage_metadata(50.0, 0), STEP_PEAK_LOCAL_BYTES: 3 * 2**30}
         )
 
     @dg.asset(key=["checkpoints", "tri"])
@@ -159,7 +160,7 @@ def test_cost_lines_sum_each_pairs_latest_run_counting_a_multi_asset_step_once(
     assert shared_line.steps == 1 and shared_line.usage.bytes_read == 2**40
     assert shared_line.usage.bigquery_usd == pytest.approx(1.0)
     assert shared_line.usage.wall_seconds > 0
-    assert pair.footprint == {"step_peak_local_bytes": 3 * 2**30}
+    assert pair.footprint == {STEP_PEAK_LOCAL_BYTES: 3 * 2**30}
     assert shared_line.footprint == {}
     report = format_report(list(lines.values())).splitlines()
     assert "peak_local_GiB" in report[0]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from types import TracebackType
 from typing import Any, Self
 
-from bqx_assets.core.metrics import peak_rss_bytes
+from bqx_assets.core.metrics import FOOTPRINT_KEYS, peak_rss_bytes
 
 METADATA_KEYS: tuple[str, ...] = (
     "step_cpu_seconds",
@@ -211,17 +211,13 @@ class StepUsage:
 
 
 def footprint(metadata: Mapping[str, Any]) -> dict[str, float]:
-    """A step's other recorded measurements: numeric metadata under `step_` keys that are not
-    METADATA_KEYS (the footprint: peak local bytes, RSS + local bytes, named in metrics.py)."""
+    """A step's footprint as recorded under metrics.FOOTPRINT_KEYS (peak local bytes, RSS +
+    local bytes); keys it did not record are left out."""
     found: dict[str, float] = {}
-    for key, value in metadata.items():
+    for key in FOOTPRINT_KEYS:
+        value = metadata.get(key)
         value = getattr(value, "value", value)
-        if (
-            key.startswith("step_")
-            and key not in METADATA_KEYS
-            and isinstance(value, int | float)
-            and not isinstance(value, bool)
-        ):
+        if isinstance(value, int | float) and not isinstance(value, bool):
             found[key] = value
     return found
 
