@@ -1,27 +1,39 @@
-"""The one Definitions object of bqx_assets."""
+"""The one Definitions object of bqx_assets, and where each stage's code is.
+
+Each stage is an asset in `defs/assets.py` (first name) whose body calls a core function in
+`bqx_assets/core/` (after the arrow):
+- warehouse tables observed, a data version per family and pair: `pair_sources`,
+  `shared_sources` (assets `warehouse/<family>`) -> `warehouse.Warehouse.states`
+  (`bigquery.BigQueryWarehouse`, `embedded.EmbeddedWarehouse`).
+- the 411 tables every pair uses, extracted once: `shared_checkpoints`
+  (`checkpoints/<tri|mkt|var|csi>`) -> `extraction.extract_tables`.
+- one pair's own tables and targets, extracted: `pair_checkpoints` (`checkpoints/<family>`,
+  `checkpoints/targets`) -> `extraction.extract_tables`.
+- merged, gate-checked, published: `training_file` -> `merge.merge_checkpoints`, then
+  `validation.validate_training_file`; its checks come from `defs/checks.py`, and
+  `defs/io_managers.py` publishes it with `publish.publish_training_file`.
+Jobs are in `defs/jobs.py`, automation in `defs/automation.py`, and each deployment's resources
+in `defs/environment.py` (the only reader of the environment).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import dagster as dg
 
-from bqx_assets.defs.assets import all_assets, pair_checkpoints, shared_checkpoints, training_file
+from bqx_assets.defs.assets import all_assets
 from bqx_assets.defs.automation import automation
-from bqx_assets.defs.environment import resources_for
+from bqx_assets.defs.environment import require_graph_catalog, resources_for
+from bqx_assets.defs.jobs import jobs
 
-shared_job = dg.define_asset_job(
-    "shared_checkpoints_job",
-    selection=dg.AssetSelection.assets(shared_checkpoints),
-    description="Checkpoint the tables every pair uses (once per refresh).",
-)
-pair_job = dg.define_asset_job(
-    "pair_training_job",
-    selection=dg.AssetSelection.assets(pair_checkpoints, training_file),
-    description="One pair: its own checkpoints, then its merged and validated training file.",
-)
 
-defs = dg.Definitions(
-    assets=all_assets,
-    jobs=[shared_job, pair_job],
-    sensors=automation,
-    resources=resources_for(),
-)
+def build_definitions(resources: Mapping[str, Any]) -> dg.Definitions:
+    """The assets, jobs and sensors with these resources (a deployment's, or the demo's).
+    Refuses settings whose catalog is not the one the asset graph was built from."""
+    require_graph_catalog(resources["settings"])
+    return dg.Definitions(assets=all_assets, jobs=jobs, sensors=automation, resources=resources)
+
+
+defs = build_definitions(resources_for())

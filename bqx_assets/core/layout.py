@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import date
 from types import MappingProxyType
 
 import pyarrow as pa
@@ -38,6 +39,9 @@ checkpoint holds at most one small row group of ~25 columns at a time."""
 
 CHECKPOINT_COMPRESSION = "zstd"
 
+EMBEDDED_WAREHOUSE_PATH = "data/warehouse.duckdb"
+"""The embedded (DuckDB) warehouse's default file, relative to the working folder."""
+
 SHARED_OWNER = "shared"
 """Checkpoints of tables used by more than one pair live under `shared/`, written once."""
 
@@ -50,6 +54,20 @@ def checkpoint_key(owner: str, table: str) -> str:
 def manifest_key(owner: str, table: str) -> str:
     """Storage key of a checkpoint's manifest (rows, schema fingerprint, source state, checksum)."""
     return f"{owner}/{table}.manifest.json"
+
+
+def chunk_folder(owner: str, table: str) -> str:
+    """Folder of a table's chunked checkpoint: one file and manifest per date-range chunk."""
+    return f"{owner}/{table}"
+
+
+def chunk_key(owner: str, table: str, first: date, last: date) -> str:
+    """Storage key of the chunk holding days `first`..`last` (inclusive) of a table."""
+    return f"{chunk_folder(owner, table)}/{first.isoformat()}_{last.isoformat()}.parquet"
+
+
+def chunk_manifest_key(owner: str, table: str, first: date, last: date) -> str:
+    return f"{chunk_folder(owner, table)}/{first.isoformat()}_{last.isoformat()}.manifest.json"
 
 
 def training_file_key(pair: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from bqx_assets.core.catalog import FAMILY_ORDER, Catalog
+from bqx_assets.core.catalog import FAMILY_ORDER, SHARED_PREFIXES, Catalog
 from bqx_assets.core.costs import Prices, StepUsage
 from bqx_assets.core.errors import MergeError, StorageError
 from bqx_assets.core.extraction import (
@@ -32,11 +32,13 @@ from bqx_assets.core.storage import ObjectStorage, StagedUpload, Storage
 from bqx_assets.core.validation import Expectation, validate_training_file
 from bqx_assets.core.warehouse import SourceState
 from bqx_assets.defs.checks import check_results, training_check_specs
+from bqx_assets.defs.environment import graph_catalog
 from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets.defs.partitions import pairs_partitions
 from bqx_assets.defs.resources import CheckpointStore, PipelineSettings, WarehouseResource
 
-SHARED_FAMILIES: tuple[str, ...] = ("tri", "mkt", "var", "csi")
+SHARED_FAMILIES: tuple[str, ...] = tuple(p.removesuffix("_") for p in SHARED_PREFIXES)
+"""The families every pair uses (tri, mkt, var, csi): the catalog's shared prefixes."""
 PAIR_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILY_ORDER if f not in SHARED_FAMILIES)
 TARGETS = "targets"
 TRAINING_GROUP = "training"
@@ -45,6 +47,20 @@ TRAINING_PROFILE = dg.AssetKey("training_profile")
 BIGQUERY_POOL = "bigquery"
 """Steps that read the warehouse share this pool, so a backfill of many pairs never opens more
 read sessions than the pool allows (dagster.yaml sets its limit)."""
+
+WAREHOUSE_CRON = "0 */6 * * *"
+"""The warehouse's feature jobs refresh daily; observing its tables every 6 hours (UTC) costs a
+few metadata look-ups per family and pair."""
+OBSERVE_WAREHOUSE = dg.AutomationCondition.cron_tick_passed(
+    WAREHOUSE_CRON, "UTC"
+) & ~dg.AutomationCondition.in_progress()
+"""When the automation sensor observes a warehouse family (and so records its data version)."""
+REBUILD = dg.AutomationCondition.eager()
+"""Checkpoints and training files are rebuilt when what they are made from changes: a warehouse
+family observed with a new data version, a shared checkpoint re-extracted (every pair's training
+file), a pair's checkpoints rebuilt. Nothing is requested while a dependency is missing or in
+progress, so a pair never built stays unbuilt (initial builds are a backfill). A source's first
+observation counts as a change: checkpoints whose tables did not change are reused, not read."""
 
 _SCOPE_TEXT = {
     "pair": "one table set per pair",
@@ -76,12 +92,11 @@ def source_version(states: Sequence[SourceState], expected: int) -> str:
     return digest if len(states) == expected else f"missing-{expected - len(states)}-{digest}"
 
 
-def _observer(catalog: Catalog, family: str) -> dg.SourceAsset:
-    """An observable source asset for a family's warehouse tables: observing it records a data
-    version per pair (or one for shared tables) from the tables' last-modified times and row
-    counts, so checkpoints made from older versions show as stale in the UI."""
+def _source_spec(catalog: Catalog, family: str) -> dg.AssetSpec:
+    """A family's warehouse tables as an observable source: observing it records a data version
+    per pair (or one for shared tables) from the tables' last-modified times and row counts, so
+    checkpoints made from older versions show as stale in the UI."""
     tables, columns, scope = _family_facts(catalog, family)
-    shared = family in SHARED_FAMILIES
     if family == TARGETS:
         text = (
             f"`{catalog.targets_dataset}.targets_{{pair}}`: the spine of each training file "
@@ -91,42 +106,42 @@ def _observer(catalog: Catalog, family: str) -> dg.SourceAsset:
         text = (
             f"BigQuery feature tables of the `{family}` family in `{catalog.features_dataset}`: "
             f"{tables} tables and {columns} columns per pair ({_SCOPE_TEXT[scope]})."
-            + ("" if shared else " A partition is one pair's tables.")
+            + ("" if family in SHARED_FAMILIES else " A partition is one pair's tables.")
         )
-
-    def observe(context: dg.OpExecutionContext) -> dg.DataVersion | dg.DataVersionsByPartition:
-        cat: Catalog = context.resources.settings.catalog()
-        wh = context.resources.warehouse.open()
-        try:
-            if family == TARGETS:
-                states = wh.states(cat.targets_dataset, [cat.targets[p].name for p in cat.pairs])
-                return dg.DataVersionsByPartition(
-                    {p: source_version([s] if (s := states.get(cat.targets[p].name)) else [], 1)
-                     for p in cat.pairs}
-                )  # fmt: skip
-            names = {t.name for t in cat.tables.values() if t.family == family}
-            states = wh.states(cat.features_dataset, sorted(names))
-            if shared:
-                return dg.DataVersion(source_version(list(states.values()), len(names)))
-            versions = {}
-            for pair in cat.pairs:
-                own = [t.name for t in cat.tables_for(pair) if t.family == family]
-                versions[pair] = source_version([states[n] for n in own if n in states], len(own))
-            return dg.DataVersionsByPartition(versions)
-        finally:
-            wh.close()
-
-    return dg.observable_source_asset(
-        key=warehouse_key(family),
+    return dg.AssetSpec(
+        warehouse_key(family),
         description=text,
         group_name=TRAINING_GROUP if family == TARGETS else family,
-        partitions_def=None if shared else pairs_partitions,
         metadata={"tables_per_pair": tables, "columns_per_pair": columns}
         if family != TARGETS
         else None,
-        required_resource_keys={"warehouse", "settings"},
-        tags={"dagster/kind/bigquery": ""},
-    )(observe)
+        kinds={"bigquery"},
+        automation_condition=OBSERVE_WAREHOUSE,
+    )
+
+
+def _observe(context: dg.AssetExecutionContext, pair: str | None) -> Iterator[dg.ObserveResult]:
+    """One data version per selected family: of the pair's own tables, or of the shared ones."""
+    cat: Catalog = context.resources.settings.catalog()
+    families = sorted(k.path[-1] for k in context.selected_asset_keys)
+    pool = cat.tables_for(pair) if pair else cat.shared_tables()
+    names = {f: [t.name for t in pool if t.family == f] for f in families if f != TARGETS}
+    wh = context.resources.warehouse.open()
+    try:
+        states = wh.states(cat.features_dataset, sorted({n for ns in names.values() for n in ns}))
+        if pair and TARGETS in families:
+            target = cat.targets[pair].name
+            names[TARGETS] = [target]
+            states = {**states, **wh.states(cat.targets_dataset, [target])}
+    finally:
+        wh.close()
+    for family in families:
+        found = [states[n] for n in names[family] if n in states]
+        yield dg.ObserveResult(
+            asset_key=warehouse_key(family),
+            data_version=dg.DataVersion(source_version(found, len(names[family]))),
+            metadata={"tables": len(names[family]), "tables_found": len(found)},
+        )
 
 
 def _checkpoint_spec(catalog: Catalog, family: str) -> dg.AssetSpec:
@@ -153,10 +168,13 @@ def _checkpoint_spec(catalog: Catalog, family: str) -> dg.AssetSpec:
         group_name=group,
         kinds={"parquet"},
         skippable=True,
+        automation_condition=REBUILD,
     )
 
 
-_CATALOG = Catalog.load()  # the graph's shape; runs read the catalog named in their settings
+_CATALOG = graph_catalog()
+"""The graph's shape (descriptions, partitions) comes from the catalog the runs read: the one
+`defs/environment.py` resolves, which `definitions.build_definitions` checks against the runs'."""
 
 
 def _step_folders(
@@ -319,6 +337,7 @@ def pair_checkpoints(
     io_manager_key="training_io_manager",
     group_name=TRAINING_GROUP,
     kinds={"parquet"},
+    automation_condition=REBUILD,
 )
 def training_file(
     context: dg.AssetExecutionContext,
@@ -415,9 +434,32 @@ def training_file(
     yield from check_results(report, TRAINING_FILE)
 
 
-warehouse_assets = [_observer(_CATALOG, f) for f in (*PAIR_FAMILIES, *SHARED_FAMILIES, TARGETS)]
+@dg.multi_observable_source_asset(
+    name="pair_sources",
+    specs=[_source_spec(_CATALOG, f) for f in (*PAIR_FAMILIES, TARGETS)],
+    partitions_def=pairs_partitions,
+    can_subset=True,
+    required_resource_keys={"warehouse", "settings"},
+    description="Observes one pair's own warehouse tables (pair, corr, cov) and its targets table.",
+)
+def pair_sources(context: dg.AssetExecutionContext) -> Iterator[dg.ObserveResult]:
+    yield from _observe(context, context.partition_key)
 
 
+@dg.multi_observable_source_asset(
+    name="shared_sources",
+    specs=[_source_spec(_CATALOG, f) for f in SHARED_FAMILIES],
+    can_subset=True,
+    required_resource_keys={"warehouse", "settings"},
+    description="Observes the warehouse tables every pair uses (tri, mkt, var, csi).",
+)
+def shared_sources(context: dg.AssetExecutionContext) -> Iterator[dg.ObserveResult]:
+    yield from _observe(context, None)
+
+
+SHARED_CHECKPOINT = checkpoint_asset_key(SHARED_FAMILIES[0])
+"""The shared checkpoints are materialized together; one of them stands for all."""
+warehouse_assets = [pair_sources, shared_sources]
 @dg.asset(
     key=TRAINING_PROFILE,
     partitions_def=pairs_partitions,
@@ -425,6 +467,7 @@ warehouse_assets = [_observer(_CATALOG, f) for f in (*PAIR_FAMILIES, *SHARED_FAM
     io_manager_key="frame_io_manager",
     group_name=TRAINING_GROUP,
     kinds={"polars"},
+    automation_condition=REBUILD,
 )
 def training_profile(
     context: dg.AssetExecutionContext,

@@ -7,6 +7,9 @@ from typing import Any, Literal
 
 import dagster as dg
 
+from bqx_assets.core.catalog import FAMILY_ORDER, Catalog
+from bqx_assets.core.errors import CatalogError
+from bqx_assets.core.layout import EMBEDDED_WAREHOUSE_PATH
 from bqx_assets.defs.frame_io import FrameIOManagerFactory
 from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets.defs.resources import (
@@ -17,6 +20,7 @@ from bqx_assets.defs.resources import (
 )
 
 Deployment = Literal["local", "prod"]
+CATALOG_PATH_VAR = "BQX_CATALOG_PATH"
 
 
 def deployment() -> Deployment:
@@ -35,13 +39,54 @@ def resolved(value: Any) -> Any:
     return value.get_value() if isinstance(value, dg.EnvVar) else value
 
 
+def catalog_path() -> str | None:
+    """The deployment's catalog file (`BQX_CATALOG_PATH`; None: the packaged catalog). The asset
+    graph's shape (pairs, families) and the runs' settings both come from it."""
+    return os.environ.get(CATALOG_PATH_VAR) or None
+
+
+def _load(path: str | None) -> Catalog:
+    # PipelineSettings keeps one loaded catalog per path: the graph and the runs share it.
+    return PipelineSettings(catalog_path=path).catalog()
+
+
+def graph_catalog() -> Catalog:
+    """The catalog the asset graph is built from (partitions, one asset per family); a catalog
+    whose families are not the graph's is refused here, at load, by name."""
+    path = catalog_path()
+    catalog = _load(path)
+    present = set(catalog.families())
+    missing = [f for f in FAMILY_ORDER if f not in present]
+    unknown = sorted(present - set(FAMILY_ORDER))
+    if missing or unknown:
+        raise CatalogError(
+            f"catalog {path or 'packaged'}: the asset graph has one asset per family of "
+            f"{', '.join(FAMILY_ORDER)}; this catalog lacks {missing} and adds {unknown}"
+        )
+    return catalog
+
+
+def require_graph_catalog(settings: PipelineSettings) -> None:
+    """Refuses settings whose catalog has other pairs or families than the one the asset graph
+    was built from: runs would read tables the graph does not show, or partitions no run knows."""
+    path, graph_path = resolved(settings.catalog_path), catalog_path()
+    runs, graph = _load(path), graph_catalog()
+    if runs.pairs != graph.pairs or runs.families() != graph.families():
+        raise CatalogError(
+            f"the runs' catalog ({path or 'packaged'}: {len(runs.pairs)} pairs, families "
+            f"{', '.join(runs.families())}) is not the asset graph's ({graph_path or 'packaged'}: "
+            f"{len(graph.pairs)} pairs, families {', '.join(graph.families())}); set "
+            f"{CATALOG_PATH_VAR} for both, not PipelineSettings.catalog_path alone"
+        )
+
+
 def _env_int(name: str, default: int) -> Any:
     return dg.EnvVar.int(name) if os.environ.get(name) else default
 
 
 def _settings(staging: str | None = None, **production: Any) -> PipelineSettings:
     return PipelineSettings(
-        catalog_path=_env("BQX_CATALOG_PATH", None),
+        catalog_path=_env(CATALOG_PATH_VAR, None),
         window_start=_env("BQX_WINDOW_START", None),
         window_end=_env("BQX_WINDOW_END", None),
         extract_threads=_env_int("BQX_EXTRACT_THREADS", 4),
@@ -78,7 +123,7 @@ def resources_for(which: Deployment | None = None) -> dict[str, Any]:
     # the row-count gate checks equality with the spine and these looser bounds.
     return {
         "warehouse": EmbeddedWarehouseResource(
-            path=_env("BQX_WAREHOUSE_PATH", "data/warehouse.duckdb")
+            path=_env("BQX_WAREHOUSE_PATH", EMBEDDED_WAREHOUSE_PATH)
         ),
         "checkpoints": CheckpointStore(
             root=_env("BQX_CHECKPOINT_ROOT", "data/checkpoints"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from bqx_assets.core.catalog import PAIRS
+from bqx_assets.defs.environment import graph_catalog
 
-pairs_partitions = dg.StaticPartitionsDefinition(list(PAIRS))
+pairs_partitions = dg.StaticPartitionsDefinition(list(graph_catalog().pairs))
+"""The pairs of the deployment's catalog (`defs/environment.py`), the one the runs read."""

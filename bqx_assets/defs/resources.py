@@ -12,6 +12,7 @@ from pydantic import Field
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.costs import Prices
 from bqx_assets.core.extraction import EXTRACT_MODES, ExtractMode
+from bqx_assets.core.layout import EMBEDDED_WAREHOUSE_PATH
 from bqx_assets.core.storage import Storage, open_storage
 from bqx_assets.core.validation import Thresholds
 from bqx_assets.core.warehouse import DateRange, Warehouse
@@ -30,7 +31,7 @@ class WarehouseResource(dg.ConfigurableResource):
 class EmbeddedWarehouseResource(WarehouseResource):
     """The synthetic production-shaped warehouse in a local DuckDB file (the default)."""
 
-    path: str = Field(default="data/warehouse.duckdb", description="DuckDB file of the warehouse")
+    path: str = Field(default=EMBEDDED_WAREHOUSE_PATH, description="DuckDB file of the warehouse")
 
     def open(self) -> Warehouse:
         from bqx_assets.core.embedded import EmbeddedWarehouse

@@ -105,9 +105,10 @@ def cost_lines(
     import dagster as dg
 
     from bqx_assets.core.catalog import PAIRS
+    from bqx_assets.defs.assets import SHARED_CHECKPOINT, TRAINING_FILE
 
     prices, container = prices or Prices(), container or Container()
-    training = dg.AssetKey("training_file")
+    training = TRAINING_FILE
     lines = []
     for pair in pairs or list(PAIRS):
         records = instance.fetch_materializations(
@@ -117,7 +118,7 @@ def cost_lines(
             steps, usage, peaks = run_usage(instance, records[0].run_id, prices, container)
             lines.append(CostLine(pair, steps, usage, peaks))
     if shared:
-        records = instance.fetch_materializations(dg.AssetKey(["checkpoints", "tri"]), limit=1)
+        records = instance.fetch_materializations(SHARED_CHECKPOINT, limit=1)
         if records.records:
             run_id = records.records[0].run_id
             steps, usage, peaks = run_usage(instance, run_id, prices, container)

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bqx_assets.core.errors import BqxError
+
+if TYPE_CHECKING:
+    from bqx_assets.core.storage import Storage
 
 DEFAULT_ROWS = 5_000
 
@@ -39,51 +45,85 @@ def _ensure_warehouse(path: str, pair: str, rows: int) -> None:
     create_warehouse(path, Catalog.load(), pairs=[pair], rows=rows, progress=print).close()
 
 
-def _demo(args: argparse.Namespace) -> int:
-    import dagster as dg
+def published_shape(output: Storage, key: str) -> tuple[int, int] | None:
+    """(rows, columns) of a published training file, from its parquet footer, wherever the
+    output root is: a local file is opened; an object (gs://) is read in place by byte ranges,
+    the footer only, not the file. None when nothing is published under `key`."""
     import pyarrow.parquet as pq
 
+    from bqx_assets.core.storage import ObjectStorage
+
+    local = output.local_path(key)
+    if local is not None:
+        if not local.exists():
+            return None
+        meta = pq.read_metadata(local)
+        return meta.num_rows, meta.num_columns
+    info = output.stat(key)
+    if info is None:
+        return None
+    if not isinstance(output, ObjectStorage):
+        raise BqxError(f"{output.uri_of(key)}: this storage root cannot be read in place")
+    with output.open_stored(key, size=info.size, crc32c=info.crc32c).open() as stored:
+        meta = pq.ParquetFile(stored).metadata
+    return meta.num_rows, meta.num_columns
+
+
+def demo_resources(warehouse: str | None) -> dict[str, Any]:
+    """The deployment's resources (`defs/environment.py`), on the embedded warehouse: `warehouse`
+    replaces its DuckDB file when given."""
+    from bqx_assets.defs.environment import resources_for
+    from bqx_assets.defs.resources import EmbeddedWarehouseResource
+
+    resources = resources_for()
+    if not isinstance(resources["warehouse"], EmbeddedWarehouseResource):
+        raise BqxError("bqx demo runs on the embedded warehouse; unset BQX_ENV=prod")
+    if warehouse:
+        resources["warehouse"] = EmbeddedWarehouseResource(path=warehouse)
+    return resources
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import dagster as dg
+
     from bqx_assets.cli.commands import emit
-    from bqx_assets.core.errors import BqxError
+    from bqx_assets.core.catalog import Catalog
     from bqx_assets.core.layout import training_file_key
     from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
     from bqx_assets.core.storage import open_storage
+    from bqx_assets.definitions import build_definitions
+    from bqx_assets.defs.environment import resolved
+    from bqx_assets.defs.jobs import PAIR_JOB, SHARED_JOB
 
     clock = Stopwatch()
     os.environ.setdefault("DAGSTER_HOME", str(Path.cwd()))
-    if args.warehouse:
-        os.environ["BQX_WAREHOUSE_PATH"] = args.warehouse
-    from bqx_assets.core.catalog import Catalog
-    from bqx_assets.definitions import defs
-    from bqx_assets.defs.environment import resolved
-
-    resources = defs.resources
-    warehouse_path = resolved(resources["warehouse"].path)
+    resources = demo_resources(args.warehouse)
+    defs = build_definitions(resources)
     Catalog.load(resolved(resources["settings"].catalog_path)).check_pair(args.pair)
-    _ensure_warehouse(str(warehouse_path), args.pair, args.rows)
+    _ensure_warehouse(str(resolved(resources["warehouse"].path)), args.pair, args.rows)
 
     instance = dg.DagsterInstance.get()
     print("materializing the shared checkpoints", flush=True)
-    shared = defs.resolve_job_def("shared_checkpoints_job").execute_in_process(
+    shared = defs.resolve_job_def(SHARED_JOB).execute_in_process(
         instance=instance, raise_on_error=False
     )
     if not shared.success:
         raise BqxError(f"shared checkpoints failed (run {shared.run_id}); see the log above")
     print(f"materializing partition {args.pair}", flush=True)
-    run = defs.resolve_job_def("pair_training_job").execute_in_process(
+    run = defs.resolve_job_def(PAIR_JOB).execute_in_process(
         instance=instance, partition_key=args.pair, raise_on_error=False
     )
     checks = {e.check_name: e.passed for e in run.get_asset_check_evaluations()}
     output = open_storage(resolved(resources["training_io_manager"].output_root))
     key = training_file_key(args.pair)
     path = output.local_path(key) or output.uri_of(key)
-    meta = pq.read_metadata(path) if run.success and Path(path).exists() else None
+    shape = published_shape(output, key) if run.success else None
     result = {
         "pair": args.pair,
         "training_file": str(path),
-        "published": bool(meta) and all(checks.values()),
-        "rows": meta.num_rows if meta else None,
-        "columns": meta.num_columns if meta else None,
+        "published": shape is not None and all(checks.values()),
+        "rows": shape[0] if shape else None,
+        "columns": shape[1] if shape else None,
         "checks": checks,
         "run_id": run.run_id,
         "seconds": round(clock.seconds, 2),
