@@ -1,4 +1,4 @@
-"""The embedded warehouse reproduces the catalog: minutes, weekend gaps, nulls, determinism."""
+"""The embedded warehouse: the catalog's tables, per-day states, appends, bounded memory."""
 
 from __future__ import annotations
 
@@ -7,50 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 
 from bqx_assets.core.catalog import Catalog, catalog_from_schema
 from bqx_assets.core.embedded import (
+    DUCKDB_MEMORY_LIMIT,
     EmbeddedWarehouse,
     create_warehouse,
-    feature_table_data,
-    targets_table_data,
-    trading_minutes,
+    warehouse_params,
 )
 from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.extraction import expected_schema
 from bqx_assets.core.warehouse import DateRange
-
-
-def test_trading_minutes_skip_the_weekend() -> None:
-    keys = trading_minutes(datetime(2024, 1, 5, 21, 58, tzinfo=UTC), 4)  # a Friday
-    assert [str(k) for k in keys] == [
-        "2024-01-05T21:58:00.000000", "2024-01-05T21:59:00.000000",
-        "2024-01-07T22:00:00.000000", "2024-01-07T22:01:00.000000",
-    ]  # fmt: skip
-    week = trading_minutes(datetime(2024, 1, 1, tzinfo=UTC), 10_000)
-    assert np.all(np.diff(week.astype("int64")) > 0)
-    assert len(week) == len(np.unique(week))
-
-
-def test_tables_are_deterministic_and_independent_of_what_else_was_built(catalog: Catalog) -> None:
-    spine = trading_minutes(datetime(2024, 1, 1, tzinfo=UTC), 300)
-    table = catalog.table("tri_agg_bqx_eur_usd_gbp")
-    assert feature_table_data(table, spine, seed=7).equals(feature_table_data(table, spine, seed=7))
-    assert not feature_table_data(table, spine, seed=8).equals(feature_table_data(table, spine, 7))
-
-
-def test_null_patterns(catalog: Catalog) -> None:
-    spine = trading_minutes(datetime(2024, 1, 1, tzinfo=UTC), 2_000)
-    corr = feature_table_data(catalog.table("corr_etf_idx_eurusd_spy"), spine, 7)
-    assert corr.column("interval_time")[0].as_py() > spine[0].astype(datetime).replace(tzinfo=UTC)
-    targets = targets_table_data(catalog.targets["eurusd"], spine, 7)
-    h105 = targets.column("target_bqx45_h105")
-    assert h105[-1].as_py() is None and h105[1_000].as_py() is not None
-    assert 0 < h105.null_count / len(h105) < 0.01  # under production's 1% target threshold
-    std = pc.stddev(targets.column("target_bqx45_h15")).as_py()
-    assert 0.07 < std < 0.1
 
 
 def test_information_schema_refreshes_to_the_same_catalog(
@@ -94,6 +62,64 @@ def test_append_changes_the_source_state(tmp_path: Path, mini: tuple[Catalog, Pa
     after = wh.append_minutes(small.features_dataset, "agg_eurusd", 5)
     assert after.rows == before.rows + 5 and after.last_modified > before.last_modified
     assert wh.state(small.features_dataset, "tmp_eurusd").rows == 50
+
+
+def test_every_connection_has_bounded_memory_and_threads(mini_warehouse: Path) -> None:
+    wh = EmbeddedWarehouse(mini_warehouse)
+    limit, threads = (
+        wh._cursor()
+        .execute("SELECT current_setting('memory_limit'), current_setting('threads')")
+        .fetchone()
+    )
+    number, unit = limit.split()
+    assert float(number) * {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit] <= 2**30
+    assert DUCKDB_MEMORY_LIMIT == "1GB"
+    assert int(threads) <= 2
+
+
+def test_per_day_partition_states(mini: tuple[Catalog, Path], mini_warehouse: Path) -> None:
+    catalog, _ = mini
+    wh = EmbeddedWarehouse(mini_warehouse)
+    days = wh.partitions(catalog.features_dataset, "agg_eurusd")
+    assert [str(d.day) for d in days] == ["2024-01-01"]  # 600 minutes from Monday 00:00
+    assert sum(d.rows for d in days) == wh.state(catalog.features_dataset, "agg_eurusd").rows
+
+
+def test_append_adds_the_next_minutes_everywhere_and_updates_only_their_days(
+    tmp_path: Path, mini: tuple[Catalog, Path]
+) -> None:
+    from bqx_assets.cli import main
+
+    catalog, _ = mini
+    path = tmp_path / "w.duckdb"
+    create_warehouse(path, catalog, pairs=["eurusd"], rows=1_500, faults=["stale:tmp_eurusd"])
+    before = EmbeddedWarehouse(path)
+    old_states = before.states(catalog.features_dataset, ["agg_eurusd", "tmp_eurusd"])
+    old_days = before.partitions(catalog.features_dataset, "agg_eurusd")
+    old_rows = before.read(
+        catalog.features_dataset, "agg_eurusd", ["interval_time", "agg_mean_45"], DateRange()
+    ).data
+    before.close()
+    assert main(["warehouse", "append", "--minutes", "120", "--path", str(path)]) == 0
+    wh = EmbeddedWarehouse(path)
+    assert wh.params()["rows"] == "1620"
+    agg = wh.state(catalog.features_dataset, "agg_eurusd")
+    assert agg.rows == 1_620 and agg.last_modified > old_states["agg_eurusd"].last_modified
+    assert wh.state(catalog.features_dataset, "tmp_eurusd") == old_states["tmp_eurusd"]
+    assert wh.state(catalog.targets_dataset, "targets_eurusd").rows == 1_620
+    days = wh.partitions(catalog.features_dataset, "agg_eurusd")
+    # 1,500 minutes from Monday 00:00 end on Tuesday at 01:00: the append adds to Tuesday only.
+    assert [(str(d.day), d.rows) for d in days] == [("2024-01-01", 1440), ("2024-01-02", 180)]
+    assert days[0] == old_days[0]
+    assert days[-1].last_modified > old_days[-1].last_modified
+    # The series continues: the old rows are unchanged, the new ones follow on.
+    rows = wh.read(
+        catalog.features_dataset, "agg_eurusd", ["interval_time", "agg_mean_45"], DateRange()
+    ).data
+    assert rows.slice(0, old_rows.num_rows).equals(old_rows)
+    step = np.abs(np.diff(rows.column("agg_mean_45").to_numpy()[1_490:1_510])).max()
+    assert step < 0.01
+    assert warehouse_params(path)["plan_rows"] == "1500"
 
 
 def test_missing_warehouse_and_table_are_clear_errors(tmp_path: Path, mini_warehouse: Path) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 
 import duckdb
@@ -14,24 +15,50 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bqx_assets.core.catalog import (
-    CURRENCIES,
-    HORIZONS,
-    PAIRS,
-    Catalog,
-    Column,
-    SchemaRow,
-    Table,
-    TargetsTable,
-)
+from bqx_assets.core.catalog import Catalog, SchemaRow, Table
 from bqx_assets.core.errors import WarehouseError
-from bqx_assets.core.layout import KEY, PAIR_COLUMN
-from bqx_assets.core.warehouse import DateRange, SourceState, TableRead, Warehouse
+from bqx_assets.core.faults import (
+    Fault,
+    FaultContext,
+    FaultSpec,
+    apply_fault,
+    merge_records,
+)
+from bqx_assets.core.layout import KEY
+from bqx_assets.core.synthetic import (
+    DEFAULT_SEED,
+    DEFAULT_START,
+    Series,
+    feature_table_data,
+    pairs_in,
+    rng_for,
+    targets_table_data,
+    trading_minutes,
+)
+from bqx_assets.core.warehouse import (
+    DateRange,
+    PartitionState,
+    SourceState,
+    TableRead,
+    Warehouse,
+)
+
+__all__ = [
+    "DEFAULT_START",
+    "EmbeddedWarehouse",
+    "PartitionState",
+    "create_warehouse",
+    "trading_minutes",
+    "warehouse_params",
+]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_START = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday: the week opens at 00:00
 META = "_bqx_meta"
+DUCKDB_MEMORY_LIMIT = "1GB"
+"""DuckDB's buffer pool cap on every connection: unset, it grows toward 80 % of the machine's RAM
+while a large file is read (6.27 GiB peak in a 44K-row demo)."""
+DUCKDB_THREADS = 2
 _TO_DUCK = {
     "FLOAT64": "DOUBLE",
     "INT64": "BIGINT",
@@ -46,109 +73,18 @@ _FROM_DUCK = {
     "VARCHAR": "STRING",
     "TIMESTAMP WITH TIME ZONE": "TIMESTAMP",
 }
-_STRING_VALUES = {
-    "trading_session": ("asia", "london", "new_york"),
-    "risk_sentiment": ("risk_on", "risk_off", "neutral"),
-    "regime_label": ("trend", "range", "volatile"),
-}
 
 
-def trading_minutes(start: datetime, count: int) -> np.ndarray:
-    """`count` minute keys from `start`, skipping the FX weekend (Fri 22:00 to Sun 22:00 UTC)."""
-    start_us = np.datetime64(start.astimezone(UTC).replace(tzinfo=None), "us")
-    out = np.empty(0, dtype="datetime64[us]")
-    span = count
-    while len(out) < count:
-        minutes = start_us + np.arange(span * 2, dtype="int64").astype("timedelta64[m]")
-        days = minutes.astype("datetime64[D]")
-        weekday = (days.astype("int64") - 4) % 7  # 1970-01-01 was a Thursday; 0 = Monday
-        hour = (minutes - days).astype("timedelta64[h]").astype("int64")
-        closed = ((weekday == 4) & (hour >= 22)) | (weekday == 5) | ((weekday == 6) & (hour < 22))
-        out = minutes[~closed]
-        span *= 2
-    return out[:count]
-
-
-def _rng(seed: int, name: str) -> np.random.Generator:
-    # Per-table streams: a table's data does not depend on which other tables were generated.
-    return np.random.default_rng([seed, zlib.crc32(name.encode())])
-
-
-def _string_column(name: str, table: str, n: int, rng: np.random.Generator) -> pa.Array:
-    values = _STRING_VALUES.get(name)
-    if values is not None:
-        return pa.array(np.asarray(values)[rng.integers(0, len(values), n)])
-    tokens = table.split("_")
-    pairs = [t for t in tokens if t in PAIRS] or ["xxxxxx"]
-    currencies = [t for t in tokens if t in CURRENCIES]
-    if name in ("pair1", "fx_pair"):
-        constant = pairs[0]
-    elif name == "pair2":
-        constant = pairs[-1]
-    elif name.startswith("currency"):
-        index = int(name.removeprefix("currency") or 1) - 1
-        constant = currencies[index] if index < len(currencies) else ""
-    else:  # base_curr / quote_curr of a pair table
-        constant = pairs[0][:3] if name == "base_curr" else pairs[0][3:]
-    return pa.array([constant] * n, type=pa.string())
-
-
-def _feature_column(
-    column: Column, table: str, n: int, rng: np.random.Generator, null_rate: float
-) -> pa.Array:
-    mask = rng.random(n) < null_rate if null_rate else None
-    if column.dtype == "FLOAT64":
-        return pa.array(rng.normal(0.0, 1.0, n), mask=mask)
-    if column.dtype == "INT64":
-        return pa.array(rng.integers(0, 100, n), mask=mask)
-    if column.dtype == "BOOL":
-        return pa.array(rng.random(n) < 0.5, mask=mask)
-    return _string_column(column.name, table, n, rng)
-
-
-def _feature_keys(table: Table, spine: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The keys a feature table holds: mostly the spine's, with production's irregularities."""
-    n = len(spine)
-    keys = spine
-    if table.scope == "corr":
-        keys = keys[int(n * 0.03) :]  # ETF sources start late
-    elif table.scope == "shared":
-        extra = spine[-1] + np.arange(1, 11, dtype="int64").astype("timedelta64[m]")
-        keys = np.concatenate([keys, extra])  # runs past the spine: those keys are dropped
-    if rng.random() < 0.05:
-        keys = keys[: len(keys) - max(1, int(n * 0.005))]  # a table that stops a little early
-    return keys
-
-
-def feature_table_data(table: Table, spine: np.ndarray, seed: int) -> pa.Table:
-    """Deterministic synthetic rows of a feature table over the spine's minutes."""
-    rng = _rng(seed, table.name)
-    keys = _feature_keys(table, spine, rng)
-    n = len(keys)
-    arrays = {KEY: pa.array(keys, type=pa.timestamp("us", tz="UTC"))}
-    for column in table.columns:
-        arrays[column.name] = _feature_column(column, table.name, n, rng, 0.001)
-    if table.scope == "pair":
-        arrays[PAIR_COLUMN] = pa.array([table.pairs[0]] * n, type=pa.string())
-    return pa.table(arrays)
-
-
-def targets_table_data(targets: TargetsTable, spine: np.ndarray, seed: int) -> pa.Table:
-    """Targets over the spine: std ~0.087, null at the series ends (look-back and look-ahead)."""
-    rng = _rng(seed, targets.name)
-    n = len(spine)
-    arrays = {KEY: pa.array(spine, type=pa.timestamp("us", tz="UTC"))}
-    head = int(n * 0.002)
-    for column in targets.columns:
-        values = rng.normal(0.0, 0.087, n)
-        mask = np.zeros(n, dtype=bool)
-        mask[:head] = True
-        if column.name.startswith("target_"):
-            horizon = int(column.name.rsplit("_h", 1)[1])
-            mask[n - int(n * 0.006 * horizon / max(HORIZONS)) :] = True
-        arrays[column.name] = pa.array(values, mask=mask)
-    arrays[PAIR_COLUMN] = pa.array([targets.pair] * n, type=pa.string())
-    return pa.table(arrays)
+def connect(path: Path | str, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with bounded memory and threads (every connection the project opens)."""
+    con = duckdb.connect(
+        str(path),
+        read_only=read_only,
+        config={"memory_limit": DUCKDB_MEMORY_LIMIT, "threads": DUCKDB_THREADS},
+    )
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    return con
 
 
 def _ident(*parts: str) -> str:
@@ -168,11 +104,9 @@ class EmbeddedWarehouse(Warehouse):
                 "`bqx warehouse create --rows N`"
             )
         try:
-            self._con = duckdb.connect(str(self.path), read_only=read_only)
+            self._con = connect(self.path, read_only=read_only)
         except duckdb.Error as exc:
             raise WarehouseError(f"cannot open embedded warehouse {self.path}: {exc}") from exc
-        self._con.execute("SET TimeZone = 'UTC'")
-        self._con.execute("SET enable_progress_bar = false")
         self._local = threading.local()
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -223,6 +157,24 @@ class EmbeddedWarehouse(Warehouse):
             for name, n, size, modified in rows
         }
 
+    def partition_states(
+        self, dataset: str, tables: Sequence[str]
+    ) -> dict[str, tuple[PartitionState, ...]]:
+        rows = (
+            self._cursor()
+            .execute(
+                f"SELECT table_name, day, rows, last_modified FROM {_ident(META, 'partitions')} "
+                "WHERE dataset = ? AND list_contains(?, table_name) ORDER BY table_name, day",
+                [dataset, list(tables)],
+            )
+            .fetchall()
+        )
+        out: dict[str, list[PartitionState]] = {}
+        for name, day, n, modified in rows:
+            state = PartitionState(day, int(n), modified.astimezone(UTC).isoformat())
+            out.setdefault(name, []).append(state)
+        return {name: tuple(states) for name, states in out.items()}
+
     def read(
         self, dataset: str, table: str, columns: Sequence[str], window: DateRange
     ) -> TableRead:
@@ -255,44 +207,206 @@ class EmbeddedWarehouse(Warehouse):
         )
         return path.stat().st_size
 
-    def append_minutes(self, dataset: str, table: str, minutes: int, seed: int = 1) -> SourceState:
-        """Add `minutes` new rows after a table's last key (a source that changed)."""
-        cursor = self._cursor()
-        last = cursor.execute(
-            f"SELECT max({_ident(KEY)}) FROM {_ident(dataset, table)}"
-        ).fetchone()[0]
-        current = cursor.execute(f"SELECT * FROM {_ident(dataset, table)} LIMIT 0").to_arrow_table()
-        keys = trading_minutes(last + timedelta(minutes=1), minutes)
-        rng = _rng(seed, f"{table}/append/{last.isoformat()}")
-        arrays = {}
-        for field in current.schema:
-            if field.name == KEY:
-                arrays[KEY] = pa.array(keys, type=pa.timestamp("us", tz="UTC"))
-            elif pa.types.is_string(field.type):
-                arrays[field.name] = pa.array(["x"] * minutes, type=pa.string())
-            elif pa.types.is_boolean(field.type):
-                arrays[field.name] = pa.array(rng.random(minutes) < 0.5)
-            elif pa.types.is_integer(field.type):
-                arrays[field.name] = pa.array(rng.integers(0, 100, minutes))
-            else:
-                arrays[field.name] = pa.array(rng.normal(0, 1, minutes))
-        new = pa.table(arrays)
-        cursor.register("_append", new)
-        cursor.execute(f"INSERT INTO {_ident(dataset, table)} SELECT * FROM _append")
-        cursor.unregister("_append")
-        self._record(dataset, table)
+    def params(self) -> dict[str, str]:
+        """The generation parameters: rows (now), plan_rows (at creation), seed, start, pairs."""
+        rows = self._cursor().execute(f"SELECT name, value FROM {_ident(META, 'params')}")
+        return {k: v for k, v in rows.fetchall() if k != "catalog"}
+
+    def series(self) -> Series:
+        p = self.params()
+        return Series(
+            datetime.fromisoformat(p["start"]), int(p["plan_rows"]), int(p["rows"]), int(p["seed"])
+        )
+
+    def catalog(self) -> Catalog:
+        """The catalog the warehouse was generated from (restricted to its pairs)."""
+        (text,) = (
+            self._cursor()
+            .execute(f"SELECT value FROM {_ident(META, 'params')} WHERE name = 'catalog'")
+            .fetchone()
+        )
+        return Catalog.from_dict(json.loads(text))
+
+    def faults(self) -> list[Fault]:
+        """The faults written into this warehouse, in the order they were asked for."""
+        rows = self._cursor().execute(
+            f"SELECT kind, tables, value, column_name, counts FROM {_ident(META, 'faults')} "
+            "ORDER BY ordinal"
+        )
+        return [Fault.from_row(r) for r in rows.fetchall()]
+
+    def partitions(self, dataset: str, table: str) -> list[PartitionState]:
+        """Per-day states of a table (rows and last change per DATE(interval_time)), by day."""
+        rows = self._cursor().execute(
+            f"SELECT day, rows, last_modified FROM {_ident(META, 'partitions')} "
+            "WHERE dataset = ? AND table_name = ? ORDER BY day",
+            [dataset, table],
+        )
+        return [
+            PartitionState(day, int(n), modified.astimezone(UTC).isoformat())
+            for day, n, modified in rows.fetchall()
+        ]
+
+    def append(
+        self, minutes: int, *, progress: Callable[[str], None] | None = None
+    ) -> dict[str, int]:
+        """Add the next `minutes` trading minutes to every table, continuing each series (new
+        rows only). Tables with a fault are sources that stopped updating: left as they are.
+        Returns the rows added per table."""
+        if minutes < 1:
+            raise WarehouseError(f"append needs at least 1 minute, not {minutes}")
+        catalog, series = self.catalog(), self.series()
+        grown = series.grown(minutes)
+        faulty = {t for f in self.faults() for t in f.tables}
+        jobs = _jobs(catalog, grown)
+        added: dict[str, int] = {}
+        writer = _Writer(self._cursor())
+        for i, (dataset, name, make) in enumerate(jobs, 1):
+            new = pa.table({}) if name in faulty else _after(make(), self._last_key(dataset, name))
+            added[name] = new.num_rows
+            if new.num_rows:
+                writer.write(dataset, name, new, append=True)
+            if progress and (i % 100 == 0 or i == len(jobs)):
+                progress(f"append: {i}/{len(jobs)} tables")
+        writer.commit(append=True)
+        self._cursor().execute(
+            f"UPDATE {_ident(META, 'params')} SET value = ? WHERE name = 'rows'", [str(grown.rows)]
+        )
+        return added
+
+    def append_minutes(self, dataset: str, table: str, minutes: int) -> SourceState:
+        """Add `minutes` rows to one table after its last key, continuing its series (a source
+        that changed while the others did not)."""
+        catalog, series = self.catalog(), self.series()
+        if table not in {name for _, name, _ in _jobs(catalog, series)}:
+            raise WarehouseError(f"table {dataset}.{table} is not in {self.path}'s catalog")
+        last = self._last_key(dataset, table)
+        grow = minutes
+        while True:  # a table off the spine (ETF hours, gaps) may need more minutes to grow
+            new = _after(_jobs_one(catalog, series.grown(grow), table), last)
+            if new.num_rows >= minutes or grow > minutes + 20_000:
+                break
+            grow *= 2
+        writer = _Writer(self._cursor())
+        writer.write(dataset, table, new.slice(0, minutes), append=True)
+        writer.commit(append=True)
         return self.state(dataset, table)
 
-    def _record(self, dataset: str, table: str, data: pa.Table | None = None) -> None:
-        cursor = self._cursor()
-        if data is None:
-            data = cursor.execute(f"SELECT * FROM {_ident(dataset, table)}").to_arrow_table()
-        rows = data.num_rows
-        width = logical_bytes(data) / max(1, rows)
-        cursor.execute(
-            f"INSERT OR REPLACE INTO {_ident(META, 'tables')} VALUES (?, ?, ?, ?, now())",
-            [dataset, table, rows, int(rows * width)],
+    def _last_key(self, dataset: str, table: str) -> datetime | None:
+        return (
+            self._cursor()
+            .execute(f"SELECT max({_ident(KEY)}) FROM {_ident(dataset, table)}")
+            .fetchone()[0]
         )
+
+
+def _after(data: pa.Table, last: datetime | None) -> pa.Table:
+    if last is None:
+        return data
+    keys = data.column(KEY)
+    return data.filter(pc.greater(keys, pa.scalar(last, type=keys.type)))
+
+
+BATCH_BYTES = 256 * 2**20
+BATCH_TABLES = 50
+"""A commit every this many logical bytes or tables: DuckDB holds a transaction's new data until
+it commits, so memory stays bounded (one transaction of the whole warehouse was OOM-killed at
+23.8 GiB), while a commit per small table would cost more than the table."""
+_DAY_US = 86_400_000_000
+
+
+class _Writer:
+    """Writes tables and their table and per-day states, committing in bounded batches."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self.tables: list[tuple[str, str, int, int]] = []
+        self.days: dict[str, list] = {"dataset": [], "table_name": [], "day": [], "rows": []}
+        self.pending = 0
+        self.open = False
+
+    def write(self, dataset: str, table: str, data: pa.Table, *, append: bool) -> None:
+        if not self.open:
+            self.con.execute("BEGIN TRANSACTION")
+            self.open = True
+        self.con.register("_new", data)
+        if append:
+            self.con.execute(f"INSERT INTO {_ident(dataset, table)} SELECT * FROM _new")
+        else:
+            self.con.execute(f"CREATE TABLE {_ident(dataset, table)} AS SELECT * FROM _new")
+        self.con.unregister("_new")
+        size = logical_bytes(data)
+        self.tables.append((dataset, table, data.num_rows, size))
+        keys = data.column(KEY).cast(pa.int64()).to_numpy()
+        days, counts = np.unique(keys // _DAY_US, return_counts=True)
+        self.days["dataset"] += [dataset] * len(days)
+        self.days["table_name"] += [table] * len(days)
+        self.days["day"].append(days.astype("datetime64[D]"))
+        self.days["rows"].append(counts.astype(np.int64))
+        self.pending += size
+        if self.pending >= BATCH_BYTES or len(self.tables) >= BATCH_TABLES:
+            self.commit(append=append)
+
+    def commit(self, *, append: bool) -> None:
+        """Table states, then day states (rows added to a day's count when appending; a new
+        last-modified time for the days written), in the same transaction as the data."""
+        if not self.open:
+            return
+        tables = pa.table(
+            {k: list(v) for k, v in zip(("dataset", "table_name", "rows", "bytes"),
+                                        zip(*self.tables, strict=True), strict=True)}
+        )  # fmt: skip
+        days = pa.table(
+            {
+                "dataset": self.days["dataset"],
+                "table_name": self.days["table_name"],
+                "day": np.concatenate(self.days["day"]),
+                "rows": np.concatenate(self.days["rows"]),
+            }
+        )
+        self.con.register("_tables", tables)
+        self.con.register("_days", days)
+        meta_tables, meta_days = _ident(META, "tables"), _ident(META, "partitions")
+        if append:
+            self.con.execute(
+                f"UPDATE {meta_tables} AS m SET rows = m.rows + t.rows, bytes = m.bytes + t.bytes,"
+                " last_modified = now() FROM _tables AS t "
+                "WHERE m.dataset = t.dataset AND m.table_name = t.table_name"
+            )
+            self.con.execute(
+                f"INSERT OR REPLACE INTO {meta_days} SELECT d.dataset, d.table_name, d.day, "
+                "coalesce(p.rows, 0) + d.rows, now() FROM _days AS d "
+                f"LEFT JOIN {meta_days} AS p USING (dataset, table_name, day)"
+            )
+        else:
+            self.con.execute(f"INSERT INTO {meta_tables} SELECT *, now() FROM _tables")
+            self.con.execute(f"INSERT INTO {meta_days} SELECT *, now() FROM _days")
+        self.con.unregister("_tables")
+        self.con.unregister("_days")
+        self.con.execute("COMMIT")
+        self.__init__(self.con)
+
+
+def _jobs(catalog: Catalog, series: Series) -> list[tuple[str, str, Callable[[], pa.Table]]]:
+    """(dataset, table, make its data) for every table of the catalog's pairs: targets first."""
+    jobs: list[tuple[str, str, Callable[[], pa.Table]]] = [
+        (catalog.targets_dataset, t.name, lambda t=t: targets_table_data(t, series))
+        for t in (catalog.targets[p] for p in catalog.pairs)
+    ]
+    tables: dict[str, Table] = {}
+    for pair in catalog.pairs:
+        tables.update({t.name: t for t in catalog.tables_for(pair)})
+    jobs += [
+        (t.dataset, t.name, lambda t=t: feature_table_data(t, series)) for t in tables.values()
+    ]
+    return jobs
+
+
+def _jobs_one(catalog: Catalog, series: Series, name: str) -> pa.Table:
+    for target in catalog.targets.values():
+        if target.name == name:
+            return targets_table_data(target, series)
+    return feature_table_data(catalog.table(name), series)
 
 
 def logical_bytes(data: pa.Table) -> int:
@@ -315,77 +429,115 @@ def create_warehouse(
     *,
     pairs: Iterable[str],
     rows: int,
-    seed: int = 7,
+    seed: int = DEFAULT_SEED,
     start: datetime = DEFAULT_START,
+    faults: Sequence[FaultSpec | str] = (),
     progress: Callable[[str], None] | None = None,
 ) -> EmbeddedWarehouse:
-    """Create (or replace) the synthetic warehouse for `pairs` at `rows` minutes per pair."""
+    """Create (or replace) the synthetic warehouse for `pairs` at `rows` minutes per pair, with
+    `faults` written in (`FaultSpec` or `KIND[=VALUE]:TARGET[+TARGET...]`) and recorded.
+
+    Table by table, one commit each: memory stays bounded by the largest table, whatever the
+    number of pairs. The file appears at `path` only once complete.
+    """
     pairs = [catalog.check_pair(p) for p in pairs]
     if rows < 10:
         raise WarehouseError(f"a warehouse needs at least 10 rows per table, not {rows}")
+    catalog = catalog.subset(pairs)
+    series = Series(start, rows, rows, seed)
+    jobs = _jobs(catalog, series)
+    tables = {t.name: t for p in catalog.pairs for t in catalog.tables_for(p)}
+    specs = [FaultSpec.parse(f) if isinstance(f, str) else f for f in faults]
+    by_table: dict[str, list[int]] = {}
+    for i, spec in enumerate(specs):
+        for name in spec.resolve(tables):
+            by_table.setdefault(name, []).append(i)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    wh = EmbeddedWarehouse(tmp, read_only=False)
-    con = wh._cursor()
+    con = connect(tmp, read_only=False)
+    try:
+        _create_meta(con, catalog)
+        con.executemany(
+            f"INSERT INTO {_ident(META, 'params')} VALUES (?, ?)",
+            [("rows", str(rows)), ("plan_rows", str(rows)), ("seed", str(seed)),
+             ("pairs", ",".join(pairs)), ("start", start.isoformat()),
+             ("catalog", json.dumps(catalog.to_dict()))],
+        )  # fmt: skip
+
+        @lru_cache(maxsize=1)
+        def targets_of(pair: str) -> pa.Table:
+            name = _ident(catalog.targets_dataset, catalog.targets[pair].name)
+            return con.execute(f"SELECT * FROM {name} ORDER BY {_ident(KEY)}").to_arrow_table()
+
+        context = FaultContext(
+            spine=series.spine(),
+            rng=lambda name: rng_for(seed, name),
+            targets_of=targets_of,
+            leak_pair=lambda t: next((p for p in pairs_in(t.name) if p in pairs), pairs[0]),
+        )
+        records: dict[int, list[Fault]] = {}
+        writer = _Writer(con)
+        for i, (dataset, name, make) in enumerate(jobs, 1):
+            data = make()
+            for index in by_table.get(name, ()):
+                data, record = apply_fault(specs[index], tables[name], data, context)
+                records.setdefault(index, []).append(record)
+            writer.write(dataset, name, data, append=False)
+            del data
+            if progress and (i % 100 == 0 or i == len(jobs)):
+                progress(f"warehouse: {i}/{len(jobs)} tables")
+        writer.commit(append=False)
+        for i in sorted(records):
+            con.execute(
+                f"INSERT INTO {_ident(META, 'faults')} VALUES (?, ?, ?, ?, ?, ?)",
+                [i, *merge_records(records[i]).to_row()],
+            )
+        # Tables the refresh must leave out (DOMAIN: the summaries have no interval_time).
+        for name in catalog.excluded:
+            con.execute(
+                f"CREATE TABLE {_ident(catalog.features_dataset, name)} AS "
+                "SELECT DATE '2024-01-01' AS as_of_date, 0.5::DOUBLE AS mkt_reg_share"
+            )
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    tmp.replace(path)
+    return EmbeddedWarehouse(path)
+
+
+def _create_meta(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
     for schema in (catalog.features_dataset, catalog.targets_dataset, META):
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
     con.execute(
         f"CREATE TABLE {_ident(META, 'tables')} (dataset VARCHAR, table_name VARCHAR, "
         "rows BIGINT, bytes BIGINT, last_modified TIMESTAMPTZ, PRIMARY KEY (dataset, table_name))"
     )
-    con.execute(f"CREATE TABLE {_ident(META, 'params')} (name VARCHAR, value VARCHAR)")
-    con.executemany(
-        f"INSERT INTO {_ident(META, 'params')} VALUES (?, ?)",
-        [("rows", str(rows)), ("seed", str(seed)), ("pairs", ",".join(pairs)),
-         ("start", start.isoformat())],
-    )  # fmt: skip
-    spine = trading_minutes(start, rows)
-    # Synthetic noise does not compress: skipping DuckDB's compression analysis makes the one
-    # commit of the whole warehouse (not one per table) about a third faster.
-    con.execute("SET force_compression = 'uncompressed'")
-    con.execute("BEGIN TRANSACTION")
-    tables: dict[str, Table] = {}
-    for pair in pairs:
-        tables.update({t.name: t for t in catalog.tables_for(pair)})
-    jobs: list[tuple[str, str, Callable[[], pa.Table]]] = [
-        (catalog.targets_dataset, catalog.targets[p].name,
-         lambda p=p: targets_table_data(catalog.targets[p], spine, seed))
-        for p in pairs
-    ]  # fmt: skip
-    jobs += [
-        (t.dataset, t.name, lambda t=t: feature_table_data(t, spine, seed)) for t in tables.values()
-    ]
-    for i, (dataset, name, make) in enumerate(jobs, 1):
-        data = make()
-        con.register("_new", data)
-        con.execute(f"CREATE TABLE {_ident(dataset, name)} AS SELECT * FROM _new")
-        con.unregister("_new")
-        wh._record(dataset, name, data)
-        if i % 100 == 0:  # bounded memory: DuckDB holds a transaction's new tables until commit
-            con.execute("COMMIT")
-            con.execute("BEGIN TRANSACTION")
-        if progress and (i % 100 == 0 or i == len(jobs)):
-            progress(f"warehouse: {i}/{len(jobs)} tables")
-    # Tables the refresh must leave out (DOMAIN: the summaries have no interval_time).
-    for name in catalog.excluded:
-        con.execute(
-            f"CREATE TABLE {_ident(catalog.features_dataset, name)} AS "
-            "SELECT DATE '2024-01-01' AS as_of_date, 0.5::DOUBLE AS mkt_reg_share"
-        )
-    con.execute("COMMIT")
-    wh.close()
-    tmp.replace(path)
-    return EmbeddedWarehouse(path)
+    con.execute(
+        f"CREATE TABLE {_ident(META, 'partitions')} (dataset VARCHAR, table_name VARCHAR, "
+        "day DATE, rows BIGINT, last_modified TIMESTAMPTZ, "
+        "PRIMARY KEY (dataset, table_name, day))"
+    )
+    con.execute(
+        f"CREATE TABLE {_ident(META, 'faults')} (ordinal INTEGER, kind VARCHAR, tables VARCHAR, "
+        "value VARCHAR, column_name VARCHAR, counts VARCHAR)"
+    )
+    con.execute(f"CREATE TABLE {_ident(META, 'params')} (name VARCHAR PRIMARY KEY, value VARCHAR)")
 
 
 def warehouse_params(path: Path | str) -> dict[str, str] | None:
     """The generation parameters of an existing warehouse file, or None if there is none."""
     if not Path(path).exists():
         return None
-    with duckdb.connect(str(path), read_only=True) as con:
-        try:
-            return dict(con.execute(f"SELECT name, value FROM {_ident(META, 'params')}").fetchall())
-        except duckdb.Error:
-            return None
+    try:
+        con = connect(path, read_only=True)
+    except duckdb.Error:
+        return None
+    try:
+        rows = con.execute(f"SELECT name, value FROM {_ident(META, 'params')}").fetchall()
+        return {k: v for k, v in rows if k != "catalog"}
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
