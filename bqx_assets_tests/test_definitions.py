@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from bqx_assets.core.validation import CHECK_NAMES
 from bqx_assets.definitions import defs
@@ -56,8 +57,10 @@ def test_graph_is_readable_and_complete() -> None:
 
 
 def test_jobs_and_resources() -> None:
-    assert defs.resolve_job_def("pair_training_job").partitions_def is not None
-    assert defs.resolve_job_def("shared_checkpoints_job").partitions_def is None
+    from bqx_assets.defs.jobs import PAIR_JOB, SHARED_JOB
+
+    assert defs.resolve_job_def(PAIR_JOB).partitions_def is not None
+    assert defs.resolve_job_def(SHARED_JOB).partitions_def is None
     assert {"warehouse", "checkpoints", "settings", "training_io_manager"} <= set(defs.resources)
 
 
@@ -98,3 +101,57 @@ def test_training_file_checks_are_blocking() -> None:
     specs = [graph.get_check_spec(k) for k in graph.asset_check_keys]
     assert specs and all(s.blocking for s in specs)
     assert all(isinstance(s, dg.AssetCheckSpec) for s in specs)
+
+
+def test_the_graph_and_the_runs_read_the_deployment_catalog(tmp_path: Path) -> None:
+    """BQX_CATALOG_PATH shapes the partitions and is the catalog the runs' settings name."""
+    from bqx_assets.core.catalog import Catalog
+
+    path = tmp_path / "catalog.json"
+    Catalog.load().subset(["eurusd", "usdjpy", "gbpusd"]).dump(path)
+    env = {**os.environ, "DAGSTER_HOME": str(ROOT), "BQX_CATALOG_PATH": str(path)}
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "import dagster as dg; from bqx_assets.definitions import defs; "
+         "from bqx_assets.defs.environment import resolved; g = defs.resolve_asset_graph(); "
+         "print(g.get(dg.AssetKey('training_file')).partitions_def.get_partition_keys()); "
+         "print(resolved(defs.resources['settings'].catalog_path))"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    partitions, settings_path = done.stdout.strip().splitlines()[-2:]
+    assert partitions == str(["eurusd", "gbpusd", "usdjpy"])
+    assert settings_path == str(path)
+
+
+def test_settings_with_another_catalog_are_refused_at_load(tmp_path: Path) -> None:
+    from bqx_assets.core.catalog import Catalog
+    from bqx_assets.core.errors import CatalogError
+    from bqx_assets.definitions import build_definitions
+    from bqx_assets.defs.environment import resources_for
+    from bqx_assets.defs.resources import PipelineSettings
+
+    path = tmp_path / "two.json"
+    Catalog.load().subset(["eurusd", "gbpusd"]).dump(path)
+    resources = {**resources_for("local"), "settings": PipelineSettings(catalog_path=str(path))}
+    with pytest.raises(CatalogError, match=r"runs' catalog .*two.json: 2 pairs.*BQX_CATALOG_PATH"):
+        build_definitions(resources)
+
+
+def test_a_catalog_without_a_family_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bqx_assets.core.catalog import Catalog
+    from bqx_assets.core.errors import CatalogError
+    from bqx_assets.defs.environment import graph_catalog
+
+    full = Catalog.load()
+    path = tmp_path / "no_csi.json"
+    tables = {n: t for n, t in full.tables.items() if t.family != "csi"}
+    Catalog(
+        full.project, full.features_dataset, full.targets_dataset, full.pairs, tables,
+        full.targets, full.excluded,
+    ).dump(path)  # fmt: skip
+    monkeypatch.setenv("BQX_CATALOG_PATH", str(path))
+    with pytest.raises(CatalogError, match=r"no_csi.json.*lacks \['csi'\]"):
+        graph_catalog()
