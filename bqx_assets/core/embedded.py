@@ -501,8 +501,12 @@ def create_warehouse(
                 "SELECT DATE '2024-01-01' AS as_of_date, 0.5::DOUBLE AS mkt_reg_share"
             )
         con.execute("CHECKPOINT")
-    finally:
+    except BaseException:
         con.close()
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
+        raise
+    con.close()
     tmp.replace(path)
     return EmbeddedWarehouse(path)
 
