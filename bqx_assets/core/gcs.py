@@ -376,6 +376,13 @@ class GCSStorage(ObjectStorage):
         with suppress(api_exceptions.NotFound):
             self.bucket.blob(self._name(key)).delete()
 
+    def temporaries(self, prefix: str) -> Iterator[str]:
+        folder = self._name(prefix.rstrip("/"))
+        for blob in self.client.list_blobs(self.bucket, prefix=f"{folder}/."):
+            head, _, base = blob.name.rpartition("/")
+            if head == folder and base.endswith(TEMP_SUFFIX):
+                yield self._key(blob.name)
+
     # in place: ranged reads and streamed uploads
 
     def open_stored(self, key: str, *, size: int, crc32c: str) -> GCSFile:

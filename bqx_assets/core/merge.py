@@ -91,7 +91,11 @@ _GAP = 256 * 1024  # column chunks closer than this are fetched in one request
 
 Input = Path | StoredFile
 """A checkpoint: a local file, or a stored object read in place by byte ranges."""
+Inputs = Input | tuple[Input, ...]
+"""A table's checkpoint: one file, or its date-range chunks in key order (core/chunks.py)."""
 _Blocks = list[tuple[int, bytes]]
+_PartBlocks = dict[int, _Blocks]
+"""Byte ranges fetched ahead, by chunk (part) of a table."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,9 @@ class FeatureSource:
     """One feature table's checkpoint and the columns it contributes, in output order."""
 
     table: str
-    path: Input
+    path: Inputs
+    """The checkpoint file, or the table's chunks in key order: read as one table (their keys
+    must not repeat across chunks)."""
     columns: tuple[tuple[str, str], ...] | None = None
     """(source column, output name) in output order; None = every non-key column of the file,
     named `{table}__{column}`."""
@@ -122,7 +128,7 @@ class MergeReport:
 
 
 def sources_for_pair(
-    catalog: Catalog, pair: str, path_of: Callable[[Table], Input]
+    catalog: Catalog, pair: str, path_of: Callable[[Table], Inputs]
 ) -> list[FeatureSource]:
     """The pair's feature tables in catalog order, named by the catalog's prefix rule; leak
     columns (`target_*` of feature tables) are checked against the catalog but not written."""
@@ -141,7 +147,7 @@ def sources_for_pair(
 
 
 def merge_checkpoints(
-    spine: Input | str,
+    spine: Inputs | str,
     spine_columns: Sequence[str],
     features: Sequence[FeatureSource],
     out: Path | StagedUpload,
@@ -163,7 +169,7 @@ def merge_checkpoints(
     """
     watch = Stopwatch()
     say = progress or (lambda _line: None)
-    spine = _input(spine)
+    spine = spine if isinstance(spine, tuple) else _input(spine)
     rows_per_group = row_group_rows or DEFAULT_ROW_GROUP_ROWS
     if rows_per_group < 1:
         raise MergeError(f"row_group_rows must be positive, got {rows_per_group}")
@@ -227,7 +233,8 @@ class _Plan:
     names: list[str]
     types: list[pa.DataType]
     groups: list[tuple[int, int]]
-    """(min, max) key in microseconds of each checkpoint row group, from the keys themselves."""
+    """(min, max) key in microseconds of each checkpoint row group, from the keys themselves;
+    the row groups of all the table's parts (chunks) in order."""
     first_column: int = 0
     source_rows: int = 0
     source_nulls: list[int] = field(default_factory=list)
@@ -235,12 +242,28 @@ class _Plan:
     coverage: TableCoverage | None = None
     newest_nulls: np.ndarray | None = None
     """Nulls per column written into the newest day's rows, added up piece by piece."""
-    metadata: pq.FileMetaData | None = None
-    """The footer of a stored checkpoint, read once and reused by every piece."""
+    metadata: list[pq.FileMetaData | None] = field(default_factory=list)
+    """The footer of each stored part, read once and reused by every piece (None: local)."""
+    group_at: list[tuple[int, int]] = field(default_factory=list)
+    """(part, row group in that part) of each entry of `groups`."""
+
+    @property
+    def parts(self) -> tuple[Input, ...]:
+        return _parts(self.source.path)
+
+    @property
+    def stored(self) -> bool:
+        return any(m is not None for m in self.metadata)
 
     @property
     def where(self) -> str:
-        return f"table {self.source.table} ({self.source.path})"
+        parts = self.parts
+        shown = parts[0] if len(parts) == 1 else f"{parts[0]} and {len(parts) - 1} more chunks"
+        return f"table {self.source.table} ({shown})"
+
+
+def _parts(path: Inputs) -> tuple[Input, ...]:
+    return tuple(_input(p) for p in path) if isinstance(path, tuple) else (_input(path),)
 
 
 def _input(path: Input | str) -> Input:
@@ -314,8 +337,25 @@ def _matches(dtype: str, kind: pa.DataType) -> bool:
     return kind == ARROW_TYPES[dtype]
 
 
-def _read_spine(path: Input, columns: Sequence[str]) -> tuple[np.ndarray, pa.Table]:
-    where = f"spine {path}"
+def _read_spine(path: Inputs, columns: Sequence[str]) -> tuple[np.ndarray, pa.Table]:
+    parts = _parts(path)
+    if len(parts) > 1:
+        tables = [_read_spine_part(p, columns, f"spine {p}") for p in parts]
+        table = pa.concat_tables(tables)
+        where = f"spine {parts[0]} and {len(parts) - 1} more chunks"
+    else:
+        where = f"spine {parts[0]}"
+        table = _read_spine_part(parts[0], columns, where)
+    if table.num_rows == 0:
+        raise MergeError(f"{where}: has no rows")
+    keys = keys_us(table.column(KEY), where, MergeError)
+    check_unique(keys, where, MergeError)
+    fields = [pa.field(c, _canonical(table.schema.field(c).type)) for c in columns]
+    spine_table = table.drop_columns([KEY]).cast(pa.schema(fields)).combine_chunks()
+    return keys, spine_table
+
+
+def _read_spine_part(path: Input, columns: Sequence[str], where: str) -> pa.Table:
     pf = _open(path, where)
     schema = pf.schema_arrow
     missing = [c for c in [KEY, *columns] if c not in schema.names]
@@ -330,39 +370,43 @@ def _read_spine(path: Input, columns: Sequence[str]) -> tuple[np.ndarray, pa.Tab
         raise MergeError(f"{where}: {exc}") from exc
     except (OSError, pa.ArrowException) as exc:
         raise MergeError(f"{where}: not a readable parquet file: {exc}") from exc
-    if table.num_rows == 0:
-        raise MergeError(f"{where}: has no rows")
-    keys = keys_us(table.column(KEY), where, MergeError)
-    check_unique(keys, where, MergeError)
-    fields = [pa.field(c, _canonical(table.schema.field(c).type)) for c in columns]
-    spine_table = table.drop_columns([KEY]).cast(pa.schema(fields)).combine_chunks()
-    return keys, spine_table
+    return table
 
 
-def _footers(features: Sequence[FeatureSource]) -> Iterator[pq.ParquetFile]:
-    """Each source's parquet reader in order: local files opened one by one as today; the
-    footers of stored objects fetched IO_THREADS at a time (a request each)."""
-    stored = any(isinstance(s.path, StoredFile) for s in features)
+def _footers(features: Sequence[FeatureSource]) -> Iterator[list[pq.ParquetFile]]:
+    """Each source's parquet readers (one per part) in order: local files opened one by one as
+    today; the footers of stored objects fetched IO_THREADS at a time (a request each)."""
+    stored = any(isinstance(p, StoredFile) for s in features for p in _parts(s.path))
     if not stored:
         for source in features:
-            yield _open(_input(source.path), _Plan(source, [], [], [], []).where)
+            where = _Plan(source, [], [], [], []).where
+            yield [_open(part, where) for part in _parts(source.path)]
         return
+    every = [(s, part) for s in features for part in _parts(s.path)]
     with ThreadPoolExecutor(IO_THREADS) as pool:
-        yield from pool.map(
-            lambda s: _open(_input(s.path), _Plan(s, [], [], [], []).where), features
-        )
+        opened = iter(pool.map(lambda sp: _open(sp[1], _Plan(sp[0], [], [], [], []).where), every))
+        for source in features:
+            yield [next(opened) for _ in _parts(source.path)]
 
 
 def _plan_sources(features: Sequence[FeatureSource]) -> list[_Plan]:
     plans = []
-    for source, pf in zip(features, _footers(features), strict=True):
+    for source, pfs in zip(features, _footers(features), strict=True):
         plan = _Plan(source, [], [], [], [])
-        if isinstance(source.path, StoredFile):
-            plan.metadata = pf.metadata
+        plan.metadata = [
+            pf.metadata if isinstance(part, StoredFile) else None
+            for part, pf in zip(plan.parts, pfs, strict=True)
+        ]
+        pf = pfs[0]
         schema = pf.schema_arrow
         if KEY not in schema.names:
             raise MergeError(f"{plan.where}: has no {KEY} column")
-        if pf.metadata.num_rows == 0:
+        for part, other in zip(plan.parts[1:], pfs[1:], strict=True):
+            if not other.schema_arrow.equals(schema):
+                raise MergeError(
+                    f"{plan.where}: chunk {part} has other columns or types than {plan.parts[0]}"
+                )
+        if sum(p.metadata.num_rows for p in pfs) == 0:
             raise MergeError(f"{plan.where}: has no rows")
         expected = dict(source.dtypes or {})
         unknown = sorted(d for d in expected.values() if d not in ARROW_TYPES)
@@ -392,8 +436,12 @@ def _plan_sources(features: Sequence[FeatureSource]) -> list[_Plan]:
             plan.types.append(
                 ARROW_TYPES[dtype] if dtype else _canonical(schema.field(column).type)
             )
-        plan.source_rows = pf.metadata.num_rows
-        plan.source_nulls = _source_nulls(pf, plan.columns)
+        plan.source_rows = sum(p.metadata.num_rows for p in pfs)
+        nulls = [_source_nulls(p, plan.columns) for p in pfs]
+        plan.source_nulls = [
+            -1 if any(n[i] < 0 for n in nulls) else sum(n[i] for n in nulls)
+            for i in range(len(plan.columns))
+        ]
         plans.append(plan)
     return plans
 
@@ -416,7 +464,7 @@ def _source_nulls(pf: pq.ParquetFile, columns: Sequence[str]) -> list[int]:
     return counts
 
 
-def _check_names(spine: Input, spine_columns: Sequence[str], plans: Sequence[_Plan]) -> None:
+def _check_names(spine: Inputs, spine_columns: Sequence[str], plans: Sequence[_Plan]) -> None:
     seen: dict[str, str] = {KEY: f"{spine}.{KEY}"}
     for column in spine_columns:
         if column in seen:
@@ -424,7 +472,7 @@ def _check_names(spine: Input, spine_columns: Sequence[str], plans: Sequence[_Pl
         seen[column] = f"{spine}.{column}"
     for plan in plans:
         for column, name in zip(plan.columns, plan.names, strict=True):
-            here = f"{plan.source.table}.{column} ({plan.source.path})"
+            here = f"{plan.source.table}.{column} ({plan.parts[0]})"
             if name in seen:
                 raise MergeError(f"output column {name!r} comes from both {seen[name]} and {here}")
             seen[name] = here
@@ -433,27 +481,26 @@ def _check_names(spine: Input, spine_columns: Sequence[str], plans: Sequence[_Pl
 def _inspect(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> None:
     """Read the key column only: convert it, reject duplicates, note each row group's range and
     which spine keys the table covers."""
-    path = _input(plan.source.path)
-    blocks = None
-    if isinstance(path, StoredFile) and plan.metadata is not None:
-        every = range(plan.metadata.num_row_groups)
-        blocks = _fetch(path, _chunk_ranges(plan.metadata, every, [KEY]), plan.where)
-    pf = _open(path, plan.where, metadata=plan.metadata, blocks=blocks)
-    try:
-        parts = [
-            keys_us(
-                pf.read_row_group(i, columns=[KEY], use_threads=False).column(0),
-                plan.where,
-                MergeError,
-            )
-            for i in range(pf.metadata.num_row_groups)
-        ]
-    except StorageError as exc:
-        raise MergeError(f"{plan.where}: {exc}") from exc
-    except (OSError, pa.ArrowException) as exc:
-        raise MergeError(f"{plan.where}: not a readable parquet file: {exc}") from exc
+    parts: list[np.ndarray] = []
+    plan.group_at = []
+    for index, (path, metadata) in enumerate(zip(plan.parts, plan.metadata, strict=True)):
+        blocks = None
+        if isinstance(path, StoredFile) and metadata is not None:
+            every = range(metadata.num_row_groups)
+            blocks = _fetch(path, _chunk_ranges(metadata, every, [KEY]), plan.where)
+        pf = _open(path, plan.where, metadata=metadata, blocks=blocks)
+        try:
+            for i in range(pf.metadata.num_row_groups):
+                column = pf.read_row_group(i, columns=[KEY], use_threads=False).column(0)
+                parts.append(keys_us(column, plan.where, MergeError))
+                plan.group_at.append((index, i))
+        except StorageError as exc:
+            raise MergeError(f"{plan.where}: {exc}") from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise MergeError(f"{plan.where}: not a readable parquet file: {exc}") from exc
     plan.groups = [(int(p.min()), int(p.max())) if len(p) else (1, 0) for p in parts]
-    file_keys = np.concatenate(parts)
+    file_keys = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    # Across chunks too: a key in two chunks of one table is an error naming the table.
     check_unique(file_keys, plan.where, MergeError)
     plan.coverage = table_coverage_of(
         plan.source.table,
@@ -469,7 +516,7 @@ def _inspect(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> None:
 
 def _inspect_all(plans: Sequence[_Plan], spine_keys: np.ndarray, newest_from: int) -> None:
     # Stored objects: one small request per file, so latency rather than CPU bounds this.
-    stored = any(p.metadata is not None for p in plans)
+    stored = any(p.stored for p in plans)
     with ThreadPoolExecutor(IO_THREADS if stored else WORKERS) as pool:
         for done in pool.map(lambda p: _inspect(p, spine_keys, newest_from), plans):
             del done
@@ -545,19 +592,36 @@ def _wanted(plan: _Plan, keys: np.ndarray) -> list[int]:
     return [i for i, (a, b) in enumerate(plan.groups) if a <= hi and b >= lo]
 
 
-def _piece_ranges(plan: _Plan, keys: np.ndarray, s: slice) -> list[tuple[int, int]]:
-    """Byte ranges one piece of a stored checkpoint reads (none for a local file)."""
-    if plan.metadata is None:
-        return []
-    wanted = _wanted(plan, keys)
-    return _chunk_ranges(plan.metadata, wanted, [KEY, *plan.columns[s]]) if wanted else []
+def _by_part(plan: _Plan, wanted: Sequence[int]) -> dict[int, list[int]]:
+    """Wanted row groups (indexes into `plan.groups`) as row groups of each part, in order."""
+    out: dict[int, list[int]] = {}
+    for i in wanted:
+        part, group = plan.group_at[i]
+        out.setdefault(part, []).append(group)
+    return out
+
+
+def _piece_ranges(
+    plan: _Plan, keys: np.ndarray, s: slice
+) -> tuple[tuple[int, StoredFile, tuple[tuple[int, int], ...]], ...]:
+    """(part, stored object, byte ranges) one piece reads from each stored part (none for
+    local files)."""
+    if not plan.stored:
+        return ()
+    out = []
+    for part, groups in _by_part(plan, _wanted(plan, keys)).items():
+        metadata, path = plan.metadata[part], plan.parts[part]
+        if metadata is not None and isinstance(path, StoredFile):
+            ranges = _chunk_ranges(metadata, groups, [KEY, *plan.columns[s]])
+            out.append((part, path, tuple(ranges)))
+    return tuple(out)
 
 
 def _feature_piece(
-    plan: _Plan, keys: np.ndarray, s: slice, newest_from: int, blocks: _Blocks | None = None
+    plan: _Plan, keys: np.ndarray, s: slice, newest_from: int, blocks: _PartBlocks | None = None
 ) -> pa.Buffer:
     """Columns `s` of one table for the spine rows whose keys are `keys` (`blocks`: the piece's
-    byte ranges of a stored checkpoint, fetched ahead).
+    byte ranges of stored checkpoints, fetched ahead, by part).
 
     The alignment is recomputed for each piece of a wide table from its key column (~1 MB):
     cheaper than holding a table's decoded columns, and it keeps one piece the unit of memory."""
@@ -569,11 +633,18 @@ def _feature_piece(
         _count_newest(plan, keys, s, empty, newest_from)
         return encode_piece(empty, names)
     try:
-        if plan.metadata is None:
-            pf = pq.ParquetFile(plan.source.path)
-        else:
-            pf = _open(plan.source.path, plan.where, metadata=plan.metadata, blocks=blocks)
-        read = pf.read_row_groups(wanted, columns=[KEY, *plan.columns[s]], use_threads=False)
+        reads = []
+        for part, groups in _by_part(plan, wanted).items():
+            path, metadata = plan.parts[part], plan.metadata[part]
+            if metadata is None:
+                pf = pq.ParquetFile(path)
+            else:
+                got = (blocks or {}).get(part)
+                pf = _open(path, plan.where, metadata=metadata, blocks=got)
+            reads.append(
+                pf.read_row_groups(groups, columns=[KEY, *plan.columns[s]], use_threads=False)
+            )
+        read = reads[0] if len(reads) == 1 else pa.concat_tables(reads)
         pos, found = _align(keys_us(read.column(0), plan.where, MergeError), keys)
         read = read.drop_columns([KEY])
         if found.all() and pos[-1] - pos[0] == rows - 1 and bool(np.all(np.diff(pos) == 1)):
@@ -598,14 +669,18 @@ class _Task:
     the byte ranges to fetch first."""
 
     group: int
-    make: Callable[[_Blocks | None], pa.Buffer]
-    source: StoredFile | None = None
-    ranges: tuple[tuple[int, int], ...] = ()
+    make: Callable[[_PartBlocks | None], pa.Buffer]
+    reads: tuple[tuple[int, StoredFile, tuple[tuple[int, int], ...]], ...] = ()
+    """(part, stored object, byte ranges) to fetch before the piece is made."""
     where: str = ""
 
     @property
+    def stored(self) -> bool:
+        return bool(self.reads)
+
+    @property
     def nbytes(self) -> int:
-        return sum(stop - start for start, stop in self.ranges)
+        return sum(stop - start for _, _, ranges in self.reads for start, stop in ranges)
 
 
 def _write(
@@ -626,7 +701,6 @@ def _write(
                 _Task(r, lambda _, a=a, b=b, s=s: _spine_piece(keys, spine_table, a, b, s))
             )
         for plan in plans:
-            stored = plan.source.path if isinstance(plan.source.path, StoredFile) else None
             for s in piece_slices(len(plan.columns), b - a):
                 tasks.append(
                     _Task(
@@ -634,21 +708,20 @@ def _write(
                         lambda blocks, p=plan, a=a, b=b, s=s: _feature_piece(
                             p, keys[a:b], s, newest_from, blocks
                         ),
-                        stored,
-                        tuple(_piece_ranges(plan, keys[a:b], s)),
+                        _piece_ranges(plan, keys[a:b], s),
                         plan.where,
                     )
                 )
     every = max(1, len(tasks) // 10)
     stop = threading.Event()
-    stored = any(t.source is not None for t in tasks)
+    stored = any(t.stored for t in tasks)
 
-    def fetch(task: _Task) -> _Blocks | None:
-        if stop.is_set() or task.source is None:
+    def fetch(task: _Task) -> _PartBlocks | None:
+        if stop.is_set() or not task.stored:
             return None
-        return _fetch(task.source, task.ranges, task.where)
+        return {part: _fetch(path, ranges, task.where) for part, path, ranges in task.reads}
 
-    def run(task: _Task, fetched: Future[_Blocks | None] | None) -> Piece | None:
+    def run(task: _Task, fetched: Future[_PartBlocks | None] | None) -> Piece | None:
         if stop.is_set():  # an earlier piece failed: don't start more
             return None
         blocks = fetched.result() if fetched is not None else None
@@ -658,7 +731,7 @@ def _write(
     with ThreadPoolExecutor(WORKERS) as pool, io_pool as io:
         f.write(MAGIC)
         pending: deque[tuple[_Task, Future[Piece | None]]] = deque()
-        fetches: dict[int, Future[_Blocks | None]] = {}
+        fetches: dict[int, Future[_PartBlocks | None]] = {}
         ahead = 0  # next task to prefetch
         fetching = 0  # compressed bytes fetched or being fetched for tasks not yet written
         submitted = 0
@@ -672,7 +745,7 @@ def _write(
                         and io is not None
                         and (ahead <= submitted or fetching + tasks[ahead].nbytes <= PREFETCH_BYTES)
                     ):
-                        if tasks[ahead].source is not None:
+                        if tasks[ahead].stored:
                             fetches[ahead] = io.submit(fetch, tasks[ahead])
                             fetching += tasks[ahead].nbytes
                         ahead += 1
@@ -681,7 +754,7 @@ def _write(
                     submitted += 1
                 task, future = pending.popleft()
                 piece = future.result()
-                if task.source is not None:
+                if task.stored:
                     fetching -= task.nbytes
                 if piece is not None:
                     footer.add(f, piece, task.group, groups[task.group][1] - groups[task.group][0])

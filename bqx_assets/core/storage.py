@@ -97,6 +97,11 @@ class Storage(ABC):
     def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
         """Copy a stored file to another key, atomically."""
 
+    @abstractmethod
+    def temporaries(self, prefix: str) -> Iterator[str]:
+        """Keys of the temporary files (`.{name}.{uuid}.tmp`) directly under the folder
+        `prefix`: what a writer killed before publishing left behind (`list` skips them)."""
+
     def fetch(self, key: str, cache_dir: Path) -> Path:
         """A local path holding the stored file: the file itself for a local root, otherwise a
         verified copy in `cache_dir` (reused when its checksum still matches)."""
@@ -238,6 +243,12 @@ class LocalStorage(Storage):
 
     def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
         return self.put_file(self._path(src_key), dst_key)
+
+    def temporaries(self, prefix: str) -> Iterator[str]:
+        folder = self._path(prefix)
+        if folder.is_dir():
+            for path in sorted(folder.glob(".*.tmp")):
+                yield path.relative_to(self.root).as_posix()
 
 
 def _fsync(path: Path) -> None:

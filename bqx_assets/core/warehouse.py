@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 import pyarrow as pa
 
@@ -28,6 +28,16 @@ class SourceState:
     def version(self) -> str:
         """A data version for Dagster: changes whenever the table does."""
         return f"{self.last_modified}/{self.rows}"
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """One day (DATE(interval_time)) of a table: its rows and when it last changed
+    (BigQuery `INFORMATION_SCHEMA.PARTITIONS`: total_rows, last_modified_time)."""
+
+    day: date
+    rows: int
+    last_modified: str
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,15 @@ class Warehouse(ABC):
             except WarehouseError:
                 continue
         return out
+
+    def partition_states(
+        self, dataset: str, tables: Sequence[str]
+    ) -> dict[str, tuple[PartitionState, ...]]:
+        """Per-day states of the tables that exist, by name, each ordered by day: one look-up
+        for the whole dataset (a missing table is left out).
+
+        Raises WarehouseError where the warehouse does not report partitions."""
+        raise WarehouseError(f"the {self.name} warehouse does not report partition states")
 
     @abstractmethod
     def read(

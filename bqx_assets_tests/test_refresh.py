@@ -1,0 +1,343 @@
+"""Refresh by date partition: chunked checkpoints, a refresh that reads only changed days, and a
+merge over chunks that equals a from-scratch build."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.chunks import (
+    ChunkedCheckpoint,
+    chunk_inputs,
+    chunk_ranges,
+    refresh_tables,
+)
+from bqx_assets.core.embedded import EmbeddedWarehouse, connect, create_warehouse
+from bqx_assets.core.errors import ExtractionError, MergeError
+from bqx_assets.core.extraction import Source
+from bqx_assets.core.layout import KEY
+from bqx_assets.core.merge import FeatureSource, merge_checkpoints, sources_for_pair
+from bqx_assets.core.storage import LocalStorage
+from bqx_assets.core.warehouse import DateRange, TableRead
+
+PAIR = "eurusd"
+START = datetime(2024, 1, 29, tzinfo=UTC)  # a Monday: three days of January, then February
+DAY = 1440
+
+
+class CountingWarehouse(EmbeddedWarehouse):
+    """The embedded warehouse, recording each read: (table, window, bytes)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, read_only=False)
+        self.reads: list[tuple[str, DateRange, int]] = []
+
+    def read(
+        self, dataset: str, table: str, columns: Sequence[str], window: DateRange
+    ) -> TableRead:
+        done = super().read(dataset, table, columns, window)
+        self.reads.append((table, window, done.bytes_read))
+        return done
+
+
+def _sources(catalog: Catalog) -> list[Source]:
+    return [catalog.targets[PAIR], *catalog.tables_for(PAIR)]
+
+
+def _merge(
+    catalog: Catalog, storage: LocalStorage, out: Path, window: DateRange | None = None
+) -> pa.Table:
+    window = window or DateRange()
+    inputs = chunk_inputs(storage, _sources(catalog), window, PAIR)
+    targets = catalog.targets[PAIR]
+    merge_checkpoints(
+        inputs[targets.name],
+        targets.targets,
+        sources_for_pair(catalog, PAIR, lambda t: inputs[t.name]),
+        out,
+    )
+    return pq.read_table(out)
+
+
+def _assert_same(a: pa.Table, b: pa.Table) -> None:
+    assert a.column_names == b.column_names
+    for name in a.column_names:
+        assert a.column(name).equals(b.column(name)), name
+
+
+@pytest.fixture(scope="module")
+def three_days(tmp_path_factory: pytest.TempPathFactory, mini: tuple[Catalog, Path]) -> Path:
+    """The mini catalog's eurusd tables, Monday 29 to Wednesday 31 January 2024."""
+    catalog, _ = mini
+    path = tmp_path_factory.mktemp("refresh") / "w.duckdb"
+    create_warehouse(path, catalog, pairs=[PAIR], rows=3 * DAY, start=START).close()
+    return path
+
+
+@pytest.fixture
+def warehouse(three_days: Path, tmp_path: Path) -> CountingWarehouse:
+    path = tmp_path / "w.duckdb"
+    path.write_bytes(three_days.read_bytes())
+    wh = CountingWarehouse(path)
+    yield wh
+    wh.close()
+
+
+def _counts(done: Sequence[ChunkedCheckpoint]) -> dict[str, int]:
+    return {
+        status: sum(c.count(status) for c in done)  # type: ignore[arg-type]
+        for status in ("extracted", "reused", "compacted")
+    }
+
+
+def test_chunk_layout_months_closed_days_open() -> None:
+    days = [date(2024, 1, d) for d in (29, 30, 31)] + [date(2024, 2, 1), date(2024, 2, 2)]
+    ranges = chunk_ranges(days, DateRange())
+    assert [(r.first, r.last) for r in ranges] == [
+        (date(2024, 1, 1), date(2024, 1, 31)),
+        (date(2024, 2, 1), date(2024, 2, 1)),
+        (date(2024, 2, 2), date(2024, 2, 2)),
+    ]
+    assert len(chunk_ranges(days, DateRange(), "day")) == 5
+    # The window cuts chunks: the January chunk starts at the window, February 2 is left out.
+    window = DateRange(datetime(2024, 1, 30, 12, tzinfo=UTC), datetime(2024, 2, 2, tzinfo=UTC))
+    cut = chunk_ranges(days, window)
+    assert (cut[0].start, cut[0].end) == (window.start, datetime(2024, 2, 1, tzinfo=UTC))
+    assert [r.first for r in cut] == [date(2024, 1, 1), date(2024, 2, 1)]
+    assert not cut[0].whole and cut[1].whole
+
+
+def _changed_days(
+    warehouse: EmbeddedWarehouse, catalog: Catalog, before: dict[str, set]
+) -> dict[str, set[date]]:
+    """Per table, the days whose partition state differs from `before` (or is new)."""
+    now = _states(warehouse, catalog)
+    return {
+        n: {p.day for p in ps if (p.day, (p.rows, p.last_modified)) not in before[n]}
+        for n, ps in now.items()
+    }
+
+
+def _states(warehouse: EmbeddedWarehouse, catalog: Catalog) -> dict[str, tuple]:
+    out = {}
+    for dataset in {s.dataset for s in _sources(catalog)}:
+        names = [s.name for s in _sources(catalog) if s.dataset == dataset]
+        out.update(warehouse.partition_states(dataset, names))
+    return out
+
+
+def test_refresh_after_an_appended_day_equals_a_from_scratch_build(
+    mini: tuple[Catalog, Path], warehouse: CountingWarehouse, tmp_path: Path
+) -> None:
+    catalog, _ = mini
+    storage = LocalStorage(tmp_path / "ckpt")
+    first = refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    tables = len(_sources(catalog))
+    assert _counts(first)["reused"] == _counts(first)["compacted"] == 0
+    assert len(warehouse.reads) == tables  # all of a table's chunks in one read
+    full_bytes = sum(b for _, _, b in warehouse.reads)
+    before = {
+        n: {(p.day, (p.rows, p.last_modified)) for p in ps}
+        for n, ps in _states(warehouse, catalog).items()
+    }
+
+    warehouse.append(2 * DAY)  # Thursday 1 and Friday 2 February
+    warehouse.reads.clear()
+    refreshed = refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    changed = _changed_days(warehouse, catalog, before)
+    # Exactly the chunks holding a new or changed day are read, each table's in one read
+    # restricted to them; January (now closed) becomes one month chunk made from its day
+    # chunks, without a warehouse read.
+    for done in refreshed:
+        days = changed[done.source.name]
+        for chunk in done.chunks:
+            held = {date.fromisoformat(d) for d in chunk.manifest.partitions}
+            assert (chunk.status == "extracted") == bool(held & days), done.source.name
+    # Tables whose January was the newest month (cut by day) now have it as one chunk.
+    by_day = {c.source.name for c in first if any(k.manifest.first.startswith("2024-01-2")
+                                                  for k in c.chunks)}  # fmt: skip
+    assert by_day and _counts(refreshed)["compacted"] == len(by_day)
+    assert len(warehouse.reads) == tables
+    assert all(w.start >= datetime(2024, 1, 31, tzinfo=UTC) for _, w, _ in warehouse.reads)
+    assert sum(c.bytes_read for c in refreshed) == sum(b for _, _, b in warehouse.reads)
+    assert sum(c.bytes_read for c in refreshed) < full_bytes
+    # Only the planned chunks remain (the January day chunks went with the compaction).
+    files = {k for k in storage.list() if k.endswith(".parquet")}
+    assert len(files) == sum(len(c.chunks) for c in refreshed)
+    assert not any("2024-01-30_2024-01-30" in k for k in files)
+
+    scratch = LocalStorage(tmp_path / "scratch")
+    again = refresh_tables(warehouse, _sources(catalog), scratch, threads=2)
+    assert _counts(again)["extracted"] == sum(len(c.chunks) for c in refreshed)
+    _assert_same(
+        _merge(catalog, storage, tmp_path / "refreshed.parquet"),
+        _merge(catalog, scratch, tmp_path / "scratch.parquet"),
+    )
+    # Nothing changed since: everything is reused and nothing read.
+    warehouse.reads.clear()
+    idle = refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    assert _counts(idle)["reused"] == sum(len(c.chunks) for c in refreshed)
+    assert warehouse.reads == []
+
+
+def _correct_day(path: Path, catalog: Catalog, table: str, day: date) -> None:
+    """A correction upstream: one day of one table rewritten, its partition's time updated."""
+    source = catalog.table(table)
+    column = next(c.name for c in source.columns if c.dtype == "FLOAT64")
+    con = connect(path, read_only=False)
+    try:
+        con.execute(
+            f'UPDATE "{source.dataset}"."{table}" SET "{column}" = "{column}" + 1 '
+            f'WHERE CAST("{KEY}" AS DATE) = ?',
+            [day],
+        )
+        con.execute(
+            'UPDATE "_bqx_meta"."partitions" SET last_modified = now() '
+            "WHERE dataset = ? AND table_name = ? AND day = ?",
+            [source.dataset, table, day],
+        )
+    finally:
+        con.close()
+
+
+def test_a_corrected_historical_day_re_extracts_only_its_chunk(
+    mini: tuple[Catalog, Path], warehouse: CountingWarehouse, tmp_path: Path
+) -> None:
+    catalog, _ = mini
+    storage = LocalStorage(tmp_path / "ckpt")
+    refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    before = _merge(catalog, storage, tmp_path / "before.parquet")
+    path = warehouse.path
+    warehouse.close()
+    _correct_day(path, catalog, f"agg_{PAIR}", date(2024, 1, 30))
+    warehouse = CountingWarehouse(path)
+    done = refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    assert _counts(done)["extracted"] == 1
+    assert [(t, w) for t, w, _ in warehouse.reads] == [
+        (
+            f"agg_{PAIR}",
+            DateRange(datetime(2024, 1, 30, tzinfo=UTC), datetime(2024, 1, 31, tzinfo=UTC)),
+        )
+    ]
+    after = _merge(catalog, storage, tmp_path / "after.parquet")
+    scratch = LocalStorage(tmp_path / "scratch")
+    refresh_tables(warehouse, _sources(catalog), scratch, threads=2)
+    _assert_same(after, _merge(catalog, scratch, tmp_path / "scratch.parquet"))
+    changed = [n for n in after.column_names if not after.column(n).equals(before.column(n))]
+    assert changed and all(n.startswith("agg__") for n in changed)
+    warehouse.close()
+
+
+def test_the_window_selects_chunks_and_others_are_not_read(
+    mini: tuple[Catalog, Path], warehouse: CountingWarehouse, tmp_path: Path
+) -> None:
+    catalog, _ = mini
+    storage = LocalStorage(tmp_path / "ckpt")
+    window = DateRange(datetime(2024, 1, 30, tzinfo=UTC), datetime(2024, 1, 31, tzinfo=UTC))
+    refresh_tables(warehouse, _sources(catalog), storage, window=window, threads=2)
+    # Reads are restricted to the window (a month chunk is cut to it).
+    assert all(window.start <= w.start and w.end <= window.end for _, w, _ in warehouse.reads)
+    inputs = chunk_inputs(storage, _sources(catalog), window, PAIR)
+    assert {len(v) for v in inputs.values()} == {1}
+    assert all(
+        "2024-01-30_2024-01-30" in str(v[0]) or "2024-01-01_2024-01-31" in str(v[0])
+        for v in inputs.values()
+    )
+    merged = _merge(catalog, storage, tmp_path / "day.parquet", window)
+    keys = merged.column(KEY)
+    assert keys[0].as_py().date() == keys[-1].as_py().date() == date(2024, 1, 30)
+    with pytest.raises(ExtractionError, match="no verified chunk"):
+        chunk_inputs(storage, _sources(catalog), DateRange(start=START.replace(month=3)), PAIR)
+
+
+def test_duplicate_keys_across_chunks_name_the_table(
+    mini: tuple[Catalog, Path], warehouse: CountingWarehouse, tmp_path: Path
+) -> None:
+    catalog, _ = mini
+    storage = LocalStorage(tmp_path / "ckpt")
+    refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    inputs = chunk_inputs(storage, _sources(catalog), DateRange(), PAIR)
+    targets = catalog.targets[PAIR]
+    table = f"tmp_{PAIR}"
+    twice = (*inputs[table], inputs[table][-1])
+    out = tmp_path / "out.parquet"
+    with pytest.raises(MergeError, match=f"table {table}.*duplicate"):
+        merge_checkpoints(inputs[targets.name], targets.targets, [FeatureSource(table, twice)], out)
+    assert not out.exists() and not list(tmp_path.glob(".out.parquet.*"))
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from bqx_assets.core.catalog import Catalog
+    from bqx_assets.core.chunks import refresh_tables
+    from bqx_assets.core.embedded import EmbeddedWarehouse
+    from bqx_assets.core.storage import LocalStorage
+
+    class Slow(EmbeddedWarehouse):
+        def read(self, *args, **kwargs):
+            time.sleep(0.4)  # slow enough to be killed part-way
+            return super().read(*args, **kwargs)
+
+    catalog = Catalog.load(sys.argv[1])
+    sources = [catalog.targets["eurusd"], *catalog.tables_for("eurusd")]
+    wh = Slow(sys.argv[2])
+    refresh_tables(wh, sources, LocalStorage(sys.argv[3]), grain="day", threads=1,
+                   workdir=Path(sys.argv[4]))
+    """
+)
+
+
+def test_a_killed_refresh_resumes_without_redoing_finished_chunks(
+    mini: tuple[Catalog, Path], three_days: Path, tmp_path: Path
+) -> None:
+    catalog, catalog_path = mini
+    path = tmp_path / "w.duckdb"
+    path.write_bytes(three_days.read_bytes())
+    root, work = tmp_path / "ckpt", tmp_path / "work"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(catalog_path), str(path), str(root), str(work)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    storage = LocalStorage(root)
+    deadline = time.monotonic() + 120
+    while len([k for k in storage.list() if k.endswith(".manifest.json")]) < 6:
+        assert child.poll() is None, "the refresh ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    finished = {k for k in storage.list() if k.endswith(".manifest.json")}
+    assert len(finished) >= 6
+    # What a writer killed while publishing leaves: a temporary file beside the chunks.
+    folder = root / PAIR / f"agg_{PAIR}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".2024-01-31_2024-01-31.parquet.0123abcd.tmp").write_bytes(b"partial")
+
+    warehouse = CountingWarehouse(path)
+    done = refresh_tables(warehouse, _sources(catalog), storage, grain="day", threads=2,
+                          workdir=work)  # fmt: skip
+    counts = _counts(done)
+    assert counts["reused"] == len(finished)
+    assert counts["extracted"] == sum(len(c.chunks) for c in done) - len(finished) > 0
+    assert not list(root.rglob("*.tmp")) and not list(work.rglob("*.tmp"))
+    scratch = LocalStorage(tmp_path / "scratch")
+    refresh_tables(warehouse, _sources(catalog), scratch, grain="day", threads=2)
+    _assert_same(
+        _merge(catalog, storage, tmp_path / "resumed.parquet"),
+        _merge(catalog, scratch, tmp_path / "scratch.parquet"),
+    )
+    warehouse.close()
