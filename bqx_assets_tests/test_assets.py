@@ -137,32 +137,40 @@ def test_a_changed_source_table_makes_its_checkpoint_stale(
     tmp_path: Path, mini: tuple[Catalog, Path], mini_warehouse: Path
 ) -> None:
     from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-    from dagster._core.definitions.observe import observe
     from dagster._core.loader import LoadingContextForTest
 
-    from bqx_assets.defs.assets import checkpoint_asset_key, warehouse_assets, warehouse_key
+    from bqx_assets.defs.assets import checkpoint_asset_key, pair_sources, warehouse_key
 
     catalog, catalog_path = mini
     shutil.copy(mini_warehouse, tmp_path / "w.duckdb")
     res = resources(tmp_path, catalog_path, tmp_path / "w.duckdb")
     instance = dg.DagsterInstance.ephemeral()
-    sources = [a for a in warehouse_assets if a.key in (warehouse_key("lag"), warehouse_key("agg"))]
-    graph = dg.Definitions(assets=[*sources, pair_checkpoints], resources=res).resolve_asset_graph()
+    observed = dg.AssetSelection.assets(warehouse_key("lag"), warehouse_key("agg"))
+    defs = dg.Definitions(
+        assets=[pair_sources, pair_checkpoints],
+        jobs=[dg.define_asset_job("observe", observed)],
+        resources=res,
+    )
+    graph = defs.resolve_asset_graph()
 
     def status(family: str) -> StaleStatus:
         resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
         return resolver.get_status(checkpoint_asset_key(family), "eurusd")
 
-    assert observe(sources, instance=instance, resources=res).success
+    def observe() -> None:
+        job = defs.resolve_job_def("observe")
+        assert job.execute_in_process(instance=instance, partition_key="eurusd").success
+
+    observe()
     run = dg.materialize(
-        [*sources, pair_checkpoints], partition_key="eurusd", resources=res, instance=instance,
-        selection=[checkpoint_asset_key("lag"), checkpoint_asset_key("agg")],
+        [pair_sources, pair_checkpoints], partition_key="eurusd", resources=res,
+        instance=instance, selection=[checkpoint_asset_key("lag"), checkpoint_asset_key("agg")],
     )  # fmt: skip
     assert run.success
     assert status("lag") == StaleStatus.FRESH and status("agg") == StaleStatus.FRESH
     EmbeddedWarehouse(tmp_path / "w.duckdb", read_only=False).append_minutes(
         catalog.features_dataset, "lag_eurusd_45", 3
     )
-    assert observe(sources, instance=instance, resources=res).success
+    observe()
     assert status("lag") == StaleStatus.STALE
     assert status("agg") == StaleStatus.FRESH
