@@ -16,6 +16,10 @@ import pytest
 
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.embedded import create_warehouse
+from bqx_assets_tests.emulators import gcs as gcs_fixtures
+
+gcs_emulator = gcs_fixtures.gcs_emulator
+gcs_bucket = gcs_fixtures.gcs_bucket
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 60
@@ -89,3 +93,41 @@ def test_killed_demo_resumes_to_the_same_training_file(
     ours = pq.read_table(resumed["training_file"])
     theirs = pq.read_table(reference["training_file"])
     assert ours.equals(theirs)
+
+
+def _parquet(path: Path, rows: int = 2_000, columns: int = 40) -> Path:
+    import numpy as np
+    import pyarrow as pa
+
+    data = np.random.default_rng(0).random((columns, rows))
+    pq.write_table(pa.table({f"c{i}": data[i] for i in range(columns)}), path)
+    return path
+
+
+def test_published_shape_of_a_local_file(tmp_path: Path) -> None:
+    from bqx_assets.cli.commands.demo import published_shape
+    from bqx_assets.core.storage import open_storage
+
+    output = open_storage(tmp_path / "out")
+    assert published_shape(output, "training_eurusd.parquet") is None
+    output.put_file(_parquet(tmp_path / "f.parquet"), "training_eurusd.parquet")
+    assert published_shape(output, "training_eurusd.parquet") == (2_000, 40)
+
+
+@pytest.mark.emulator
+def test_published_shape_of_a_gcs_object_reads_only_its_footer(
+    tmp_path: Path, gcs_bucket: str
+) -> None:
+    """`bqx demo` with BQX_OUTPUT_ROOT=gs://... reports the published file's shape from its
+    footer, read in place by byte ranges: not a download of the file."""
+    from bqx_assets.cli.commands.demo import published_shape
+    from bqx_assets.core.storage import ObjectStorage, open_storage
+
+    output = open_storage(f"gs://{gcs_bucket}/output")
+    assert isinstance(output, ObjectStorage)
+    assert published_shape(output, "training_eurusd.parquet") is None
+    local = _parquet(tmp_path / "f.parquet")
+    output.put_file(local, "training_eurusd.parquet")
+    before = output.reads.bytes
+    assert published_shape(output, "training_eurusd.parquet") == (2_000, 40)
+    assert 0 < output.reads.bytes - before < local.stat().st_size / 4
