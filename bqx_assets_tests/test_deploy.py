@@ -278,3 +278,18 @@ def test_the_runtime_install_leaves_the_deploy_only_packages_out() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert any(d.startswith("numpy") for d in project["dependencies"])
     assert "dagster-gcp" in _locked_closure(extras=("deploy",))
+
+
+def test_the_image_installs_every_package_the_production_instance_names() -> None:
+    """Each module deploy/dagster.prod.yaml loads (and Postgres storage) comes from dagster or
+    from the `deploy` extra, and the image installs that extra."""
+    config = yaml.safe_load(PROD.read_text())
+    modules = [config[s]["module"] for s in ("run_coordinator", "run_launcher", "compute_logs")]
+    packages = {m.split(".")[0].replace("_", "-") for m in modules}
+    if "postgres" in config["storage"]:
+        packages.add("dagster-postgres")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deploy = {d.split("==")[0] for d in project["optional-dependencies"]["deploy"]}
+    assert packages - {"dagster"} <= deploy, packages - deploy
+    runs = " ".join(i.args for i in _dockerfile() if i.name == "RUN")
+    assert runs.count("--extra deploy") == 2
