@@ -1,7 +1,9 @@
 """Write production-shaped synthetic checkpoints (N tables x R rows) and a targets file."""
 
-# Checkpoints are written by extraction's own `write_checkpoint`, so the benchmark decodes
-# exactly what the merge reads in production.
+# The data are the embedded warehouse's (core/synthetic.py: rolling statistics of random walks,
+# production's null shares and patterns, rounded like real data), so compression and decoding
+# behave as on production data. Checkpoints are written by extraction's own `write_checkpoint`,
+# so the benchmark decodes exactly what the merge reads in production.
 
 from __future__ import annotations
 
@@ -12,93 +14,27 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-
 from bqx_assets.core.catalog import Catalog, Table
-from bqx_assets.core.extraction import write_checkpoint
+from bqx_assets.core.extraction import expected_schema, write_checkpoint
 from bqx_assets.core.layout import CHECKPOINT_ROW_GROUP_ROWS, KEY, PAIR_COLUMN
+from bqx_assets.core.synthetic import Series, feature_table_data, targets_table_data
 
 PAIR = "eurusd"
-START = np.datetime64("2020-01-06T00:00", "m")  # a Monday
-NULL_RATE = {"corr": 0.53, "tri": 0.24, "cov": 0.10}  # DOMAIN: null share per family
-DEFAULT_NULL_RATE = 0.05
-KEY_TYPE = pa.timestamp("us", tz="UTC")
+DATA_VERSION = "synthetic-2"
+"""Recorded in shape.json: data folders written by an earlier generator are regenerated."""
 
 
-def trading_minutes(rows: int, start: np.datetime64 = START) -> np.ndarray:
-    """`rows` minutes of FX trading time from `start`, as int64 microseconds since the epoch.
-
-    The market is closed from Friday 22:00 to Sunday 22:00 UTC (the weekend gaps)."""
-    out: list[np.ndarray] = []
-    have = 0
-    cursor = start
-    while have < rows:
-        week = cursor + np.arange(7 * 24 * 60)
-        minute_of_week = (week - np.datetime64("1970-01-05T00:00", "m")).astype(np.int64) % (
-            7 * 24 * 60
-        )  # 1970-01-05 is a Monday
-        open_ = ~((minute_of_week >= 4 * 1440 + 22 * 60) & (minute_of_week < 6 * 1440 + 22 * 60))
-        out.append(week[open_])
-        have += int(open_.sum())
-        cursor = week[-1] + 1
-    minutes = np.concatenate(out)[:rows]
-    return minutes.astype("datetime64[us]").astype(np.int64)
-
-
-def _column(rng: np.random.Generator, dtype: str, n: int, null_rate: float, name: str) -> pa.Array:
-    mask = rng.random(n) < null_rate
-    if dtype == "FLOAT64":
-        # rounded like rolling statistics of 5-decimal prices, so zstd sees realistic entropy
-        values = np.round(rng.standard_normal(n) * 0.087, 6)
-        return pa.array(values, pa.float64(), mask=mask)
-    if dtype == "INT64":
-        return pa.array(rng.integers(0, 50, n), pa.int64(), mask=mask)
-    if dtype == "BOOL":
-        return pa.array(rng.random(n) < 0.5, pa.bool_(), mask=mask)
-    value = name.rsplit("_", 1)[0] if "regime" in name else name  # constant labels
-    return pa.array(np.full(n, value, dtype=object), pa.string(), mask=mask)
-
-
-def table_rows(rng: np.random.Generator, keys: np.ndarray) -> np.ndarray:
-    """Keys of one feature table: the spine's, cut at its own start and end, with a few gaps and
-    a few keys before the spine starts (rows the merge must drop)."""
-    n = len(keys)
-    head = int(rng.integers(0, max(1, n // 200)))
-    tail = n - int(rng.integers(0, max(1, n // 100)))
-    own = keys[head:tail]
-    keep = rng.random(len(own)) >= 0.002
-    early = keys[0] - np.arange(1, 31, dtype=np.int64)[::-1] * 60_000_000
-    return np.concatenate([early, own[keep]])
-
-
-def write_table(path: Path, table: Table, keys: np.ndarray, seed: int) -> int:
-    rng = np.random.default_rng(seed)
-    own = table_rows(rng, keys)
-    rate = NULL_RATE.get(table.family, DEFAULT_NULL_RATE)
-    arrays = [pa.array(own, KEY_TYPE)]
-    names = [KEY]
-    for column in table.columns:
-        arrays.append(_column(rng, column.dtype, len(own), rate, column.name))
-        names.append(column.name)
-    write_checkpoint(pa.table(arrays, names=names), path, CHECKPOINT_ROW_GROUP_ROWS)
+def write_table(path: Path, table: Table, series: Series) -> int:
+    schema = expected_schema(table)
+    data = feature_table_data(table, series).select(schema.names).cast(schema)
+    write_checkpoint(data, path, CHECKPOINT_ROW_GROUP_ROWS)
     return path.stat().st_size
 
 
-def write_targets(path: Path, catalog: Catalog, keys: np.ndarray, seed: int) -> int:
-    rng = np.random.default_rng(seed)
-    n = len(keys)
-    arrays: list[pa.Array] = [pa.array(keys, KEY_TYPE), pa.array([PAIR] * n, pa.string())]
-    names = [KEY, PAIR_COLUMN]
-    for column in catalog.targets[PAIR].columns:
-        values = rng.standard_normal(n) * 0.087
-        mask = np.zeros(n, bool)
-        if column.name.startswith("target_"):
-            mask[: min(n, 60)] = True  # look-back and look-ahead windows
-            mask[-min(n, 105) :] = True
-        arrays.append(pa.array(values, pa.float64(), mask=mask))
-        names.append(column.name)
-    write_checkpoint(pa.table(arrays, names=names), path, CHECKPOINT_ROW_GROUP_ROWS)
+def write_targets(path: Path, catalog: Catalog, series: Series) -> int:
+    data = targets_table_data(catalog.targets[PAIR], series)
+    names = [KEY, PAIR_COLUMN, *(c for c in data.schema.names if c not in (KEY, PAIR_COLUMN))]
+    write_checkpoint(data.select(names), path, CHECKPOINT_ROW_GROUP_ROWS)
     return path.stat().st_size
 
 
@@ -115,19 +51,17 @@ def generate(out: Path, tables: int, rows: int, *, workers: int = 2, seed: int =
     """Write `targets.parquet` and `features/<table>.parquet` for `tables` files in all (the
     targets file counts as one, so 668 is the production shape) under `out`."""
     catalog = Catalog.load()
-    keys = trading_minutes(rows)
+    series = Series(plan_rows=rows, rows=rows, seed=seed)
     features = out / "features"
     features.mkdir(parents=True, exist_ok=True)
     chosen = pick_tables(catalog, max(1, tables - 1))
     started = time.perf_counter()
-    size = write_targets(out / "targets.parquet", catalog, keys, seed)
+    size = write_targets(out / "targets.parquet", catalog, series)
     with ProcessPoolExecutor(workers) as pool:
-        jobs = [
-            pool.submit(write_table, features / f"{t.name}.parquet", t, keys, seed + 1 + i)
-            for i, t in enumerate(chosen)
-        ]
+        jobs = [pool.submit(write_table, features / f"{t.name}.parquet", t, series) for t in chosen]
         size += sum(j.result() for j in jobs)
     shape = {
+        "data": DATA_VERSION,
         "tables": len(chosen) + 1,
         "rows": rows,
         "feature_columns": sum(len(t.columns) for t in chosen),

@@ -1,4 +1,9 @@
-"""Naive Polars join vs the decode+encode floor vs `merge_checkpoints`, each in a fresh process."""
+"""On the realistic synthetic data, in one run: extraction from the embedded warehouse against
+DuckDB's own `COPY ... TO parquet` of the same tables, then the naive Polars join vs the
+decode+encode floor vs `merge_checkpoints`, each in a fresh process.
+
+    uv run python bench/run_merge_bench.py --tables 668 --rows 44437
+"""
 
 from __future__ import annotations
 
@@ -70,7 +75,9 @@ def measure(name: str, command: list[str], cap_bytes: int, logs: Path) -> dict:
     else:
         report = json.loads(lines[-1])
         result["status"] = "ok"
-        result["rows"], result["columns"] = report["rows"], report["columns"]
+        result["report"] = report
+        if "columns" in report:
+            result["rows"], result["columns"] = report["rows"], report["columns"]
     return result
 
 
@@ -95,11 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap-gib", type=float, default=14.0, help="RSS at which a run is killed")
     parser.add_argument("--only", nargs="*", choices=["naive", "floor", "ours"])
     parser.add_argument("--keep", action="store_true", help="keep ours.parquet to inspect it")
+    parser.add_argument(
+        "--no-extract", action="store_true", help="skip the extraction against COPY comparison"
+    )
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     data = args.dir or BENCH / "out" / f"{args.tables}x{args.rows}"
     python = sys.executable
-    if not (data / "shape.json").exists():
+    sys.path.insert(0, str(BENCH))
+    from generate import DATA_VERSION
+
+    shape_file = data / "shape.json"
+    if not shape_file.exists() or json.loads(shape_file.read_text()).get("data") != DATA_VERSION:
         subprocess.run(
             [python, str(BENCH / "generate.py"), "--tables", str(args.tables), "--rows",
              str(args.rows), "--dir", str(data)],
@@ -111,8 +125,23 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / GIB:.1f} GiB",
         flush=True,
     )
-    warm(data)
     cap = int(args.cap_gib * GIB)
+    results = {}
+    if not args.no_extract:
+        command = [
+            python, str(BENCH / "extract_throughput.py"), "--rows", str(args.rows),
+            "--tables", str(args.tables), "--warehouse", str(data / "warehouse.duckdb"),
+        ]  # fmt: skip
+        results["extraction"] = r = measure("extraction", command, cap, data)
+        report = r.get("report", {})
+        print(
+            f"extraction wall {r['wall_s']:7.1f} s (warehouse build included)  peak RSS "
+            f"{r['peak_rss_bytes'] / GIB:6.2f} GiB  {r['status']}: ours "
+            f"{report.get('extraction_mb_per_s')} MB/s, DuckDB COPY "
+            f"{report.get('native_export_mb_per_s')} MB/s (ratio {report.get('ratio')}) on "
+            f"{report.get('logical_mb')} MB of {report.get('tables')} tables"
+        )
+    warm(data)
     runs = {
         "naive": [python, str(BENCH / "naive.py"), "--dir", str(data),
                   "--out", str(data / "naive.parquet")],
@@ -122,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
                  "--targets", str(data / "targets.parquet"), "--features", str(data / "features"),
                  "--out", str(data / "ours.parquet")],
     }  # fmt: skip
-    results = {}
     for name, command in runs.items():
         if args.only and name not in args.only:
             continue
