@@ -1,4 +1,5 @@
-"""Time `bqx validate` on a full-shape training file (177,748 rows x 17,031 columns)."""
+"""Time `bqx validate` on a full-shape training file (177,748 rows x 17,031 columns): every gate
+check, the profile and the drift against a published profile."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.coverage import COVERAGE_KEY, Coverage, TableCoverage, newest_day_start
 from bqx_assets.core.layout import KEY
 
 ROWS = 177_748
@@ -40,6 +42,38 @@ def _window(name: str) -> int:
     return int(tail) if tail.isdigit() and int(tail) <= 2880 else 0
 
 
+def coverage_record(catalog: Catalog, keys: np.ndarray, windows: dict[str, int]) -> Coverage:
+    """The record the merge writes for this file: every table covers every spine key; its
+    columns are null for their look-back window (`windows`, by output name)."""
+    newest_from = newest_day_start(keys)
+    newest_rows = len(keys) - int(np.searchsorted(keys, newest_from))
+    by_table: dict[str, list[str]] = {}
+    for f in catalog.feature_columns(PAIR):
+        by_table.setdefault(f.table.name, []).append(f.name)
+    tables = []
+    first = 1 + len(catalog.targets[PAIR].targets)
+    for table, names in by_table.items():
+        tables.append(
+            TableCoverage(
+                table,
+                first,
+                len(names),
+                len(keys),
+                len(keys),
+                int(keys[0]),
+                int(keys[-1]),
+                newest_rows,
+                0,
+                0,
+                0,
+                tuple(windows[n] for n in names),
+                (0,) * len(names),
+            )
+        )
+        first += len(names)
+    return Coverage(len(keys), int(keys[0]), int(keys[-1]), newest_from, newest_rows, tuple(tables))
+
+
 def generate(path: Path, rows: int, row_group_rows: int, *, reuse: bool = False) -> None:
     """Write the file row group by row group. `reuse` writes the feature values of one row group
     again wherever no lead or tail nulls apply (keys still differ): the same footer and file
@@ -50,9 +84,11 @@ def generate(path: Path, rows: int, row_group_rows: int, *, reuse: bool = False)
     fields = [pa.field(KEY, pa.timestamp("us", tz="UTC"), nullable=False)]
     fields += [pa.field(t, pa.float64()) for t in targets]
     fields += [pa.field(f.name, _ARROW[f.column.dtype]) for f in features]
-    schema = pa.schema(fields)
     windows = [0] * len(targets) + [_window(f.name) for f in features]
     keys = _keys(rows)
+    record = coverage_record(catalog, keys, {f.name: min(_window(f.name), rows) for f in features})
+    # The footer's key-value metadata carries the coverage record, as the merge writes it.
+    schema = pa.schema(fields, metadata={COVERAGE_KEY: record.encode()})
     rng = np.random.default_rng(5)
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +157,7 @@ def main() -> int:
         help="repeat one row group's feature values (fast; same footer) for many row groups",
     )
     parser.add_argument("--no-run", action="store_true", help="only build the file")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
 
     if args.regenerate or not args.out.exists():
@@ -137,23 +173,32 @@ def main() -> int:
     if args.no_run:
         return 0
     bqx = Path(sys.executable).with_name("bqx")
-    command = [str(bqx), "validate", str(args.out), "--pair", PAIR, "--spine-rows", str(args.rows)]
-    print("command:", " ".join(command))
-    results = []
-    for _ in range(args.repeat):
-        started = time.perf_counter()
-        proc = subprocess.run(command, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        results.append((seconds, result))
-        print(
-            f"exit {proc.returncode}: {seconds:.2f} s wall (validation {result['seconds']:.2f} s), "
-            f"peak RSS of the command {result['peak_rss_bytes'] / 2**20:.0f} MiB"
-        )
+    profile = args.out.with_name(args.out.stem + ".profile.parquet")
+    base = [str(bqx), "validate", str(args.out), "--pair", PAIR, "--spine-rows", str(args.rows)]
+    # First build (no history): writes the profile; then a build judged against that profile.
+    runs = [
+        ("first build", [*base, "--profile-out", str(profile)]),
+        ("against history", [*base, "--profile-history", str(profile)]),
+    ]
+    proc = None
+    for label, command in runs:
+        print("command:", " ".join(command))
+        for _ in range(args.repeat):
+            started = time.perf_counter()
+            proc = subprocess.run(command, capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(
+                f"{label}: exit {proc.returncode}: {seconds:.2f} s wall (validation "
+                f"{result['seconds']:.2f} s), peak RSS of the command "
+                f"{result['peak_rss_bytes'] / 2**20:.0f} MiB, failed {result['failed']}"
+            )
     # RUSAGE_CHILDREN is the peak over every waited-for child: the largest validate process.
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     print(f"peak RSS over the runs (getrusage children): {peak / 2**20:.0f} MiB")
-    print(proc.stdout)
+    print(f"profile: {profile} ({profile.stat().st_size / 1e3:.0f} kB)")
+    if proc is not None:
+        print(proc.stdout)
     return 0
 
 
