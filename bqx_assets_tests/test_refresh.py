@@ -3,6 +3,7 @@ merge over chunks that equals a from-scratch build."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -10,10 +11,11 @@ import sys
 import textwrap
 import time
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -26,11 +28,16 @@ from bqx_assets.core.chunks import (
 )
 from bqx_assets.core.embedded import EmbeddedWarehouse, connect, create_warehouse
 from bqx_assets.core.errors import ExtractionError, MergeError
-from bqx_assets.core.extraction import Source
+from bqx_assets.core.extraction import Source, expected_schema
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.merge import FeatureSource, merge_checkpoints, sources_for_pair
 from bqx_assets.core.storage import LocalStorage
 from bqx_assets.core.warehouse import DateRange, TableRead
+from bqx_assets_tests.emulators.bigquery import (
+    BigQueryEmulator,
+    bigquery_emulator,  # noqa: F401 - the session fixture
+    load_tables,
+)
 
 PAIR = "eurusd"
 START = datetime(2024, 1, 29, tzinfo=UTC)  # a Monday: three days of January, then February
@@ -341,3 +348,80 @@ def test_a_killed_refresh_resumes_without_redoing_finished_chunks(
         _merge(catalog, scratch, tmp_path / "scratch.parquet"),
     )
     warehouse.close()
+
+
+@pytest.mark.emulator
+def test_bigquery_partitions_and_chunk_reads_on_the_emulator(
+    bigquery_emulator: BigQueryEmulator,  # noqa: F811
+    mini: tuple[Catalog, Path],
+    three_days: Path,
+    tmp_path: Path,
+) -> None:
+    """INFORMATION_SCHEMA.PARTITIONS in one query per dataset, Storage Read sessions restricted
+    to each chunk's range, and a training file equal to the embedded warehouse's. The emulator
+    reports no per-partition last_modified_time: a changed table's days all take its table's
+    time, so there every chunk of a changed table is read again (production reports it per
+    day); tables that did not change are reused."""
+    catalog, _ = mini
+    embedded = EmbeddedWarehouse(three_days)
+    dataset = bigquery_emulator.dataset("refresh")
+    sources = [dataclasses.replace(s, dataset=dataset) for s in _sources(catalog)]
+    rows = {
+        s.name: embedded.read(o.dataset, s.name, expected_schema(s).names, DateRange()).data
+        for s, o in zip(sources, _sources(catalog), strict=True)
+    }
+    load_tables(bigquery_emulator.client(), dataset, rows)
+    bq = bigquery_emulator.warehouse(dataset, dataset)
+    try:
+        names = [s.name for s in sources]
+        states = bq.partition_states(dataset, names)
+        local = {
+            **embedded.partition_states(catalog.features_dataset, names),
+            **embedded.partition_states(catalog.targets_dataset, names),
+        }
+        assert {n: [(p.day, p.rows) for p in ps] for n, ps in states.items()} == {
+            n: [(p.day, p.rows) for p in ps] for n, ps in local.items()
+        }
+        storage = LocalStorage(tmp_path / "bq")
+        first = refresh_tables(bq, sources, storage, threads=2)
+        assert _counts(first)["reused"] == 0
+        # Each chunk holds exactly its days' rows: the session's row restriction was applied.
+        for done in first:
+            for chunk in done.chunks:
+                m = chunk.manifest
+                assert m.rows == sum(int(v[0]) for v in m.partitions.values()), m.first
+        reference = LocalStorage(tmp_path / "embedded")
+        refresh_tables(embedded, _sources(catalog), reference, threads=2)
+        _assert_same(
+            _merge(catalog, storage, tmp_path / "bq.parquet"),
+            _merge(catalog, reference, tmp_path / "embedded.parquet"),
+        )
+
+        # A new day (Thursday 1 February) in two tables; the others do not change.
+        grown = {catalog.targets[PAIR].name, f"agg_{PAIR}"}
+        day = pa.scalar(
+            datetime(2024, 1, 31, tzinfo=UTC), rows[f"agg_{PAIR}"].schema.field(KEY).type
+        )
+        new = {}
+        for name in grown:
+            last = rows[name].filter(pc.greater_equal(rows[name][KEY], day))
+            keys = pc.add(last[KEY], pa.scalar(timedelta(days=1), pa.duration("us")))
+            new[name] = last.set_column(0, KEY, keys.cast(last.schema.field(KEY).type))
+        load_tables(bigquery_emulator.client(), dataset, new)
+        again = refresh_tables(bq, sources, storage, threads=2)
+        for done in again:
+            if done.source.name in grown:
+                assert done.chunks[-1].manifest.first == "2024-02-01"
+                assert done.chunks[-1].manifest.window[0] == "2024-02-01T00:00:00+00:00"
+                assert done.chunks[-1].status == "extracted"
+            else:
+                assert done.status == "reused", done.source.name
+        scratch = LocalStorage(tmp_path / "scratch")
+        refresh_tables(bq, sources, scratch, threads=2)
+        _assert_same(
+            _merge(catalog, storage, tmp_path / "refreshed.parquet"),
+            _merge(catalog, scratch, tmp_path / "scratch.parquet"),
+        )
+    finally:
+        bq.close()
+        embedded.close()

@@ -26,7 +26,13 @@ from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.keys import by_key
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.storage import Storage, open_storage
-from bqx_assets.core.warehouse import DateRange, SourceState, TableRead, Warehouse
+from bqx_assets.core.warehouse import (
+    DateRange,
+    PartitionState,
+    SourceState,
+    TableRead,
+    Warehouse,
+)
 
 if TYPE_CHECKING:
     import google.auth.credentials
@@ -281,6 +287,65 @@ class BigQueryWarehouse(Warehouse):
             last_modified=modified.astimezone(UTC).isoformat(),
             bytes=int(info.num_bytes or 0),
         )
+
+    def partition_states(
+        self, dataset: str, tables: Sequence[str]
+    ) -> dict[str, tuple[PartitionState, ...]]:
+        """Per-day partitions of the tables from `INFORMATION_SCHEMA.PARTITIONS`: one metadata
+        query for the dataset (not one per table), `partition_id` YYYYMMDD of DATE(interval_time).
+
+        A table with rows in `__UNPARTITIONED__` (a streaming buffer not yet partitioned) or
+        not partitioned by day is an error naming it: no day could say where those rows are.
+        Where the view has no `last_modified_time` (the emulator), each day takes its table's
+        last-modified time: any change to a table then makes all of its days changed."""
+        names = sorted(set(tables))
+        try:
+            data = self._partitions_query(dataset, names, "last_modified_time")
+            table_times: dict[str, str] = {}
+        except WarehouseError as exc:
+            if not isinstance(exc.__cause__, gexc.BadRequest) or "last_modified_time" not in str(
+                exc
+            ):
+                raise
+            log.warning("bigquery: %s; partitions take their table's last-modified time", exc)
+            data = self._partitions_query(dataset, names, "NULL")
+            table_times = {n: s.last_modified for n, s in self.states(dataset, names).items()}
+        out: dict[str, list[PartitionState]] = {}
+        for name, partition, rows, modified in zip(
+            *(data.column(i).to_pylist() for i in range(4)), strict=True
+        ):
+            if not rows and partition in ("__NULL__", "__UNPARTITIONED__"):
+                continue
+            if partition is None or not partition.isdigit() or len(partition) != 8:
+                raise WarehouseError(
+                    f"{dataset}.{name}: partition {partition!r} ({rows} rows) is not a day of "
+                    f"DATE({KEY}); a refresh by day needs tables partitioned by it"
+                )
+            if isinstance(modified, datetime):
+                stamp = modified.astimezone(UTC).isoformat()
+            else:
+                stamp = table_times.get(name, "")
+            day = datetime.strptime(partition, "%Y%m%d").replace(tzinfo=UTC).date()
+            out.setdefault(name, []).append(PartitionState(day, int(rows or 0), stamp))
+        return {name: tuple(states) for name, states in out.items()}
+
+    def _partitions_query(self, dataset: str, names: Sequence[str], modified: str) -> pa.Table:
+        from google.cloud.bigquery import ArrayQueryParameter, QueryJobConfig
+
+        sql = (
+            f"SELECT table_name, partition_id, total_rows, {modified} AS last_modified_time "
+            f"FROM `{self.project}.{dataset}.INFORMATION_SCHEMA.PARTITIONS` "
+            "WHERE table_name IN UNNEST(@tables) ORDER BY table_name, partition_id"
+        )
+        config = QueryJobConfig(query_parameters=[ArrayQueryParameter("tables", "STRING", names)])
+
+        def query() -> pa.Table:
+            result = self.client.query_and_wait(
+                sql, job_config=config, location=self.location, retry=None, job_retry=None
+            )
+            return result.to_arrow(create_bqstorage_client=False)
+
+        return self._call(f"{dataset}.INFORMATION_SCHEMA.PARTITIONS", query)
 
     def read(
         self, dataset: str, table: str, columns: Sequence[str], window: DateRange

@@ -1,0 +1,197 @@
+"""Refresh by date partition against a from-scratch build, on the embedded warehouse, in one run.
+
+One pair (its 667 feature tables and its targets table): build its chunked checkpoints and
+training file from scratch, append one trading day (1,440 minutes) to the warehouse, refresh
+(only chunks whose days changed or are new are read), merge again; then build the same window
+from scratch into another root and check that both training files are equal column by column.
+Prints one JSON line (also appended to bench/out/refresh/results.jsonl): bytes read, tables and
+chunks extracted, wall times of the refresh vs the full build.
+
+    uv run --frozen python bench/refresh.py --rows 5000
+    uv run --frozen python bench/refresh.py --rows 44437
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.chunks import (
+    CHUNK_GRAINS,
+    DEFAULT_GRAIN,
+    ChunkedCheckpoint,
+    ChunkGrain,
+    chunk_inputs,
+    refresh_tables,
+)
+from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse, warehouse_params
+from bqx_assets.core.extraction import ALL_TIME, Source
+from bqx_assets.core.merge import merge_checkpoints, sources_for_pair
+from bqx_assets.core.metrics import peak_rss_bytes
+from bqx_assets.core.storage import LocalStorage
+
+DAY_MINUTES = 1440
+COMPARE_COLUMNS = 512
+"""Columns compared at a time: bounds memory at 44K rows x 17K columns."""
+
+
+def _build(
+    wh: EmbeddedWarehouse,
+    catalog: Catalog,
+    pair: str,
+    storage: LocalStorage,
+    out: Path,
+    *,
+    grain: ChunkGrain,
+    threads: int,
+    work: Path,
+) -> tuple[list[ChunkedCheckpoint], float, float]:
+    """Refresh the pair's chunks, then merge: (checkpoints, extraction s, merge s)."""
+    targets = catalog.targets[pair]
+    sources: list[Source] = [targets, *catalog.tables_for(pair)]
+    started = time.perf_counter()
+    done = refresh_tables(wh, sources, storage, grain=grain, threads=threads, workdir=work)
+    extracted = time.perf_counter() - started
+    started = time.perf_counter()
+    inputs = chunk_inputs(storage, sources, ALL_TIME, pair)
+    merge_checkpoints(
+        inputs[targets.name],
+        targets.targets,
+        sources_for_pair(catalog, pair, lambda t: inputs[t.name]),
+        out,
+    )
+    return done, extracted, time.perf_counter() - started
+
+
+def _summary(done: Sequence[ChunkedCheckpoint]) -> dict[str, int]:
+    return {
+        "bytes_read": sum(c.bytes_read for c in done),
+        "tables_extracted": sum(1 for c in done if c.count("extracted")),
+        "chunks_extracted": sum(c.count("extracted") for c in done),
+        "chunks_reused": sum(c.count("reused") for c in done),
+        "chunks_compacted": sum(c.count("compacted") for c in done),
+        "chunk_files": sum(len(c.chunks) for c in done),
+        "checkpoint_bytes": sum(c.bytes for c in done),
+    }
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Equal column by column (names, types, values, nulls), a slice of columns at a time."""
+    fa, fb = pq.ParquetFile(a), pq.ParquetFile(b)
+    if fa.schema_arrow.names != fb.schema_arrow.names:
+        return False
+    names = fa.schema_arrow.names
+    for i in range(0, len(names), COMPARE_COLUMNS):
+        cols = names[i : i + COMPARE_COLUMNS]
+        ta: pa.Table = fa.read(columns=cols)
+        tb: pa.Table = fb.read(columns=cols)
+        if not all(ta.column(c).equals(tb.column(c)) for c in cols):
+            return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5000, help="minutes before the append")
+    parser.add_argument("--pair", default="eurusd")
+    parser.add_argument("--grain", choices=CHUNK_GRAINS, default=DEFAULT_GRAIN)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--append", type=int, default=DAY_MINUTES, help="minutes appended")
+    parser.add_argument("--out", default="bench/out/refresh")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog.load()
+    base = out / f"warehouse-{args.pair}-{args.rows}.duckdb"
+    params = warehouse_params(base)
+    if not params or int(params["rows"]) != args.rows or args.pair not in params["pairs"]:
+        print(f"creating {base} ({args.rows} rows)", flush=True)
+        create_warehouse(base, catalog, pairs=[args.pair], rows=args.rows).close()
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        tmp_path = Path(tmp)
+        path = tmp_path / "warehouse.duckdb"
+        shutil.copyfile(base, path)
+        wh = EmbeddedWarehouse(path, read_only=False)
+        work = tmp_path / "work"
+        kept = LocalStorage(tmp_path / "kept", durable=False)
+        scratch = LocalStorage(tmp_path / "scratch", durable=False)
+        kw = {"grain": args.grain, "threads": args.threads, "work": work}
+
+        print("full build", flush=True)
+        full, full_extract, full_merge = _build(
+            wh, catalog, args.pair, kept, tmp_path / "full.parquet", **kw
+        )
+        print(f"append {args.append} minutes", flush=True)
+        wh.append(args.append)
+        print("refresh", flush=True)
+        refreshed, refresh_extract, refresh_merge = _build(
+            wh, catalog, args.pair, kept, tmp_path / "refreshed.parquet", **kw
+        )
+        print("from scratch after the append (for equality)", flush=True)
+        again, again_extract, _ = _build(
+            wh, catalog, args.pair, scratch, tmp_path / "scratch.parquet", **kw
+        )
+        equal = _same_file(tmp_path / "refreshed.parquet", tmp_path / "scratch.parquet")
+        rows = pq.ParquetFile(tmp_path / "refreshed.parquet").metadata.num_rows
+        wh.close()
+
+    f, r = _summary(full), _summary(refreshed)
+    result = {
+        "rows": args.rows,
+        "appended_minutes": args.append,
+        "rows_after": rows,
+        "pair": args.pair,
+        "grain": args.grain,
+        "threads": args.threads,
+        "tables": len(full),
+        "full": {**f, "extract_s": round(full_extract, 2), "merge_s": round(full_merge, 2)},
+        "refresh": {
+            **r,
+            "extract_s": round(refresh_extract, 2),
+            "merge_s": round(refresh_merge, 2),
+        },
+        "scratch_after_append": {**_summary(again), "extract_s": round(again_extract, 2)},
+        "bytes_ratio": round(r["bytes_read"] / max(1, f["bytes_read"]), 4),
+        "bytes_ratio_vs_scratch_after": round(
+            r["bytes_read"] / max(1, _summary(again)["bytes_read"]), 4
+        ),
+        "new_rows_floor": round(args.append / (args.rows + args.append), 4),
+        "extract_time_ratio": round(refresh_extract / max(1e-9, full_extract), 4),
+        "end_to_end_time_ratio": round(
+            (refresh_extract + refresh_merge) / max(1e-9, full_extract + full_merge), 4
+        ),
+        "files_equal": equal,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "python": platform.python_version(),
+        "pyarrow": pa.__version__,
+    }
+    line = json.dumps(result)
+    with open(out / "results.jsonl", "a") as f_out:
+        f_out.write(line + "\n")
+    print(line)
+    print(
+        f"refresh read {r['bytes_read']:,} of the full build's {f['bytes_read']:,} bytes "
+        f"({result['bytes_ratio']:.2%}; new rows are {result['new_rows_floor']:.2%} of the "
+        f"table); {r['tables_extracted']} tables / {r['chunks_extracted']} chunks extracted, "
+        f"{r['chunks_reused']} reused, {r['chunks_compacted']} compacted; extraction "
+        f"{refresh_extract:.1f} s vs {full_extract:.1f} s ({result['extract_time_ratio']:.1%}), "
+        f"with the merge {refresh_extract + refresh_merge:.1f} s vs "
+        f"{full_extract + full_merge:.1f} s; files equal: {equal}"
+    )
+    if not equal:
+        raise SystemExit("the refreshed training file differs from the from-scratch one")
+
+
+if __name__ == "__main__":
+    main()
