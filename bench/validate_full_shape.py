@@ -184,13 +184,18 @@ def main() -> int:
     for label, command in runs:
         print("command:", " ".join(command))
         for _ in range(args.repeat):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             proc = subprocess.run(command, capture_output=True, text=True)
             seconds = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # CPU time of the command: what wall time would be on an idle core (a shared
+            # machine stretches wall time, not CPU time).
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             print(
-                f"{label}: exit {proc.returncode}: {seconds:.2f} s wall (validation "
-                f"{result['seconds']:.2f} s), peak RSS of the command "
+                f"{label}: exit {proc.returncode}: {seconds:.2f} s wall, {cpu:.2f} s CPU "
+                f"(validation {result['seconds']:.2f} s wall), peak RSS of the command "
                 f"{result['peak_rss_bytes'] / 2**20:.0f} MiB, failed {result['failed']}"
             )
     # RUSAGE_CHILDREN is the peak over every waited-for child: the largest validate process.
