@@ -351,8 +351,10 @@ def test_whole_pair_with_both_roots_in_gcs(
     checkpoints = open_storage(f"gs://{staging}/checkpoints")
     stored = set(checkpoints.list())
     for table in catalog.tables_for("eurusd"):
-        assert any(key.endswith(f"/{table.name}.parquet") for key in stored), table.name
-        assert any(key.endswith(f"/{table.name}.manifest.json") for key in stored), table.name
+        # A chunked checkpoint: `{owner}/{table}/{first day}_{last day}.parquet` + manifest.
+        mine = [key for key in stored if f"/{table.name}/" in key]
+        assert any(key.endswith(".parquet") for key in mine), table.name
+        assert any(key.endswith(".manifest.json") for key in mine), table.name
     outputs = open_storage(f"gs://{output}")
     meta = _published_metadata(pair)
     key = meta["uri"].removeprefix(f"gs://{output}/")  # published, or quarantined by the gate

@@ -118,6 +118,7 @@ class BigQueryWarehouse(Warehouse):
     """
 
     name = "bigquery"
+    reports_partitions = True
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ against its own manifest, so that a refresh re-extracts only the chunks whose da
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -43,6 +44,8 @@ import pyarrow.parquet as pq
 from bqx_assets.core.errors import BqxError, ExtractionError, StorageError
 from bqx_assets.core.extraction import (
     ALL_TIME,
+    EXTRACT_MODES,
+    ExtractMode,
     Source,
     conform,
     expected_schema,
@@ -179,7 +182,8 @@ class ChunkManifest:
     key_max: str | None
     format: int = CHUNK_FORMAT
     method: str = "read"
-    """"read" (from the warehouse) or "compacted" (concatenated from day chunks)."""
+    """"read" (a restricted read), "export" (from an export of the whole table, not billed)
+    or "compacted" (concatenated from day chunks)."""
 
     @property
     def range(self) -> ChunkRange:
@@ -314,13 +318,23 @@ def refresh_table(
     grain: ChunkGrain = DEFAULT_GRAIN,
     workdir: Path | None = None,
     row_group_rows: int = CHECKPOINT_ROW_GROUP_ROWS,
+    mode: ExtractMode = "read",
+    staging_uri: str | None = None,
 ) -> ChunkedCheckpoint:
     """Bring a table's chunks for `window` up to date with its `partitions` (the table's
     per-day states): chunks made from the same states are reused after verification (size and
     CRC32C against their manifest), the others read again, the read restricted to their range.
 
     Each chunk's file is published before its manifest: a run killed in between redoes only
-    the chunks without a current manifest. Chunks replaced by this layout are deleted last."""
+    the chunks without a current manifest. Chunks replaced by this layout are deleted last.
+
+    `mode="export"` takes the rows of chunks to redo from the warehouse's export of the whole
+    table to `staging_uri` (not billed as a scan, but the whole table every time) where it has
+    one; otherwise they are read, restricted to their range, as with `mode="read"`."""
+    if mode not in EXTRACT_MODES:
+        raise ExtractionError(f"extraction mode {mode!r} is not one of {', '.join(EXTRACT_MODES)}")
+    if mode == "export" and not staging_uri:
+        raise ExtractionError(f"{source.dataset}.{source.name}: export mode needs a staging URI")
     clock = Stopwatch()
     where = f"{source.dataset}.{source.name}"
     owner = owner_of(source)
@@ -356,7 +370,10 @@ def refresh_table(
             run.append(plan)
             continue
         if run:
-            _extract_run(warehouse, source, storage, run, fingerprint, work, row_group_rows)
+            _extract_run(
+                warehouse, source, storage, run, fingerprint, work, row_group_rows,
+                staging_uri if mode == "export" else None,
+            )  # fmt: skip
             run = []
 
     # Chunks of this table that the new layout replaced (days now in a month chunk, chunks of
@@ -440,12 +457,19 @@ def _extract_run(
     fingerprint: str,
     work: Path,
     row_group_rows: int,
+    staging_uri: str | None = None,
 ) -> None:
-    """Read neighbouring chunks in one restricted read and publish each chunk's rows."""
+    """Read neighbouring chunks in one restricted read (or take them from an export to
+    `staging_uri`) and publish each chunk's rows."""
     where = f"{source.dataset}.{source.name}"
     window = DateRange(run[0].chunk.start, run[-1].chunk.end)
     names = expected_schema(source).names
-    read = warehouse.read(source.dataset, source.name, names, window)
+    read = None
+    if staging_uri:
+        read = warehouse.export_table(source.dataset, source.name, names, staging_uri)
+    method: Literal["read", "export"] = "read" if read is None else "export"
+    if read is None:
+        read = warehouse.read(source.dataset, source.name, names, window)
     data = conform(read.data, source)
     if schema_fingerprint(data.schema) != fingerprint:
         raise ExtractionError(f"{where}: schema differs from the catalog after conform")
@@ -469,7 +493,7 @@ def _extract_run(
             part = read.bytes_read - shared
         shared += part
         plan.done = _publish(
-            storage, source, plan, data.slice(lo, hi - lo), part, work, row_group_rows, "read"
+            storage, source, plan, data.slice(lo, hi - lo), part, work, row_group_rows, method
         )
 
 
@@ -485,7 +509,7 @@ def _publish(
     bytes_read: int,
     work: Path,
     row_group_rows: int,
-    method: Literal["read", "compacted"],
+    method: Literal["read", "export", "compacted"],
 ) -> Chunk:
     owner = owner_of(source)
     chunk = plan.chunk
@@ -518,7 +542,7 @@ def _publish(
     storage.write_bytes(
         chunk_manifest_key(owner, source.name, chunk.first, chunk.last), manifest.to_json()
     )
-    return Chunk("extracted" if method == "read" else "compacted", manifest)
+    return Chunk("compacted" if method == "compacted" else "extracted", manifest)
 
 
 @dataclass(frozen=True)
@@ -549,6 +573,8 @@ def refresh_tables(
     row_group_rows: int = CHECKPOINT_ROW_GROUP_ROWS,
     progress: Callable[[RefreshProgress], None] | None = None,
     progress_every: int = 50,
+    mode: ExtractMode = "read",
+    staging_uri: str | None = None,
 ) -> list[ChunkedCheckpoint]:
     """Refresh many tables' chunks on a bounded thread pool, with one partition look-up per
     dataset. A table that fails does not stop the others; then one ExtractionError names every
@@ -572,7 +598,7 @@ def refresh_tables(
             )
         return refresh_table(
             warehouse, source, storage, found, window=window, grain=grain, workdir=workdir,
-            row_group_rows=row_group_rows,
+            row_group_rows=row_group_rows, mode=mode, staging_uri=staging_uri,
         )  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="refresh") as pool:
@@ -641,17 +667,19 @@ def require_chunks(
     """Each table's chunks for `window` by name; fails naming every table without one."""
     if not sources:
         raise ExtractionError(f"{what}: the catalog lists no tables to extract")
-    out, missing = {}, []
+    out, missing = {}, {}
     for source in sources:
         try:
             out[source.name] = current_chunks(storage, source, window)
         except ExtractionError as exc:
-            missing.append(str(exc))
+            missing[source.name] = str(exc)
     if missing:
+        names = list(missing)
         raise ExtractionError(
-            f"{what}: {len(missing)} of {len(sources)} tables have no verified chunks: "
-            + "; ".join(missing[:10])
-            + (" ..." if len(missing) > 10 else "")
+            f"{what}: {len(missing)} of {len(sources)} tables have no verified checkpoint: "
+            + ", ".join(names[:20])
+            + (" ..." if len(names) > 20 else "")
+            + f" (first: {missing[names[0]]})"
         )
     return out
 
@@ -687,3 +715,21 @@ def _local(storage: Storage, key: str) -> Path:
     if path is None:  # pragma: no cover - a root is local or an object store
         raise ExtractionError(f"{storage.uri_of(key)} is neither local nor in an object store")
     return path
+
+
+def partitions_version(
+    states: dict[str, Sequence[PartitionState]], expected: int, window: DateRange = ALL_TIME
+) -> str:
+    """A data version of a set of tables from their day partitions inside `window`: it changes
+    when a day a checkpoint would be made from changes (rows or last-modified time), not when a
+    day outside the window does; "missing-N-..." while N of the `expected` tables are absent."""
+    text = "\n".join(
+        sorted(
+            f"{table}:{p.day.isoformat()}:{p.rows}:{p.last_modified}"
+            for table, days in states.items()
+            for p in days
+            if _in_window(p.day, window)
+        )
+    )
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest if len(states) == expected else f"missing-{expected - len(states)}-{digest}"

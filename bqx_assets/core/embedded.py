@@ -95,6 +95,7 @@ class EmbeddedWarehouse(Warehouse):
     """A DuckDB file with one schema per BigQuery dataset; reads are concurrent cursors."""
 
     name = "embedded"
+    reports_partitions = True
 
     def __init__(self, path: Path | str, *, read_only: bool = True) -> None:
         self.path = Path(path)

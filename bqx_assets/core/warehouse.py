@@ -60,6 +60,8 @@ class Warehouse(ABC):
     """Where feature and targets tables live. Extraction uses only this interface."""
 
     name: str
+    reports_partitions: bool = False
+    """True where `partition_states` answers (per-day states of date-partitioned tables)."""
 
     @abstractmethod
     def information_schema(self) -> list[SchemaRow]:

@@ -5,30 +5,28 @@ import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from bqx_assets.core.catalog import FAMILY_ORDER, SHARED_PREFIXES, Catalog
-from bqx_assets.core.costs import Prices, StepUsage
-from bqx_assets.core.errors import MergeError, StorageError
-from bqx_assets.core.extraction import (
-    Checkpoint,
-    Progress,
-    Source,
-    extract_tables,
-    owner_of,
-    require_checkpoints,
-    verified_manifest,
+from bqx_assets.core.chunks import (
+    ChunkedCheckpoint,
+    RefreshProgress,
+    chunk_inputs,
+    partitions_version,
+    refresh_tables,
+    require_chunks,
 )
-from bqx_assets.core.layout import checkpoint_key, training_file_key
-from bqx_assets.core.merge import IO_THREADS, Input, merge_checkpoints, sources_for_pair
+from bqx_assets.core.costs import Prices, StepUsage
+from bqx_assets.core.extraction import Source
+from bqx_assets.core.layout import training_file_key
+from bqx_assets.core.merge import merge_checkpoints, sources_for_pair
 from bqx_assets.core.metrics import LocalBytes, Stopwatch, footprint_metadata, peak_rss_bytes
 from bqx_assets.core.profile import candidate_key, load_profile, promote_profile, save_profile
 from bqx_assets.core.publish import TrainingFile
-from bqx_assets.core.storage import ObjectStorage, StagedUpload, Storage
+from bqx_assets.core.storage import ObjectStorage, StagedUpload
 from bqx_assets.core.validation import Expectation, validate_training_file
 from bqx_assets.core.warehouse import SourceState
 from bqx_assets.defs.checks import check_results, training_check_specs
@@ -51,9 +49,10 @@ read sessions than the pool allows (dagster.yaml sets its limit)."""
 WAREHOUSE_CRON = "0 */6 * * *"
 """The warehouse's feature jobs refresh daily; observing its tables every 6 hours (UTC) costs a
 few metadata look-ups per family and pair."""
-OBSERVE_WAREHOUSE = dg.AutomationCondition.cron_tick_passed(
-    WAREHOUSE_CRON, "UTC"
-) & ~dg.AutomationCondition.in_progress()
+OBSERVE_WAREHOUSE = (
+    dg.AutomationCondition.cron_tick_passed(WAREHOUSE_CRON, "UTC")
+    & ~dg.AutomationCondition.in_progress()
+)
 """When the automation sensor observes a warehouse family (and so records its data version)."""
 REBUILD = dg.AutomationCondition.eager()
 """Checkpoints and training files are rebuilt when what they are made from changes: a warehouse
@@ -121,26 +120,46 @@ def _source_spec(catalog: Catalog, family: str) -> dg.AssetSpec:
 
 
 def _observe(context: dg.AssetExecutionContext, pair: str | None) -> Iterator[dg.ObserveResult]:
-    """One data version per selected family: of the pair's own tables, or of the shared ones."""
-    cat: Catalog = context.resources.settings.catalog()
+    """One data version per selected family: of the pair's own tables, or of the shared ones.
+    Where the warehouse reports day partitions, the version follows the partitions inside the
+    training window (a day appended or corrected changes it, one outside the window does not);
+    otherwise the tables' last-modified times and row counts."""
+    settings: PipelineSettings = context.resources.settings
+    cat: Catalog = settings.catalog()
     families = sorted(k.path[-1] for k in context.selected_asset_keys)
     pool = cat.tables_for(pair) if pair else cat.shared_tables()
     names = {f: [t.name for t in pool if t.family == f] for f in families if f != TARGETS}
+    datasets = {n: cat.features_dataset for ns in names.values() for n in ns}
+    if pair and TARGETS in families:
+        names[TARGETS] = [cat.targets[pair].name]
+        datasets[cat.targets[pair].name] = cat.targets_dataset
     wh = context.resources.warehouse.open()
     try:
-        states = wh.states(cat.features_dataset, sorted({n for ns in names.values() for n in ns}))
-        if pair and TARGETS in families:
-            target = cat.targets[pair].name
-            names[TARGETS] = [target]
-            states = {**states, **wh.states(cat.targets_dataset, [target])}
+        by_dataset: dict[str, list[str]] = defaultdict(list)
+        for name, dataset in datasets.items():
+            by_dataset[dataset].append(name)
+        versions: dict[str, str] = {}
+        if wh.reports_partitions:
+            found: dict[str, tuple] = {}
+            for dataset, tables in sorted(by_dataset.items()):
+                found.update(wh.partition_states(dataset, sorted(tables)))
+            for family in families:
+                mine = {n: found[n] for n in names[family] if n in found}
+                versions[family] = partitions_version(mine, len(names[family]), settings.window())
+        else:
+            states: dict[str, SourceState] = {}
+            for dataset, tables in sorted(by_dataset.items()):
+                states.update(wh.states(dataset, sorted(tables)))
+            for family in families:
+                listed = [states[n] for n in names[family] if n in states]
+                versions[family] = source_version(listed, len(names[family]))
     finally:
         wh.close()
     for family in families:
-        found = [states[n] for n in names[family] if n in states]
         yield dg.ObserveResult(
             asset_key=warehouse_key(family),
-            data_version=dg.DataVersion(source_version(found, len(names[family]))),
-            metadata={"tables": len(names[family]), "tables_found": len(found)},
+            data_version=dg.DataVersion(versions[family]),
+            metadata={"tables": len(names[family])},
         )
 
 
@@ -151,8 +170,10 @@ def _checkpoint_spec(catalog: Catalog, family: str) -> dg.AssetSpec:
     else:
         tables, columns, _ = _family_facts(catalog, family)
         text = (
-            f"Parquet checkpoints of the `{family}` tables, one file per table, sorted by "
-            f"interval_time, each with a manifest: {tables} tables, {columns} columns per pair."
+            f"Parquet checkpoints of the `{family}` tables, sorted by interval_time: {tables} "
+            f"tables, {columns} columns per pair. A table is chunks aligned to its day partitions "
+            "(a file per closed month, a file per day of the newest month), each with a manifest "
+            "of the partition states it was made from: a refresh reads only changed or new days."
         )
         text += (
             " Checkpointed once for every pair."
@@ -184,44 +205,21 @@ def _step_folders(
     return [settings.workdir, checkpoints.cache_dir, tempfile.gettempdir(), *more]
 
 
-def _checkpoint_inputs(
-    storage: Storage, sources: Sequence[Source], cache: Path
-) -> dict[str, Input]:
-    """Each source's checkpoint for the merge, by table name. A local root gives its files as
-    they are. An object store (gs://) gives its objects to be read in place by byte ranges,
-    each checked against its manifest (size, CRC32C) and pinned to the generation checked;
-    nothing is copied to local disk."""
-    if not isinstance(storage, ObjectStorage):
-        return {s.name: storage.fetch(checkpoint_key(owner_of(s), s.name), cache) for s in sources}
-
-    def open_one(source: Source) -> Input:
-        key = checkpoint_key(owner_of(source), source.name)
-        manifest = verified_manifest(storage, source)
-        if manifest is None:
-            raise MergeError(
-                f"table {source.name}: {storage.uri_of(key)} does not match its manifest "
-                "(changed or missing since extraction); re-run its checkpoint"
-            )
-        try:
-            return storage.open_stored(key, size=manifest.bytes, crc32c=manifest.crc32c)
-        except StorageError as exc:
-            raise MergeError(f"table {source.name}: {exc}") from exc
-
-    with ThreadPoolExecutor(IO_THREADS) as pool:  # a few small requests each: latency-bound
-        return dict(zip([s.name for s in sources], pool.map(open_one, sources), strict=True))
-
-
 def _family_metadata(
-    checkpoints: Sequence[Checkpoint], price_per_tib: float
+    checkpoints: Sequence[ChunkedCheckpoint], price_per_tib: float
 ) -> dict[str, dg.MetadataValue]:
-    bytes_read = sum(c.manifest.bytes_read for c in checkpoints if c.status == "extracted")
+    bytes_read = sum(c.bytes_read for c in checkpoints)
+    chunks = {s: sum(c.count(s) for c in checkpoints) for s in ("extracted", "reused", "compacted")}
     return {
         "tables": dg.MetadataValue.int(len(checkpoints)),
         "extracted": dg.MetadataValue.int(sum(c.status == "extracted" for c in checkpoints)),
         "reused": dg.MetadataValue.int(sum(c.status == "reused" for c in checkpoints)),
-        "rows": dg.MetadataValue.int(sum(c.manifest.rows for c in checkpoints)),
+        "chunks_extracted": dg.MetadataValue.int(chunks["extracted"]),
+        "chunks_reused": dg.MetadataValue.int(chunks["reused"]),
+        "chunks_compacted": dg.MetadataValue.int(chunks["compacted"]),
+        "rows": dg.MetadataValue.int(sum(c.rows for c in checkpoints)),
         "megabytes": dg.MetadataValue.float(
-            round(sum(c.manifest.bytes for c in checkpoints) / 1e6, 2) * 1.0
+            round(sum(c.bytes for c in checkpoints) / 1e6, 2) * 1.0
         ),
         "seconds": dg.MetadataValue.float(round(sum(c.seconds for c in checkpoints), 2) * 1.0),
         "bytes_read": dg.MetadataValue.int(bytes_read),
@@ -244,16 +242,19 @@ def _extract(
     storage = checkpoints.storage()
     context.log.info(f"{what}: {len(sources)} tables from {warehouse.describe()} to {storage.uri}")
 
-    def report(progress: Progress) -> None:
+    def report(progress: RefreshProgress) -> None:
         context.log.info(f"{what}: {progress.line()}")
 
+    window = settings.window()
     wh = warehouse.open()
     try:
-        done = extract_tables(
+        # Only chunks whose day partitions changed or are new are read, each run of them in one
+        # read restricted to its days; the others are reused after verification.
+        done = refresh_tables(
             wh,
             sources,
             storage,
-            window=settings.window(),
+            window=window,
             threads=settings.extract_threads,
             workdir=settings.work_path("extract"),
             progress=report,
@@ -262,12 +263,12 @@ def _extract(
         )
     finally:
         wh.close()
-    # Success needs a verified checkpoint for every table the catalog lists, never fewer.
-    require_checkpoints(storage, sources, what)
-    by_family: dict[str, list[Checkpoint]] = defaultdict(list)
+    # Success needs verified chunks for every table the catalog lists, never fewer.
+    require_chunks(storage, sources, window, what)
+    by_family: dict[str, list[ChunkedCheckpoint]] = defaultdict(list)
     for checkpoint in done:
         by_family[checkpoint.family].append(checkpoint)
-    usage.add_bytes_read(sum(c.manifest.bytes_read for c in done if c.status == "extracted"))
+    usage.add_bytes_read(sum(c.bytes_read for c in done))
     # The whole step's usage, repeated on each family it materializes.
     step = {**usage.metadata(), **footprint_metadata(usage.finish().peak_rss_bytes, local.stop())}
     for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
@@ -276,10 +277,10 @@ def _extract(
         yield dg.MaterializeResult(
             asset_key=key,
             metadata={**_family_metadata(made, settings.bq_price_per_tib), **step},
-            # The checkpoints' content: unchanged when every table was reused as it was.
+            # The checkpoints' content: unchanged when every chunk was reused as it was.
             data_version=dg.DataVersion(
                 hashlib.sha256(
-                    "".join(sorted(c.manifest.crc32c for c in made)).encode()
+                    "".join(sorted(k.manifest.crc32c for c in made for k in c.chunks)).encode()
                 ).hexdigest()[:16]
             ),
         )
@@ -364,8 +365,9 @@ def training_file(
     history = load_profile(output, pair)
     targets = catalog.targets[pair]
     tables = catalog.tables_for(pair)
-    require_checkpoints(storage, [*tables, targets], f"pair {pair}")
-    inputs = _checkpoint_inputs(storage, [targets, *tables], Path(checkpoints.cache_dir))
+    # The chunks inside the training window, each checked against its manifest (gs:// ones
+    # pinned to the version checked and read in place); the others are not read.
+    inputs = chunk_inputs(storage, [*tables, targets], settings.window(), f"pair {pair}")
 
     workdir = settings.work_path("merge", f"{pair}-{context.run.run_id[:8]}")
     out: Path | StagedUpload = workdir / f"training_{pair}.parquet"
@@ -460,6 +462,8 @@ def shared_sources(context: dg.AssetExecutionContext) -> Iterator[dg.ObserveResu
 SHARED_CHECKPOINT = checkpoint_asset_key(SHARED_FAMILIES[0])
 """The shared checkpoints are materialized together; one of them stands for all."""
 warehouse_assets = [pair_sources, shared_sources]
+
+
 @dg.asset(
     key=TRAINING_PROFILE,
     partitions_def=pairs_partitions,
