@@ -31,13 +31,16 @@ from bqx_assets.core.errors import ExtractionError, MergeError
 from bqx_assets.core.extraction import Source, expected_schema
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.merge import FeatureSource, merge_checkpoints, sources_for_pair
-from bqx_assets.core.storage import LocalStorage
+from bqx_assets.core.storage import LocalStorage, StoredFile, open_storage
 from bqx_assets.core.warehouse import DateRange, TableRead
+from bqx_assets_tests.emulators import gcs as gcs_fixtures
 from bqx_assets_tests.emulators.bigquery import (
     BigQueryEmulator,
     bigquery_emulator,  # noqa: F401 - the session fixture
     load_tables,
 )
+
+gcs_emulator = gcs_fixtures.gcs_emulator
 
 PAIR = "eurusd"
 START = datetime(2024, 1, 29, tzinfo=UTC)  # a Monday: three days of January, then February
@@ -292,7 +295,7 @@ _CHILD = textwrap.dedent(
     from bqx_assets.core.catalog import Catalog
     from bqx_assets.core.chunks import refresh_tables
     from bqx_assets.core.embedded import EmbeddedWarehouse
-    from bqx_assets.core.storage import LocalStorage
+    from bqx_assets.core.storage import LocalStorage, StoredFile, open_storage
 
     class Slow(EmbeddedWarehouse):
         def read(self, *args, **kwargs):
@@ -425,3 +428,34 @@ def test_bigquery_partitions_and_chunk_reads_on_the_emulator(
     finally:
         bq.close()
         embedded.close()
+
+
+@pytest.mark.emulator
+def test_chunks_in_gcs_clear_a_dead_writers_objects_and_are_read_in_place(
+    gcs_emulator: gcs_fixtures.GCSEmulator,
+    mini: tuple[Catalog, Path],
+    warehouse: CountingWarehouse,
+    tmp_path: Path,
+) -> None:
+    catalog, _ = mini
+    bucket = gcs_emulator.create_bucket()
+    storage = open_storage(f"gs://{bucket}/checkpoints")
+    # An upload a killed writer left in a chunk folder.
+    dead = f"checkpoints/{PAIR}/agg_{PAIR}/.2024-01-30_2024-01-30.parquet.0123abcd.tmp"
+    gcs_emulator.client().bucket(bucket).blob(dead).upload_from_string(b"partial")
+    assert list(storage.temporaries(f"{PAIR}/agg_{PAIR}")) == [dead.removeprefix("checkpoints/")]
+    refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    assert not list(storage.temporaries(f"{PAIR}/agg_{PAIR}"))
+    inputs = chunk_inputs(storage, _sources(catalog), DateRange(), PAIR)
+    assert all(isinstance(p, StoredFile) for ps in inputs.values() for p in ps)
+    targets = catalog.targets[PAIR]
+    out = tmp_path / "gcs.parquet"
+    merge_checkpoints(
+        inputs[targets.name],
+        targets.targets,
+        sources_for_pair(catalog, PAIR, lambda t: inputs[t.name]),
+        out,
+    )
+    local = LocalStorage(tmp_path / "local")
+    refresh_tables(warehouse, _sources(catalog), local, threads=2)
+    _assert_same(pq.read_table(out), _merge(catalog, local, tmp_path / "local.parquet"))
