@@ -88,11 +88,12 @@ def main() -> int:
         action="append",
         default=[],
         metavar="SEED:PAIR[,PAIR...]",
-        help="a warehouse seed and its pairs (repeatable; default 7:eurusd 11:... 13:...)",
+        help="a warehouse seed and its pairs (repeatable; default: 7:eurusd, 11 and 13 with"
+        " usdjpy,gbpchf)",
     )
     parser.add_argument("--no-append", action="store_true", help="skip the grown rebuild")
     args = parser.parse_args()
-    plan = args.run or ["7:eurusd", "11:eurusd,usdjpy,gbpjpy", "13:eurusd,usdjpy,gbpjpy"]
+    plan = args.run or ["7:eurusd", "11:usdjpy,gbpchf", "13:usdjpy,gbpchf"]
     catalog = Catalog.load()
     records: list[dict[str, object]] = []
     for item in plan:
@@ -108,7 +109,7 @@ def main() -> int:
         stages = [("first build", 0)] + ([] if args.no_append else [("a day later", DAY)])
         for stage, minutes in stages:
             if minutes:
-                wh = EmbeddedWarehouse(warehouse)
+                wh = EmbeddedWarehouse(warehouse, read_only=False)
                 wh.append(minutes)
                 wh.close()
             print(f"seed {seed}, {stage}:", flush=True)

@@ -35,8 +35,6 @@ from bqx_assets.defs.frame_io import FrameIOManagerFactory
 from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets.defs.resources import CheckpointStore, EmbeddedWarehouseResource, PipelineSettings
 
-pytestmark = pytest.mark.slow  # ten pipeline builds, ~30 s each on two cores
-
 PAIR = "eurusd"
 ROWS = 3_000
 
@@ -150,6 +148,8 @@ def test_a_clean_realistic_warehouse_passes_every_check_and_publishes_a_profile(
 
 
 # -- injected faults, each caught by the check that names it ---------------------------------
+# Slow: a pipeline build each (~30 s on two cores); the clean build above runs in every suite.
+@pytest.mark.slow
 def test_a_ragged_tail_fails_table_coverage_naming_the_tables(
     tmp_path: Path, catalog_file: tuple[Catalog, Path]
 ) -> None:
@@ -160,6 +160,7 @@ def test_a_ragged_tail_fails_table_coverage_naming_the_tables(
     assert all(t["newest_minutes_missed"] > 0 for t in tables.values())
 
 
+@pytest.mark.slow
 def test_a_stale_source_fails_table_coverage(
     tmp_path: Path, catalog_file: tuple[Catalog, Path]
 ) -> None:
@@ -171,6 +172,7 @@ def test_a_stale_source_fails_table_coverage(
     assert info["newest_minutes_missed"] == 90 and "stops 90 rows" in info["why"]
 
 
+@pytest.mark.slow
 def test_1970_keys_fail_table_coverage_and_null_completeness(
     tmp_path: Path, catalog_file: tuple[Catalog, Path]
 ) -> None:
@@ -180,6 +182,7 @@ def test_1970_keys_fail_table_coverage_and_null_completeness(
     assert b.meta("null_completeness")["all_null_by_family"] == {"corr": 7}
 
 
+@pytest.mark.slow
 def test_an_all_null_family_fails_null_completeness(
     tmp_path: Path, catalog_file: tuple[Catalog, Path]
 ) -> None:
@@ -190,6 +193,7 @@ def test_an_all_null_family_fails_null_completeness(
     assert meta["families_over_threshold"] == {"regime": 1.0}
 
 
+@pytest.mark.slow
 def test_a_target_leaked_under_an_innocent_name_fails_no_target_leakage(
     tmp_path: Path, catalog_file: tuple[Catalog, Path]
 ) -> None:
@@ -200,6 +204,7 @@ def test_a_target_leaked_under_an_innocent_name_fails_no_target_leakage(
     assert next(iter(leaked)).startswith("agg__")
 
 
+@pytest.mark.slow
 def test_duplicate_timestamps_fail_extraction_by_name(
     tmp_path: Path, catalog_file: tuple[Catalog, Path]
 ) -> None:
@@ -211,6 +216,7 @@ def test_duplicate_timestamps_fail_extraction_by_name(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dropcol", "retype"])
 def test_a_dropped_or_retyped_column_fails_before_the_gate_by_name(
     tmp_path: Path, catalog_file: tuple[Catalog, Path], kind: str
@@ -221,6 +227,7 @@ def test_a_dropped_or_retyped_column_fails_before_the_gate_by_name(
     assert f"agg_{PAIR}" in str(failure.event_specific_data)
 
 
+@pytest.mark.slow
 def test_a_doubled_null_share_fails_profile_drift_against_the_last_build(
     tmp_path: Path, catalog_file: tuple[Catalog, Path]
 ) -> None:
