@@ -16,11 +16,13 @@ from bqx_assets.core.storage import Storage, open_storage
 class TrainingFileIOManager(dg.ConfigurableIOManager):
     """Publishes `TrainingFile`s to `output_root` and loads them back as Polars LazyFrames.
 
-    An asset returns a `TrainingFile` naming a finished local parquet file; the file is streamed
-    to the root (resumable, CRC32C-verified upload on `gs://`), never loaded into memory. A file
-    whose gate checks passed replaces `training_{pair}.parquet`, the previous version being kept
-    under `versions/`; a failed one goes to `quarantine/` and the published file stays as it was.
-    The local file is deleted once its stored copy is verified (`keep_local` keeps it).
+    An asset returns a `TrainingFile`: on a local root, a finished local parquet file, copied
+    into the root atomically; on `gs://`, a verified temporary object of the root that the merge
+    streamed its output into (`TrainingFile.staged`, see `training_file`), published by a
+    server-side copy and then deleted, so the file never touches local disk. A file whose gate
+    checks passed replaces `training_{pair}.parquet`, the previous version being kept under
+    `versions/`; a failed one goes to `quarantine/` and the published file stays as it was. A
+    local file is deleted once its stored copy is verified (`keep_local` keeps it).
 
     The pair is the partition key; an unpartitioned asset names it with definition metadata
     `{"pair": "eurusd"}`.
