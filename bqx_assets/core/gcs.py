@@ -442,15 +442,11 @@ class GCSStorage(ObjectStorage):
         return self._info(dst)
 
 
-READ_ATTEMPTS = 3
-"""Ranged reads whose connection breaks are retried this many times in all (the client retries
-HTTP errors itself)."""
-
-
 class GCSFile(StoredFile):
     """An object read in place by ranged GETs of one generation: `generation=` in the request
     pins the bytes, and `if_generation_match` makes a replaced object an error even in a bucket
-    that keeps old generations. One request per read, no local copy."""
+    that keeps old generations. One request per read, no local copy; the client retries a
+    broken connection or a 5xx itself (its default retry for media downloads)."""
 
     def __init__(self, storage: GCSStorage, name: str, size: int, generation: int) -> None:
         self.storage = storage
