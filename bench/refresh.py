@@ -133,11 +133,21 @@ def main() -> None:
             wh, catalog, args.pair, kept, tmp_path / "full.parquet", **kw
         )
         print(f"append {args.append} minutes", flush=True)
+        started = time.perf_counter()
         wh.append(args.append)
+        print(f"appended in {time.perf_counter() - started:.1f} s", flush=True)
         print("refresh", flush=True)
         refreshed, refresh_extract, refresh_merge = _build(
             wh, catalog, args.pair, kept, tmp_path / "refreshed.parquet", **kw
         )
+        f, r = _summary(full), _summary(refreshed)
+        print(
+            json.dumps({"full": {**f, "extract_s": round(full_extract, 2),
+                                 "merge_s": round(full_merge, 2)},
+                        "refresh": {**r, "extract_s": round(refresh_extract, 2),
+                                    "merge_s": round(refresh_merge, 2)}}),
+            flush=True,
+        )  # fmt: skip
         print("from scratch after the append (for equality)", flush=True)
         again, again_extract, _ = _build(
             wh, catalog, args.pair, scratch, tmp_path / "scratch.parquet", **kw
@@ -146,7 +156,6 @@ def main() -> None:
         rows = pq.ParquetFile(tmp_path / "refreshed.parquet").metadata.num_rows
         wh.close()
 
-    f, r = _summary(full), _summary(refreshed)
     result = {
         "rows": args.rows,
         "appended_minutes": args.append,
