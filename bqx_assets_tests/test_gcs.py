@@ -18,7 +18,7 @@ from bqx_assets.cli.commands import lifecycle
 from bqx_assets.core.errors import StorageError
 from bqx_assets.core.gcs import GCSStorage, UploadedObject, split_gs_uri, storage_client
 from bqx_assets.core.publish import TrainingFile, publish_training_file
-from bqx_assets.core.storage import ObjectInfo, file_crc32c, open_storage
+from bqx_assets.core.storage import ObjectInfo, StagedFile, file_crc32c, open_storage
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
 from bqx_assets_tests.emulators.gcs import GCSEmulator
 
@@ -420,3 +420,61 @@ def test_lifecycle_rejects_a_bad_rules_file(tmp_path: Path) -> None:
     bad.write_text('{"rule": [{"action": {"type": "Delete"}}]}')
     with pytest.raises(StorageError, match=r"rules\.json"):
         lifecycle.load_rules(bad)
+
+
+# training files streamed to a temporary object (no local file)
+
+
+def _staged(storage: GCSStorage, key: str, data: bytes) -> StagedFile:
+    upload = storage.stage(key)
+    for start in range(0, len(data), 100_000):  # written piece by piece, as the merge does
+        upload.write(data[start : start + 100_000])
+    return upload.commit()
+
+
+def test_staged_training_file_is_published_versioned_or_quarantined(
+    gcs_emulator: GCSEmulator, gcs_bucket: str
+) -> None:
+    storage = GCSStorage(gcs_bucket, chunk_size=CHUNK)
+    first = os.urandom(3 * CHUNK + 5)
+    staged = _staged(storage, "training_eurusd.parquet", first)
+    assert staged.info.size == len(first) and list(storage.list()) == []  # hidden until published
+    assert staged.file.read_range(10, 20) == first[10:20]  # readable in place before publishing
+    done = publish_training_file(storage, TrainingFile("eurusd", None, True, staged=staged))
+    assert done.published and storage.read_bytes("training_eurusd.parquet") == first
+
+    # The same bytes again: nothing copied, nothing versioned.
+    again = publish_training_file(
+        storage, TrainingFile("eurusd", None, True, staged=_staged(storage, "t.parquet", first))
+    )
+    assert again.unchanged
+
+    # A failed gate: quarantined with its report, the published file untouched.
+    bad = _staged(storage, "training_eurusd.parquet", os.urandom(CHUNK))
+    before = storage.stat("training_eurusd.parquet")
+    report = {"row_count": {"actual": 1, "expected": 177_748}}
+    held = publish_training_file(storage, TrainingFile("eurusd", None, False, report, staged=bad))
+    assert not held.published and held.uri.split("/", 3)[3].startswith("quarantine/")
+    assert _identity(storage.stat("training_eurusd.parquet")) == _identity(before)
+
+    # A new version: the previous one kept under versions/.
+    second = os.urandom(2 * CHUNK)
+    newer = publish_training_file(
+        storage,
+        TrainingFile(
+            "eurusd", None, True, staged=_staged(storage, "training_eurusd.parquet", second)
+        ),
+    )
+    assert newer.previous_uri is not None and "/versions/" in newer.previous_uri
+    assert storage.read_bytes("training_eurusd.parquet") == second
+    assert not [n for n in _all_object_names(gcs_emulator, gcs_bucket) if n.endswith(".tmp")]
+
+
+def test_an_aborted_stream_leaves_no_object(gcs_emulator: GCSEmulator, gcs_bucket: str) -> None:
+    storage = GCSStorage(gcs_bucket, chunk_size=CHUNK)
+    upload = storage.stage("training_eurusd.parquet")
+    upload.write(os.urandom(3 * CHUNK))  # some chunks sent
+    upload.abort()
+    assert _all_object_names(gcs_emulator, gcs_bucket) == []
+    with pytest.raises(StorageError):
+        upload.write(b"more")
