@@ -117,9 +117,11 @@ def main() -> int:
                 records.append({"seed": seed, "stage": stage, **row})
     evaluations = sum(int(r["checks"]) for r in records)  # type: ignore[call-overload]
     failures = sum(int(r["failed"]) for r in records)  # type: ignore[call-overload]
+    failed_builds = sum(int(r["failed"]) > 0 for r in records)  # type: ignore[call-overload]
     print(
         f"\n{len(records)} builds, {evaluations} check evaluations, {failures} false failures "
-        f"({sum(not r['published'] for r in records)} builds not published)"
+        f"in {failed_builds} builds (quarantined; the pair's published file stays the last one "
+        "that passed)"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "results.csv", "w", newline="") as f:
