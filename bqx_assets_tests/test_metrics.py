@@ -30,3 +30,19 @@ def test_peak_local_bytes_counts_a_file_that_came_and_went(tmp_path: Path) -> No
 
 def test_footprint_is_peak_rss_plus_peak_local_bytes() -> None:
     assert footprint_metadata(5, 7) == {STEP_PEAK_LOCAL_BYTES: 7, STEP_FOOTPRINT_BYTES: 12}
+
+
+def test_peak_rss_is_this_process_own_not_its_parents() -> None:
+    """A child started by a process that once held 400 MB reports its own, smaller peak."""
+    import subprocess
+    import sys
+
+    code = (
+        "import subprocess, sys\n"
+        "ballast = bytearray(400 * 2**20)\n"
+        "child = 'from bqx_assets.core.metrics import peak_rss_bytes; print(peak_rss_bytes())'\n"
+        "print(subprocess.run([sys.executable, '-c', child], capture_output=True, text=True,"
+        " check=True).stdout)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0 < int(out.stdout.split()[-1]) < 300 * 2**20

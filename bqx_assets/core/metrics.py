@@ -11,9 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+_STATUS = Path("/proc/self/status")
+
 
 def peak_rss_bytes(*, children: bool = False) -> int:
     """Peak resident set size of this process (or of its waited-for children), in bytes."""
+    if not children and _STATUS.exists():
+        # Linux carries a parent's high-water mark in ru_maxrss across fork and exec, so a step
+        # process started by a large one would report the parent's peak; VmHWM is this process's.
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss * 1024  # Linux reports KiB
 
