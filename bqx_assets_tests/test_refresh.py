@@ -459,3 +459,32 @@ def test_chunks_in_gcs_clear_a_dead_writers_objects_and_are_read_in_place(
     local = LocalStorage(tmp_path / "local")
     refresh_tables(warehouse, _sources(catalog), local, threads=2)
     _assert_same(pq.read_table(out), _merge(catalog, local, tmp_path / "local.parquet"))
+
+
+def test_a_table_that_disagrees_with_its_partitions_fails_by_name_and_keeps_the_rest(
+    mini: tuple[Catalog, Path], warehouse: CountingWarehouse, tmp_path: Path
+) -> None:
+    """Rows read for a day that differ from the day's partition count (the table changed while
+    it was read) fail that table, naming it and the days; the other tables' chunks and the
+    table's earlier chunks stay as they were."""
+    catalog, _ = mini
+    storage = LocalStorage(tmp_path / "ckpt")
+    refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    before = {k: storage.stat(k) for k in storage.list()}
+    table = catalog.table(f"tmp_{PAIR}")
+    path = warehouse.path
+    warehouse.close()
+    con = connect(path, read_only=False)
+    try:
+        con.execute(
+            'UPDATE "_bqx_meta"."partitions" SET rows = rows + 1, last_modified = now() '
+            "WHERE dataset = ? AND table_name = ? AND day = ?",
+            [table.dataset, table.name, date(2024, 1, 30)],
+        )
+    finally:
+        con.close()
+    warehouse = CountingWarehouse(path)
+    with pytest.raises(ExtractionError, match=rf"tmp_{PAIR}: days 2024-01-30\.\.2024-01-30 have"):
+        refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    assert {k: storage.stat(k) for k in storage.list()} == before
+    warehouse.close()
