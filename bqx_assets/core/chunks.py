@@ -25,14 +25,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import json
 import logging
 import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Literal
@@ -46,6 +45,7 @@ from bqx_assets.core.extraction import (
     ALL_TIME,
     EXTRACT_MODES,
     ExtractMode,
+    JsonRecord,
     Source,
     conform,
     expected_schema,
@@ -161,7 +161,7 @@ def _partition_text(states: Sequence[PartitionState]) -> dict[str, list[int | st
 
 
 @dataclass(frozen=True)
-class ChunkManifest:
+class ChunkManifest(JsonRecord):
     """What one chunk holds and the partition states it was made from."""
 
     table: str
@@ -193,16 +193,6 @@ class ChunkManifest:
             datetime.fromisoformat(self.window[0]),
             datetime.fromisoformat(self.window[1]),
         )
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> ChunkManifest | None:
-        try:
-            return cls(**json.loads(data))
-        except (ValueError, TypeError):
-            return None  # an unreadable manifest means the chunk is redone
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -64,8 +64,22 @@ def _window_text(window: DateRange) -> list[str | None]:
     return [w.isoformat() if w else None for w in (window.start, window.end)]
 
 
+class JsonRecord:
+    """A frozen dataclass stored as JSON beside what it describes (checkpoints, chunks)."""
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode()  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Self | None:
+        try:
+            return cls(**json.loads(data))
+        except (ValueError, TypeError):
+            return None  # an unreadable manifest means what it describes is redone
+
+
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(JsonRecord):
     """What a checkpoint holds and which source state it was made from."""
 
     table: str
@@ -83,16 +97,6 @@ class Manifest:
     format: int = MANIFEST_FORMAT
     method: str = "read"
     """How the rows left the warehouse: "read" (billed by bytes) or "export" (an extract job)."""
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> Manifest | None:
-        try:
-            return cls(**json.loads(data))
-        except (ValueError, TypeError):
-            return None  # an unreadable manifest means the checkpoint is redone
 
 
 @dataclass(frozen=True)
