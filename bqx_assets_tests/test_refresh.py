@@ -24,6 +24,7 @@ from bqx_assets.core.chunks import (
     ChunkedCheckpoint,
     chunk_inputs,
     chunk_ranges,
+    clear_temporaries,
     refresh_tables,
 )
 from bqx_assets.core.embedded import EmbeddedWarehouse, connect, create_warehouse
@@ -488,3 +489,19 @@ def test_a_table_that_disagrees_with_its_partitions_fails_by_name_and_keeps_the_
         refresh_tables(warehouse, _sources(catalog), storage, threads=2)
     assert {k: storage.stat(k) for k in storage.list()} == before
     warehouse.close()
+
+
+def test_a_live_writers_local_temporary_file_is_left_alone(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    """The work folder can be shared by other runs on the machine: only files of writers that
+    no longer run are cleared."""
+    source = catalog.table(f"agg_{PAIR}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = tmp_path / f".{source.name}.2024-01-30_2024-01-30.{os.getpid()}-aa.tmp"
+    gone = tmp_path / f".{source.name}.2024-01-30_2024-01-30.{dead.pid}-bb.tmp"
+    for path in (live, gone):
+        path.write_bytes(b"partial")
+    assert clear_temporaries(LocalStorage(tmp_path / "root"), source, tmp_path) == 1
+    assert live.exists() and not gone.exists()

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import os
 import tempfile
 import threading
 import uuid
@@ -293,9 +294,27 @@ def clear_temporaries(storage: Storage, source: Source, workdir: Path | None = N
         removed += 1
     if workdir is not None and workdir.is_dir():
         for path in workdir.glob(f".{source.name}.*.tmp"):
-            path.unlink(missing_ok=True)
-            removed += 1
+            if not _writer_alive(path):
+                path.unlink(missing_ok=True)
+                removed += 1
     return removed
+
+
+def _writer_alive(path: Path) -> bool:
+    """Whether the process that named this local temporary file (`...{pid}-{uuid}.tmp`) still
+    runs: a work folder (the system's temporary folder by default) can be shared by the runs of
+    other pairs on the same machine, and a cov table is written by either of its two pairs."""
+    tag = path.name.removesuffix(".tmp").rsplit(".", 1)[-1]
+    pid_text, _, _ = tag.partition("-")
+    if not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def refresh_table(
@@ -503,7 +522,7 @@ def _publish(
 ) -> Chunk:
     owner = owner_of(source)
     chunk = plan.chunk
-    local = work / f".{source.name}.{chunk.first}_{chunk.last}.{uuid.uuid4().hex}.tmp"
+    local = work / f".{source.name}.{chunk.first}_{chunk.last}.{os.getpid()}-{uuid.uuid4().hex}.tmp"
     try:
         write_checkpoint(data, local, row_group_rows)
         # The file first, the manifest last: a file without a current manifest is redone.
