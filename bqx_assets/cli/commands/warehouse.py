@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 
 from bqx_assets.core.layout import EMBEDDED_WAREHOUSE_PATH as DEFAULT_PATH
 
@@ -25,6 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--path", default=DEFAULT_PATH, help=f"DuckDB file (default {DEFAULT_PATH})"
     )
     create.add_argument("--seed", type=int, default=7)
+    create.add_argument(
+        "--start",
+        default=None,
+        help="first minute, ISO 8601 in UTC (default 2024-01-01T00:00, a Monday); a warehouse "
+        "of a few hundred minutes needs one inside ETF hours (08:00-20:00) for corr tables to "
+        "have rows",
+    )
     create.add_argument("--catalog", default=None, help="catalog file (default: packaged)")
     create.add_argument(
         "--fault",
@@ -56,7 +64,7 @@ def _create(args: argparse.Namespace) -> int:
     clock = Stopwatch()
     wh = create_warehouse(
         args.path, catalog, pairs=pairs, rows=args.rows, seed=args.seed, faults=args.fault,
-        progress=print,
+        progress=print, **_start(args.start),
     )  # fmt: skip
     faults = [f.kind + ":" + "+".join(f.tables) for f in wh.faults()]
     wh.close()
@@ -88,3 +96,15 @@ def _append(args: argparse.Namespace) -> int:
           "rows_added": sum(added.values()), "rows": rows,
           "seconds": round(clock.seconds, 2)})  # fmt: skip
     return 0
+
+
+def _start(text: str | None) -> dict[str, datetime]:
+    from bqx_assets.core.errors import WarehouseError
+
+    if text is None:
+        return {}
+    try:
+        start = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise WarehouseError(f"--start {text!r} is not an ISO 8601 date and time") from exc
+    return {"start": start.replace(tzinfo=start.tzinfo or UTC)}
