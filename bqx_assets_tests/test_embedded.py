@@ -130,19 +130,22 @@ def test_missing_warehouse_and_table_are_clear_errors(tmp_path: Path, mini_wareh
         wh.read("bqx_ml_v3_features_v2", "agg_usdjpy", ["interval_time"], DateRange())
 
 
+# Peaks from VmHWM (metrics.peak_rss_bytes): ru_maxrss would carry pytest's own high-water mark
+# into the child across fork and exec.
 _MEASURE = """
-import resource, sys
+import sys
 from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.metrics import peak_rss_bytes
 from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets.core.warehouse import DateRange
 catalog = Catalog.load()
 create_warehouse(sys.argv[1], catalog, pairs=["eurusd"], rows=int(sys.argv[2])).close()
-created = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+created = peak_rss_bytes()
 wh = EmbeddedWarehouse(sys.argv[1])
 for table in catalog.tables_for("eurusd"):
     wh.read(table.dataset, table.name, ["interval_time", *(c.name for c in table.columns)],
             DateRange())
-print(created, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(created, peak_rss_bytes())
 """
 
 
