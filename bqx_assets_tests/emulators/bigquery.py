@@ -144,8 +144,10 @@ class BigQueryEmulator:
 def ensure_emulator_venv() -> Path:
     """The emulator venv, created or updated by the setup script (a no-op when its stamp matches
     the pinned versions); skips the test when it cannot be created (no Python 3.13 or no
-    package index on this machine)."""
+    package index on this machine), except under CI (`CI` set), where that is a failure: a
+    green CI must have run the emulator tests."""
     venv = emulator_venv()
+    give_up = pytest.fail if os.environ.get("CI") else pytest.skip
     try:
         done = subprocess.run(
             ["bash", str(SETUP_SCRIPT)],
@@ -155,9 +157,9 @@ def ensure_emulator_venv() -> Path:
             timeout=SETUP_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
-        pytest.skip(f"BigQuery emulator venv not created in {SETUP_TIMEOUT_S:.0f} s at {venv}")
+        give_up(f"BigQuery emulator venv not created in {SETUP_TIMEOUT_S:.0f} s at {venv}")
     if done.returncode != 0 or not (venv / "bin" / "local-bigquery").exists():
-        pytest.skip(
+        give_up(
             f"BigQuery emulator venv could not be created at {venv} "
             f"(scripts/setup_bigquery_emulator.sh exit {done.returncode}): "
             f"{(done.stderr or done.stdout)[-1500:]}"
