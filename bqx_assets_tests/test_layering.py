@@ -1,4 +1,4 @@
-"""The architecture's import rule, checked: the core loads no Dagster, nothing uses Dagster internals."""
+"""The import rule, checked: the core loads no Dagster, nothing uses Dagster internals."""
 
 from __future__ import annotations
 
