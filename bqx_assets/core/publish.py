@@ -154,11 +154,7 @@ def publish_training_file(
     now = now or datetime.now(UTC)
     if not training_file.passed:
         key = quarantine_key(pair, now)
-        report_uri = None
-        if training_file.report is not None:
-            report_key = key.removesuffix(".parquet") + ".report.json"
-            report = json.dumps(training_file.report, indent=2, default=str).encode()
-            report_uri = storage.write_bytes(report_key, report).uri
+        report_uri = _write_report(storage, key, training_file.report)
         info, seconds = _transfer(storage, local, key, keep_local=keep_local)
         return PublishResult.of(pair, info, published=False, seconds=seconds, report_uri=report_uri)
 
@@ -174,6 +170,14 @@ def publish_training_file(
         previous_uri = storage.copy(key, version_key(key, existing)).uri
     info, seconds = _transfer(storage, local, key, keep_local=keep_local)
     return PublishResult.of(pair, info, published=True, seconds=seconds, previous_uri=previous_uri)
+
+
+def _write_report(storage: Storage, key: str, report: Any) -> str | None:
+    """The gate report of a quarantined file, beside it; its URI (None without a report)."""
+    if report is None:
+        return None
+    data = json.dumps(report, indent=2, default=str).encode()
+    return storage.write_bytes(key.removesuffix(".parquet") + ".report.json", data).uri
 
 
 def _publish_staged(storage: Storage, training_file: TrainingFile, now: datetime) -> PublishResult:
@@ -194,11 +198,7 @@ def _publish_staged(storage: Storage, training_file: TrainingFile, now: datetime
     try:
         if not training_file.passed:
             key = quarantine_key(pair, now)
-            report_uri = None
-            if training_file.report is not None:
-                report_key = key.removesuffix(".parquet") + ".report.json"
-                report = json.dumps(training_file.report, indent=2, default=str).encode()
-                report_uri = storage.write_bytes(report_key, report).uri
+            report_uri = _write_report(storage, key, training_file.report)
             info = storage.publish_staged(staged, key, if_generation_match=0)
             return PublishResult.of(
                 pair, info, published=False, seconds=seconds, report_uri=report_uri
