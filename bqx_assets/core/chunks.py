@@ -28,10 +28,9 @@ import itertools
 import logging
 import os
 import tempfile
-import threading
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -50,6 +49,7 @@ from bqx_assets.core.extraction import (
     Source,
     conform,
     expected_schema,
+    for_each_table,
     owner_of,
     schema_fingerprint,
     write_checkpoint,
@@ -594,9 +594,6 @@ def refresh_tables(
         names = [s.name for s in sources if s.dataset == dataset]
         found = warehouse.partition_states(dataset, names)
         states.update({(dataset, n): st for n, st in found.items()})
-    results: dict[str, ChunkedCheckpoint] = {}
-    failures: dict[str, str] = {}
-    lock = threading.Lock()
     counts = {"extracted": 0, "reused": 0, "bytes": 0}
 
     def one(source: Source) -> ChunkedCheckpoint:
@@ -610,34 +607,18 @@ def refresh_tables(
             row_group_rows=row_group_rows, mode=mode, staging_uri=staging_uri,
         )  # fmt: skip
 
-    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="refresh") as pool:
-        futures = {pool.submit(one, s): s for s in sources}
-        for future in as_completed(futures):
-            source = futures[future]
-            with lock:
-                try:
-                    done = future.result()
-                except BqxError as exc:
-                    failures[source.name] = str(exc)
-                    log.error("refresh of %s failed: %s", source.name, exc)
-                else:
-                    results[source.name] = done
-                    counts["extracted"] += done.count("extracted")
-                    counts["reused"] += done.count("reused") + done.count("compacted")
-                    counts["bytes"] += done.bytes_read
-                n = len(results) + len(failures)
-                if progress and (n % progress_every == 0 or n == len(sources)):
-                    progress(RefreshProgress(n, len(sources), counts["extracted"],
-                                             counts["reused"], counts["bytes"],
-                                             clock.seconds))  # fmt: skip
-    if failures:
-        listed = "; ".join(f"{name}: {why}" for name, why in sorted(failures.items())[:10])
-        more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
-        raise ExtractionError(
-            f"{len(failures)} of {len(sources)} tables failed, the other chunks are kept: "
-            f"{listed}{more}"
-        )
-    return [results[s.name] for s in sources]
+    def count(done: ChunkedCheckpoint) -> None:
+        counts["extracted"] += done.count("extracted")
+        counts["reused"] += done.count("reused") + done.count("compacted")
+        counts["bytes"] += done.bytes_read
+
+    def tick(n: int) -> None:
+        if progress and (n % progress_every == 0 or n == len(sources)):
+            progress(RefreshProgress(n, len(sources), counts["extracted"], counts["reused"],
+                                     counts["bytes"], clock.seconds))  # fmt: skip
+
+    return for_each_table(sources, one, threads=threads, what="refresh", kept="chunks",
+                          on_done=count, tick=tick)  # fmt: skip
 
 
 def current_chunks(

@@ -6,13 +6,12 @@ import hashlib
 import json
 import logging
 import tempfile
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal, Self, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,6 +33,7 @@ from bqx_assets.core.storage import Storage
 from bqx_assets.core.warehouse import DateRange, SourceState, TableRead, Warehouse
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Source = Table | TargetsTable
 MANIFEST_FORMAT = 1
@@ -300,50 +300,68 @@ def extract_tables(
     one ExtractionError names every failed table and its reason.
     """
     clock = Stopwatch()
-    results: dict[str, Checkpoint] = {}
-    failures: dict[str, str] = {}
-    lock = threading.Lock()
     counts = {"extracted": 0, "reused": 0, "bytes": 0}
-
-    def report() -> Progress:
-        return Progress(len(results) + len(failures), len(sources), counts["extracted"],
-                        counts["reused"], counts["bytes"] / 1e6, clock.seconds)  # fmt: skip
-
     # One look-up per dataset instead of one per table; a table missing here is looked up
     # again on its own, which fails naming it.
     states: dict[tuple[str, str], SourceState] = {}
     for dataset in sorted({s.dataset for s in sources}):
         names = [s.name for s in sources if s.dataset == dataset]
         states.update({(dataset, n): st for n, st in warehouse.states(dataset, names).items()})
-    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="extract") as pool:
-        futures = {
-            pool.submit(
-                extract_table, warehouse, s, storage, window=window, workdir=workdir,
-                row_group_rows=row_group_rows, state=states.get((s.dataset, s.name)),
-                mode=mode, staging_uri=staging_uri,
-            ): s
-            for s in sources
-        }  # fmt: skip
+
+    def one(source: Source) -> Checkpoint:
+        return extract_table(
+            warehouse, source, storage, window=window, workdir=workdir,
+            row_group_rows=row_group_rows, state=states.get((source.dataset, source.name)),
+            mode=mode, staging_uri=staging_uri,
+        )  # fmt: skip
+
+    def count(checkpoint: Checkpoint) -> None:
+        counts[checkpoint.status] += 1
+        counts["bytes"] += checkpoint.manifest.bytes
+
+    def tick(done: int) -> None:
+        if progress and (done % progress_every == 0 or done == len(sources)):
+            progress(Progress(done, len(sources), counts["extracted"], counts["reused"],
+                              counts["bytes"] / 1e6, clock.seconds))  # fmt: skip
+
+    return for_each_table(sources, one, threads=threads, what="extraction",
+                          kept="checkpoints", on_done=count, tick=tick)  # fmt: skip
+
+
+def for_each_table(
+    sources: Sequence[Source],
+    job: Callable[[Source], T],
+    *,
+    threads: int,
+    what: str,
+    kept: str,
+    on_done: Callable[[T], None],
+    tick: Callable[[int], None],
+) -> list[T]:
+    """`job` for every table on a bounded thread pool, results in `sources` order. A table that
+    fails does not stop the others: once all have run, one ExtractionError names the failed
+    tables (the first ten) and their reasons. `on_done` and `tick` (tables finished so far) run
+    on the calling thread."""
+    results: dict[str, T] = {}
+    failures: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix=what) as pool:
+        futures = {pool.submit(job, s): s for s in sources}
         for future in as_completed(futures):
             source = futures[future]
-            with lock:
-                try:
-                    checkpoint = future.result()
-                except BqxError as exc:
-                    failures[source.name] = str(exc)
-                    log.error("extraction of %s failed: %s", source.name, exc)
-                else:
-                    results[source.name] = checkpoint
-                    counts[checkpoint.status] += 1
-                    counts["bytes"] += checkpoint.manifest.bytes
-                done = len(results) + len(failures)
-                if progress and (done % progress_every == 0 or done == len(sources)):
-                    progress(report())
+            try:
+                result = future.result()
+            except BqxError as exc:
+                failures[source.name] = str(exc)
+                log.error("%s of %s failed: %s", what, source.name, exc)
+            else:
+                results[source.name] = result
+                on_done(result)
+            tick(len(results) + len(failures))
     if failures:
         listed = "; ".join(f"{name}: {why}" for name, why in sorted(failures.items())[:10])
         more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
         raise ExtractionError(
-            f"{len(failures)} of {len(sources)} tables failed, the other checkpoints are kept: "
+            f"{len(failures)} of {len(sources)} tables failed, the other {kept} are kept: "
             f"{listed}{more}"
         )
     return [results[s.name] for s in sources]
