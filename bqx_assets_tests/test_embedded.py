@@ -163,3 +163,15 @@ def test_creation_and_reads_stay_in_bounded_memory(tmp_path: Path) -> None:
     )  # fmt: skip
     created, read = map(int, done.stdout.split()[-2:])
     assert created < 2 * 2**30 and read < 2 * 2**30, (created, read)
+
+
+def test_a_bad_start_is_a_clear_error_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bqx_assets.cli import main
+
+    path = tmp_path / "w.duckdb"
+    argv = ["warehouse", "create", "--rows", "20", "--path", str(path), "--start", "Monday"]
+    assert main(argv) == 1
+    assert "--start 'Monday' is not an ISO 8601 date and time" in capsys.readouterr().err
+    assert not path.exists() and list(tmp_path.iterdir()) == []
