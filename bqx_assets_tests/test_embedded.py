@@ -11,12 +11,14 @@ import pytest
 
 from bqx_assets.core.catalog import Catalog, catalog_from_schema
 from bqx_assets.core.embedded import (
+    REVISED_ROWS,
     EmbeddedWarehouse,
     create_warehouse,
     warehouse_params,
 )
 from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.extraction import expected_schema
+from bqx_assets.core.synthetic import Series, feature_table_data, targets_table_data
 from bqx_assets.core.warehouse import DateRange
 
 
@@ -61,6 +63,41 @@ def test_append_changes_the_source_state(tmp_path: Path, mini: tuple[Catalog, Pa
     after = wh.append_minutes(small.features_dataset, "agg_eurusd", 5)
     assert after.rows == before.rows + 5 and after.last_modified > before.last_modified
     assert wh.state(small.features_dataset, "tmp_eurusd").rows == 50
+
+
+def test_append_to_a_read_only_warehouse_is_a_clear_error_and_changes_nothing(
+    tmp_path: Path, mini: tuple[Catalog, Path]
+) -> None:
+    catalog, _ = mini
+    small = catalog.subset(["eurusd"])
+    path = tmp_path / "warehouse.duckdb"
+    create_warehouse(path, small, pairs=["eurusd"], rows=50).close()
+    wh = EmbeddedWarehouse(path)
+    with pytest.raises(
+        WarehouseError, match=r"cannot append: .*warehouse\.duckdb is open read-only"
+    ):
+        wh.append(10)
+    with pytest.raises(WarehouseError, match=r"cannot append to .*agg_eurusd: .* read-only"):
+        wh.append_minutes(small.features_dataset, "agg_eurusd", 10)
+    assert wh.params()["rows"] == "50"
+    assert wh.state(small.features_dataset, "agg_eurusd").rows == 50
+
+
+def test_append_minutes_to_a_targets_table_fills_its_old_look_ahead(
+    tmp_path: Path, mini: tuple[Catalog, Path]
+) -> None:
+    catalog, _ = mini
+    small = catalog.subset(["eurusd"])
+    path = tmp_path / "w.duckdb"
+    create_warehouse(path, small, pairs=["eurusd"], rows=1_000).close()
+    wh = EmbeddedWarehouse(path, read_only=False)
+    targets = small.targets["eurusd"].name
+    assert wh.append_minutes(small.targets_dataset, targets, 30).rows == 1_030
+    expected = targets_table_data(small.targets["eurusd"], wh.series().grown(30))
+    stored = _stored(wh, small.targets_dataset, targets)
+    for column in expected.schema.names:
+        want = expected.column(column).cast(stored.schema.field(column).type)
+        assert stored.column(column).equals(want), column
 
 
 def test_every_connection_has_bounded_memory_and_threads(mini_warehouse: Path) -> None:
@@ -175,3 +212,63 @@ def test_a_bad_start_is_a_clear_error_and_writes_nothing(
     assert main(argv) == 1
     assert "--start 'Monday' is not an ISO 8601 date and time" in capsys.readouterr().err
     assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def _generated(catalog: Catalog, name: str, series: Series) -> pa.Table:
+    for targets in catalog.targets.values():
+        if targets.name == name:
+            return targets_table_data(targets, series)
+    return feature_table_data(catalog.table(name), series)
+
+
+def _stored(wh: EmbeddedWarehouse, dataset: str, name: str) -> pa.Table:
+    sql = f'SELECT * FROM "{dataset}"."{name}" ORDER BY interval_time'
+    return wh._cursor().execute(sql).to_arrow_table()
+
+
+def test_an_appended_warehouse_equals_one_generated_at_the_grown_length(
+    tmp_path: Path, mini: tuple[Catalog, Path]
+) -> None:
+    """Every table after create(N) + append(M) holds exactly the generator's rows at N + M
+    (values and nulls): the targets' look-ahead nulls of the old tail are filled. The creation
+    size stays N, as it fixes the null model (warm-ups, late starts, outages), so the reference
+    is the generator at Series(plan_rows=N, rows=N + M), not a warehouse created at N + M."""
+    catalog, _ = mini
+    small = catalog.subset(["eurusd"])
+    # 2,940 minutes from Monday 00:00 end on Wednesday at 01:00: the targets' old tail (the last
+    # 105 rows) spans Tuesday's end and Wednesday; Monday is not touched.
+    rows, minutes, seed = 2_940, 300, 5
+    path = tmp_path / "w.duckdb"
+    create_warehouse(path, small, pairs=["eurusd"], rows=rows, seed=seed).close()
+    targets = small.targets["eurusd"].name
+    before = EmbeddedWarehouse(path)
+    old_days = {d.day: d for d in before.partitions(small.targets_dataset, targets)}
+    old_tail = _stored(before, small.targets_dataset, targets).slice(rows - REVISED_ROWS)
+    before.close()
+    late = "target_bqx45_h105"
+    assert old_tail.column(late).null_count > 0  # look-ahead: the minutes after were unknown
+
+    wh = EmbeddedWarehouse(path, read_only=False)
+    added = wh.append(minutes)
+    grown = Series(wh.series().start, rows, rows + minutes, seed)
+    assert wh.series() == grown and added[targets] == minutes
+    tables = [(small.targets_dataset, targets)]
+    tables += [(t.dataset, t.name) for t in small.tables_for("eurusd")]
+    for dataset, name in tables:
+        stored = _stored(wh, dataset, name)
+        expected = _generated(small, name, grown)
+        assert stored.schema.names == expected.schema.names, name
+        for column in expected.schema.names:
+            want = expected.column(column).cast(stored.schema.field(column).type)
+            assert stored.column(column).equals(want), (name, column)
+        assert sum(d.rows for d in wh.partitions(dataset, name)) == stored.num_rows, name
+        assert wh.state(dataset, name).rows == stored.num_rows, name
+    filled = _stored(wh, small.targets_dataset, targets).slice(rows - REVISED_ROWS, REVISED_ROWS)
+    assert filled.column(late).null_count == 0
+    # The days of the rewritten rows changed (a refresh re-reads them); Monday did not.
+    days = {d.day: d for d in wh.partitions(small.targets_dataset, targets)}
+    monday, tuesday, wednesday = sorted(old_days)
+    assert days[monday] == old_days[monday]
+    for day in (tuesday, wednesday):
+        assert days[day].last_modified > old_days[day].last_modified
+    assert [days[d].rows for d in sorted(days)] == [1440, 1440, 60 + minutes]

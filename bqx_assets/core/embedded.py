@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bqx_assets.core.catalog import Catalog, SchemaRow, Table
+from bqx_assets.core.catalog import HORIZONS, Catalog, SchemaRow, Table
 from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.faults import (
     Fault,
@@ -101,6 +101,7 @@ class EmbeddedWarehouse(Warehouse):
 
     def __init__(self, path: Path | str, *, read_only: bool = True) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         if read_only and not self.path.exists():
             raise WarehouseError(
                 f"embedded warehouse {self.path} does not exist: create it with "
@@ -253,11 +254,13 @@ class EmbeddedWarehouse(Warehouse):
     def append(
         self, minutes: int, *, progress: Callable[[str], None] | None = None
     ) -> dict[str, int]:
-        """Add the next `minutes` trading minutes to every table, continuing each series (new
-        rows only). Tables with a fault are sources that stopped updating: left as they are.
-        Returns the rows added per table."""
+        """Add the next `minutes` trading minutes to every table, continuing each series. A
+        targets table's last REVISED_ROWS rows, whose look-ahead the new minutes now reach,
+        are rewritten with their values (and their days marked changed). Tables with a fault
+        are sources that stopped updating: left as they are. Returns the rows added per table."""
         if minutes < 1:
             raise WarehouseError(f"append needs at least 1 minute, not {minutes}")
+        self._require_writable("append")
         catalog, series = self.catalog(), self.series()
         grown = series.grown(minutes)
         faulty = {t for f in self.faults() for t in f.tables}
@@ -265,10 +268,13 @@ class EmbeddedWarehouse(Warehouse):
         added: dict[str, int] = {}
         writer = _Writer(self._cursor())
         for i, (dataset, name, make) in enumerate(jobs, 1):
-            new = pa.table({}) if name in faulty else _after(make(), self._last_key(dataset, name))
-            added[name] = new.num_rows
-            if new.num_rows:
-                writer.write(dataset, name, new, append=True)
+            added[name] = 0
+            if name not in faulty:
+                since, last = self._revise_from(catalog, dataset, name)
+                new = _from_key(make(), since, last)
+                added[name] = new.num_rows - self._rows_from(dataset, name, since)
+                if new.num_rows:
+                    writer.write(dataset, name, new, append=True, replace_from=since)
             if progress and (i % 100 == 0 or i == len(jobs)):
                 progress(f"append: {i}/{len(jobs)} tables")
         writer.commit(append=True)
@@ -279,21 +285,63 @@ class EmbeddedWarehouse(Warehouse):
 
     def append_minutes(self, dataset: str, table: str, minutes: int) -> SourceState:
         """Add `minutes` rows to one table after its last key, continuing its series (a source
-        that changed while the others did not)."""
+        that changed while the others did not); a targets table's look-ahead rows are rewritten
+        as in `append`."""
+        self._require_writable(f"append to {dataset}.{table}")
         catalog, series = self.catalog(), self.series()
         if table not in {name for _, name, _ in _jobs(catalog, series)}:
             raise WarehouseError(f"table {dataset}.{table} is not in {self.path}'s catalog")
-        last = self._last_key(dataset, table)
+        since, last = self._revise_from(catalog, dataset, table)
+        revised = self._rows_from(dataset, table, since)
         grow = minutes
         while True:  # a table off the spine (ETF hours, gaps) may need more minutes to grow
-            new = _after(_jobs_one(catalog, series.grown(grow), table), last)
-            if new.num_rows >= minutes or grow > minutes + 20_000:
+            new = _from_key(_jobs_one(catalog, series.grown(grow), table), since, last)
+            if new.num_rows >= revised + minutes or grow > minutes + 20_000:
                 break
             grow *= 2
         writer = _Writer(self._cursor())
-        writer.write(dataset, table, new.slice(0, minutes), append=True)
+        writer.write(
+            dataset, table, new.slice(0, revised + minutes), append=True, replace_from=since
+        )
         writer.commit(append=True)
         return self.state(dataset, table)
+
+    def _require_writable(self, what: str) -> None:
+        if self.read_only:
+            raise WarehouseError(
+                f"cannot {what}: embedded warehouse {self.path} is open read-only "
+                "(EmbeddedWarehouse(path, read_only=False) writes)"
+            )
+
+    def _revise_from(
+        self, catalog: Catalog, dataset: str, table: str
+    ) -> tuple[datetime | None, datetime | None]:
+        """(first key to rewrite or None, last key): a targets table's last REVISED_ROWS rows
+        are rewritten; a feature table only gets rows after its last key."""
+        last = self._last_key(dataset, table)
+        if dataset != catalog.targets_dataset or last is None:
+            return None, last
+        row = (
+            self._cursor()
+            .execute(
+                f"SELECT min({_ident(KEY)}) FROM (SELECT {_ident(KEY)} FROM "
+                f"{_ident(dataset, table)} ORDER BY {_ident(KEY)} DESC LIMIT ?)",
+                [REVISED_ROWS],
+            )
+            .fetchone()
+        )
+        return row[0], last
+
+    def _rows_from(self, dataset: str, table: str, since: datetime | None) -> int:
+        if since is None:
+            return 0
+        return int(
+            self._cursor()
+            .execute(
+                f"SELECT count(*) FROM {_ident(dataset, table)} WHERE {_ident(KEY)} >= ?", [since]
+            )
+            .fetchone()[0]
+        )
 
     def _last_key(self, dataset: str, table: str) -> datetime | None:
         return (
@@ -303,13 +351,21 @@ class EmbeddedWarehouse(Warehouse):
         )
 
 
-def _after(data: pa.Table, last: datetime | None) -> pa.Table:
+def _from_key(data: pa.Table, since: datetime | None, last: datetime | None) -> pa.Table:
+    """The rows to write: from `since` on (rewritten and new), else those after `last`."""
+    keys = data.column(KEY)
+    if since is not None:
+        return data.filter(pc.greater_equal(keys, pa.scalar(since, type=keys.type)))
     if last is None:
         return data
-    keys = data.column(KEY)
     return data.filter(pc.greater(keys, pa.scalar(last, type=keys.type)))
 
 
+REVISED_ROWS = max(HORIZONS)
+"""Rows at a targets table's end that an append rewrites: a target at minute t for horizon h is
+the price at t + h, null (look-ahead) until that minute exists, so the last max(HORIZONS) rows
+take their values once the series grows past them. Feature tables' rolling windows look back:
+their rows never change."""
 BATCH_BYTES = 256 * 2**20
 BATCH_TABLES = 50
 """A commit every this many logical bytes or tables: DuckDB holds a transaction's new data until
@@ -328,24 +384,46 @@ class _Writer:
         self.pending = 0
         self.open = False
 
-    def write(self, dataset: str, table: str, data: pa.Table, *, append: bool) -> None:
+    def write(
+        self,
+        dataset: str,
+        table: str,
+        data: pa.Table,
+        *,
+        append: bool,
+        replace_from: datetime | None = None,
+    ) -> None:
+        """Create the table from `data`, or append `data` to it; with `replace_from`, its rows
+        from that key on are deleted first (`data` rewrites them), in the same transaction."""
         if not self.open:
             self.con.execute("BEGIN TRANSACTION")
             self.open = True
+        name = _ident(dataset, table)
+        removed = data.schema.empty_table()
+        if replace_from is not None:
+            where = f"WHERE {_ident(KEY)} >= ?"
+            removed = self.con.execute(f"SELECT * FROM {name} {where}", [replace_from])
+            removed = removed.to_arrow_table()
+            self.con.execute(f"DELETE FROM {name} {where}", [replace_from])
         self.con.register("_new", data)
         if append:
-            self.con.execute(f"INSERT INTO {_ident(dataset, table)} SELECT * FROM _new")
+            self.con.execute(f"INSERT INTO {name} SELECT * FROM _new")
         else:
-            self.con.execute(f"CREATE TABLE {_ident(dataset, table)} AS SELECT * FROM _new")
+            self.con.execute(f"CREATE TABLE {name} AS SELECT * FROM _new")
         self.con.unregister("_new")
         size = logical_bytes(data)
-        self.tables.append((dataset, table, data.num_rows, size))
-        keys = data.column(KEY).cast(pa.int64()).to_numpy()
-        days, counts = np.unique(keys // _DAY_US, return_counts=True)
+        self.tables.append(
+            (dataset, table, data.num_rows - removed.num_rows, size - logical_bytes(removed))
+        )
+        # Rows per day, net of the rows replaced: every day written gets a new last-modified.
+        keys = np.concatenate([_day_keys(data), _day_keys(removed)])
+        signs = np.concatenate([np.ones(data.num_rows), -np.ones(removed.num_rows)])
+        days, where_day = np.unique(keys // _DAY_US, return_inverse=True)
+        counts = np.bincount(where_day, weights=signs, minlength=len(days))
         self.days["dataset"] += [dataset] * len(days)
         self.days["table_name"] += [table] * len(days)
         self.days["day"].append(days.astype("datetime64[D]"))
-        self.days["rows"].append(counts.astype(np.int64))
+        self.days["rows"].append(np.rint(counts).astype(np.int64))
         self.pending += size
         if self.pending >= BATCH_BYTES or len(self.tables) >= BATCH_TABLES:
             self.commit(append=append)
@@ -388,6 +466,10 @@ class _Writer:
         self.con.unregister("_days")
         self.con.execute("COMMIT")
         self.__init__(self.con)
+
+
+def _day_keys(data: pa.Table) -> np.ndarray:
+    return data.column(KEY).cast(pa.int64()).to_numpy()
 
 
 def _jobs(catalog: Catalog, series: Series) -> list[tuple[str, str, Callable[[], pa.Table]]]:
