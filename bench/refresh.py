@@ -63,15 +63,17 @@ def _build(
     grain: ChunkGrain,
     threads: int,
     work: Path,
-) -> tuple[list[ChunkedCheckpoint], float, float]:
-    """Refresh the pair's chunks, then merge: (checkpoints, extraction s, merge s)."""
+) -> tuple[list[ChunkedCheckpoint], float, float, float]:
+    """Refresh the pair's chunks, then merge: (checkpoints, extraction s, merge s, extraction
+    CPU s)."""
     targets = catalog.targets[pair]
     sources: list[Source] = [targets, *catalog.tables_for(pair)]
     started, cpu = time.perf_counter(), time.process_time()
     done = refresh_tables(wh, sources, storage, grain=grain, threads=threads, workdir=work)
     extracted = time.perf_counter() - started
     # CPU seconds of this process: steadier than wall time on a machine shared with other jobs.
-    print(f"extraction: {extracted:.1f} s wall, {time.process_time() - cpu:.1f} s CPU", flush=True)
+    cpu = time.process_time() - cpu
+    print(f"extraction: {extracted:.1f} s wall, {cpu:.1f} s CPU", flush=True)
     started = time.perf_counter()
     inputs = chunk_inputs(storage, sources, ALL_TIME, pair)
     merge_checkpoints(
@@ -80,7 +82,7 @@ def _build(
         sources_for_pair(catalog, pair, lambda t: inputs[t.name]),
         out,
     )
-    return done, extracted, time.perf_counter() - started
+    return done, extracted, time.perf_counter() - started, cpu
 
 
 def _summary(done: Sequence[ChunkedCheckpoint]) -> dict[str, int]:
@@ -142,7 +144,7 @@ def main() -> None:
         kw = {"grain": args.grain, "threads": args.threads, "work": work}
 
         print("full build", flush=True)
-        full, full_extract, full_merge = _build(
+        full, full_extract, full_merge, full_cpu = _build(
             wh, catalog, args.pair, kept, tmp_path / "full.parquet", **kw
         )
         print(f"append {args.append} minutes", flush=True)
@@ -155,7 +157,7 @@ def main() -> None:
         print("refresh", flush=True)
         # A new storage object: nothing verified by the full build is remembered.
         kept = LocalStorage(tmp_path / "kept", durable=False)
-        refreshed, refresh_extract, refresh_merge = _build(
+        refreshed, refresh_extract, refresh_merge, refresh_cpu = _build(
             wh, catalog, args.pair, kept, tmp_path / "refreshed.parquet", **kw
         )
         f, r = _summary(full), _summary(refreshed)
@@ -171,7 +173,7 @@ def main() -> None:
         again, again_extract, equal = [], 0.0, None
         if not args.no_scratch:
             print("from scratch after the append (for equality)", flush=True)
-            again, again_extract, _ = _build(
+            again, again_extract, _, _ = _build(
                 wh, catalog, args.pair, scratch, tmp_path / "scratch.parquet", **kw
             )
             equal = _same_file(tmp_path / "refreshed.parquet", tmp_path / "scratch.parquet")
@@ -201,6 +203,8 @@ def main() -> None:
         ),
         "new_rows_floor": round(args.append / (args.rows + args.append), 4),
         "extract_time_ratio": round(refresh_extract / max(1e-9, full_extract), 4),
+        "extract_cpu_s": {"full": round(full_cpu, 1), "refresh": round(refresh_cpu, 1)},
+        "extract_cpu_ratio": round(refresh_cpu / max(1e-9, full_cpu), 4),
         "end_to_end_time_ratio": round(
             (refresh_extract + refresh_merge) / max(1e-9, full_extract + full_merge), 4
         ),
