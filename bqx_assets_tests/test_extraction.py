@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bqx_assets.core import extraction
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.embedded import EmbeddedWarehouse
+from bqx_assets.core.chunks import refresh_tables
+from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets.core.errors import ExtractionError
 from bqx_assets.core.extraction import (
     Manifest,
@@ -21,10 +24,11 @@ from bqx_assets.core.extraction import (
     extract_tables,
     missing_checkpoints,
     require_checkpoints,
+    rows_per_read,
 )
 from bqx_assets.core.layout import checkpoint_key, manifest_key
 from bqx_assets.core.storage import LocalStorage
-from bqx_assets.core.warehouse import DateRange
+from bqx_assets.core.warehouse import DateRange, TableRead
 
 
 @pytest.fixture
@@ -172,3 +176,52 @@ def test_single_table_reuse_reports_status(
     window = DateRange(datetime(2024, 1, 1, 1, tzinfo=UTC), None)
     redone = extract_table(warehouse, table, storage, window=window)  # another window: redone
     assert redone.status == "extracted" and redone.manifest.rows == 610 - 60
+
+
+class _RecordingWarehouse(EmbeddedWarehouse):
+    """The embedded warehouse, recording each read's window and rows."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reads: list[tuple[DateRange, int]] = []
+
+    def read(
+        self, dataset: str, table: str, columns: Sequence[str], window: DateRange
+    ) -> TableRead:
+        done = super().read(dataset, table, columns, window)
+        self.reads.append((window, done.data.num_rows))
+        return done
+
+
+def test_a_wide_run_of_chunks_is_read_in_bounded_reads_into_the_same_chunks(
+    tmp_path: Path, mini: tuple[Catalog, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog, _ = mini
+    path = tmp_path / "w.duckdb"
+    # From Monday 29 January 2024: January's three days (one month chunk), then 1 and 2 February
+    # (a chunk per day of the newest month), 600 minutes on the 2nd.
+    start = datetime(2024, 1, 29, tzinfo=UTC)
+    create_warehouse(path, catalog, pairs=["eurusd"], rows=4 * 1440 + 600, start=start).close()
+    table = catalog.table("agg_eurusd")
+    whole, split = LocalStorage(tmp_path / "whole"), LocalStorage(tmp_path / "split")
+    warehouse = _RecordingWarehouse(path)
+    (one,) = refresh_tables(warehouse, [table], whole, threads=1)
+    assert [rows for _, rows in warehouse.reads] == [4 * 1440 + 600]  # one read of the table
+
+    warehouse.reads.clear()
+    # Reads of at most a day: the month chunk is a read of its own, then one read per day.
+    monkeypatch.setattr(extraction, "READ_BYTES", 1440 * 8 * (1 + len(table.columns)))
+    assert rows_per_read(table) == 1440
+    (again,) = refresh_tables(warehouse, [table], split, threads=1)
+    assert [rows for _, rows in warehouse.reads] == [3 * 1440, 1440, 600]
+    assert [w.start for w, _ in warehouse.reads] == [
+        datetime(2024, 1, 1, tzinfo=UTC),  # the month's calendar bounds
+        datetime(2024, 2, 1, tzinfo=UTC),
+        datetime(2024, 2, 2, tzinfo=UTC),
+    ]
+    assert [c.manifest.rows for c in again.chunks] == [3 * 1440, 1440, 600]
+    assert again.bytes_read == one.bytes_read
+    for a, b in zip(one.chunks, again.chunks, strict=True):
+        key = a.key("eurusd")
+        assert b.key("eurusd") == key
+        assert pq.read_table(split.local_path(key)).equals(pq.read_table(whole.local_path(key)))

@@ -18,7 +18,9 @@ against its own manifest, so that a refresh re-extracts only the chunks whose da
 # warehouse. GRAIN "day" keeps one chunk per day everywhere (same refresh cost, more files).
 #
 # A run of neighbouring chunks to (re-)extract is read in one warehouse read and split by chunk:
-# a from-scratch build costs one read per table, as before, not one per day.
+# a from-scratch build costs one read per table, as before, not one per day; a wide table's run
+# is cut into reads of at most extraction.READ_BYTES (a chunk at least) so that memory per
+# extraction thread is bounded by a read, not by the table.
 
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ from bqx_assets.core.extraction import (
     expected_schema,
     for_each_table,
     owner_of,
+    rows_per_read,
     schema_fingerprint,
     write_checkpoint,
 )
@@ -373,17 +376,13 @@ def refresh_table(
     for plan in plans:
         if plan.done is None and plan.parts:
             plan.done = _compact(storage, source, plan, work, row_group_rows)
-    run: list[_Plan] = []
-    for plan in [*plans, None]:
-        if plan is not None and plan.done is None:
-            run.append(plan)
-            continue
-        if run:
-            _extract_run(
-                warehouse, source, storage, run, fingerprint, work, row_group_rows,
-                staging_uri if mode == "export" else None,
-            )  # fmt: skip
-            run = []
+    # An export is of the whole table: one per run of chunks, however long.
+    max_rows = None if mode == "export" else rows_per_read(source)
+    for run in _runs(plans, max_rows):
+        _extract_run(
+            warehouse, source, storage, run, fingerprint, work, row_group_rows,
+            staging_uri if mode == "export" else None,
+        )  # fmt: skip
 
     # Chunks of this table that the new layout replaced (days now in a month chunk, chunks of
     # another grain or window) go, once every planned chunk is in place.
@@ -458,6 +457,29 @@ def _compact(
     return _publish(storage, source, plan, data, 0, work, row_group_rows, "compacted")
 
 
+def _plan_rows(plan: _Plan) -> int:
+    return sum(int(state[0]) for state in plan.partitions.values())
+
+
+def _runs(plans: Sequence[_Plan], max_rows: int | None) -> list[list[_Plan]]:
+    """The chunks to read, as runs of neighbouring chunks of at most `max_rows` rows by their
+    partitions (a longer chunk is a run of its own): one read each, so that a read's memory is
+    bounded by the larger of `max_rows` and a chunk, not by the table."""
+    runs: list[list[_Plan]] = []
+    rows, joined = 0, False
+    for plan in plans:
+        if plan.done is not None:
+            joined = False
+            continue
+        n = _plan_rows(plan)
+        if not joined or (max_rows is not None and rows + n > max_rows):
+            runs.append([])
+            rows = 0
+        runs[-1].append(plan)
+        rows, joined = rows + n, True
+    return runs
+
+
 def _extract_run(
     warehouse: Warehouse,
     source: Source,
@@ -491,7 +513,7 @@ def _extract_run(
             int(np.searchsorted(keys, _micros(chunk.start))),
             int(np.searchsorted(keys, _micros(chunk.end))),
         )
-        expected = sum(int(s[0]) for s in plan.partitions.values())
+        expected = _plan_rows(plan)
         if chunk.whole and hi - lo != expected:
             raise ExtractionError(
                 f"{where}: days {chunk.first}..{chunk.last} have {hi - lo} rows, their partitions "

@@ -40,6 +40,17 @@ MANIFEST_FORMAT = 1
 ALL_TIME = DateRange()
 ExtractMode = Literal["read", "export"]
 EXTRACT_MODES: tuple[ExtractMode, ...] = ("read", "export")
+READ_BYTES = 64 * 2**20
+"""Most bytes (8 per column and row) one warehouse read of a table's neighbouring chunks asks for:
+a refresh splits a longer run of chunks into several reads, a chunk at a time at least. Each
+read is held whole (sorted by the warehouse, then as Arrow, then written), per extraction thread:
+a whole 232-column table at 177,748 rows is 330 MB; its largest chunk, a month, ~75 MB. Above
+BigQuery's 10 MB minimum per query, so reads of at least a month bill what one read would."""
+
+
+def rows_per_read(source: Source) -> int:
+    """Most rows of `source` one read asks for (READ_BYTES at 8 bytes per key and column)."""
+    return max(1, READ_BYTES // (8 * (1 + len(source.columns))))
 
 
 def owner_of(source: Source) -> str:
