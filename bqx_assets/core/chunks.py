@@ -21,6 +21,18 @@ against its own manifest, so that a refresh re-extracts only the chunks whose da
 # a from-scratch build costs one read per table, as before, not one per day; a wide table's run
 # is cut into reads of at most extraction.READ_BYTES (a chunk at least) so that memory per
 # extraction thread is bounded by a read, not by the table.
+#
+# The training window is fixed (start/end: chunks are cut to it) or rolling, the newest N
+# trading days (days with rows in the pair's targets table). A rolling window moves a day at a
+# time, so cutting chunks at its start would re-read the cut month of every table every day.
+# Instead a feature table's chunks are planned from the start of the chunk holding the window's
+# first day (a month start, or that day in a table's newest month) and those that end before it
+# are left out: the first chunk stays whole, its rows before the window are read once and
+# dropped by the merge's join on the spine. The spine (targets) is cut into day chunks, so that
+# it holds exactly the window's days and a moved window reuses every day it kept. The window is
+# resolved from the warehouse's partitions once per checkpoint step (every table of a pair, or
+# every shared table, with the same window), and the merge takes it from the spine's stored
+# chunks, i.e. the window those checkpoints were made for, not the warehouse's newer state.
 
 from __future__ import annotations
 
@@ -42,7 +54,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bqx_assets.core.errors import BqxError, ExtractionError, StorageError
+from bqx_assets.core.catalog import TargetsTable
+from bqx_assets.core.errors import BqxError, ExtractionError, StorageError, WindowError
 from bqx_assets.core.extraction import (
     ALL_TIME,
     EXTRACT_MODES,
@@ -78,6 +91,9 @@ DEFAULT_GRAIN: ChunkGrain = "month"
 CHUNK_FORMAT = 1
 ChunkStatus = Literal["extracted", "reused", "compacted"]
 _MANIFEST_SUFFIX = ".manifest.json"
+
+
+_ONE_DAY = timedelta(days=1)
 
 
 def _day_start(day: date) -> datetime:
@@ -140,11 +156,15 @@ def _month_bounds(day: date) -> tuple[date, date]:
 
 
 def chunk_ranges(
-    days: Sequence[date], window: DateRange, grain: ChunkGrain = DEFAULT_GRAIN
+    days: Sequence[date],
+    window: DateRange,
+    grain: ChunkGrain = DEFAULT_GRAIN,
+    after: datetime | None = None,
 ) -> list[ChunkRange]:
     """The chunks of a table whose partitions are `days`, within `window`, in key order: with
     grain "month", a chunk per calendar month before the newest month and one per day of the
-    newest; with grain "day", one per day."""
+    newest; with grain "day", one per day. With `after` (a rolling window's first day), the
+    chunks that end at or before it are left out."""
     if grain not in CHUNK_GRAINS:
         raise ExtractionError(f"chunk grain {grain!r} is not one of {', '.join(CHUNK_GRAINS)}")
     inside = sorted(d for d in set(days) if _in_window(d, window))
@@ -157,7 +177,119 @@ def chunk_ranges(
         first, last = (day, day) if grain == "day" or bounds == newest else bounds
         if (first, last) not in out:
             out[(first, last)] = _clip(first, last, window)
-    return list(out.values())
+    return [r for r in out.values() if after is None or _utc(r.end) > _utc(after)]
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """The training window as configured: fixed bounds (rows with `start <= key < end`), or the
+    newest `days` trading days (days with rows in a pair's targets table) before `end`."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    days: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.days is not None and self.start is not None:
+            raise WindowError(
+                f"the training window has both a start ({self.start.isoformat()}) and a rolling "
+                f"length ({self.days} trading days), whose start is derived from the warehouse: "
+                "set one of them (BQX_WINDOW_START or BQX_WINDOW_DAYS), not both"
+            )
+        if self.days is not None and self.days < 1:
+            raise WindowError(f"a rolling training window needs at least 1 day, not {self.days}")
+
+    @property
+    def rolling(self) -> bool:
+        return self.days is not None
+
+    def describe(self) -> str:
+        end = f" before {self.end.isoformat()}" if self.end else ""
+        if self.rolling:
+            return f"the last {self.days} trading days{end}"
+        return f"{_window_list(DateRange(self.start, self.end))}"
+
+
+@dataclass(frozen=True)
+class TableWindow:
+    """How one table's chunks are planned and chosen: its rows in `window`, cut into chunks of
+    `grain`; with `after` (a rolling window's first day) the chunks that end at or before it
+    are out of the window."""
+
+    window: DateRange
+    grain: ChunkGrain = DEFAULT_GRAIN
+    after: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedWindow:
+    """A training window as one run uses it: `training` bounds the training file's rows. A
+    fixed window cuts every table's chunks to it; a rolling one (`rolling`) cuts the spine into
+    day chunks and plans feature tables' chunks from the start of the chunk holding its first
+    day (see the notes at the top)."""
+
+    training: DateRange
+    rolling: bool = False
+
+    def for_table(self, spine: bool, grain: ChunkGrain = DEFAULT_GRAIN) -> TableWindow:
+        """The chunk window of the spine (targets) table or of a feature table."""
+        start = self.training.start
+        if not self.rolling or start is None:
+            return TableWindow(self.training, grain)
+        if spine:
+            return TableWindow(self.training, "day")
+        first = _utc(start).date()
+        aligned = _day_start(first.replace(day=1)) if grain == "month" else _day_start(first)
+        return TableWindow(DateRange(aligned, self.training.end), grain, after=start)
+
+
+Window = DateRange | ResolvedWindow
+"""What refresh and merge take: a date range cutting every table alike, or a resolved window."""
+
+
+def table_window(window: Window, source: Source, grain: ChunkGrain = DEFAULT_GRAIN) -> TableWindow:
+    if isinstance(window, DateRange):
+        return TableWindow(window, grain)
+    return window.for_table(isinstance(source, TargetsTable), grain)
+
+
+def _newest_days_start(days: Sequence[date], window: TrainingWindow, where: str) -> datetime:
+    """The first of the newest `window.days` days with rows (before `window.end`)."""
+    end = _utc(window.end) if window.end is not None else None
+    eligible = sorted(d for d in set(days) if end is None or _day_start(d) < end)
+    if not eligible:
+        raise WindowError(f"{where} has no day with rows for {window.describe()}")
+    return _day_start(eligible[-(window.days or 1) :][0])
+
+
+def resolve_window(
+    warehouse: Warehouse, spines: Sequence[TargetsTable], window: TrainingWindow
+) -> ResolvedWindow:
+    """The window a run uses: a fixed one as it is; a rolling one from the day partitions of the
+    pairs' targets tables `spines` (one look-up per dataset), starting at the earliest of their
+    windows' first days (the shared tables serve every pair)."""
+    if not window.rolling:
+        return ResolvedWindow(DateRange(window.start, window.end))
+    if not warehouse.reports_partitions:
+        raise WindowError(
+            f"{window.describe()}: the {warehouse.name} warehouse reports no day partitions to "
+            "count trading days in; set a fixed window start instead"
+        )
+    if not spines:
+        raise WindowError(f"{window.describe()}: no targets table to count trading days in")
+    starts = []
+    for dataset in sorted({t.dataset for t in spines}):
+        names = sorted(t.name for t in spines if t.dataset == dataset)
+        found = warehouse.partition_states(dataset, names)
+        for name in names:
+            if name not in found:
+                raise WindowError(
+                    f"{dataset}.{name}: not found in the warehouse, whose days the rolling "
+                    f"training window ({window.describe()}) counts"
+                )
+            days = [p.day for p in found[name] if p.rows > 0]
+            starts.append(_newest_days_start(days, window, f"{dataset}.{name}"))
+    return ResolvedWindow(DateRange(min(starts), window.end), rolling=True)
 
 
 def _partition_text(states: Sequence[PartitionState]) -> dict[str, list[int | str]]:
@@ -328,6 +460,7 @@ def refresh_table(
     *,
     window: DateRange = ALL_TIME,
     grain: ChunkGrain = DEFAULT_GRAIN,
+    after: datetime | None = None,
     workdir: Path | None = None,
     row_group_rows: int = CHECKPOINT_ROW_GROUP_ROWS,
     mode: ExtractMode = "read",
@@ -336,6 +469,7 @@ def refresh_table(
     """Bring a table's chunks for `window` up to date with its `partitions` (the table's
     per-day states): chunks made from the same states are reused after verification (size and
     CRC32C against their manifest), the others read again, the read restricted to their range.
+    With `after` (a rolling window's first day), chunks ending at or before it are not made.
 
     Each chunk's file is published before its manifest: a run killed in between redoes only
     the chunks without a current manifest. Chunks replaced by this layout are deleted last.
@@ -355,7 +489,7 @@ def refresh_table(
     clear_temporaries(storage, source, work)
     fingerprint = schema_fingerprint(expected_schema(source))
     by_day = {p.day: p for p in partitions}
-    ranges = chunk_ranges(list(by_day), window, grain)
+    ranges = chunk_ranges(list(by_day), window, grain, after)
     if not ranges:
         raise ExtractionError(f"{where} has no partitions in the window {_window_list(window)}")
     stored = _stored_manifests(storage, source)
@@ -597,7 +731,7 @@ def refresh_tables(
     sources: Sequence[Source],
     storage: Storage,
     *,
-    window: DateRange = ALL_TIME,
+    window: Window = ALL_TIME,
     grain: ChunkGrain = DEFAULT_GRAIN,
     threads: int = 4,
     workdir: Path | None = None,
@@ -609,7 +743,8 @@ def refresh_tables(
 ) -> list[ChunkedCheckpoint]:
     """Refresh many tables' chunks on a bounded thread pool, with one partition look-up per
     dataset. A table that fails does not stop the others; then one ExtractionError names every
-    failed table and its reason."""
+    failed table and its reason. A `ResolvedWindow` gives each table its chunk window
+    (`ResolvedWindow.for_table`); a date range cuts every table alike."""
     clock = Stopwatch()
     states: dict[tuple[str, str], tuple[PartitionState, ...]] = {}
     for dataset in sorted({s.dataset for s in sources}):
@@ -624,9 +759,11 @@ def refresh_tables(
             raise ExtractionError(
                 f"{source.dataset}.{source.name}: not found in the warehouse (no partitions)"
             )
+        mine = table_window(window, source, grain)
         return refresh_table(
-            warehouse, source, storage, found, window=window, grain=grain, workdir=workdir,
-            row_group_rows=row_group_rows, mode=mode, staging_uri=staging_uri,
+            warehouse, source, storage, found, window=mine.window, grain=mine.grain,
+            after=mine.after, workdir=workdir, row_group_rows=row_group_rows, mode=mode,
+            staging_uri=staging_uri,
         )  # fmt: skip
 
     def count(done: ChunkedCheckpoint) -> None:
@@ -644,10 +781,11 @@ def refresh_tables(
 
 
 def current_chunks(
-    storage: Storage, source: Source, window: DateRange
+    storage: Storage, source: Source, window: DateRange, after: datetime | None = None
 ) -> list[tuple[str, ChunkManifest]]:
     """The table's stored chunks inside `window` whose files match their manifests, in key
-    order: what the merge reads for it. Chunks outside the window are not listed (not read).
+    order: what the merge reads for it. Chunks outside the window, or ending at or before
+    `after` (a rolling window's first day), are not listed (not read).
 
     Raises ExtractionError naming the table when there are none, or when two overlap."""
     where = f"{source.dataset}.{source.name}"
@@ -657,6 +795,8 @@ def current_chunks(
     for key, manifest in _stored_manifests(storage, source).items():
         r = manifest.range
         if (lo is not None and _utc(r.start) < lo) or (hi is not None and _utc(r.end) > hi):
+            continue
+        if after is not None and _utc(r.end) <= _utc(after):
             continue
         if not _verified(storage, key, manifest):
             raise ExtractionError(
@@ -674,15 +814,21 @@ def current_chunks(
 
 
 def require_chunks(
-    storage: Storage, sources: Sequence[Source], window: DateRange, what: str
+    storage: Storage,
+    sources: Sequence[Source],
+    window: Window,
+    what: str,
+    grain: ChunkGrain = DEFAULT_GRAIN,
 ) -> dict[str, list[tuple[str, ChunkManifest]]]:
-    """Each table's chunks for `window` by name; fails naming every table without one."""
+    """Each table's chunks for `window` (as refreshed with `grain`) by name; fails naming every
+    table without one."""
     if not sources:
         raise ExtractionError(f"{what}: the catalog lists no tables to extract")
     out, missing = {}, {}
     for source in sources:
         try:
-            out[source.name] = current_chunks(storage, source, window)
+            mine = table_window(window, source, grain)
+            out[source.name] = current_chunks(storage, source, mine.window, mine.after)
         except ExtractionError as exc:
             missing[source.name] = str(exc)
     if missing:
@@ -697,12 +843,16 @@ def require_chunks(
 
 
 def chunk_inputs(
-    storage: Storage, sources: Sequence[Source], window: DateRange, what: str
+    storage: Storage,
+    sources: Sequence[Source],
+    window: Window,
+    what: str,
+    grain: ChunkGrain = DEFAULT_GRAIN,
 ) -> dict[str, tuple[Input, ...]]:
     """Each table's chunks for the merge, by name, in key order: a local root's files as they
     are; an object store's objects to be read in place, each pinned to the version whose size
     and CRC32C match its manifest. Fails naming every table without verified chunks."""
-    chosen = require_chunks(storage, sources, window, what)
+    chosen = require_chunks(storage, sources, window, what, grain)
     if not isinstance(storage, ObjectStorage):
         return {
             name: tuple(_local(storage, key) for key, _ in chunks)
@@ -727,6 +877,48 @@ def _local(storage: Storage, key: str) -> Path:
     if path is None:  # pragma: no cover - a root is local or an object store
         raise ExtractionError(f"{storage.uri_of(key)} is neither local nor in an object store")
     return path
+
+
+def stored_window(storage: Storage, spine: TargetsTable, window: TrainingWindow) -> ResolvedWindow:
+    """The window of a pair's training file: a fixed one as it is; a rolling one from the days
+    its stored spine chunks hold, i.e. the window its checkpoint step resolved and extracted
+    (the warehouse may have moved on since; asking it again would pick days not extracted).
+
+    Raises ExtractionError naming the targets table when its chunks do not hold every day of
+    the window in day chunks of their own (a spine extracted for another window)."""
+    if not window.rolling:
+        return ResolvedWindow(DateRange(window.start, window.end))
+    where = f"{spine.dataset}.{spine.name}"
+    days: set[date] = set()
+    alone: set[date] = set()  # held by a day chunk of their own from midnight (end may cut it)
+    for manifest in _stored_manifests(storage, spine).values():
+        r = manifest.range
+        lo, hi = _utc(r.start), _utc(r.end)
+        for text, state in manifest.partitions.items():
+            day = date.fromisoformat(text)
+            if int(state[0]) > 0 and _day_start(day) < hi and _day_start(day + _ONE_DAY) > lo:
+                days.add(day)
+        if r.first == r.last and lo == _day_start(r.first):
+            alone.add(r.first)
+    if not days:
+        raise ExtractionError(
+            f"{where}: no stored spine chunk to take {window.describe()} from; run the pair's "
+            "targets checkpoint"
+        )
+    start = _newest_days_start(list(days), window, where)
+    end = _utc(window.end) if window.end is not None else None
+    missing = [
+        d
+        for d in sorted(days - alone)
+        if _day_start(d) >= start and (end is None or _day_start(d) < end)
+    ]
+    if missing:
+        raise ExtractionError(
+            f"{where}: the stored spine chunks do not hold {', '.join(map(str, missing))} of "
+            f"{window.describe()} on their own (made for another window); run the pair's "
+            "targets checkpoint"
+        )
+    return ResolvedWindow(DateRange(start, window.end), rolling=True)
 
 
 def partitions_version(

@@ -17,6 +17,10 @@ class ExtractionError(BqxError):
     """A table could not be checkpointed, or checkpoints are missing after extraction."""
 
 
+class WindowError(BqxError):
+    """The training window is set twice over, or selects no day of a pair."""
+
+
 class MergeError(BqxError):
     """A checkpoint cannot be merged into the training file."""
 

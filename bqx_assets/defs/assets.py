@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from bqx_assets.core.catalog import FAMILY_ORDER, SHARED_PREFIXES, Catalog
+from bqx_assets.core.catalog import FAMILY_ORDER, SHARED_PREFIXES, Catalog, TargetsTable
 from bqx_assets.core.chunks import (
     ChunkedCheckpoint,
     RefreshProgress,
@@ -18,6 +18,8 @@ from bqx_assets.core.chunks import (
     partitions_version,
     refresh_tables,
     require_chunks,
+    resolve_window,
+    stored_window,
 )
 from bqx_assets.core.costs import Prices, StepUsage
 from bqx_assets.core.extraction import Source
@@ -123,7 +125,8 @@ def _observe(context: dg.AssetExecutionContext, pair: str | None) -> Iterator[dg
     """One data version per selected family: of the pair's own tables, or of the shared ones.
     Where the warehouse reports day partitions, the version follows the partitions inside the
     training window (a day appended or corrected changes it, one outside the window does not);
-    otherwise the tables' last-modified times and row counts."""
+    otherwise the tables' last-modified times and row counts. A rolling window is resolved from
+    the targets tables' partitions as the checkpoint step would."""
     settings: PipelineSettings = context.resources.settings
     cat: Catalog = settings.catalog()
     families = sorted(k.path[-1] for k in context.selected_asset_keys)
@@ -140,12 +143,15 @@ def _observe(context: dg.AssetExecutionContext, pair: str | None) -> Iterator[dg
             by_dataset[dataset].append(name)
         versions: dict[str, str] = {}
         if wh.reports_partitions:
+            spines = [cat.targets[pair]] if pair else [cat.targets[p] for p in cat.pairs]
+            window = resolve_window(wh, spines, settings.training_window())
             found: dict[str, tuple] = {}
             for dataset, tables in sorted(by_dataset.items()):
                 found.update(wh.partition_states(dataset, sorted(tables)))
             for family in families:
                 mine = {n: found[n] for n in names[family] if n in found}
-                versions[family] = partitions_version(mine, len(names[family]), settings.window())
+                days = window.for_table(spine=family == TARGETS).window
+                versions[family] = partitions_version(mine, len(names[family]), days)
         else:
             states: dict[str, SourceState] = {}
             for dataset, tables in sorted(by_dataset.items()):
@@ -235,6 +241,7 @@ def _extract(
     checkpoints: CheckpointStore,
     settings: PipelineSettings,
     sources: Sequence[Source],
+    spines: Sequence[TargetsTable],
     what: str,
 ) -> Iterator[dg.MaterializeResult]:
     usage = StepUsage(prices=Prices(storage_read_tib=settings.bq_price_per_tib)).start()
@@ -245,9 +252,12 @@ def _extract(
     def report(progress: RefreshProgress) -> None:
         context.log.info(f"{what}: {progress.line()}")
 
-    window = settings.window()
+    configured = settings.training_window()
     wh = warehouse.open()
     try:
+        # Once for the step: every table of it gets the same window (a rolling one counts the
+        # trading days of `spines`, the pair's targets table or every pair's for shared tables).
+        window = resolve_window(wh, spines, configured)
         # Only chunks whose day partitions changed or are new are read, each run of them in one
         # read restricted to its days; the others are reused after verification.
         done = refresh_tables(
@@ -271,12 +281,15 @@ def _extract(
     usage.add_bytes_read(sum(c.bytes_read for c in done))
     # The whole step's usage, repeated on each family it materializes.
     step = {**usage.metadata(), **footprint_metadata(usage.finish().peak_rss_bytes, local.stop())}
+    start = window.training.start
+    # The first day of the training window the chunks were made for (a rolling one moves).
+    step_window = {"window_start": dg.MetadataValue.text(start.isoformat() if start else "none")}
     for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
         family = key.path[-1]
         made = by_family.get(family, [])
         yield dg.MaterializeResult(
             asset_key=key,
-            metadata={**_family_metadata(made, settings.bq_price_per_tib), **step},
+            metadata={**_family_metadata(made, settings.bq_price_per_tib), **step, **step_window},
             # The checkpoints' content: unchanged when every chunk was reused as it was.
             data_version=dg.DataVersion(
                 hashlib.sha256(
@@ -302,7 +315,8 @@ def shared_checkpoints(
     catalog = settings.catalog()
     families = {k.path[-1] for k in context.selected_asset_keys}
     sources = [t for t in catalog.shared_tables() if t.family in families]
-    yield from _extract(context, warehouse, checkpoints, settings, sources, "shared tables")
+    spines = [catalog.targets[p] for p in catalog.pairs]
+    yield from _extract(context, warehouse, checkpoints, settings, sources, spines, "shared tables")
 
 
 @dg.multi_asset(
@@ -327,7 +341,9 @@ def pair_checkpoints(
     ]
     if TARGETS in families:
         sources.append(catalog.targets[pair])
-    yield from _extract(context, warehouse, checkpoints, settings, sources, f"pair {pair}")
+    yield from _extract(
+        context, warehouse, checkpoints, settings, sources, [catalog.targets[pair]], f"pair {pair}"
+    )
 
 
 @dg.asset(
@@ -365,9 +381,11 @@ def training_file(
     history = load_profile(output, pair)
     targets = catalog.targets[pair]
     tables = catalog.tables_for(pair)
-    # The chunks inside the training window, each checked against its manifest (gs:// ones
+    # The window the pair's checkpoints were made for (a rolling one: the days its stored
+    # spine holds), then the chunks inside it, each checked against its manifest (gs:// ones
     # pinned to the version checked and read in place); the others are not read.
-    inputs = chunk_inputs(storage, [*tables, targets], settings.window(), f"pair {pair}")
+    window = stored_window(storage, targets, settings.training_window())
+    inputs = chunk_inputs(storage, [*tables, targets], window, f"pair {pair}")
 
     workdir = settings.work_path("merge", f"{pair}-{context.run.run_id[:8]}")
     out: Path | StagedUpload = workdir / f"training_{pair}.parquet"
@@ -390,13 +408,13 @@ def training_file(
                 report = validate_training_file(
                     merged.staged.info.uri,
                     expectation,
-                    settings.thresholds(),
+                    settings.thresholds(window.training),
                     history=history,
                     source=stored,
                 )
         else:
             report = validate_training_file(
-                out, expectation, settings.thresholds(), history=history
+                out, expectation, settings.thresholds(window.training), history=history
             )
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -35,8 +35,20 @@ def _env(name: str, default: Any) -> Any:
 
 
 def resolved(value: Any) -> Any:
-    """A resource field's value as a run sees it (an `EnvVar` read now)."""
-    return value.get_value() if isinstance(value, dg.EnvVar) else value
+    """A resource field's value as a run sees it (an `EnvVar` or `EnvVar.int` read now)."""
+    # `EnvVar.int` is not an `EnvVar` (it is an int that refuses to be read as one).
+    get = getattr(value, "get_value", None)
+    return get() if callable(get) else value
+
+
+def require_window(settings: PipelineSettings) -> None:
+    """Refuses, at load, a training window set twice over (a start and a rolling length), which
+    every run would otherwise refuse."""
+    PipelineSettings(
+        window_start=resolved(settings.window_start),
+        window_end=resolved(settings.window_end),
+        window_days=resolved(settings.window_days),
+    ).training_window()
 
 
 def catalog_path() -> str | None:
@@ -85,16 +97,19 @@ def _env_int(name: str, default: int) -> Any:
 
 
 def _settings(staging: str | None = None, **production: Any) -> PipelineSettings:
-    return PipelineSettings(
+    settings = PipelineSettings(
         catalog_path=_env(CATALOG_PATH_VAR, None),
         window_start=_env("BQX_WINDOW_START", None),
         window_end=_env("BQX_WINDOW_END", None),
+        window_days=_env_int("BQX_WINDOW_DAYS", None),
         extract_threads=_env_int("BQX_EXTRACT_THREADS", 4),
         extract_mode=_env("BQX_EXTRACT_MODE", "read"),
         export_staging_uri=_env("BQX_EXPORT_STAGING_URI", staging),
         workdir=_env("BQX_WORKDIR", "data/work"),
         **production,
     )
+    require_window(settings)
+    return settings
 
 
 def resources_for(which: Deployment | None = None) -> dict[str, Any]:

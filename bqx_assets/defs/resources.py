@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.chunks import TrainingWindow
 from bqx_assets.core.costs import Prices
 from bqx_assets.core.extraction import EXTRACT_MODES, ExtractMode
 from bqx_assets.core.layout import EMBEDDED_WAREHOUSE_PATH
@@ -101,6 +102,12 @@ class PipelineSettings(dg.ConfigurableResource):
     catalog_path: str | None = Field(default=None, description="None: the packaged catalog")
     window_start: str | None = Field(default=None, description="first day of training (ISO)")
     window_end: str | None = Field(default=None, description="day after the last (ISO)")
+    window_days: int | None = Field(
+        default=None,
+        description="a rolling window: the last N trading days (days with rows in the pair's "
+        "targets table, before window_end), resolved once per checkpoint step; not with "
+        "window_start",
+    )
     extract_threads: int = Field(default=4, description="tables read at once within a run")
     extract_mode: str = Field(
         default="read",
@@ -165,14 +172,20 @@ class PipelineSettings(dg.ConfigurableResource):
             f"extract_mode {self.extract_mode!r} is not one of {', '.join(EXTRACT_MODES)}"
         )
 
-    def window(self) -> DateRange:
+    def training_window(self) -> TrainingWindow:
+        """The configured window; a WindowError when both a start and a rolling length are set."""
+
         def parse(text: str | None) -> datetime | None:
             return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
 
-        return DateRange(parse(self.window_start), parse(self.window_end))
+        return TrainingWindow(parse(self.window_start), parse(self.window_end), self.window_days)
 
-    def thresholds(self) -> Thresholds:
-        window = self.window()
+    def thresholds(self, window: DateRange | None = None) -> Thresholds:
+        """The gate's thresholds; keys must lie in `window` (the run's resolved training window;
+        default: the fixed window's bounds)."""
+        if window is None:
+            configured = self.training_window()
+            window = DateRange(configured.start, configured.end)
         base = Thresholds()
         key_range = (window.start or base.key_range[0], window.end or base.key_range[1])
         return Thresholds(
