@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from bqx_assets.core.metrics import FOOTPRINT_KEYS, peak_rss_bytes
 
@@ -233,46 +233,120 @@ def largest(*footprints: Mapping[str, float]) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
+class Chunks:
+    """Chunks a run's checkpoint steps extracted, reused and compacted (their metadata)."""
+
+    extracted: int = 0
+    reused: int = 0
+    compacted: int = 0
+
+    def __add__(self, other: Chunks) -> Chunks:
+        return Chunks(
+            self.extracted + other.extracted,
+            self.reused + other.reused,
+            self.compacted + other.compacted,
+        )
+
+    @property
+    def full(self) -> bool:
+        """Every chunk was read from the warehouse: a build from scratch."""
+        return self.extracted > 0 and self.reused == 0 and self.compacted == 0
+
+
+Build = Literal["full", "first", "refresh", "-"]
+"""What a run was: "full" (every chunk extracted), "first" (a pair's first build, which reused
+chunks another pair wrote: shared cov tables), "refresh" (chunks reused), "-" (no chunk
+counts recorded: runs of steps that report none)."""
+
+
+def build_of(chunks: Chunks, *, reference: bool = False) -> Build:
+    """What a run was from its chunk counts; `reference`: the run a report compares others to
+    (a full build, else the first)."""
+    if chunks == Chunks():
+        return "-"
+    if chunks.full:
+        return "full"
+    if reference:
+        return "first"
+    return "refresh" if chunks.reused or chunks.compacted else "-"
+
+
+@dataclass(frozen=True)
 class CostLine:
-    """One row of a cost report: a pair (or `shared`), the summed usage of its steps and the
-    largest footprint any of them recorded."""
+    """One row of a cost report: a pair (or `shared`), the summed usage of one run's steps and
+    the largest footprint any of them recorded; which build it was (`build`), whether it is
+    the latest run (`latest`) and whether it is the full build the latest is compared with
+    (`full`: the latest full build, else the first build; a line may be both)."""
 
     name: str
     steps: int
     usage: Usage
     footprint: Mapping[str, float] = field(default_factory=dict)
+    build: Build = "-"
+    latest: bool = True
+    full: bool = False
+    chunks: Chunks = field(default_factory=Chunks)
+    run_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "steps": self.steps, **self.usage.to_dict(), **self.footprint}
+        return {
+            "name": self.name,
+            "build": self.build,
+            "latest": self.latest,
+            "full": self.full,
+            "run_id": self.run_id,
+            "steps": self.steps,
+            "chunks_extracted": self.chunks.extracted,
+            "chunks_reused": self.chunks.reused,
+            "chunks_compacted": self.chunks.compacted,
+            **self.usage.to_dict(),
+            **self.footprint,
+        }
 
 
-def total(lines: Iterable[CostLine]) -> CostLine:
+def total(lines: Iterable[CostLine], name: str = "total") -> CostLine:
     summed = Usage()
     steps = 0
+    chunks = Chunks()
     peaks: dict[str, float] = {}
     for line in lines:
         summed = summed + line.usage
         steps += line.steps
+        chunks = chunks + line.chunks
         peaks = largest(peaks, line.footprint)
-    return CostLine("total", steps, summed, peaks)
+    return CostLine(name, steps, summed, peaks, chunks=chunks)
+
+
+def totals(lines: Iterable[CostLine]) -> list[CostLine]:
+    """The total of the latest runs, then, when some pair's full build is another run than its
+    latest, the total of the full builds beside it."""
+    lines = list(lines)
+    out = [total([line for line in lines if line.latest])]
+    if not all(line.latest for line in lines):
+        out.append(total([line for line in lines if line.full], "total full"))
+    return out
 
 
 def format_report(lines: Iterable[CostLine]) -> str:
-    """A fixed-width table of the lines and their total (footprint columns when recorded)."""
+    """A fixed-width table of the lines and their totals (footprint columns when recorded):
+    per pair its latest run and, when that is not one, its full build below it."""
     lines = list(lines)
     extra = sorted({key for line in lines for key in line.footprint})
     header = (
-        f"{'pair':10} {'steps':>5} {'cpu_s':>9} {'peak_GiB':>9} {'wall_s':>9} "
-        f"{'read_MB':>10} {'cloud_run_$':>12} {'bigquery_$':>11} {'total_$':>10}"
+        f"{'pair':10} {'build':>7} {'steps':>5} {'cpu_s':>9} {'peak_GiB':>9} {'wall_s':>9} "
+        f"{'read_MB':>10} {'chunks_x':>8} {'chunks_r':>8} {'cloud_run_$':>12} "
+        f"{'bigquery_$':>11} {'total_$':>10}"
     ) + "".join(f" {_column(key):>{_width(key)}}" for key in extra)
     rows = [header, "-" * len(header)]
-    for line in [*lines, total(lines)]:
+    for line in [*lines, *totals(lines)]:
         u = line.usage
+        build = "" if line.name.startswith("total") else line.build
         rows.append(
-            f"{line.name:10} {line.steps:>5} {u.cpu_seconds:>9.1f} "
+            f"{line.name:10} {build:>7} {line.steps:>5} {u.cpu_seconds:>9.1f} "
             f"{u.peak_rss_bytes / 2**30:>9.2f} {u.wall_seconds:>9.1f} "
-            f"{u.bytes_read / 1e6:>10.1f} {u.cloud_run_usd:>12.6f} {u.bigquery_usd:>11.6f} "
-            f"{u.estimated_cost_usd:>10.6f}"
+            f"{u.bytes_read / 1e6:>10.1f} {line.chunks.extracted:>8} "
+            f"{line.chunks.reused + line.chunks.compacted:>8} {u.cloud_run_usd:>12.6f} "
+            f"{u.bigquery_usd:>11.6f} {u.estimated_cost_usd:>10.6f}"
             + "".join(f" {_cell(key, line.footprint.get(key)):>{_width(key)}}" for key in extra)
         )
     return "\n".join(rows)

@@ -1,22 +1,27 @@
-"""`bqx costs`: CPU, memory, wall time, bytes read and estimated cost of each pair's latest run."""
+"""`bqx costs`: CPU, memory, wall time, bytes read and estimated cost of each pair's latest run,
+beside those of its latest full build."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bqx_assets.core.costs import (
     STORAGE_READ_PRICING_URL,
+    Chunks,
     Container,
     CostLine,
     Prices,
     Usage,
+    build_of,
     footprint,
     format_report,
     largest,
-    total,
+    totals,
 )
 
 if TYPE_CHECKING:
@@ -33,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Reads the Dagster instance (DAGSTER_HOME, default: the current folder): for each "
             "pair, the run of its latest training file, and the run of the latest shared "
             "checkpoints; sums each run's steps and prices them as Cloud Run job time of the "
-            "given container plus Storage Read API bytes read. Steps without recorded usage "
+            "given container plus Storage Read API bytes read. Where the latest run reused "
+            "chunks (a refresh), the pair's latest full build (every chunk extracted; else its "
+            "first build) is shown below it, and a total of those. Steps without recorded usage "
             "are measured from Dagster's step statistics (CPU unknown: 0)."
         ),
     )
@@ -58,13 +65,32 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+@dataclass(frozen=True)
+class RunUsage:
+    """One run: its steps, their summed usage, the largest footprint and the chunk counts of
+    its checkpoint steps."""
+
+    run_id: str
+    steps: int
+    usage: Usage
+    peaks: dict[str, float] = field(default_factory=dict)
+    chunks: Chunks = field(default_factory=Chunks)
+
+    def line(self, name: str, **kind: Any) -> CostLine:
+        return CostLine(
+            name, self.steps, self.usage, self.peaks, chunks=self.chunks, run_id=self.run_id, **kind
+        )
+
+
 def run_usage(
     instance: dg.DagsterInstance, run_id: str, prices: Prices, container: Container
-) -> tuple[int, Usage, dict[str, float]]:
-    """(steps, summed usage priced with `prices` for `container`, largest footprint) of one run,
-    from Dagster's step statistics: each step's recorded usage, or where a step recorded none,
-    its wall time and the `bytes_read` and peak memory its materializations report."""
+) -> RunUsage:
+    """One run's steps, summed usage priced with `prices` for `container`, largest footprint
+    and chunk counts, from Dagster's step statistics: each step's recorded usage, or where a
+    step recorded none, its wall time and the `bytes_read` and peak memory its
+    materializations report."""
     summed = Usage()
+    chunks = Chunks()
     peaks: list[dict[str, float]] = []
     stats = instance.get_run_step_stats(run_id)
     for step in stats:
@@ -75,9 +101,13 @@ def run_usage(
             if materialization is None:
                 continue
             metadata = materialization.metadata
-            # A multi-asset repeats its step's usage on every family it materializes.
+            # A multi-asset repeats its step's usage on every family it materializes; chunk
+            # counts are each family's own.
             recorded = recorded or Usage.from_metadata(metadata)
             bytes_read += int(_number(metadata.get("bytes_read")) or 0)
+            chunks = chunks + Chunks(
+                *(int(_number(metadata.get(f"chunks_{s}")) or 0) for s in _CHUNK_STATES)
+            )
             for key in ("peak_rss_bytes", "merge_peak_rss_bytes"):
                 peak = max(peak, int(_number(metadata.get(key)) or 0))
             peaks.append(footprint(metadata))
@@ -90,7 +120,55 @@ def run_usage(
                 bytes_read=bytes_read,
             )
         summed = summed + recorded.priced(prices, container)
-    return len(stats), summed, largest(*peaks)
+    return RunUsage(run_id, len(stats), summed, largest(*peaks), chunks)
+
+
+_CHUNK_STATES = ("extracted", "reused", "compacted")
+_PAGE = 100
+
+
+def _runs(instance: dg.DagsterInstance, records_filter: Any) -> Iterator[str]:
+    """The runs that materialized an asset (partition), newest first, each once."""
+    seen: set[str] = set()
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(records_filter, limit=_PAGE, cursor=cursor)
+        for record in page.records:
+            if record.run_id not in seen:
+                seen.add(record.run_id)
+                yield record.run_id
+        if not page.has_more:
+            return
+        cursor = page.cursor
+
+
+def _latest_and_full(
+    instance: dg.DagsterInstance,
+    name: str,
+    records_filter: Any,
+    prices: Prices,
+    container: Container,
+) -> list[CostLine]:
+    """The latest run's line and, when it is another run, the latest full build's (every chunk
+    extracted; else the first build) below it; [] when nothing was materialized."""
+    latest: RunUsage | None = None
+    reference: RunUsage | None = None
+    for run_id in _runs(instance, records_filter):
+        run = run_usage(instance, run_id, prices, container)
+        latest = latest or run
+        reference = run  # the oldest so far: the first build unless a full one comes first
+        if run.chunks.full:
+            break
+    if latest is None or reference is None:
+        return []
+    if reference.run_id == latest.run_id:
+        return [latest.line(name, build=build_of(latest.chunks, reference=True), full=True)]
+    return [
+        latest.line(name, build=build_of(latest.chunks)),
+        reference.line(
+            name, build=build_of(reference.chunks, reference=True), latest=False, full=True
+        ),
+    ]
 
 
 def cost_lines(
@@ -101,28 +179,21 @@ def cost_lines(
     prices: Prices | None = None,
     container: Container | None = None,
 ) -> list[CostLine]:
-    """One line per pair with a materialized training file (and one for the shared run)."""
+    """Per pair with a materialized training file (and for the shared checkpoints): the run of
+    the latest, and when that run reused chunks (a refresh), the latest full build below it."""
     import dagster as dg
 
     from bqx_assets.core.catalog import PAIRS
     from bqx_assets.defs.assets import SHARED_CHECKPOINT, TRAINING_FILE
 
     prices, container = prices or Prices(), container or Container()
-    training = TRAINING_FILE
     lines = []
     for pair in pairs or list(PAIRS):
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=training, asset_partitions=[pair]), limit=1
-        ).records
-        if records:
-            steps, usage, peaks = run_usage(instance, records[0].run_id, prices, container)
-            lines.append(CostLine(pair, steps, usage, peaks))
+        found = dg.AssetRecordsFilter(asset_key=TRAINING_FILE, asset_partitions=[pair])
+        lines += _latest_and_full(instance, pair, found, prices, container)
     if shared:
-        records = instance.fetch_materializations(SHARED_CHECKPOINT, limit=1)
-        if records.records:
-            run_id = records.records[0].run_id
-            steps, usage, peaks = run_usage(instance, run_id, prices, container)
-            lines.append(CostLine(SHARED, steps, usage, peaks))
+        found = dg.AssetRecordsFilter(asset_key=SHARED_CHECKPOINT)
+        lines += _latest_and_full(instance, SHARED, found, prices, container)
     return lines
 
 
@@ -147,10 +218,12 @@ def _costs(args: argparse.Namespace) -> int:
         f"{prices.storage_read_free_tib_per_month:g} TiB a month are free, not subtracted)"
     )
     print(format_report(lines))
+    summed = totals(lines)
     emit(
         {
             "lines": [line.to_dict() for line in lines],
-            "total": total(lines).to_dict(),
+            "total": summed[0].to_dict(),
+            **({"total_full": summed[1].to_dict()} if len(summed) > 1 else {}),
             "prices": vars(prices),
             "container": vars(container),
         }
