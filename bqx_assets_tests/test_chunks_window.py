@@ -3,6 +3,7 @@ with an appended day, reading and merging only the chunks it overlaps."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -26,11 +27,16 @@ from bqx_assets.core.layout import KEY
 from bqx_assets.core.merge import merge_checkpoints, sources_for_pair
 from bqx_assets.core.storage import LocalStorage
 from bqx_assets.core.warehouse import DateRange
-from bqx_assets.defs.assets import pair_checkpoints, shared_checkpoints, training_file
+from bqx_assets.defs.assets import (
+    pair_checkpoints,
+    pair_sources,
+    shared_checkpoints,
+    training_file,
+)
 from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets.defs.resources import CheckpointStore, EmbeddedWarehouseResource, PipelineSettings
 from bqx_assets_tests.conftest import MINI_PAIRS
-from bqx_assets_tests.test_refresh import DAY, PAIR, START, CountingWarehouse
+from bqx_assets_tests.test_refresh import DAY, PAIR, START, CountingWarehouse, _correct_day
 
 JAN = [date(2024, 1, d) for d in (29, 30, 31)]
 FEB = [date(2024, 2, d) for d in (1, 2, 4)]
@@ -275,3 +281,68 @@ def test_a_spine_made_for_another_window_is_refused_by_name(
         stored_window(
             LocalStorage(tmp_path / "empty"), catalog.targets[PAIR], TrainingWindow(days=2)
         )
+
+
+def test_the_rolling_start_is_the_earliest_of_the_pairs_found_or_one_clear_error(
+    mini: tuple[Catalog, Path], three_days_two_pairs: Path
+) -> None:
+    catalog, _ = mini
+    spines = [catalog.targets[p] for p in MINI_PAIRS]
+    gone = dataclasses.replace(catalog.targets[PAIR], name="targets_nopair")
+    window = TrainingWindow(days=2, end=_utc(JAN[2]))
+
+    class NoPartitions(EmbeddedWarehouse):
+        reports_partitions = False
+
+    wh = EmbeddedWarehouse(three_days_two_pairs)
+    try:
+        # The window's end bounds the days counted: Monday and Tuesday before Wednesday.
+        resolved = resolve_window(wh, [*spines, gone], window)
+        assert resolved.rolling and resolved.training == DateRange(_utc(JAN[0]), _utc(JAN[2]))
+        with pytest.raises(WindowError, match=r"targets_nopair: not found in the warehouse"):
+            resolve_window(wh, [gone], window)
+        with pytest.raises(WindowError, match=r"no day with rows for the last 2 trading days"):
+            resolve_window(wh, spines, TrainingWindow(days=2, end=_utc(JAN[0])))
+    finally:
+        wh.close()
+    flat = NoPartitions(three_days_two_pairs)
+    try:
+        with pytest.raises(WindowError, match="reports no day partitions"):
+            resolve_window(flat, spines, window)
+        fixed = TrainingWindow(start=_utc(JAN[1]))
+        assert resolve_window(flat, spines, fixed).training == DateRange(_utc(JAN[1]))
+    finally:
+        flat.close()
+
+
+def test_observed_versions_follow_the_days_the_rolling_window_reads(
+    mini: tuple[Catalog, Path], three_days_two_pairs: Path, tmp_path: Path
+) -> None:
+    """With the last two days (Tuesday, Wednesday), a corrected Monday of a pair table changes
+    no observed version (no chunk of the window holds it), a corrected Tuesday changes its
+    family's and no other's."""
+    catalog, catalog_path = mini
+    path = tmp_path / "w.duckdb"
+    shutil.copyfile(three_days_two_pairs, path)
+    res = _resources(tmp_path, catalog_path, path, window_days=2)
+    job = dg.Definitions(
+        assets=[pair_sources],
+        jobs=[dg.define_asset_job("observe", dg.AssetSelection.assets(pair_sources))],
+        resources=res,
+    ).resolve_job_def("observe")
+
+    def versions() -> dict[str, str]:
+        run = job.execute_in_process(partition_key=PAIR)
+        assert run.success
+        return {
+            o.asset_key.path[-1]: o.tags["dagster/data_version"]
+            for o in run.asset_observations_for_node("pair_sources")
+        }
+
+    before = versions()
+    assert set(before) >= {"agg", "targets"}
+    _correct_day(path, catalog, f"agg_{PAIR}", JAN[0])
+    assert versions() == before
+    _correct_day(path, catalog, f"agg_{PAIR}", JAN[1])
+    after = versions()
+    assert {f for f in after if after[f] != before[f]} == {"agg"}

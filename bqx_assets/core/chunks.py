@@ -43,7 +43,7 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -267,7 +267,8 @@ def resolve_window(
 ) -> ResolvedWindow:
     """The window a run uses: a fixed one as it is; a rolling one from the day partitions of the
     pairs' targets tables `spines` (one look-up per dataset), starting at the earliest of their
-    windows' first days (the shared tables serve every pair)."""
+    windows' first days (the shared tables serve every pair). A pair whose targets table is
+    missing is left out (its own step fails naming it); none found is a WindowError."""
     if not window.rolling:
         return ResolvedWindow(DateRange(window.start, window.end))
     if not warehouse.reports_partitions:
@@ -277,18 +278,19 @@ def resolve_window(
         )
     if not spines:
         raise WindowError(f"{window.describe()}: no targets table to count trading days in")
-    starts = []
+    starts, missing = [], []
     for dataset in sorted({t.dataset for t in spines}):
         names = sorted(t.name for t in spines if t.dataset == dataset)
         found = warehouse.partition_states(dataset, names)
-        for name in names:
-            if name not in found:
-                raise WindowError(
-                    f"{dataset}.{name}: not found in the warehouse, whose days the rolling "
-                    f"training window ({window.describe()}) counts"
-                )
+        missing += [f"{dataset}.{n}" for n in names if n not in found]
+        for name in (n for n in names if n in found):
             days = [p.day for p in found[name] if p.rows > 0]
             starts.append(_newest_days_start(days, window, f"{dataset}.{name}"))
+    if not starts:
+        raise WindowError(
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: not found in the "
+            f"warehouse, whose days the rolling training window ({window.describe()}) counts"
+        )
     return ResolvedWindow(DateRange(min(starts), window.end), rolling=True)
 
 
@@ -922,17 +924,28 @@ def stored_window(storage: Storage, spine: TargetsTable, window: TrainingWindow)
 
 
 def partitions_version(
-    states: dict[str, Sequence[PartitionState]], expected: int, window: DateRange = ALL_TIME
+    states: dict[str, Sequence[PartitionState]],
+    expected: int,
+    window: DateRange | TableWindow = ALL_TIME,
 ) -> str:
     """A data version of a set of tables from their day partitions inside `window`: it changes
     when a day a checkpoint would be made from changes (rows or last-modified time), not when a
-    day outside the window does; "missing-N-..." while N of the `expected` tables are absent."""
+    day outside the window does; "missing-N-..." while N of the `expected` tables are absent.
+    With a `TableWindow`, the days are those its chunks would hold (a rolling window's first
+    month chunk holds days before the window, and its chunks that end before it none)."""
+
+    def counted(days: Sequence[PartitionState]) -> Iterator[PartitionState]:
+        if isinstance(window, DateRange):
+            yield from (p for p in days if _in_window(p.day, window))
+            return
+        ranges = chunk_ranges([p.day for p in days], window.window, window.grain, window.after)
+        yield from (p for p in days if any(r.holds(p.day) for r in ranges))
+
     text = "\n".join(
         sorted(
             f"{table}:{p.day.isoformat()}:{p.rows}:{p.last_modified}"
             for table, days in states.items()
-            for p in days
-            if _in_window(p.day, window)
+            for p in counted(days)
         )
     )
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -150,8 +150,8 @@ def _observe(context: dg.AssetExecutionContext, pair: str | None) -> Iterator[dg
                 found.update(wh.partition_states(dataset, sorted(tables)))
             for family in families:
                 mine = {n: found[n] for n in names[family] if n in found}
-                days = window.for_table(spine=family == TARGETS).window
-                versions[family] = partitions_version(mine, len(names[family]), days)
+                chunks = window.for_table(spine=family == TARGETS)
+                versions[family] = partitions_version(mine, len(names[family]), chunks)
         else:
             states: dict[str, SourceState] = {}
             for dataset, tables in sorted(by_dataset.items()):
