@@ -199,6 +199,20 @@ class TrainingWindow:
         if self.days is not None and self.days < 1:
             raise WindowError(f"a rolling training window needs at least 1 day, not {self.days}")
 
+    @classmethod
+    def parse(
+        cls, start: str | None = None, end: str | None = None, days: int | None = None
+    ) -> TrainingWindow:
+        """From settings' text: ISO dates or times, read as UTC."""
+
+        def when(text: str | None, what: str) -> datetime | None:
+            try:
+                return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
+            except ValueError:
+                raise WindowError(f"window {what} {text!r} is not an ISO date or time") from None
+
+        return cls(when(start, "start"), when(end, "end"), days)
+
     @property
     def rolling(self) -> bool:
         return self.days is not None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
@@ -174,11 +173,7 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def training_window(self) -> TrainingWindow:
         """The configured window; a WindowError when both a start and a rolling length are set."""
-
-        def parse(text: str | None) -> datetime | None:
-            return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
-
-        return TrainingWindow(parse(self.window_start), parse(self.window_end), self.window_days)
+        return TrainingWindow.parse(self.window_start, self.window_end, self.window_days)
 
     def thresholds(self, window: DateRange | None = None) -> Thresholds:
         """The gate's thresholds; keys must lie in `window` (the run's resolved training window;

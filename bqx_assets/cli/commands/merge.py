@@ -1,4 +1,5 @@
-"""`bqx merge`: join a targets file and a folder of feature checkpoints into one training file."""
+"""`bqx merge`: join a targets file and a folder of feature checkpoints, or a pair's chunked
+checkpoints, into one training file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bqx_assets.cli.commands import emit
+from bqx_assets.cli.commands.extract import add_window_arguments, training_window
 
 
 def register(subparsers: Any) -> None:
@@ -15,13 +17,19 @@ def register(subparsers: Any) -> None:
         help="merge a targets file and feature checkpoints into one wide parquet file",
         description=(
             "Left-join the targets file (the spine: its rows, in its order) with every feature "
-            "checkpoint in a folder on interval_time, streaming, in bounded memory. Prints "
-            "progress, then one JSON line with rows, columns, seconds and peak_rss_bytes."
+            "checkpoint in a folder on interval_time, streaming, in bounded memory; or, with "
+            "--checkpoints and --pair, the pair's chunked checkpoints under a checkpoint root "
+            "(what `bqx extract` and the Dagster assets write) for the training window, as the "
+            "training_file asset does. Prints progress, then one JSON line with rows, columns, "
+            "seconds and peak_rss_bytes."
         ),
     )
-    parser.add_argument("--targets", required=True, type=Path, help="targets parquet (spine)")
+    parser.add_argument("--targets", type=Path, help="targets parquet (spine)")
+    parser.add_argument("--features", type=Path, help="folder of <table>.parquet checkpoints")
     parser.add_argument(
-        "--features", required=True, type=Path, help="folder of <table>.parquet checkpoints"
+        "--checkpoints",
+        help="checkpoint root (folder or gs://) of chunked checkpoints; needs --pair, instead "
+        "of --targets and --features",
     )
     parser.add_argument("--out", required=True, type=Path, help="output parquet file")
     parser.add_argument(
@@ -31,6 +39,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--catalog", type=Path, help="catalog JSON (default: production)")
     parser.add_argument("--row-group-rows", type=int, help="rows per output row group")
+    add_window_arguments(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -41,12 +50,24 @@ def _run(args: argparse.Namespace) -> int:
 
     from bqx_assets.core.catalog import Catalog
     from bqx_assets.core.errors import MergeError
-    from bqx_assets.core.merge import FeatureSource, merge_checkpoints, sources_for_pair
+    from bqx_assets.core.merge import FeatureSource, Inputs, merge_checkpoints, sources_for_pair
 
-    folder: Path = args.features
-    if not folder.is_dir():
+    spine: Inputs = args.targets
+    if args.checkpoints:
+        if args.targets or args.features or not args.pair:
+            raise MergeError("--checkpoints takes --pair, not --targets or --features")
+        catalog = Catalog.load(args.catalog)
+        catalog.check_pair(args.pair)
+        spine, spine_columns, sources = _chunked(args, catalog)
+    elif args.window_start or args.window_end or args.window_days:
+        raise MergeError(
+            "--window-start, --window-end and --window-days choose --checkpoints' chunks"
+        )
+    elif not (args.targets and args.features):
+        raise MergeError("give --targets and --features, or --checkpoints and --pair")
+    elif not (folder := Path(args.features)).is_dir():
         raise MergeError(f"feature folder {folder} does not exist")
-    if args.pair:
+    elif args.pair:
         catalog = Catalog.load(args.catalog)
         catalog.check_pair(args.pair)
         spine_columns = list(catalog.targets[args.pair].targets)
@@ -64,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
             raise MergeError(f"spine {args.targets}: not a readable parquet file: {exc}") from exc
         spine_columns = [n for n in names if n.startswith("target_")]
     report = merge_checkpoints(
-        args.targets,
+        spine,
         spine_columns,
         sources,
         args.out,
@@ -83,3 +104,20 @@ def _run(args: argparse.Namespace) -> int:
         }
     )
     return 0
+
+
+def _chunked(args: argparse.Namespace, catalog: Any) -> tuple[Any, list[str], list[Any]]:
+    """The spine's chunks, its columns and the pair's feature sources from a checkpoint root,
+    for the window the pair's checkpoints were made for (`core.chunks.stored_window`)."""
+    from bqx_assets.core.chunks import chunk_inputs, stored_window
+    from bqx_assets.core.merge import sources_for_pair
+    from bqx_assets.core.storage import open_storage
+
+    storage = open_storage(args.checkpoints, durable=False)
+    targets = catalog.targets[args.pair]
+    window = stored_window(storage, targets, training_window(args))
+    inputs = chunk_inputs(
+        storage, [*catalog.tables_for(args.pair), targets], window, f"pair {args.pair}"
+    )
+    sources = sources_for_pair(catalog, args.pair, lambda table: inputs[table.name])
+    return inputs[targets.name], list(targets.targets), sources
