@@ -258,6 +258,56 @@ def test_a_corrected_historical_day_re_extracts_only_its_chunk(
     warehouse.close()
 
 
+class ExportingWarehouse(CountingWarehouse):
+    """The embedded warehouse with an export of whole tables, as BigQuery's extract job gives
+    them (every row, no bytes billed), recording each export."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.exports: list[str] = []
+
+    def export_table(
+        self, dataset: str, table: str, columns: Sequence[str], staging_uri: str
+    ) -> TableRead:
+        self.exports.append(table)
+        return TableRead(EmbeddedWarehouse.read(self, dataset, table, columns, DateRange()).data, 0)
+
+
+def test_export_mode_takes_chunks_far_apart_from_one_export_of_their_table(
+    mini: tuple[Catalog, Path], warehouse: CountingWarehouse, tmp_path: Path
+) -> None:
+    """Two corrected days with an unchanged day between them: one export of the table gives
+    both days' chunks (an export is of the whole table, however far apart the chunks are);
+    the day between is reused and no other table is exported or read."""
+    catalog, _ = mini
+    storage = LocalStorage(tmp_path / "ckpt")
+    refresh_tables(warehouse, _sources(catalog), storage, grain="day", threads=2)
+    path = warehouse.path
+    warehouse.close()
+    for day in (date(2024, 1, 29), date(2024, 1, 31)):
+        _correct_day(path, catalog, f"agg_{PAIR}", day)
+    exporting = ExportingWarehouse(path)
+    try:
+        done = refresh_tables(exporting, _sources(catalog), storage, grain="day", threads=2,
+                              mode="export", staging_uri="gs://staging/exports")  # fmt: skip
+        assert exporting.exports == [f"agg_{PAIR}"] and exporting.reads == []
+        agg = next(c for c in done if c.source.name == f"agg_{PAIR}")
+        assert [(c.manifest.first, c.status, c.manifest.method) for c in agg.chunks] == [
+            ("2024-01-29", "extracted", "export"),
+            ("2024-01-30", "reused", "read"),
+            ("2024-01-31", "extracted", "export"),
+        ]
+        assert agg.bytes_read == 0
+        scratch = LocalStorage(tmp_path / "scratch")
+        refresh_tables(exporting, _sources(catalog), scratch, grain="day", threads=2)
+    finally:
+        exporting.close()
+    _assert_same(
+        _merge(catalog, storage, tmp_path / "exported.parquet"),
+        _merge(catalog, scratch, tmp_path / "scratch.parquet"),
+    )
+
+
 def test_the_window_selects_chunks_and_others_are_not_read(
     mini: tuple[Catalog, Path], warehouse: CountingWarehouse, tmp_path: Path
 ) -> None:

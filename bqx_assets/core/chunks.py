@@ -81,7 +81,7 @@ from bqx_assets.core.layout import (
 from bqx_assets.core.merge import Input
 from bqx_assets.core.metrics import Stopwatch
 from bqx_assets.core.storage import ObjectStorage, Storage
-from bqx_assets.core.warehouse import DateRange, PartitionState, Warehouse
+from bqx_assets.core.warehouse import DateRange, PartitionState, TableRead, Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -526,13 +526,17 @@ def refresh_table(
     for plan in plans:
         if plan.done is None and plan.parts:
             plan.done = _compact(storage, source, plan, work, row_group_rows)
-    # An export is of the whole table: one per run of chunks, however long.
-    max_rows = None if mode == "export" else rows_per_read(source)
-    for run in _runs(plans, max_rows):
-        _extract_run(
-            warehouse, source, storage, run, fingerprint, work, row_group_rows,
-            staging_uri if mode == "export" else None,
-        )  # fmt: skip
+    todo = [p for p in plans if p.done is None]
+    exported = None
+    if mode == "export" and staging_uri and todo:
+        # An export is of the whole table: one for every chunk to redo, however far apart.
+        names = expected_schema(source).names
+        exported = warehouse.export_table(source.dataset, source.name, names, staging_uri)
+    if exported is not None:
+        _extract_run(warehouse, source, storage, todo, fingerprint, work, row_group_rows, exported)
+    else:
+        for run in _runs(plans, rows_per_read(source)):
+            _extract_run(warehouse, source, storage, run, fingerprint, work, row_group_rows)
 
     # Chunks of this table that the new layout replaced (days now in a month chunk, chunks of
     # another grain or window) go, once every planned chunk is in place.
@@ -638,19 +642,16 @@ def _extract_run(
     fingerprint: str,
     work: Path,
     row_group_rows: int,
-    staging_uri: str | None = None,
+    exported: TableRead | None = None,
 ) -> None:
-    """Read neighbouring chunks in one restricted read (or take them from an export to
-    `staging_uri`) and publish each chunk's rows."""
+    """Read neighbouring chunks in one restricted read, or take the chunks from the table's
+    `exported` rows, and publish each chunk's rows."""
     where = f"{source.dataset}.{source.name}"
-    window = DateRange(run[0].chunk.start, run[-1].chunk.end)
-    names = expected_schema(source).names
-    read = None
-    if staging_uri:
-        read = warehouse.export_table(source.dataset, source.name, names, staging_uri)
-    method: Literal["read", "export"] = "read" if read is None else "export"
+    method: Literal["read", "export"] = "read" if exported is None else "export"
+    read = exported
     if read is None:
-        read = warehouse.read(source.dataset, source.name, names, window)
+        window = DateRange(run[0].chunk.start, run[-1].chunk.end)
+        read = warehouse.read(source.dataset, source.name, expected_schema(source).names, window)
     data = conform(read.data, source)
     if schema_fingerprint(data.schema) != fingerprint:
         raise ExtractionError(f"{where}: schema differs from the catalog after conform")
