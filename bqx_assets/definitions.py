@@ -6,10 +6,12 @@ Each stage is an asset in `defs/assets.py` (first name) whose body calls a core 
   `shared_sources` (assets `warehouse/<family>`) -> `warehouse.Warehouse.states`
   (`bigquery.BigQueryWarehouse`, `embedded.EmbeddedWarehouse`).
 - the 411 tables every pair uses, extracted once: `shared_checkpoints`
-  (`checkpoints/<tri|mkt|var|csi>`) -> `extraction.extract_tables`.
+  (`checkpoints/<tri|mkt|var|csi>`) -> `chunks.refresh_tables` (date-range chunks; only changed
+  or new days are read).
 - one pair's own tables and targets, extracted: `pair_checkpoints` (`checkpoints/<family>`,
-  `checkpoints/targets`) -> `extraction.extract_tables`.
-- merged, gate-checked, published: `training_file` -> `merge.merge_checkpoints`, then
+  `checkpoints/targets`) -> `chunks.refresh_tables`.
+- merged, gate-checked, published: `training_file` -> `chunks.chunk_inputs` (the window's
+  verified chunks), `merge.merge_checkpoints`, then
   `validation.validate_training_file`; its checks come from `defs/checks.py`, and
   `defs/io_managers.py` publishes it with `publish.publish_training_file`.
 Jobs are in `defs/jobs.py`, automation in `defs/automation.py`, and each deployment's resources
