@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import logging
@@ -46,6 +48,26 @@ a refresh splits a longer run of chunks into several reads, a chunk at a time at
 read is held whole (sorted by the warehouse, then as Arrow, then written), per extraction thread:
 a whole 232-column table at 177,748 rows is 330 MB; its largest chunk, a month, ~75 MB. Above
 BigQuery's 10 MB minimum per query, so reads of at least a month bill what one read would."""
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free memory back to the system (glibc's `malloc_trim`; elsewhere a
+    no-op). Tables read and written on several threads leave their freed Arrow and numpy
+    buffers in glibc's per-thread arenas, whose RSS then creeps up run-long: a full-length
+    shared extraction (411 tables, 4 threads) peaked at 1.99 GiB with reads holding ~0.8 GiB."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def rows_per_read(source: Source) -> int:
@@ -355,8 +377,15 @@ def for_each_table(
     on the calling thread."""
     results: dict[str, T] = {}
     failures: dict[str, str] = {}
+
+    def one(source: Source) -> T:
+        try:
+            return job(source)
+        finally:
+            release_free_memory()  # the table's buffers are freed: RSS back to what is in use
+
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix=what) as pool:
-        futures = {pool.submit(job, s): s for s in sources}
+        futures = {pool.submit(one, s): s for s in sources}
         for future in as_completed(futures):
             source = futures[future]
             try:
