@@ -63,6 +63,7 @@ def _build(
     grain: ChunkGrain,
     threads: int,
     work: Path,
+    merge: bool = True,
 ) -> tuple[list[ChunkedCheckpoint], float, float, float]:
     """Refresh the pair's chunks, then merge: (checkpoints, extraction s, merge s, extraction
     CPU s)."""
@@ -74,6 +75,8 @@ def _build(
     # CPU seconds of this process: steadier than wall time on a machine shared with other jobs.
     cpu = time.process_time() - cpu
     print(f"extraction: {extracted:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+    if not merge:
+        return done, extracted, 0.0, cpu
     started = time.perf_counter()
     inputs = chunk_inputs(storage, sources, ALL_TIME, pair)
     merge_checkpoints(
@@ -123,6 +126,9 @@ def main() -> None:
     parser.add_argument(
         "--no-scratch", action="store_true", help="skip the from-scratch rebuild and equality"
     )
+    parser.add_argument(
+        "--no-merge", action="store_true", help="extraction only (implies --no-scratch)"
+    )
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -141,7 +147,8 @@ def main() -> None:
         work = tmp_path / "work"
         kept = LocalStorage(tmp_path / "kept", durable=False)
         scratch = LocalStorage(tmp_path / "scratch", durable=False)
-        kw = {"grain": args.grain, "threads": args.threads, "work": work}
+        kw = {"grain": args.grain, "threads": args.threads, "work": work,
+              "merge": not args.no_merge}  # fmt: skip
 
         print("full build", flush=True)
         full, full_extract, full_merge, full_cpu = _build(
@@ -152,8 +159,8 @@ def main() -> None:
         wh.append(args.append)
         print(f"appended in {time.perf_counter() - started:.1f} s", flush=True)
         full_file = tmp_path / "full.parquet"
-        full_size = full_file.stat().st_size
-        full_file.unlink()  # disk: at production length each training file is ~9.5 GB
+        full_size = full_file.stat().st_size if full_file.exists() else None
+        full_file.unlink(missing_ok=True)  # disk: at production length a training file is 9.5 GB
         print("refresh", flush=True)
         # A new storage object: nothing verified by the full build is remembered.
         kept = LocalStorage(tmp_path / "kept", durable=False)
@@ -168,10 +175,11 @@ def main() -> None:
                                     "merge_s": round(refresh_merge, 2)}}),
             flush=True,
         )  # fmt: skip
-        refreshed_size = (tmp_path / "refreshed.parquet").stat().st_size
-        rows = pq.ParquetFile(tmp_path / "refreshed.parquet").metadata.num_rows
+        refreshed_file = tmp_path / "refreshed.parquet"
+        refreshed_size = refreshed_file.stat().st_size if refreshed_file.exists() else None
+        rows = args.rows + args.append
         again, again_extract, equal = [], 0.0, None
-        if not args.no_scratch:
+        if not (args.no_scratch or args.no_merge):
             print("from scratch after the append (for equality)", flush=True)
             again, again_extract, _, _ = _build(
                 wh, catalog, args.pair, scratch, tmp_path / "scratch.parquet", **kw
@@ -205,9 +213,9 @@ def main() -> None:
         "extract_time_ratio": round(refresh_extract / max(1e-9, full_extract), 4),
         "extract_cpu_s": {"full": round(full_cpu, 1), "refresh": round(refresh_cpu, 1)},
         "extract_cpu_ratio": round(refresh_cpu / max(1e-9, full_cpu), 4),
-        "end_to_end_time_ratio": round(
-            (refresh_extract + refresh_merge) / max(1e-9, full_extract + full_merge), 4
-        ),
+        "end_to_end_time_ratio": None
+        if args.no_merge
+        else round((refresh_extract + refresh_merge) / max(1e-9, full_extract + full_merge), 4),
         "files_equal": equal,
         "peak_rss_bytes": peak_rss_bytes(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
