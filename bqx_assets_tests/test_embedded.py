@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from bqx_assets.core import embedded
 from bqx_assets.core.catalog import Catalog, catalog_from_schema
 from bqx_assets.core.embedded import (
     REVISED_ROWS,
@@ -272,3 +276,61 @@ def test_an_appended_warehouse_equals_one_generated_at_the_grown_length(
     for day in (tuesday, wednesday):
         assert days[day].last_modified > old_days[day].last_modified
     assert [days[d].rows for d in sorted(days)] == [1440, 1440, 60 + minutes]
+
+
+def test_tables_made_ahead_on_threads_are_written_exactly_as_generated(
+    tmp_path: Path, mini: tuple[Catalog, Path]
+) -> None:
+    """Creation generates tables on a thread pool ahead of the writer: every table of the
+    warehouse (two pairs, so pair, cov and shared tables) still equals the generator's output
+    for it, in the same order of rows, values and nulls."""
+    catalog, _ = mini
+    rows, seed = 1_500, 11
+    path = tmp_path / "w.duckdb"
+    create_warehouse(path, catalog, pairs=["eurusd", "gbpusd"], rows=rows, seed=seed).close()
+    wh = EmbeddedWarehouse(path)
+    series = Series(wh.series().start, rows, rows, seed)
+    subset = catalog.subset(["eurusd", "gbpusd"])
+    tables = {(subset.targets_dataset, t.name) for t in subset.targets.values()}
+    tables |= {(t.dataset, t.name) for p in subset.pairs for t in subset.tables_for(p)}
+    for dataset, name in sorted(tables):
+        stored = _stored(wh, dataset, name)
+        expected = _generated(subset, name, series)
+        assert stored.schema.names == expected.schema.names, name
+        for column in expected.schema.names:
+            want = expected.column(column).cast(stored.schema.field(column).type)
+            assert stored.column(column).equals(want), (name, column)
+
+
+def test_tables_made_ahead_come_in_order_within_the_byte_bound_and_stop_at_an_error() -> None:
+    started: list[int] = []
+    outstanding: list[int] = []  # sizes started and not yet taken, at each start
+    taken: set[int] = set()
+    sizes = [10, 30, 10, 10, 50, 10, 10]
+    lock = threading.Lock()
+
+    def maker(i: int) -> Callable[[], pa.Table]:
+        def make() -> pa.Table:
+            with lock:
+                started.append(i)
+                outstanding.append(sum(sizes[j] for j in started if j not in taken))
+            time.sleep(0.01 * (len(sizes) - i))  # later tables are ready sooner
+            if i == 5:
+                raise WarehouseError("table 5 failed")
+            return pa.table({"i": [i]})
+
+        return make
+
+    made = embedded._made_in_order(
+        [maker(i) for i in range(len(sizes))], sizes, threads=3, ahead_bytes=40
+    )
+    got = []
+    with pytest.raises(WarehouseError, match="table 5 failed"):
+        for table in made:
+            got.append(table.column("i")[0].as_py())
+            taken.add(got[-1])
+    assert got == [0, 1, 2, 3, 4]
+    assert max(outstanding) <= 50  # 40, or one larger table started alone
+    count = len(started)
+    time.sleep(0.1)
+    assert len(started) == count  # nothing starts once the error is raised

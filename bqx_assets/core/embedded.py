@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +20,7 @@ import pyarrow.compute as pc
 
 from bqx_assets.core.catalog import HORIZONS, Catalog, SchemaRow, Table
 from bqx_assets.core.errors import WarehouseError
+from bqx_assets.core.extraction import release_free_memory
 from bqx_assets.core.faults import (
     Fault,
     FaultContext,
@@ -56,9 +60,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 META = "_bqx_meta"
-DUCKDB_MEMORY_LIMIT = "1GB"
+DUCKDB_MEMORY_LIMIT = "512MB"
 """DuckDB's buffer pool cap on a connection that writes (creation, append): unset, it grows
-toward 80 % of the machine's RAM (6.27 GiB peak while a 44K-row demo extracted)."""
+toward 80 % of the machine's RAM (6.27 GiB peak while a 44K-row demo extracted). A write pins
+only a commit batch's last, uncompressed row groups (`BATCH_BYTES` bounds the batch); the rest
+of the pool caches blocks already written, which creation does not read again: at 1 GB, with
+tables made ahead on threads, a pair's creation at 177,748 rows passed 2 GiB (512 MB: 1.59)."""
 DUCKDB_READ_MEMORY_LIMIT = "256MB"
 """The cap on a read-only connection (extraction): reads stream a table's blocks into Arrow
 without sorting (see `EmbeddedWarehouse.read`), so DuckDB needs little, while up to its cap it
@@ -520,6 +527,46 @@ def _jobs(catalog: Catalog, series: Series) -> list[tuple[str, str, Callable[[],
     return jobs
 
 
+CREATE_THREADS = 2
+"""Threads generating tables ahead of the writer (numpy releases the GIL in its array work, and
+DuckDB while it writes), so that generation overlaps the writes."""
+AHEAD_BYTES = 384 * 2**20
+"""Most logical bytes of tables being generated, made or being written at once (one table at
+least): above the largest table (330 MB, a 232-column table at 177,748 rows), so that memory
+stays what one table at a time needed, plus small tables made while it is written."""
+
+
+def _made_in_order(
+    makers: Sequence[Callable[[], pa.Table]],
+    sizes: Sequence[int],
+    *,
+    threads: int = CREATE_THREADS,
+    ahead_bytes: int = AHEAD_BYTES,
+) -> Iterator[pa.Table]:
+    """Each maker's table, in order, made on `threads` threads ahead of the caller: a maker
+    starts while the tables started and not yet done with (by their `sizes`; the caller is done
+    with a table when it asks for the next) stay within `ahead_bytes`, or when there are none.
+    A maker's error is raised when its table is due; makers not yet started then never start."""
+    pending: deque[tuple[Future[pa.Table], int]] = deque()
+    held, following = 0, 0
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="warehouse") as pool:
+        try:
+            while pending or following < len(makers):
+                while following < len(makers) and (
+                    not pending or held + sizes[following] <= ahead_bytes
+                ):
+                    pending.append((pool.submit(makers[following]), sizes[following]))
+                    held += sizes[following]
+                    following += 1
+                future, size = pending.popleft()
+                yield future.result()
+                del future  # the caller is done with the table: free it before making more
+                held -= size
+        finally:
+            for future, _ in pending:
+                future.cancel()
+
+
 def _jobs_one(catalog: Catalog, series: Series, name: str) -> pa.Table:
     for target in catalog.targets.values():
         if target.name == name:
@@ -555,8 +602,10 @@ def create_warehouse(
     """Create (or replace) the synthetic warehouse for `pairs` at `rows` minutes per pair, with
     `faults` written in (`FaultSpec` or `KIND[=VALUE]:TARGET[+TARGET...]`) and recorded.
 
-    Table by table, one commit each: memory stays bounded by the largest table, whatever the
-    number of pairs. The file appears at `path` only once complete.
+    Tables are generated on `CREATE_THREADS` threads ahead of the writer (within `AHEAD_BYTES`)
+    and written in order, in commit batches: memory stays bounded by the largest table, whatever
+    the number of pairs, and the content is the generator's whatever the threads. The file
+    appears at `path` only once complete.
     """
     pairs = [catalog.check_pair(p) for p in pairs]
     if rows < 10:
@@ -597,15 +646,19 @@ def create_warehouse(
         )
         records: dict[int, list[Fault]] = {}
         writer = _Writer(con)
-        for i, (dataset, name, make) in enumerate(jobs, 1):
-            data = make()
-            for index in by_table.get(name, ()):
-                data, record = apply_fault(specs[index], tables[name], data, context)
-                records.setdefault(index, []).append(record)
-            writer.write(dataset, name, data, append=False)
-            del data
-            if progress and (i % 100 == 0 or i == len(jobs)):
-                progress(f"warehouse: {i}/{len(jobs)} tables")
+        widths = {t.name: len(t.columns) for t in [*tables.values(), *catalog.targets.values()]}
+        sizes = [8 * (1 + widths[name]) * rows for _, name, _ in jobs]
+        # Closed on an error too: the tables made ahead are dropped and no more are started.
+        with closing(_made_in_order([make for _, _, make in jobs], sizes)) as made:
+            for i, ((dataset, name, _), data) in enumerate(zip(jobs, made, strict=True), 1):
+                for index in by_table.get(name, ()):
+                    data, record = apply_fault(specs[index], tables[name], data, context)
+                    records.setdefault(index, []).append(record)
+                writer.write(dataset, name, data, append=False)
+                del data
+                release_free_memory()
+                if progress and (i % 100 == 0 or i == len(jobs)):
+                    progress(f"warehouse: {i}/{len(jobs)} tables")
         writer.commit(append=False)
         for i in sorted(records):
             con.execute(
