@@ -70,7 +70,7 @@ from bqx_assets.core.extraction import (
     schema_fingerprint,
     write_checkpoint,
 )
-from bqx_assets.core.keys import keys_us
+from bqx_assets.core.keys import key_text, keys_us
 from bqx_assets.core.layout import (
     CHECKPOINT_ROW_GROUP_ROWS,
     KEY,
@@ -717,8 +717,9 @@ def _publish(
         bytes=info.size,
         crc32c=info.crc32c,
         bytes_read=bytes_read,
-        key_min=keys[0].as_py().isoformat() if len(keys) else None,
-        key_max=keys[-1].as_py().isoformat() if len(keys) else None,
+        # From the integer keys: a time-zone-aware scalar's `as_py` imports pandas.
+        key_min=key_text(keys[0].value) if len(keys) else None,
+        key_max=key_text(keys[-1].value) if len(keys) else None,
         method=method,
     )
     storage.write_bytes(

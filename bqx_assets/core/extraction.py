@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from bqx_assets.core.catalog import Table, TargetsTable
 from bqx_assets.core.errors import BqxError, ExtractionError
-from bqx_assets.core.keys import by_key, check_unique
+from bqx_assets.core.keys import by_key, check_unique, key_text
 from bqx_assets.core.layout import (
     ARROW_TYPES,
     CHECKPOINT_COMPRESSION,
@@ -288,8 +288,8 @@ def extract_table(
         bytes=info.size,
         crc32c=info.crc32c,
         bytes_read=read.bytes_read,
-        key_min=keys[0].as_py().isoformat(),
-        key_max=keys[-1].as_py().isoformat(),
+        key_min=key_text(keys[0].value),  # `as_py` of an aware timestamp imports pandas
+        key_max=key_text(keys[-1].value),
         method=method,
     )
     storage.write_bytes(manifest_key(owner, source.name), manifest.to_json())
