@@ -143,7 +143,9 @@ def main() -> None:
         tmp_path = Path(tmp)
         path = tmp_path / "warehouse.duckdb"
         shutil.copyfile(base, path)
-        wh = EmbeddedWarehouse(path, read_only=False)
+        # Builds read through a read-only connection, as the assets' steps do (its own DuckDB
+        # memory cap); the append opens the file for writing in between.
+        wh = EmbeddedWarehouse(path)
         work = tmp_path / "work"
         kept = LocalStorage(tmp_path / "kept", durable=False)
         scratch = LocalStorage(tmp_path / "scratch", durable=False)
@@ -156,7 +158,11 @@ def main() -> None:
         )
         print(f"append {args.append} minutes", flush=True)
         started = time.perf_counter()
-        wh.append(args.append)
+        wh.close()
+        writer = EmbeddedWarehouse(path, read_only=False)
+        writer.append(args.append)
+        writer.close()
+        wh = EmbeddedWarehouse(path)
         print(f"appended in {time.perf_counter() - started:.1f} s", flush=True)
         full_file = tmp_path / "full.parquet"
         full_size = full_file.stat().st_size if full_file.exists() else None
