@@ -39,12 +39,12 @@ from bqx_assets.core.chunks import (
     DEFAULT_GRAIN,
     ChunkedCheckpoint,
     ChunkGrain,
-    chunk_inputs,
+    pair_inputs,
     refresh_tables,
 )
 from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse, warehouse_params
 from bqx_assets.core.extraction import ALL_TIME, Source
-from bqx_assets.core.merge import merge_checkpoints, sources_for_pair
+from bqx_assets.core.merge import merge_checkpoints
 from bqx_assets.core.metrics import peak_rss_bytes
 from bqx_assets.core.storage import LocalStorage
 
@@ -78,13 +78,8 @@ def _build(
     if not merge:
         return done, extracted, 0.0, cpu
     started = time.perf_counter()
-    inputs = chunk_inputs(storage, sources, ALL_TIME, pair)
-    merge_checkpoints(
-        inputs[targets.name],
-        targets.targets,
-        sources_for_pair(catalog, pair, lambda t: inputs[t.name]),
-        out,
-    )
+    inputs = pair_inputs(storage, catalog, pair, ALL_TIME)
+    merge_checkpoints(inputs.spine, inputs.spine_columns, inputs.features, out)
     return done, extracted, time.perf_counter() - started, cpu
 
 

@@ -17,6 +17,7 @@ from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.chunks import (
     TrainingWindow,
     chunk_inputs,
+    pair_inputs,
     refresh_tables,
     resolve_window,
     stored_window,
@@ -24,7 +25,7 @@ from bqx_assets.core.chunks import (
 from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets.core.errors import ExtractionError, WindowError
 from bqx_assets.core.layout import KEY
-from bqx_assets.core.merge import merge_checkpoints, sources_for_pair
+from bqx_assets.core.merge import merge_checkpoints
 from bqx_assets.core.storage import LocalStorage
 from bqx_assets.core.warehouse import DateRange
 from bqx_assets.defs.assets import (
@@ -83,16 +84,9 @@ def _targets_rows(path: Path, catalog: Catalog, first: date, end: date) -> pa.Ta
 
 
 def _merge(catalog: Catalog, storage: LocalStorage, window: TrainingWindow, out: Path) -> pa.Table:
-    targets = catalog.targets[PAIR]
-    resolved = stored_window(storage, targets, window)
-    sources = [targets, *catalog.tables_for(PAIR)]
-    inputs = chunk_inputs(storage, sources, resolved, PAIR)
-    merge_checkpoints(
-        inputs[targets.name],
-        targets.targets,
-        sources_for_pair(catalog, PAIR, lambda t: inputs[t.name]),
-        out,
-    )
+    resolved = stored_window(storage, catalog.targets[PAIR], window)
+    inputs = pair_inputs(storage, catalog, PAIR, resolved)
+    merge_checkpoints(inputs.spine, inputs.spine_columns, inputs.features, out)
     return pq.read_table(out)
 
 

@@ -25,13 +25,14 @@ from bqx_assets.core.chunks import (
     chunk_inputs,
     chunk_ranges,
     clear_temporaries,
+    pair_inputs,
     refresh_tables,
 )
 from bqx_assets.core.embedded import EmbeddedWarehouse, connect, create_warehouse
 from bqx_assets.core.errors import ExtractionError, MergeError
 from bqx_assets.core.extraction import Source, expected_schema
 from bqx_assets.core.layout import KEY
-from bqx_assets.core.merge import FeatureSource, merge_checkpoints, sources_for_pair
+from bqx_assets.core.merge import FeatureSource, merge_checkpoints
 from bqx_assets.core.storage import LocalStorage, StoredFile, open_storage
 from bqx_assets.core.warehouse import DateRange, TableRead
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
@@ -70,15 +71,8 @@ def _sources(catalog: Catalog) -> list[Source]:
 def _merge(
     catalog: Catalog, storage: LocalStorage, out: Path, window: DateRange | None = None
 ) -> pa.Table:
-    window = window or DateRange()
-    inputs = chunk_inputs(storage, _sources(catalog), window, PAIR)
-    targets = catalog.targets[PAIR]
-    merge_checkpoints(
-        inputs[targets.name],
-        targets.targets,
-        sources_for_pair(catalog, PAIR, lambda t: inputs[t.name]),
-        out,
-    )
+    inputs = pair_inputs(storage, catalog, PAIR, window or DateRange())
+    merge_checkpoints(inputs.spine, inputs.spine_columns, inputs.features, out)
     return pq.read_table(out)
 
 
@@ -569,19 +563,13 @@ def test_chunks_in_gcs_clear_a_dead_writers_objects_and_are_read_in_place(
     assert list(storage.temporaries(f"{PAIR}/agg_{PAIR}")) == [dead.removeprefix("checkpoints/")]
     refresh_tables(warehouse, _sources(catalog), storage, threads=2)
     assert not list(storage.temporaries(f"{PAIR}/agg_{PAIR}"))
-    inputs = chunk_inputs(storage, _sources(catalog), DateRange(), PAIR)
-    assert all(isinstance(p, StoredFile) for ps in inputs.values() for p in ps)
-    targets = catalog.targets[PAIR]
-    out = tmp_path / "gcs.parquet"
-    merge_checkpoints(
-        inputs[targets.name],
-        targets.targets,
-        sources_for_pair(catalog, PAIR, lambda t: inputs[t.name]),
-        out,
-    )
+    out = _merge(catalog, storage, tmp_path / "gcs.parquet")
+    inputs = pair_inputs(storage, catalog, PAIR, DateRange())
+    assert all(isinstance(p, StoredFile) for p in inputs.spine)
+    assert all(isinstance(p, StoredFile) for f in inputs.features for p in f.path)
     local = LocalStorage(tmp_path / "local")
     refresh_tables(warehouse, _sources(catalog), local, threads=2)
-    _assert_same(pq.read_table(out), _merge(catalog, local, tmp_path / "local.parquet"))
+    _assert_same(out, _merge(catalog, local, tmp_path / "local.parquet"))
 
 
 def test_a_table_that_disagrees_with_its_partitions_fails_by_name_and_keeps_the_rest(

@@ -54,7 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bqx_assets.core.catalog import TargetsTable
+from bqx_assets.core.catalog import Catalog, TargetsTable
 from bqx_assets.core.errors import BqxError, ExtractionError, StorageError, WindowError
 from bqx_assets.core.extraction import (
     ALL_TIME,
@@ -78,7 +78,7 @@ from bqx_assets.core.layout import (
     chunk_key,
     chunk_manifest_key,
 )
-from bqx_assets.core.merge import Input
+from bqx_assets.core.merge import FeatureSource, Input, sources_for_pair
 from bqx_assets.core.metrics import Stopwatch
 from bqx_assets.core.storage import ObjectStorage, Storage
 from bqx_assets.core.warehouse import DateRange, PartitionState, TableRead, Warehouse
@@ -888,6 +888,28 @@ def chunk_inputs(
     with ThreadPoolExecutor(8) as pool:  # a few small requests each: latency-bound
         opened = iter(pool.map(open_one, every))
         return {name: tuple(next(opened) for _ in chunks) for name, chunks in chosen.items()}
+
+
+@dataclass(frozen=True)
+class PairInputs:
+    """What the merge reads for a pair: its spine (the targets table's chunks), the spine's
+    target columns and each feature table's chunks, in catalog order."""
+
+    spine: tuple[Input, ...]
+    spine_columns: tuple[str, ...]
+    features: list[FeatureSource]
+
+
+def pair_inputs(storage: Storage, catalog: Catalog, pair: str, window: Window) -> PairInputs:
+    """The pair's verified chunks inside `window` as the merge's inputs (`chunk_inputs` of the
+    pair's tables and targets); fails naming every table without verified chunks."""
+    targets = catalog.targets[pair]
+    inputs = chunk_inputs(storage, [*catalog.tables_for(pair), targets], window, f"pair {pair}")
+    return PairInputs(
+        inputs[targets.name],
+        tuple(targets.targets),
+        sources_for_pair(catalog, pair, lambda table: inputs[table.name]),
+    )
 
 
 def _local(storage: Storage, key: str) -> Path:

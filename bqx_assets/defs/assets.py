@@ -14,7 +14,7 @@ from bqx_assets.core.catalog import FAMILY_ORDER, SHARED_PREFIXES, Catalog, Targ
 from bqx_assets.core.chunks import (
     ChunkedCheckpoint,
     RefreshProgress,
-    chunk_inputs,
+    pair_inputs,
     partitions_version,
     refresh_tables,
     require_chunks,
@@ -24,7 +24,7 @@ from bqx_assets.core.chunks import (
 from bqx_assets.core.costs import Prices, StepUsage
 from bqx_assets.core.extraction import Source
 from bqx_assets.core.layout import training_file_key
-from bqx_assets.core.merge import merge_checkpoints, sources_for_pair
+from bqx_assets.core.merge import merge_checkpoints
 from bqx_assets.core.metrics import LocalBytes, Stopwatch, footprint_metadata, peak_rss_bytes
 from bqx_assets.core.profile import candidate_key, load_profile, promote_profile, save_profile
 from bqx_assets.core.publish import TrainingFile
@@ -380,12 +380,11 @@ def training_file(
     # The pair's last published profile: what this build's drift is judged against.
     history = load_profile(output, pair)
     targets = catalog.targets[pair]
-    tables = catalog.tables_for(pair)
     # The window the pair's checkpoints were made for (a rolling one: the days its stored
     # spine holds), then the chunks inside it, each checked against its manifest (gs:// ones
     # pinned to the version checked and read in place); the others are not read.
     window = stored_window(storage, targets, settings.training_window())
-    inputs = chunk_inputs(storage, [*tables, targets], window, f"pair {pair}")
+    inputs = pair_inputs(storage, catalog, pair, window)
 
     workdir = settings.work_path("merge", f"{pair}-{context.run.run_id[:8]}")
     out: Path | StagedUpload = workdir / f"training_{pair}.parquet"
@@ -394,11 +393,7 @@ def training_file(
     merged = None
     try:
         merged = merge_checkpoints(
-            inputs[targets.name],
-            targets.targets,
-            sources_for_pair(catalog, pair, lambda table: inputs[table.name]),
-            out,
-            progress=context.log.info,
+            inputs.spine, inputs.spine_columns, inputs.features, out, progress=context.log.info
         )
         clock = Stopwatch()
         # The merge wrote exactly the spine's rows (it verified the key column read back).

@@ -109,15 +109,10 @@ def _run(args: argparse.Namespace) -> int:
 def _chunked(args: argparse.Namespace, catalog: Any) -> tuple[Any, list[str], list[Any]]:
     """The spine's chunks, its columns and the pair's feature sources from a checkpoint root,
     for the window the pair's checkpoints were made for (`core.chunks.stored_window`)."""
-    from bqx_assets.core.chunks import chunk_inputs, stored_window
-    from bqx_assets.core.merge import sources_for_pair
+    from bqx_assets.core.chunks import pair_inputs, stored_window
     from bqx_assets.core.storage import open_storage
 
     storage = open_storage(args.checkpoints, durable=False)
-    targets = catalog.targets[args.pair]
-    window = stored_window(storage, targets, training_window(args))
-    inputs = chunk_inputs(
-        storage, [*catalog.tables_for(args.pair), targets], window, f"pair {args.pair}"
-    )
-    sources = sources_for_pair(catalog, args.pair, lambda table: inputs[table.name])
-    return inputs[targets.name], list(targets.targets), sources
+    window = stored_window(storage, catalog.targets[args.pair], training_window(args))
+    inputs = pair_inputs(storage, catalog, args.pair, window)
+    return inputs.spine, list(inputs.spine_columns), inputs.features
