@@ -75,7 +75,12 @@ def test_prod_resources_point_at_bigquery_and_gcs() -> None:
     assert prod["settings"].min_rows == 150_000
 
 
-def test_dagster_definitions_validate_and_load_time() -> None:
+HEAVY_AT_LOAD = ("pandas", "duckdb", "google.cloud.bigquery", "google.cloud.storage", "dagster_gcp")
+"""Clients the Definitions must not import when they load (each run's and each code server's
+start pays for them): the steps import them when they run."""
+
+
+def test_dagster_definitions_validate_and_load_light() -> None:
     env = {**os.environ, "DAGSTER_HOME": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
@@ -84,16 +89,19 @@ def test_dagster_definitions_validate_and_load_time() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     timed = subprocess.run(
         [sys.executable, "-c",
-         "import time; t = time.perf_counter(); from bqx_assets.definitions import defs; "
-         "defs.resolve_asset_graph(); print(time.perf_counter() - t)"],
+         "import json, sys, time; t = time.perf_counter(); "
+         "from bqx_assets.definitions import defs; defs.resolve_asset_graph(); "
+         "print(json.dumps({'seconds': time.perf_counter() - t, "
+         f"'loaded': [m for m in {list(HEAVY_AT_LOAD)!r} if m in sys.modules]}}))"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert timed.returncode == 0, timed.stderr
-    seconds = float(timed.stdout.strip().splitlines()[-1])
-    print(f"definitions load time: {seconds:.2f} s")
-    # Measured 2.5-2.7 s here (dagster itself is 1.6 s); twice the 3 s target leaves room for a
-    # loaded CI machine while catching an import that drags in a heavy client again.
-    assert seconds < 6
+    result = json.loads(timed.stdout.strip().splitlines()[-1])
+    # The time is shown, not asserted (it measures the machine as much as the code: 2.5-4.6 s
+    # on an idle 2-core machine, 15-20 s under load 7-10); what made loading slow before was a
+    # heavy client imported at load, and that is what is asserted.
+    print(f"definitions load time: {result['seconds']:.2f} s")
+    assert result["loaded"] == []
 
 
 def test_training_file_checks_are_blocking() -> None:
