@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from bqx_assets.core.faults import (
     apply_fault,
     merge_records,
 )
-from bqx_assets.core.keys import by_key
+from bqx_assets.core.keys import by_key, key_text
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.synthetic import (
     DEFAULT_SEED,
@@ -101,11 +101,6 @@ def connect(path: Path | str, *, read_only: bool) -> duckdb.DuckDBPyConnection:
 
 def _ident(*parts: str) -> str:
     return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
-
-
-def _iso_us(micros: int) -> str:
-    """ISO-8601 UTC text of epoch microseconds, as `datetime.isoformat` writes it."""
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)).isoformat()
 
 
 def _text(value: str) -> str:
@@ -211,7 +206,7 @@ class EmbeddedWarehouse(Warehouse):
         for name, day, n, modified in rows:
             iso = text.get(modified)
             if iso is None:
-                iso = text[modified] = _iso_us(modified)
+                iso = text[modified] = key_text(modified)
             out.setdefault(name, []).append(PartitionState(day, int(n), iso))
         return {name: tuple(states) for name, states in out.items()}
 
@@ -365,8 +360,7 @@ class EmbeddedWarehouse(Warehouse):
             self._cursor()
             .execute(
                 f"SELECT min({_ident(KEY)}) FROM (SELECT {_ident(KEY)} FROM "
-                f"{_ident(dataset, table)} ORDER BY {_ident(KEY)} DESC LIMIT ?)",
-                [REVISED_ROWS],
+                f"{_ident(dataset, table)} ORDER BY {_ident(KEY)} DESC LIMIT {REVISED_ROWS})"
             )
             .fetchone()
         )
@@ -378,7 +372,8 @@ class EmbeddedWarehouse(Warehouse):
         return int(
             self._cursor()
             .execute(
-                f"SELECT count(*) FROM {_ident(dataset, table)} WHERE {_ident(KEY)} >= ?", [since]
+                f"SELECT count(*) FROM {_ident(dataset, table)} "
+                f"WHERE {_ident(KEY)} >= {_timestamp(since)}"
             )
             .fetchone()[0]
         )
@@ -441,10 +436,9 @@ class _Writer:
         name = _ident(dataset, table)
         removed = data.schema.empty_table()
         if replace_from is not None:
-            where = f"WHERE {_ident(KEY)} >= ?"
-            removed = self.con.execute(f"SELECT * FROM {name} {where}", [replace_from])
-            removed = removed.to_arrow_table()
-            self.con.execute(f"DELETE FROM {name} {where}", [replace_from])
+            where = f"WHERE {_ident(KEY)} >= {_timestamp(replace_from)}"
+            removed = self.con.execute(f"SELECT * FROM {name} {where}").to_arrow_table()
+            self.con.execute(f"DELETE FROM {name} {where}")
         self.con.register("_new", data)
         if append:
             self.con.execute(f"INSERT INTO {name} SELECT * FROM _new")
