@@ -64,9 +64,10 @@ def _build(
     threads: int,
     work: Path,
     merge: bool = True,
-) -> tuple[list[ChunkedCheckpoint], float, float, float]:
-    """Refresh the pair's chunks, then merge: (checkpoints, extraction s, merge s, extraction
-    CPU s)."""
+    previous: Path | None = None,
+) -> tuple[list[ChunkedCheckpoint], float, float, float, dict[str, float]]:
+    """Refresh the pair's chunks, then merge (copying unchanged row groups from `previous`):
+    (checkpoints, extraction s, merge s, extraction CPU s, the merge's figures)."""
     targets = catalog.targets[pair]
     sources: list[Source] = [targets, *catalog.tables_for(pair)]
     started, cpu = time.perf_counter(), time.process_time()
@@ -76,11 +77,26 @@ def _build(
     cpu = time.process_time() - cpu
     print(f"extraction: {extracted:.1f} s wall, {cpu:.1f} s CPU", flush=True)
     if not merge:
-        return done, extracted, 0.0, cpu
-    started = time.perf_counter()
+        return done, extracted, 0.0, cpu, {}
+    started, merge_cpu = time.perf_counter(), time.process_time()
     inputs = pair_inputs(storage, catalog, pair, ALL_TIME)
-    merge_checkpoints(inputs.spine, inputs.spine_columns, inputs.features, out)
-    return done, extracted, time.perf_counter() - started, cpu
+    report = merge_checkpoints(
+        inputs.spine,
+        inputs.spine_columns,
+        inputs.features,
+        out,
+        spine_ids=inputs.spine_ids,
+        previous=previous,
+    )
+    merged = time.perf_counter() - started
+    figures = {
+        "merge_cpu_s": round(time.process_time() - merge_cpu, 1),
+        "row_groups": report.row_groups,
+        "row_groups_reused": report.reused_row_groups,
+        "bytes_reused": report.reused_bytes,
+    }
+    print(f"merge: {merged:.1f} s wall; {figures}", flush=True)
+    return done, extracted, merged, cpu, figures
 
 
 def _summary(done: Sequence[ChunkedCheckpoint]) -> dict[str, int]:
@@ -107,6 +123,16 @@ def _same_file(a: Path, b: Path) -> bool:
         tb: pa.Table = fb.read(columns=cols)
         if not all(ta.column(c).equals(tb.column(c)) for c in cols):
             return False
+    return True
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while block := fa.read(1 << 24):
+            if block != fb.read(1 << 24):
+                return False
     return True
 
 
@@ -148,9 +174,17 @@ def main() -> None:
               "merge": not args.no_merge}  # fmt: skip
 
         print("full build", flush=True)
-        full, full_extract, full_merge, full_cpu = _build(
+        full, full_extract, full_merge, full_cpu, full_fig = _build(
             wh, catalog, args.pair, kept, tmp_path / "full.parquet", **kw
         )
+        copy_floor = None
+        if not args.no_merge:
+            # The floor of any merge that writes a new file: copying the full build's file.
+            started = time.perf_counter()
+            shutil.copyfile(tmp_path / "full.parquet", tmp_path / "copy.parquet")
+            copy_floor = time.perf_counter() - started
+            (tmp_path / "copy.parquet").unlink()
+            print(f"copy of the training file (floor): {copy_floor:.1f} s", flush=True)
         print(f"append {args.append} minutes", flush=True)
         started = time.perf_counter()
         wh.close()
@@ -161,13 +195,16 @@ def main() -> None:
         print(f"appended in {time.perf_counter() - started:.1f} s", flush=True)
         full_file = tmp_path / "full.parquet"
         full_size = full_file.stat().st_size if full_file.exists() else None
-        full_file.unlink(missing_ok=True)  # disk: at production length a training file is 9.5 GB
         print("refresh", flush=True)
-        # A new storage object: nothing verified by the full build is remembered.
+        # A new storage object: nothing verified by the full build is remembered. The merge
+        # copies the row groups whose inputs did not change from the full build's file, as the
+        # training_file asset does from the published one.
         kept = LocalStorage(tmp_path / "kept", durable=False)
-        refreshed, refresh_extract, refresh_merge, refresh_cpu = _build(
-            wh, catalog, args.pair, kept, tmp_path / "refreshed.parquet", **kw
-        )
+        refreshed, refresh_extract, refresh_merge, refresh_cpu, refresh_fig = _build(
+            wh, catalog, args.pair, kept, tmp_path / "refreshed.parquet", **kw,
+            previous=full_file if full_file.exists() else None,
+        )  # fmt: skip
+        full_file.unlink(missing_ok=True)  # disk: at production length a training file is 9.5 GB
         f, r = _summary(full), _summary(refreshed)
         print(
             json.dumps({"full": {**f, "extract_s": round(full_extract, 2),
@@ -179,13 +216,14 @@ def main() -> None:
         refreshed_file = tmp_path / "refreshed.parquet"
         refreshed_size = refreshed_file.stat().st_size if refreshed_file.exists() else None
         rows = args.rows + args.append
-        again, again_extract, equal = [], 0.0, None
+        again, again_extract, again_merge, equal, identical = [], 0.0, 0.0, None, None
         if not (args.no_scratch or args.no_merge):
             print("from scratch after the append (for equality)", flush=True)
-            again, again_extract, _, _ = _build(
+            again, again_extract, again_merge, _, _ = _build(
                 wh, catalog, args.pair, scratch, tmp_path / "scratch.parquet", **kw
             )
             equal = _same_file(tmp_path / "refreshed.parquet", tmp_path / "scratch.parquet")
+            identical = _same_bytes(tmp_path / "refreshed.parquet", tmp_path / "scratch.parquet")
         wh.close()
 
     result = {
@@ -196,12 +234,20 @@ def main() -> None:
         "grain": args.grain,
         "threads": args.threads,
         "tables": len(full),
-        "full": {**f, "extract_s": round(full_extract, 2), "merge_s": round(full_merge, 2)},
+        "full": {
+            **f,
+            "extract_s": round(full_extract, 2),
+            "merge_s": round(full_merge, 2),
+            **full_fig,
+        },
         "refresh": {
             **r,
             "extract_s": round(refresh_extract, 2),
             "merge_s": round(refresh_merge, 2),
+            **refresh_fig,
         },
+        "merge_copy_floor_s": round(copy_floor, 2) if copy_floor is not None else None,
+        "merge_from_scratch_after_append_s": round(again_merge, 2) if again else None,
         "training_file_bytes": {"full": full_size, "refreshed": refreshed_size},
         "scratch_after_append": (
             {**_summary(again), "extract_s": round(again_extract, 2)} if again else None
@@ -217,7 +263,11 @@ def main() -> None:
         "end_to_end_time_ratio": None
         if args.no_merge
         else round((refresh_extract + refresh_merge) / max(1e-9, full_extract + full_merge), 4),
+        "merge_time_ratio": None
+        if args.no_merge
+        else round(refresh_merge / max(1e-9, full_merge), 4),
         "files_equal": equal,
+        "files_identical": identical,
         "peak_rss_bytes": peak_rss_bytes(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
@@ -234,7 +284,10 @@ def main() -> None:
         f"{r['chunks_reused']} reused, {r['chunks_compacted']} compacted; extraction "
         f"{refresh_extract:.1f} s vs {full_extract:.1f} s ({result['extract_time_ratio']:.1%}), "
         f"with the merge {refresh_extract + refresh_merge:.1f} s vs "
-        f"{full_extract + full_merge:.1f} s; files equal: {equal}"
+        f"{full_extract + full_merge:.1f} s (merge {refresh_merge:.1f} s vs {full_merge:.1f} s, "
+        f"copy floor {copy_floor or 0:.1f} s; {refresh_fig.get('row_groups_reused', 0)} of "
+        f"{refresh_fig.get('row_groups', 0)} row groups copied); files equal: {equal}, "
+        f"identical: {identical}"
     )
     if equal is False:
         raise SystemExit("the refreshed training file differs from the from-scratch one")

@@ -78,7 +78,7 @@ from bqx_assets.core.layout import (
     chunk_key,
     chunk_manifest_key,
 )
-from bqx_assets.core.merge import FeatureSource, Input, sources_for_pair
+from bqx_assets.core.merge import FeatureSource, Input, PartId, sources_for_pair
 from bqx_assets.core.metrics import Stopwatch
 from bqx_assets.core.storage import ObjectStorage, Storage
 from bqx_assets.core.warehouse import DateRange, PartitionState, TableRead, Warehouse
@@ -870,7 +870,12 @@ def chunk_inputs(
     """Each table's chunks for the merge, by name, in key order: a local root's files as they
     are; an object store's objects to be read in place, each pinned to the version whose size
     and CRC32C match its manifest. Fails naming every table without verified chunks."""
-    chosen = require_chunks(storage, sources, window, what, grain)
+    return _opened(storage, require_chunks(storage, sources, window, what, grain))
+
+
+def _opened(
+    storage: Storage, chosen: dict[str, list[tuple[str, ChunkManifest]]]
+) -> dict[str, tuple[Input, ...]]:
     if not isinstance(storage, ObjectStorage):
         return {
             name: tuple(_local(storage, key) for key, _ in chunks)
@@ -898,17 +903,33 @@ class PairInputs:
     spine: tuple[Input, ...]
     spine_columns: tuple[str, ...]
     features: list[FeatureSource]
+    spine_ids: tuple[PartId, ...] = ()
+    """What each spine chunk holds (its range and digest), for an incremental merge; the
+    features' are in `FeatureSource.ids`."""
+
+
+def part_id(manifest: ChunkManifest) -> PartId:
+    """A chunk as the merge tells changed inputs apart: its key range and its bytes' digest."""
+    r = manifest.range
+    return PartId(_micros(r.start), _micros(r.end), f"{manifest.crc32c}:{manifest.bytes}")
 
 
 def pair_inputs(storage: Storage, catalog: Catalog, pair: str, window: Window) -> PairInputs:
     """The pair's verified chunks inside `window` as the merge's inputs (`chunk_inputs` of the
-    pair's tables and targets); fails naming every table without verified chunks."""
+    pair's tables and targets, with their part ids); fails naming every table without verified
+    chunks."""
     targets = catalog.targets[pair]
-    inputs = chunk_inputs(storage, [*catalog.tables_for(pair), targets], window, f"pair {pair}")
+    sources = [*catalog.tables_for(pair), targets]
+    chosen = require_chunks(storage, sources, window, f"pair {pair}")
+    inputs = _opened(storage, chosen)
+    ids = {name: tuple(part_id(m) for _, m in chunks) for name, chunks in chosen.items()}
     return PairInputs(
         inputs[targets.name],
         tuple(targets.targets),
-        sources_for_pair(catalog, pair, lambda table: inputs[table.name]),
+        sources_for_pair(
+            catalog, pair, lambda table: inputs[table.name], lambda table: ids[table.name]
+        ),
+        ids[targets.name],
     )
 
 

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -319,6 +319,17 @@ class FooterAssembler:
         self.leaves: list[bytes] = []
         self.orders: list[bytes] = []
         self.groups: list[dict[str, Any]] = []
+        self.schema_group: int | None = None
+        """The row group whose pieces give the schema: the first one built from pieces (row
+        groups adopted whole from an earlier file come before it)."""
+
+    def adopt(self, raw: bytes) -> None:
+        """Append a row group taken whole from an earlier file of the same layout: its RowGroup
+        struct as encoded there (`encode`'s spans), its column chunks copied to the same offsets
+        (so nothing in it moves)."""
+        if self.schema_group is not None:
+            raise FooterError("parquet footer: a row group is adopted after built ones")
+        self.groups.append({"raw": raw})
 
     def add(self, f: Any, piece: Piece, group: int, rows: int) -> None:
         """Append one piece's column chunks to `f` and remember their metadata."""
@@ -358,7 +369,9 @@ class FooterAssembler:
         target["chunks"].extend(chunks)
         target["bytes"] += group_fields[2]
         target["compressed"] += group_fields.get(6, 0)
-        if group == 0:
+        if self.schema_group is None:
+            self.schema_group = group
+        if group == self.schema_group:
             schema = fields[2][1]
             if self.root is None:
                 self.version = fields[1]
@@ -367,43 +380,79 @@ class FooterAssembler:
             self.leaves.extend(schema[1:])
             self.orders.extend(fields.get(7, (_STRUCT, []))[1])
 
-    def encode(self, rows: int, key_value: Mapping[str, str] | None = None) -> bytes:
+    def encode(
+        self,
+        rows: int,
+        key_value: Mapping[str, str] | None = None,
+        record: Callable[[list[tuple[int, int]]], Mapping[str, str]] | None = None,
+    ) -> bytes:
         """The output's footer: FileMetaData, its length and the closing magic.
 
         `key_value` becomes the file's key-value metadata (FileMetaData field 5, KeyValue structs
         {1: key, 2: value}): what readers see as `pq.read_metadata(...).metadata`. The pieces'
-        own key-value metadata is not carried over: it describes each piece, not the file."""
+        own key-value metadata is not carried over: it describes each piece, not the file.
+        `record`, given the (start, stop) span of each RowGroup struct in the encoded
+        FileMetaData, returns more key-value metadata (what a later file needs to `adopt` them).
+        """
         assert self.root is not None and self.version is not None and self.created_by is not None
         root = [(f, k, len(self.leaves) if f == 5 else v) for f, k, v in self.root]
-        groups = []
-        for ordinal, g in enumerate(self.groups):
-            groups.append(
-                [
-                    (1, _LIST, (_STRUCT, g["chunks"])),
-                    (2, _I64, g["bytes"]),
-                    (3, _I64, g["rows"]),
-                    (5, _I64, g["offset"]),
-                    (6, _I64, g["compressed"]),
-                    (7, _I16, ordinal),
-                ]
-            )
-        meta: Fields = [
+        out = bytearray()
+        last = 0
+
+        def header(fid: int, kind: int) -> None:
+            nonlocal last
+            if 0 < fid - last <= 15:
+                out.append(((fid - last) << 4) | kind)
+            else:
+                out.append(kind)
+                _put_uvarint(out, _zigzag(fid))
+            last = fid
+
+        for fid, kind, value in [
             (1, _I32, self.version),
             (2, _LIST, (_STRUCT, [_encoded(root), *self.leaves])),
             (3, _I64, rows),
-            (4, _LIST, (_STRUCT, groups)),
-        ]
-        if key_value:
+        ]:
+            header(fid, kind)
+            _write_value(out, kind, value)
+        header(4, _LIST)
+        if len(self.groups) < 15:
+            out.append((len(self.groups) << 4) | _STRUCT)
+        else:
+            out.append(0xF0 | _STRUCT)
+            _put_uvarint(out, len(self.groups))
+        spans = []
+        for ordinal, g in enumerate(self.groups):
+            start = len(out)
+            if "raw" in g:
+                out += g["raw"]
+            else:
+                _write_struct(
+                    out,
+                    [
+                        (1, _LIST, (_STRUCT, g["chunks"])),
+                        (2, _I64, g["bytes"]),
+                        (3, _I64, g["rows"]),
+                        (5, _I64, g["offset"]),
+                        (6, _I64, g["compressed"]),
+                        (7, _I16, ordinal),
+                    ],
+                )
+            spans.append((start, len(out)))
+        pairs_in = {**(key_value or {}), **(record(spans) if record else {})}
+        if pairs_in:
             pairs = [
                 [(1, _BINARY, _binary(key)), (2, _BINARY, _binary(value))]
-                for key, value in key_value.items()
+                for key, value in pairs_in.items()
             ]
-            meta.append((5, _LIST, (_STRUCT, pairs)))
-        meta.append((6, _BINARY, self.created_by))
+            header(5, _LIST)
+            _write_value(out, _LIST, (_STRUCT, pairs))
+        header(6, _BINARY)
+        out += self.created_by
         if self.orders:
-            meta.append((7, _LIST, (_STRUCT, self.orders)))
-        out = bytearray()
-        _write_struct(out, meta)
+            header(7, _LIST)
+            _write_value(out, _LIST, (_STRUCT, self.orders))
+        out.append(0)
         return bytes(out) + len(out).to_bytes(4, "little") + MAGIC
 
 

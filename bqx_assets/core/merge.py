@@ -20,12 +20,20 @@
 # the row-group size is free to be chosen for the readers rather than for the writer (measured:
 # under 1 GiB peak at 668 tables x 177,748 rows, where the iterative join needs ~45 GiB).
 #
-# Output layout: row groups of DEFAULT_ROW_GROUP_ROWS (262,144) rows, i.e. one row group for a
-# pair's 177,748 rows. Readers (Polars, pandas) select columns: a column chunk of 177K float64
-# is ~1.4 MB, the right size to fetch on its own, and the footer holds one entry per column
-# (~17K) instead of 347 x 17K, which is what made the first team's footer and writer memory
-# grow. Splitting into more row groups only costs here: each feature file is decoded once per
-# output row group it overlaps, so a boundary re-decodes one checkpoint row group per file.
+# Output layout: a row group per calendar month (UTC) of the spine, and in the newest month a
+# row group per day, each cut to at most DEFAULT_ROW_GROUP_ROWS (262,144) rows. The boundaries
+# follow the checkpoints' chunks (a chunk per closed month, a chunk per day of the newest month,
+# core/chunks.py), so a feature file is decoded once per output row group, and they are a
+# function of the spine's keys alone, so a refresh and a from-scratch build of the same window
+# cut the same row groups. That is what makes the merge incremental: each row group's footer
+# record holds a signature of everything its bytes depend on (the column plan, the encoder, and
+# the digests of the input chunks overlapping its days) and the CRC32C of its bytes; a refresh
+# copies the leading row groups whose signature is unchanged byte for byte from the previous
+# training file (checked against that CRC32C) and encodes the rest, so an appended day costs
+# one or two days of encoding and a copy, not a rewrite of every month. At production's
+# 177,748 rows that is ~6 month row groups plus up to ~22 day row groups: the footer holds
+# ~28 x 17K column chunks (a few MB), against 347 x 17K in the first team's file. Readers select
+# columns; a month's column chunk (~30K float64) is ~200 KB.
 # Compression is zstd level 1 with BYTE_STREAM_SPLIT for float columns: on smooth float series
 # it compresses 1.32x vs 1.09x for plain zstd and encodes 2.5x and decodes 5x faster (numbers in
 # bench/README.md); zstd also entropy-codes the int/string columns, which lz4 does not.
@@ -38,6 +46,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import itertools
+import json
 import os
 import threading
 import uuid
@@ -47,8 +59,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+import google_crc32c
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -70,7 +83,14 @@ from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
 from bqx_assets.core.storage import StagedFile, StagedUpload, StoredFile
 
 DEFAULT_ROW_GROUP_ROWS = 262_144
-"""Output row-group size: one row group per pair at production size (see the notes above)."""
+"""Most rows in one output row group (a month holds ~32K minutes; see the notes above)."""
+ROW_GROUPS_KEY = "bqx:row_groups"
+"""Footer key-value metadata: each row group's rows, byte span, CRC32C, signature and RowGroup
+struct span, what a later merge needs to copy it (`_Reuse`)."""
+LAYOUT_FORMAT = 1
+"""Bumped whenever the output's bytes for the same inputs change: no row group is copied from a
+file of another format."""
+_COPY_BYTES = 16 * 1024 * 1024  # a copied row group moves in blocks of this size
 OUTPUT_COMPRESSION = "zstd"
 OUTPUT_COMPRESSION_LEVEL = 1
 PIECE_BYTES = 32 * 1024 * 1024
@@ -99,6 +119,17 @@ _PartBlocks = dict[int, _Blocks]
 
 
 @dataclass(frozen=True)
+class PartId:
+    """What a row group copied from an earlier file depends on for one input part (a chunk):
+    the key range it may hold rows in, [start, end) in microseconds, and a digest of its bytes
+    (its manifest's CRC32C and size)."""
+
+    start: int
+    end: int
+    digest: str
+
+
+@dataclass(frozen=True)
 class FeatureSource:
     """One feature table's checkpoint and the columns it contributes, in output order."""
 
@@ -111,6 +142,9 @@ class FeatureSource:
     named `{table}__{column}`."""
     dtypes: Mapping[str, str] | None = None
     """Expected BigQuery type per source column; a file that differs is an error."""
+    ids: tuple[PartId, ...] = ()
+    """One per part of `path`, in the same order; without them no row group is copied from
+    a previous file."""
 
 
 @dataclass(frozen=True)
@@ -125,10 +159,16 @@ class MergeReport:
     """Which spine rows each feature table covered (also in the file's footer metadata)."""
     staged: StagedFile | None = None
     """The verified temporary object when the output was a `StagedUpload`."""
+    reused_row_groups: int = 0
+    """Leading row groups copied from the previous file (unchanged inputs)."""
+    reused_bytes: int = 0
 
 
 def sources_for_pair(
-    catalog: Catalog, pair: str, path_of: Callable[[Table], Inputs]
+    catalog: Catalog,
+    pair: str,
+    path_of: Callable[[Table], Inputs],
+    ids_of: Callable[[Table], tuple[PartId, ...]] | None = None,
 ) -> list[FeatureSource]:
     """The pair's feature tables in catalog order, named by the catalog's prefix rule; leak
     columns (`target_*` of feature tables) are checked against the catalog but not written."""
@@ -141,6 +181,7 @@ def sources_for_pair(
             path=path_of(table),
             columns=tuple(by_table.get(table.name, ())),
             dtypes={c.name: c.dtype for c in table.columns},
+            ids=ids_of(table) if ids_of else (),
         )
         for table in catalog.tables_for(pair)
     ]
@@ -154,6 +195,8 @@ def merge_checkpoints(
     *,
     row_group_rows: int | None = None,
     progress: Callable[[str], None] | None = None,
+    spine_ids: Sequence[PartId] = (),
+    previous: Input | None = None,
 ) -> MergeReport:
     """Write `out`: the spine's rows in spine order, columns `interval_time`, `spine_columns`,
     then each feature source's columns, left-joined on `interval_time`.
@@ -166,6 +209,11 @@ def merge_checkpoints(
     as it is written, committed, and verified by ranged reads of the stored object; the report
     names the staged object, which the caller publishes or discards. On any error the upload is
     aborted and no object is left.
+
+    `previous` (an earlier training file of the pair, e.g. the published one) and the inputs'
+    part ids (`spine_ids`, `FeatureSource.ids`) make the merge incremental: its leading row
+    groups whose inputs are unchanged are copied, checked against their CRC32C, instead of
+    encoded; the result is the file a from-scratch merge writes.
     """
     watch = Stopwatch()
     say = progress or (lambda _line: None)
@@ -186,11 +234,19 @@ def merge_checkpoints(
     _inspect_all(plans, keys, newest_from)
     say(f"inputs checked: {len(names):,} output columns")
 
-    groups = [(a, min(a + rows_per_group, len(keys))) for a in range(0, len(keys), rows_per_group)]
+    groups = row_groups(keys, rows_per_group)
+    types = [*spine_table.schema.types, *(t for p in plans for t in p.types)]
+    layout = _Layout(
+        _plan_digest(names, types, rows_per_group),
+        _signatures(keys, groups, spine, spine_ids, plans),
+    )
+    reuse = _reuse(previous, layout, names, groups, keys, newest_from, say) if previous else None
     staged: StagedFile | None = None
     if isinstance(out, StagedUpload):
         try:
-            coverage = _write(out, keys, spine_table, plans, groups, say, newest_from)
+            coverage = _write(
+                out, keys, spine_table, plans, groups, say, newest_from, layout, reuse
+            )
             staged = out.commit()
             _verify(staged.file, keys, names, len(groups))
         except BaseException:
@@ -203,7 +259,9 @@ def merge_checkpoints(
         tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
         try:
             with open(tmp, "wb") as f:
-                coverage = _write(f, keys, spine_table, plans, groups, say, newest_from)
+                coverage = _write(
+                    f, keys, spine_table, plans, groups, say, newest_from, layout, reuse
+                )
             _verify(tmp, keys, names, len(groups))
             os.replace(tmp, out)
         except BaseException:
@@ -219,10 +277,227 @@ def merge_checkpoints(
         row_groups=len(groups),
         coverage=coverage,
         staged=staged,
+        reused_row_groups=reuse.count if reuse else 0,
+        reused_bytes=reuse.bytes if reuse else 0,
     )
     out = staged.info.uri if staged is not None else out
     say(f"wrote {out}: {report.rows:,} rows x {report.columns:,} columns in {report.seconds:.1f}s")
     return report
+
+
+def row_groups(keys: np.ndarray, cap: int = DEFAULT_ROW_GROUP_ROWS) -> list[tuple[int, int]]:
+    """The output's row groups as (start, stop) rows of the spine: a row group per calendar
+    month (UTC) before the newest month, a row group per day in the newest month, each cut to
+    at most `cap` rows. A function of the keys alone: a refresh and a from-scratch build of the
+    same spine cut the same row groups."""
+    if not len(keys):
+        return []
+    stamps = keys.astype("datetime64[us]")
+    months = stamps.astype("datetime64[M]").astype(np.int64)
+    days = stamps.astype("datetime64[D]").astype(np.int64)
+    label = np.where(months == months[-1], days * 2 + 1, months * 2)  # odd: a day, even: a month
+    edges = [0, *(np.flatnonzero(label[1:] != label[:-1]) + 1).tolist(), len(keys)]
+    return [
+        (a, min(a + cap, stop))
+        for start, stop in itertools.pairwise(edges)
+        for a in range(start, stop, cap)
+    ]
+
+
+# -- incremental: which row groups can be copied from the previous file ----------------------
+@dataclass(frozen=True)
+class _Layout:
+    plan: str
+    """Digest of what every row group's bytes depend on besides its inputs: the columns, their
+    types, the encoder and its settings."""
+    signatures: list[str | None]
+    """Per row group: digest of `plan` and the ids of the input parts overlapping its keys
+    (None when an input has no ids: such a row group is never copied)."""
+
+
+@dataclass(frozen=True)
+class _Reuse:
+    """The leading row groups to copy from `source`: their records and RowGroup structs."""
+
+    source: Input
+    groups: list[dict[str, Any]]
+    raw: list[bytes]
+
+    @property
+    def count(self) -> int:
+        return len(self.groups)
+
+    @property
+    def bytes(self) -> int:
+        return int(self.groups[-1]["end"]) - len(MAGIC) if self.groups else 0
+
+
+def _plan_digest(names: Sequence[str], types: Sequence[pa.DataType], rows_per_group: int) -> str:
+    text = json.dumps(
+        [
+            LAYOUT_FORMAT,
+            pa.__version__,
+            OUTPUT_COMPRESSION,
+            OUTPUT_COMPRESSION_LEVEL,
+            rows_per_group,
+            list(names),
+            [str(t) for t in types],
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _signatures(
+    keys: np.ndarray,
+    groups: Sequence[tuple[int, int]],
+    spine: Inputs,
+    spine_ids: Sequence[PartId],
+    plans: Sequence[_Plan],
+) -> list[str | None]:
+    """Each row group's digest of the ids of every input part that may hold rows for it: the
+    spine's parts (its keys and targets) and each table's parts, in plan order."""
+    known = len(spine_ids) == len(_parts(spine)) and all(
+        len(p.source.ids) == len(p.parts) for p in plans
+    )
+    if not known:
+        return [None] * len(groups)
+    out: list[str | None] = []
+    for a, b in groups:
+        lo, hi = int(keys[a:b].min()), int(keys[a:b].max())
+        digest = hashlib.sha256()
+        for ids in [spine_ids, *(p.source.ids for p in plans)]:
+            digest.update(b"|")
+            for part in ids:
+                if part.start <= hi and part.end > lo:
+                    digest.update(f"{part.start}:{part.end}:{part.digest};".encode())
+        out.append(digest.hexdigest())
+    return out
+
+
+def _tail(source: Input) -> tuple[int, bytes]:
+    """The file's size and its footer (FileMetaData bytes)."""
+    if isinstance(source, StoredFile):
+        size = source.size
+        end = source.read_range(size - 8, size)
+    else:
+        size = source.stat().st_size
+        with open(source, "rb") as f:
+            f.seek(size - 8)
+            end = f.read(8)
+    length = int.from_bytes(end[:4], "little")
+    if end[4:] != MAGIC or length + 12 > size:
+        raise MergeError(f"previous training file {source}: not a parquet file")
+    if isinstance(source, StoredFile):
+        return size, source.read_range(size - 8 - length, size - 8)
+    with open(source, "rb") as f:
+        f.seek(size - 8 - length)
+        return size, f.read(length)
+
+
+def _reuse(
+    previous: Input,
+    layout: _Layout,
+    names: Sequence[str],
+    groups: Sequence[tuple[int, int]],
+    keys: np.ndarray,
+    newest_from: int,
+    say: Callable[[str], None],
+) -> _Reuse | None:
+    """The leading row groups of `previous` whose signature and rows match this merge's. The
+    row groups holding the newest day are always encoded (they also count its nulls)."""
+    previous = _input(previous)
+    try:
+        size, footer = _tail(previous)
+        meta = pq.read_metadata(
+            pa.BufferReader(MAGIC + footer + len(footer).to_bytes(4, "little") + MAGIC)
+        )
+        record = json.loads((meta.metadata or {}).get(ROW_GROUPS_KEY.encode(), b"null"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, StorageError, MergeError, pa.ArrowException) as exc:
+        # Not an error: the file being built replaces it, from scratch.
+        say(f"previous training file {previous} not reused: {exc}")
+        return None
+    if not isinstance(record, dict) or record.get("format") != LAYOUT_FORMAT:
+        say(f"previous training file {previous} not reused: written by another layout")
+        return None
+    theirs = record.get("groups") or []
+    # The record must describe this very footer: a file rewritten by another writer can carry
+    # it over (pyarrow keeps a table's key-value metadata) without its row groups.
+    described = meta.num_row_groups == len(theirs) and all(
+        meta.row_group(r).num_rows == g.get("rows") for r, g in enumerate(theirs)
+    )
+    if record.get("plan") != layout.plan or meta.schema.names != list(names) or not described:
+        say(f"previous training file {previous} not reused: other columns, types or encoder")
+        return None
+    limit = next((r for r, (_, b) in enumerate(groups) if int(keys[b - 1]) >= newest_from), 0)
+    count = 0
+    offset = len(MAGIC)
+    for r in range(min(limit, len(theirs))):
+        g = theirs[r]
+        a, b = groups[r]
+        mine = layout.signatures[r]
+        if mine is None or g.get("signature") != mine or g.get("rows") != b - a:
+            break
+        if g.get("start") != offset or not offset < int(g["end"]) <= size:
+            break
+        offset = int(g["end"])
+        count += 1
+    if not count:
+        return None
+    raw = [footer[int(g["footer"][0]) : int(g["footer"][1])] for g in theirs[:count]]
+    return _Reuse(previous, theirs[:count], raw)
+
+
+class _Checksummed:
+    """A writer that keeps the CRC32C of what was written since its last `mark`."""
+
+    def __init__(self, f: BinaryIO | StagedUpload) -> None:
+        self._f = f
+        self._crc = google_crc32c.Checksum()
+
+    def write(self, data: bytes | memoryview) -> int:
+        # The C extension refuses memoryviews; a numpy view of the same bytes is no copy.
+        self._crc.update(np.frombuffer(data, dtype=np.uint8) if len(data) else b"")
+        return self._f.write(data)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def mark(self) -> str:
+        digest = base64.b64encode(self._crc.digest()).decode()
+        self._crc = google_crc32c.Checksum()
+        return digest
+
+
+def _copy(reuse: _Reuse, f: _Checksummed) -> None:
+    """Copy the reused row groups' bytes, each checked against the CRC32C it was written with."""
+    source = reuse.source
+    handle = None if isinstance(source, StoredFile) else open(source, "rb")  # noqa: SIM115
+    try:
+        for r, g in enumerate(reuse.groups):
+            for start in range(int(g["start"]), int(g["end"]), _COPY_BYTES):
+                stop = min(start + _COPY_BYTES, int(g["end"]))
+                if handle is None:
+                    assert isinstance(source, StoredFile)
+                    f.write(source.read_range(start, stop))
+                else:
+                    handle.seek(start)
+                    block = handle.read(stop - start)
+                    if len(block) != stop - start:
+                        raise MergeError(f"previous training file {source}: ends early")
+                    f.write(block)
+            if f.mark() != g["crc32c"]:
+                raise MergeError(
+                    f"previous training file {source}: row group {r} does not match the CRC32C "
+                    "recorded when it was written (the file was changed or damaged since); "
+                    "nothing was published: move it away and run again to build from scratch"
+                )
+    except StorageError as exc:
+        raise MergeError(f"previous training file {source}: {exc}") from exc
+    finally:
+        if handle is not None:
+            handle.close()
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -684,18 +959,35 @@ class _Task:
 
 
 def _write(
-    f: BinaryIO | StagedUpload,
+    out: BinaryIO | StagedUpload,
     keys: np.ndarray,
     spine_table: pa.Table,
     plans: Sequence[_Plan],
     groups: Sequence[tuple[int, int]],
     say: Callable[[str], None],
     newest_from: int,
+    layout: _Layout,
+    reuse: _Reuse | None = None,
 ) -> Coverage:
-    """Write the pieces, then the footer with the coverage record; returns the record."""
+    """Write the row groups (copied from `reuse`, then built from pieces), then the footer with
+    the coverage record and the row groups' record; returns the coverage record."""
     footer = FooterAssembler()
+    f = _Checksummed(out)
+    f.write(MAGIC)
+    f.mark()
+    written: list[dict[str, Any]] = []  # the row groups' record, without their footer spans
+    first = 0
+    if reuse is not None:
+        _copy(reuse, f)
+        for g, raw in zip(reuse.groups, reuse.raw, strict=True):
+            footer.adopt(raw)
+            written.append({k: g[k] for k in ("rows", "start", "end", "crc32c", "signature")})
+        first = reuse.count
+        say(f"copied {first} unchanged row groups ({reuse.bytes:,} bytes) from {reuse.source}")
     tasks: list[_Task] = []
     for r, (a, b) in enumerate(groups):
+        if r < first:
+            continue
         for s in piece_slices(1 + spine_table.num_columns, b - a):
             tasks.append(
                 _Task(r, lambda _, a=a, b=b, s=s: _spine_piece(keys, spine_table, a, b, s))
@@ -727,9 +1019,20 @@ def _write(
         blocks = fetched.result() if fetched is not None else None
         return Piece.parse(task.make(blocks))  # parsed here, off the writing thread
 
+    def close_group(r: int, start: int) -> None:
+        written.append(
+            {
+                "rows": groups[r][1] - groups[r][0],
+                "start": start,
+                "end": f.tell(),
+                "crc32c": f.mark(),
+                "signature": layout.signatures[r],
+            }
+        )
+
     io_pool = ThreadPoolExecutor(IO_THREADS) if stored else nullcontext()
     with ThreadPoolExecutor(WORKERS) as pool, io_pool as io:
-        f.write(MAGIC)
+        building, start = first, f.tell()
         pending: deque[tuple[_Task, Future[Piece | None]]] = deque()
         fetches: dict[int, Future[_PartBlocks | None]] = {}
         ahead = 0  # next task to prefetch
@@ -757,6 +1060,9 @@ def _write(
                 if task.stored:
                     fetching -= task.nbytes
                 if piece is not None:
+                    while task.group > building:  # tasks come in row-group order
+                        close_group(building, start)
+                        building, start = building + 1, f.tell()
                     footer.add(f, piece, task.group, groups[task.group][1] - groups[task.group][0])
                 if (done + 1) % every == 0:
                     say(f"merged {done + 1}/{len(tasks)} pieces; {f.tell():,} bytes written")
@@ -779,7 +1085,21 @@ def _write(
                 if p.coverage is not None and p.newest_nulls is not None
             ),
         )
-        f.write(footer.encode(sum(b - a for a, b in groups), {COVERAGE_KEY: coverage.encode()}))
+        if building < len(groups):
+            close_group(building, start)
+
+        def record(spans: list[tuple[int, int]]) -> dict[str, str]:
+            body = [{**g, "footer": list(span)} for g, span in zip(written, spans, strict=True)]
+            return {
+                ROW_GROUPS_KEY: json.dumps(
+                    {"format": LAYOUT_FORMAT, "plan": layout.plan, "groups": body},
+                    separators=(",", ":"),
+                )
+            }
+
+        f.write(
+            footer.encode(sum(b - a for a, b in groups), {COVERAGE_KEY: coverage.encode()}, record)
+        )
         # No fsync of a local file: it is verified by reading it back, and it reaches its final
         # storage through Storage.put_file, which syncs and checksums what it publishes; syncing
         # 17 GB here as well would only wait for the disk.

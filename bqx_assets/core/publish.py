@@ -11,7 +11,14 @@ from typing import Any
 from bqx_assets.core.errors import StorageError
 from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.metrics import Stopwatch
-from bqx_assets.core.storage import ObjectInfo, ObjectStorage, StagedFile, Storage, file_crc32c
+from bqx_assets.core.storage import (
+    ObjectInfo,
+    ObjectStorage,
+    StagedFile,
+    Storage,
+    StoredFile,
+    file_crc32c,
+)
 
 VERSIONS_PREFIX = "versions"
 """Replaced training files are kept as `versions/training_{pair}.{published at}.parquet`, the time
@@ -170,6 +177,19 @@ def publish_training_file(
         previous_uri = storage.copy(key, version_key(key, existing)).uri
     info, seconds = _transfer(storage, local, key, keep_local=keep_local)
     return PublishResult.of(pair, info, published=True, seconds=seconds, previous_uri=previous_uri)
+
+
+def published_file(storage: Storage, pair: str) -> Path | StoredFile | None:
+    """The pair's published training file, read in place (None when there is none yet): what a
+    refresh copies its unchanged row groups from."""
+    key = training_file_key(pair)
+    if isinstance(storage, ObjectStorage):
+        info = storage.stat(key)
+        if info is None:
+            return None
+        return storage.open_stored(key, size=info.size, crc32c=info.crc32c)
+    path = storage.local_path(key)
+    return path if path is not None and path.is_file() else None
 
 
 def _write_report(storage: Storage, key: str, report: Any) -> str | None:

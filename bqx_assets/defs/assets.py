@@ -27,7 +27,7 @@ from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.merge import merge_checkpoints
 from bqx_assets.core.metrics import LocalBytes, Stopwatch, footprint_metadata, peak_rss_bytes
 from bqx_assets.core.profile import candidate_key, load_profile, promote_profile, save_profile
-from bqx_assets.core.publish import TrainingFile
+from bqx_assets.core.publish import TrainingFile, published_file
 from bqx_assets.core.storage import ObjectStorage, StagedUpload
 from bqx_assets.core.validation import Expectation, validate_training_file
 from bqx_assets.core.warehouse import SourceState
@@ -393,7 +393,14 @@ def training_file(
     merged = None
     try:
         merged = merge_checkpoints(
-            inputs.spine, inputs.spine_columns, inputs.features, out, progress=context.log.info
+            inputs.spine,
+            inputs.spine_columns,
+            inputs.features,
+            out,
+            progress=context.log.info,
+            spine_ids=inputs.spine_ids,
+            # A refresh copies the row groups whose inputs did not change from the published file.
+            previous=published_file(output, pair),
         )
         clock = Stopwatch()
         # The merge wrote exactly the spine's rows (it verified the key column read back).
@@ -432,6 +439,8 @@ def training_file(
             "rows": dg.MetadataValue.int(merged.rows),
             "columns": dg.MetadataValue.int(merged.columns),
             "row_groups": dg.MetadataValue.int(merged.row_groups),
+            "row_groups_reused": dg.MetadataValue.int(merged.reused_row_groups),
+            "bytes_reused": dg.MetadataValue.int(merged.reused_bytes),
             "bytes": dg.MetadataValue.int(merged.bytes_written),
             "merge_seconds": dg.MetadataValue.float(round(merged.seconds, 2)),
             "merge_peak_rss_bytes": dg.MetadataValue.int(merged.peak_rss_bytes),

@@ -20,8 +20,9 @@ def register(subparsers: Any) -> None:
             "checkpoint in a folder on interval_time, streaming, in bounded memory; or, with "
             "--checkpoints and --pair, the pair's chunked checkpoints under a checkpoint root "
             "(what `bqx extract` and the Dagster assets write) for the training window, as the "
-            "training_file asset does. Prints progress, then one JSON line with rows, columns, "
-            "seconds and peak_rss_bytes."
+            "training_file asset does; an --out file already there from an earlier run gives "
+            "its unchanged row groups (copied, not encoded again). Prints progress, then one "
+            "JSON line with rows, columns, seconds and peak_rss_bytes."
         ),
     )
     parser.add_argument("--targets", type=Path, help="targets parquet (spine)")
@@ -50,15 +51,22 @@ def _run(args: argparse.Namespace) -> int:
 
     from bqx_assets.core.catalog import Catalog
     from bqx_assets.core.errors import MergeError
-    from bqx_assets.core.merge import FeatureSource, Inputs, merge_checkpoints, sources_for_pair
+    from bqx_assets.core.merge import (
+        FeatureSource,
+        Inputs,
+        PartId,
+        merge_checkpoints,
+        sources_for_pair,
+    )
 
     spine: Inputs = args.targets
+    spine_ids: tuple[PartId, ...] = ()
     if args.checkpoints:
         if args.targets or args.features or not args.pair:
             raise MergeError("--checkpoints takes --pair, not --targets or --features")
         catalog = Catalog.load(args.catalog)
         catalog.check_pair(args.pair)
-        spine, spine_columns, sources = _chunked(args, catalog)
+        spine, spine_columns, sources, spine_ids = _chunked(args, catalog)
     elif args.window_start or args.window_end or args.window_days:
         raise MergeError(
             "--window-start, --window-end and --window-days choose --checkpoints' chunks"
@@ -91,6 +99,8 @@ def _run(args: argparse.Namespace) -> int:
         args.out,
         row_group_rows=args.row_group_rows,
         progress=lambda line: print(line, flush=True),
+        spine_ids=spine_ids,
+        previous=args.out if spine_ids and args.out.is_file() else None,
     )
     emit(
         {
@@ -100,19 +110,21 @@ def _run(args: argparse.Namespace) -> int:
             "peak_rss_bytes": report.peak_rss_bytes,
             "bytes_written": report.bytes_written,
             "row_groups": report.row_groups,
+            "row_groups_reused": report.reused_row_groups,
             "out": str(args.out),
         }
     )
     return 0
 
 
-def _chunked(args: argparse.Namespace, catalog: Any) -> tuple[Any, list[str], list[Any]]:
-    """The spine's chunks, its columns and the pair's feature sources from a checkpoint root,
-    for the window the pair's checkpoints were made for (`core.chunks.stored_window`)."""
+def _chunked(args: argparse.Namespace, catalog: Any) -> tuple[Any, list[str], list[Any], Any]:
+    """The spine's chunks, its columns, the pair's feature sources and the spine's part ids
+    from a checkpoint root, for the window the pair's checkpoints were made for
+    (`core.chunks.stored_window`)."""
     from bqx_assets.core.chunks import pair_inputs, stored_window
     from bqx_assets.core.storage import open_storage
 
     storage = open_storage(args.checkpoints, durable=False)
     window = stored_window(storage, catalog.targets[args.pair], training_window(args))
     inputs = pair_inputs(storage, catalog, args.pair, window)
-    return inputs.spine, list(inputs.spine_columns), inputs.features
+    return inputs.spine, list(inputs.spine_columns), inputs.features, inputs.spine_ids

@@ -1,0 +1,273 @@
+"""The incremental merge: a refresh copies the row groups whose inputs did not change from the
+previous training file and writes the file a from-scratch merge writes."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.chunks import pair_inputs, refresh_tables
+from bqx_assets.core.embedded import EmbeddedWarehouse, connect, create_warehouse
+from bqx_assets.core.errors import MergeError
+from bqx_assets.core.extraction import Source
+from bqx_assets.core.layout import KEY, training_file_key
+from bqx_assets.core.merge import MergeReport, merge_checkpoints, row_groups
+from bqx_assets.core.publish import published_file
+from bqx_assets.core.storage import open_storage
+from bqx_assets.core.warehouse import DateRange
+from bqx_assets_tests.emulators import gcs as gcs_fixtures
+
+gcs_emulator = gcs_fixtures.gcs_emulator
+
+PAIR = "eurusd"
+START = datetime(2024, 1, 30, tzinfo=UTC)  # a Tuesday: two days of January, then February
+DAY = 1440
+
+
+def _us(*args: int) -> int:
+    return int(datetime(*args, tzinfo=UTC).timestamp()) * 1_000_000
+
+
+def test_row_groups_are_months_then_the_newest_months_days() -> None:
+    minute = 60_000_000
+    jan = np.arange(_us(2024, 1, 30), _us(2024, 2, 1), minute)
+    feb = np.arange(_us(2024, 2, 1), _us(2024, 2, 3, 12), minute)
+    keys = np.concatenate([jan, feb])
+    groups = row_groups(keys)
+    # January whole (a closed month), then February 1, 2 and the half of the 3rd.
+    assert [b - a for a, b in groups] == [2 * DAY, DAY, DAY, DAY // 2]
+    assert groups[0][0] == 0 and groups[-1][1] == len(keys)
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(groups))
+    # A cap cuts them further; a spine inside one day is one row group.
+    assert [b - a for a, b in row_groups(keys, 1000)][:3] == [1000, 1000, 880]
+    assert row_groups(feb[:10]) == [(0, 10)]
+
+
+def _sources(catalog: Catalog) -> list[Source]:
+    return [catalog.targets[PAIR], *catalog.tables_for(PAIR)]
+
+
+@pytest.fixture(scope="module")
+def four_days(tmp_path_factory: pytest.TempPathFactory, mini: tuple[Catalog, Path]) -> Path:
+    catalog, _ = mini
+    path = tmp_path_factory.mktemp("incremental") / "w.duckdb"
+    create_warehouse(path, catalog, pairs=[PAIR], rows=4 * DAY, start=START).close()
+    return path
+
+
+@pytest.fixture
+def warehouse(four_days: Path, tmp_path: Path) -> EmbeddedWarehouse:
+    path = tmp_path / "w.duckdb"
+    path.write_bytes(four_days.read_bytes())
+    wh = EmbeddedWarehouse(path, read_only=False)
+    yield wh
+    wh.close()
+
+
+def _build(
+    warehouse: EmbeddedWarehouse,
+    catalog: Catalog,
+    root: Path | str,
+    out: Path,
+    previous: Path | None = None,
+) -> MergeReport:
+    storage = open_storage(str(root))
+    refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    inputs = pair_inputs(storage, catalog, PAIR, DateRange())
+    return merge_checkpoints(
+        inputs.spine,
+        inputs.spine_columns,
+        inputs.features,
+        out,
+        spine_ids=inputs.spine_ids,
+        previous=previous,
+    )
+
+
+def _same_file(a: Path, b: Path) -> None:
+    """Equal as data and as bytes: same row groups, same column chunks, same footer."""
+    left, right = pq.read_table(a), pq.read_table(b)
+    assert left.column_names == right.column_names
+    for name in left.column_names:
+        assert left.column(name).equals(right.column(name)), name
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_an_appended_day_copies_the_unchanged_row_groups(
+    mini: tuple[Catalog, Path], warehouse: EmbeddedWarehouse, tmp_path: Path
+) -> None:
+    catalog, _ = mini
+    first = _build(warehouse, catalog, tmp_path / "ckpt", tmp_path / "first.parquet")
+    # January (2 days), February 1, 2 (to the market's close) and 4 (from its Sunday open).
+    assert first.row_groups == 4
+    assert first.reused_row_groups == 0
+
+    warehouse.append(DAY)  # Monday, February 5
+    refreshed = _build(
+        warehouse,
+        catalog,
+        tmp_path / "ckpt",
+        tmp_path / "refreshed.parquet",
+        previous=tmp_path / "first.parquet",
+    )
+    # January, February 1 and 2 are copied; February 4 (its targets' look-ahead tail took
+    # values) and the new day are encoded.
+    assert (refreshed.row_groups, refreshed.reused_row_groups) == (5, 3)
+    meta = pq.read_metadata(tmp_path / "first.parquet")
+    first_chunk = meta.row_group(3).column(0)  # where February 4 starts
+    start = first_chunk.dictionary_page_offset or first_chunk.data_page_offset
+    assert refreshed.reused_bytes == start - len(b"PAR1")
+    scratch = _build(warehouse, catalog, tmp_path / "scratch", tmp_path / "scratch.parquet")
+    assert scratch.reused_row_groups == 0
+    _same_file(tmp_path / "refreshed.parquet", tmp_path / "scratch.parquet")
+    assert refreshed.coverage == scratch.coverage
+
+    # Nothing changed since: all but the newest day's row group is copied, same file again.
+    again = _build(
+        warehouse,
+        catalog,
+        tmp_path / "ckpt",
+        tmp_path / "again.parquet",
+        previous=tmp_path / "refreshed.parquet",
+    )
+    assert again.reused_row_groups == 4
+    _same_file(tmp_path / "again.parquet", tmp_path / "scratch.parquet")
+
+
+def _correct_day(path: Path, catalog: Catalog, table: str, day: date) -> None:
+    source = catalog.table(table)
+    column = next(c.name for c in source.columns if c.dtype == "FLOAT64")
+    con = connect(path, read_only=False)
+    try:
+        con.execute(
+            f'UPDATE "{source.dataset}"."{table}" SET "{column}" = "{column}" + 1 '
+            f'WHERE CAST("{KEY}" AS DATE) = ?',
+            [day],
+        )
+        con.execute(
+            'UPDATE "_bqx_meta"."partitions" SET last_modified = now() '
+            "WHERE dataset = ? AND table_name = ? AND day = ?",
+            [source.dataset, table, day],
+        )
+    finally:
+        con.close()
+
+
+def test_a_corrected_day_rebuilds_its_row_group_and_those_after_it(
+    mini: tuple[Catalog, Path], four_days: Path, tmp_path: Path
+) -> None:
+    catalog, _ = mini
+    path = tmp_path / "w.duckdb"
+    path.write_bytes(four_days.read_bytes())
+    wh = EmbeddedWarehouse(path)
+    _build(wh, catalog, tmp_path / "ckpt", tmp_path / "first.parquet")
+    wh.close()
+    _correct_day(path, catalog, f"agg_{PAIR}", date(2024, 2, 1))
+    wh = EmbeddedWarehouse(path)
+    after = _build(
+        wh, catalog, tmp_path / "ckpt", tmp_path / "after.parquet", tmp_path / "first.parquet"
+    )
+    _build(wh, catalog, tmp_path / "scratch", tmp_path / "scratch.parquet")
+    wh.close()
+    assert after.reused_row_groups == 1  # January only: February 1 changed
+    _same_file(tmp_path / "after.parquet", tmp_path / "scratch.parquet")
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_previous_file_is_an_error_naming_it_and_writes_nothing(
+    mini: tuple[Catalog, Path], warehouse: EmbeddedWarehouse, tmp_path: Path
+) -> None:
+    catalog, _ = mini
+    _build(warehouse, catalog, tmp_path / "ckpt", tmp_path / "first.parquet")
+    meta = pq.read_metadata(tmp_path / "first.parquet")
+    _flip_byte(tmp_path / "first.parquet", meta.row_group(0).column(5).data_page_offset + 10)
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"the file published before")
+    with pytest.raises(MergeError, match=r"previous training file .*first\.parquet.*row group 0"):
+        _build(warehouse, catalog, tmp_path / "ckpt", out, previous=tmp_path / "first.parquet")
+    assert out.read_bytes() == b"the file published before"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("previous", ["missing", "not parquet", "other columns"])
+def test_a_previous_file_that_cannot_be_used_is_not_used(
+    mini: tuple[Catalog, Path],
+    warehouse: EmbeddedWarehouse,
+    tmp_path: Path,
+    previous: str,
+) -> None:
+    catalog, _ = mini
+    first = tmp_path / "first.parquet"
+    _build(warehouse, catalog, tmp_path / "ckpt", first)
+    if previous == "missing":
+        first.unlink()
+    elif previous == "not parquet":
+        first.write_bytes(b"x" * 100)
+    else:
+        table = pq.read_table(first)
+        pq.write_table(table.drop_columns([table.column_names[-1]]), first)
+    out = tmp_path / "out.parquet"
+    report = _build(warehouse, catalog, tmp_path / "ckpt", out, previous=first)
+    assert report.reused_row_groups == 0
+    _build(warehouse, catalog, tmp_path / "scratch", tmp_path / "scratch.parquet")
+    _same_file(out, tmp_path / "scratch.parquet")
+
+
+def _stored_build(
+    warehouse: EmbeddedWarehouse,
+    catalog: Catalog,
+    ckpt: str,
+    output: str,
+    key: str,
+    previous: bool,
+) -> tuple[MergeReport, bytes]:
+    storage = open_storage(ckpt)
+    refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    inputs = pair_inputs(storage, catalog, PAIR, DateRange())
+    out_root = open_storage(output)
+    before = published_file(out_root, PAIR) if previous else None
+    report = merge_checkpoints(
+        inputs.spine,
+        inputs.spine_columns,
+        inputs.features,
+        out_root.stage(key),
+        spine_ids=inputs.spine_ids,
+        previous=before,
+    )
+    assert report.staged is not None
+    out_root.publish_staged(report.staged, key)
+    out_root.discard(report.staged)
+    data = out_root.read_bytes(key)
+    assert data is not None
+    return report, data
+
+
+def test_in_gcs_the_refresh_copies_row_groups_from_the_published_object(
+    mini: tuple[Catalog, Path],
+    warehouse: EmbeddedWarehouse,
+    gcs_emulator: gcs_fixtures.GCSEmulator,
+    tmp_path: Path,
+) -> None:
+    catalog, _ = mini
+    bucket = gcs_emulator.create_bucket()
+    key = training_file_key(PAIR)
+    ckpt, out = f"gs://{bucket}/ckpt", f"gs://{bucket}/out"
+    _stored_build(warehouse, catalog, ckpt, out, key, previous=True)
+    warehouse.append(DAY)
+    refreshed, data = _stored_build(warehouse, catalog, ckpt, out, key, previous=True)
+    assert refreshed.reused_row_groups == 3
+    local = _build(warehouse, catalog, tmp_path / "scratch", tmp_path / "scratch.parquet")
+    assert local.reused_row_groups == 0
+    (tmp_path / "refreshed.parquet").write_bytes(data)
+    _same_file(tmp_path / "refreshed.parquet", tmp_path / "scratch.parquet")
