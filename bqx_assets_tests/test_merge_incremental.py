@@ -271,3 +271,39 @@ def test_in_gcs_the_refresh_copies_row_groups_from_the_published_object(
     assert local.reused_row_groups == 0
     (tmp_path / "refreshed.parquet").write_bytes(data)
     _same_file(tmp_path / "refreshed.parquet", tmp_path / "scratch.parquet")
+
+
+def test_a_dagster_refresh_copies_row_groups_from_the_published_file(
+    mini: tuple[Catalog, Path], four_days: Path, tmp_path: Path
+) -> None:
+    import dagster as dg
+
+    from bqx_assets.defs.assets import pair_checkpoints, shared_checkpoints, training_file
+    from bqx_assets_tests.test_assets import resources
+
+    _, catalog_path = mini
+    path = tmp_path / "w.duckdb"
+    path.write_bytes(four_days.read_bytes())
+    res = resources(tmp_path, catalog_path, path)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def build() -> dict[str, object]:
+        assert dg.materialize([shared_checkpoints], resources=res, instance=instance).success
+        run = dg.materialize(
+            [pair_checkpoints, training_file], partition_key=PAIR, resources=res, instance=instance
+        )
+        assert run.success
+        (done,) = run.asset_materializations_for_node("training_file")
+        return {k: v.value for k, v in done.metadata.items()}
+
+    first = build()
+    assert (first["row_groups"], first["row_groups_reused"]) == (4, 0)
+    writer = EmbeddedWarehouse(path, read_only=False)
+    writer.append(DAY)
+    writer.close()
+    refreshed = build()
+    assert (refreshed["row_groups"], refreshed["row_groups_reused"]) == (5, 3)
+    assert 0 < int(refreshed["bytes_reused"]) < int(refreshed["bytes"])
+    assert refreshed["gate"] == "passed"
+    published = pq.read_metadata(tmp_path / "out" / training_file_key(PAIR))
+    assert (published.num_rows, published.num_row_groups) == (5 * DAY, 5)
