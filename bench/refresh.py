@@ -2,10 +2,13 @@
 
 One pair (its 667 feature tables and its targets table): build its chunked checkpoints and
 training file from scratch, append one trading day (1,440 minutes) to the warehouse, refresh
-(only chunks whose days changed or are new are read), merge again; then build the same window
-from scratch into another root and check that both training files are equal column by column.
-Prints one JSON line (also appended to bench/out/refresh/results.jsonl): bytes read, tables and
-chunks extracted, wall times of the refresh vs the full build.
+(only chunks whose days changed or are new are read), merge again copying the unchanged row
+groups from the first file (as the training_file asset copies them from the published one);
+then build the same window from scratch into another root and check that both training files
+are equal column by column and byte for byte. Prints one JSON line (also appended to
+bench/out/refresh/results.jsonl): bytes read, tables and chunks extracted, wall and CPU times of
+the refresh vs the full build (the naive refresh: everything again), and the floor of any merge
+that writes a new file, a plain copy of the training file, measured in the same run.
 
     uv run --frozen python bench/refresh.py --rows 5000
     uv run --frozen python bench/refresh.py --rows 44437
