@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import base64
 import bisect
+import contextlib
+import errno
+import fnmatch
 import io
 import os
 import shutil
+import stat
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -25,8 +29,15 @@ _CHUNK = 8 * 1024 * 1024
 def file_crc32c(path: Path | str) -> str:
     """CRC32C of a file, base64 of the big-endian value: the form GCS reports for objects."""
     checksum = google_crc32c.Checksum()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
+    # Unbuffered reads sized to what is left (at most _CHUNK): a small chunk file costs one read
+    # of its size, not a copy through a buffer nor an 8 MB allocation (-30 % CPU over a
+    # refresh's ~14,000 reused chunks). Reads of 1 MB and more checksum without the GIL.
+    with open(path, "rb", buffering=0) as f:
+        left = os.fstat(f.fileno()).st_size
+        while left > 0 and (chunk := f.read(min(_CHUNK, left))):
+            checksum.update(chunk)
+            left -= len(chunk)
+        while chunk := f.read(_CHUNK):  # grown since the fstat
             checksum.update(chunk)
     return base64.b64encode(checksum.digest()).decode()
 
@@ -131,35 +142,64 @@ class LocalStorage(Storage):
         self.durable = durable
         self.uri = str(self.root)
         self._crc_cache: dict[tuple[str, int, int, int], str] = {}
+        # Resolved folders by their key: resolving a path costs an lstat and Python work per
+        # component (~90 us), paid once per folder instead of on every file operation.
+        self._folders: dict[str, str] = {}
+
+    def _where(self, key: str) -> str:
+        """The path of `key` as `(root / key).resolve()` gives it, or StorageError when that is
+        outside the root. The key's folder is resolved once per storage object (folders are
+        made by writers under the root, never replaced by links); a name that is a link, `.`
+        or `..` is resolved whole."""
+        folder, _, name = key.rpartition("/")
+        real = self._folders.get(folder)
+        if real is None:
+            real = os.path.realpath(os.path.join(self.uri, folder)) if folder else self.uri
+            self._check_inside(real, key)
+            if os.path.isdir(real):
+                self._folders[folder] = real
+        path = os.path.join(real, name)
+        if name in ("", ".", "..") or os.path.islink(path):
+            path = os.path.realpath(path)
+            self._check_inside(path, key)
+        return path
+
+    def _check_inside(self, path: str, key: str) -> None:
+        if path != self.uri and not path.startswith(self.uri.rstrip("/") + "/"):
+            raise StorageError(f"key {key!r} escapes the storage root {self.root}")
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root):
-            raise StorageError(f"key {key!r} escapes the storage root {self.root}")
-        return path
+        return Path(self._where(key))
 
     def _temp(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
-    def _info(self, path: Path) -> ObjectInfo:
-        st = path.stat()
+    def _info(self, path: Path | str, st: os.stat_result | None = None) -> ObjectInfo:
+        text = str(path)
+        st = st if st is not None else os.stat(text)
         # A file is only replaced by rename, so (inode, size, mtime) identifies its content and
         # the checksum is computed once per file, not on every stat.
-        ident = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        ident = (text, st.st_ino, st.st_size, st.st_mtime_ns)
         crc = self._crc_cache.get(ident)
         if crc is None:
-            crc = self._crc_cache[ident] = file_crc32c(path)
+            crc = self._crc_cache[ident] = file_crc32c(text)
         return ObjectInfo(
-            uri=str(path),
+            uri=text,
             size=st.st_size,
             crc32c=crc,
             updated=datetime.fromtimestamp(st.st_mtime, UTC),
         )
 
     def stat(self, key: str) -> ObjectInfo | None:
-        path = self._path(key)
-        return self._info(path) if path.is_file() else None
+        path = self._where(key)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            if exc.errno in _ABSENT:
+                return None
+            raise
+        return self._info(path, st) if stat.S_ISREG(st.st_mode) else None
 
     def put_file(self, local: Path, key: str, *, move: bool = False) -> ObjectInfo:
         local = Path(local)
@@ -188,9 +228,13 @@ class LocalStorage(Storage):
                 local.unlink()
         finally:
             tmp.unlink(missing_ok=True)
-        st = dst.stat()
-        self._crc_cache[(str(dst), st.st_ino, st.st_size, st.st_mtime_ns)] = expected
-        return self._info(dst)
+        return self._known(str(dst), expected)
+
+    def _known(self, path: str, crc32c: str) -> ObjectInfo:
+        """The info of a file just renamed into place whose bytes' CRC32C is known."""
+        st = os.stat(path)
+        self._crc_cache[(path, st.st_ino, st.st_size, st.st_mtime_ns)] = crc32c
+        return self._info(path, st)
 
     def get_file(self, key: str, local: Path) -> Path:
         src = self._path(key)
@@ -209,15 +253,15 @@ class LocalStorage(Storage):
         return self._path(key)
 
     def read_bytes(self, key: str) -> bytes | None:
-        path = self._path(key)
         try:
-            return path.read_bytes()
+            with open(self._where(key), "rb", buffering=0) as f:
+                return f.read()
         except FileNotFoundError:
             return None
 
     def write_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        dst = self._path(key)
-        tmp = self._temp(dst)
+        dst = self._where(key)
+        tmp = self._temp(Path(dst))
         try:
             # No fsync: small files here are manifests, which are parsed and matched against
             # the file they describe before anything trusts them.
@@ -225,30 +269,55 @@ class LocalStorage(Storage):
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
-        return self._info(dst)
+        # The renamed file holds the very bytes written: their checksum, not a read back.
+        return self._known(dst, bytes_crc32c(data))
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._where(key))
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        base = self._path(prefix) if prefix else self.root
-        if base.is_file():
+        base = self._where(prefix) if prefix else self.uri
+        if os.path.isfile(base):
             yield prefix
             return
-        if not base.is_dir():
+        if not os.path.isdir(base):
             return
-        for path in sorted(base.rglob("*")):
-            if path.is_file() and not path.name.endswith(".tmp"):
-                yield path.relative_to(self.root).as_posix()
+        # Keys as text from one directory scan per folder (not a Path per file), in the order
+        # of sorted paths (by their parts).
+        inside = base[len(self.uri) :].strip("/")
+        keys = sorted(_files_under(base, inside), key=lambda k: k.split("/"))
+        yield from (k for k in keys if not k.endswith(".tmp"))
 
     def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
         return self.put_file(self._path(src_key), dst_key)
 
     def temporaries(self, prefix: str) -> Iterator[str]:
-        folder = self._path(prefix)
-        if folder.is_dir():
-            for path in sorted(folder.glob(".*.tmp")):
-                yield path.relative_to(self.root).as_posix()
+        folder = self._where(prefix)
+        if not os.path.isdir(folder):
+            return
+        inside = folder[len(self.uri) :].strip("/")
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for e in entries if fnmatch.fnmatchcase(e.name, ".*.tmp"))
+        for name in names:
+            yield f"{inside}/{name}" if inside else name
+
+
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+"""Errors of a stat that mean "no file there", as `Path.is_file` treats them."""
+
+
+def _files_under(folder: str, key: str) -> Iterator[str]:
+    """Keys (`key/name`, recursively) of the files under `folder`, as `Path.rglob("*")` and
+    `is_file` find them: links to files are files, links to folders are not entered."""
+    with os.scandir(folder) as entries:
+        found = list(entries)
+    for entry in found:
+        child = f"{key}/{entry.name}" if key else entry.name
+        if entry.is_dir(follow_symlinks=False):
+            yield from _files_under(entry.path, child)
+        elif entry.is_file():
+            yield child
 
 
 def _fsync(path: Path) -> None:
