@@ -225,3 +225,33 @@ def test_a_wide_run_of_chunks_is_read_in_bounded_reads_into_the_same_chunks(
         key = a.key("eurusd")
         assert b.key("eurusd") == key
         assert pq.read_table(split.local_path(key)).equals(pq.read_table(whole.local_path(key)))
+
+
+def test_free_memory_is_handed_back_only_once_rss_has_grown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rss = iter([100, 100, 150, 120, 170, 100, 90, 95, 140, 200, 100]).__next__
+    trims: list[int] = []
+    monkeypatch.setattr(extraction, "_rss_bytes", rss)
+    monkeypatch.setattr(extraction, "release_free_memory", lambda: trims.append(1))
+    memory = extraction.MemoryReturn(growth=50)  # lowest RSS seen: 100
+    for _ in range(4):
+        memory.after_table()  # 100, 150 (+50: trim, then 120), 170 (+50: trim, then 100), 90
+    assert memory.trims == 2
+    memory.after_table()  # 95: lowest 90
+    memory.after_table()  # 140 (+50 over the lowest since the last trim: trim, then 200)
+    assert memory.trims == 3
+    memory.after_table()  # 100: lower than the 200 read after the trim
+    assert len(trims) == 3
+
+
+def test_free_memory_is_handed_back_after_every_table_without_an_rss_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(extraction, "_rss_bytes", lambda: None)
+    trims: list[int] = []
+    monkeypatch.setattr(extraction, "release_free_memory", lambda: trims.append(1))
+    memory = extraction.MemoryReturn()
+    for _ in range(3):
+        memory.after_table()
+    assert len(trims) == 3
