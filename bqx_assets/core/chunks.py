@@ -629,7 +629,8 @@ def _compact(
             local = work / "compact" / key
             if storage.local_path(key) != local:
                 local.unlink(missing_ok=True)
-    return _publish(storage, source, plan, data, 0, work, row_group_rows, "compacted")
+    fingerprint = schema_fingerprint(data.schema)
+    return _publish(storage, source, plan, data, fingerprint, 0, work, row_group_rows, "compacted")
 
 
 def _plan_rows(plan: _Plan) -> int:
@@ -696,8 +697,9 @@ def _extract_run(
             part = read.bytes_read - shared
         shared += part
         plan.done = _publish(
-            storage, source, plan, data.slice(lo, hi - lo), part, work, row_group_rows, method
-        )
+            storage, source, plan, data.slice(lo, hi - lo), fingerprint, part, work,
+            row_group_rows, method,
+        )  # fmt: skip
 
 
 def _micros(value: datetime) -> int:
@@ -709,11 +711,14 @@ def _publish(
     source: Source,
     plan: _Plan,
     data: pa.Table,
+    fingerprint: str,
     bytes_read: int,
     work: Path,
     row_group_rows: int,
     method: Literal["read", "export", "compacted"],
 ) -> Chunk:
+    """Write and store one chunk's rows `data` (whose schema's fingerprint is `fingerprint`),
+    then its manifest."""
     owner = owner_of(source)
     chunk = plan.chunk
     local = work / f".{source.name}.{chunk.first}_{chunk.last}.{os.getpid()}-{uuid.uuid4().hex}.tmp"
@@ -734,7 +739,7 @@ def _publish(
         window=chunk.window_text,
         partitions=plan.partitions,
         rows=data.num_rows,
-        schema_fingerprint=schema_fingerprint(data.schema),
+        schema_fingerprint=fingerprint,
         bytes=info.size,
         crc32c=info.crc32c,
         bytes_read=bytes_read,

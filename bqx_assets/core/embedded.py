@@ -572,13 +572,16 @@ def logical_bytes(data: pa.Table) -> int:
     """Bytes BigQuery bills for reading these columns: 8 per number or timestamp, 1 per BOOL,
     2 + UTF-8 length per STRING."""
     total = 0
-    for column in data.columns:
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+    # By the schema's types, a column's data touched only for strings: a refresh reads ~670
+    # tables of up to 233 columns a day or two long, where a column object each adds up.
+    for i, kind in enumerate(data.schema.types):
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            column = data.column(i)
             total += 2 * len(column) + int(pc.sum(pc.binary_length(column)).as_py() or 0)
-        elif pa.types.is_boolean(column.type):
-            total += len(column)
+        elif pa.types.is_boolean(kind):
+            total += data.num_rows
         else:
-            total += 8 * len(column)
+            total += 8 * data.num_rows
     return total
 
 

@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
@@ -143,7 +143,10 @@ class JsonRecord:
     """A frozen dataclass stored as JSON beside what it describes (checkpoints, chunks)."""
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1).encode()  # type: ignore[call-overload]
+        # The fields as they are (`asdict` deep-copies every nested list and dict first): the
+        # same JSON text.
+        record = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return json.dumps(record, indent=1).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Self | None:
@@ -232,17 +235,19 @@ def conform(data: pa.Table, source: Source) -> pa.Table:
     data, keys = by_key(data, where, ExtractionError)
     expected = expected_schema(source)
     present = set(data.column_names)
-    missing = [f.name for f in expected if f.name not in present]
+    missing = [name for name in expected.names if name not in present]
     if missing:
         raise ExtractionError(f"{where} lacks catalog columns {missing[:10]}")
     data = data.select(expected.names)
-    for field, actual in zip(expected, data.schema.types, strict=True):
-        if actual != field.type and not (
-            pa.types.is_large_string(actual) and field.type == pa.string()
-        ):
-            raise ExtractionError(
-                f"{where}.{field.name} is {actual}, the catalog says {field.type}"
-            )
+    # Compared per Field only when the types differ: iterating a schema makes a Field per column.
+    if data.schema.types != expected.types:
+        for field, actual in zip(expected, data.schema.types, strict=True):
+            if actual != field.type and not (
+                pa.types.is_large_string(actual) and field.type == pa.string()
+            ):
+                raise ExtractionError(
+                    f"{where}.{field.name} is {actual}, the catalog says {field.type}"
+                )
     check_unique(keys, where, ExtractionError)
     return data.cast(expected)
 
@@ -251,8 +256,10 @@ def write_checkpoint(data: pa.Table, path: Path, row_group_rows: int) -> None:
     # Dictionary encoding only for strings (constant labels): trying it on float features costs
     # ~40% of the write for pages that fall back to plain encoding anyway.
     # Floats in BYTE_STREAM_SPLIT: smaller after zstd and ~3x faster for the merge to decode.
-    strings = [f.name for f in data.schema if pa.types.is_string(f.type)]
-    floats = [f.name for f in data.schema if pa.types.is_floating(f.type)]
+    # Names and types as two lists: iterating the schema makes a Field object per column.
+    columns = list(zip(data.schema.names, data.schema.types, strict=True))
+    strings = [name for name, kind in columns if pa.types.is_string(kind)]
+    floats = [name for name, kind in columns if pa.types.is_floating(kind)]
     pq.write_table(
         data,
         path,

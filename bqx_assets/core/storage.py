@@ -204,7 +204,7 @@ class LocalStorage(Storage):
     def put_file(self, local: Path, key: str, *, move: bool = False) -> ObjectInfo:
         local = Path(local)
         dst = self._path(key)
-        if local.resolve() == dst:
+        if _same_file(local, dst):
             return self._info(dst)
         expected = file_crc32c(local)
         tmp = self._temp(dst)
@@ -301,6 +301,14 @@ class LocalStorage(Storage):
             names = sorted(e.name for e in entries if fnmatch.fnmatchcase(e.name, ".*.tmp"))
         for name in names:
             yield f"{inside}/{name}" if inside else name
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths are one file (by device and inode: two stats, not resolving a path)."""
+    try:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except FileNotFoundError:
+        return False
 
 
 _ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
