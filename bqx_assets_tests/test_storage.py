@@ -53,7 +53,13 @@ def test_keys_that_resolve_outside_the_root_are_refused(tmp_path: Path) -> None:
                 "linked/secret.parquet", "inside/leak.parquet"]:  # fmt: skip
         with pytest.raises(StorageError, match="escapes the storage root"):
             storage.stat(key)
+        with pytest.raises(StorageError, match="escapes the storage root"):
+            storage.read_bytes(key)
     assert storage.read_bytes("inside/../inside/kept.parquet") == b"x"
+    (root / "inside" / "alias.parquet").symlink_to(root / "inside" / "kept.parquet")
+    assert storage.read_bytes("inside/alias.parquet") == b"x"  # a link inside the root is read
+    alias = storage.stat("inside/alias.parquet")
+    assert alias is not None and alias == storage.stat("inside/kept.parquet")
     assert storage.stat("inside/missing.parquet") is None
     assert storage.stat("inside") is None  # a folder is not a stored file
 

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import fnmatch
+import functools
 import hashlib
 import itertools
 import logging
@@ -119,8 +121,9 @@ class ChunkRange:
     def window(self) -> DateRange:
         return DateRange(self.start, self.end)
 
-    @property
+    @functools.cached_property
     def window_text(self) -> list[str]:
+        # Cached: compared with every stored manifest's window and written into new ones.
         return [self.start.isoformat(), self.end.isoformat()]
 
     @property
@@ -464,7 +467,12 @@ def clear_temporaries(storage: Storage, source: Source, workdir: Path | None = N
         storage.delete(key)
         removed += 1
     if workdir is not None and workdir.is_dir():
-        for path in workdir.glob(f".{source.name}.*.tmp"):
+        pattern = f".{source.name}.*.tmp"
+        # One scan of the folder (as `glob` with that pattern, without building a selector
+        # per table).
+        with os.scandir(workdir) as entries:
+            names = [e.name for e in entries if fnmatch.fnmatchcase(e.name, pattern)]
+        for path in (workdir / name for name in names):
             if not _writer_alive(path):
                 path.unlink(missing_ok=True)
                 removed += 1

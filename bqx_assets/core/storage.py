@@ -151,6 +151,12 @@ class LocalStorage(Storage):
         outside the root. The key's folder is resolved once per storage object (folders are
         made by writers under the root, never replaced by links); a name that is a link, `.`
         or `..` is resolved whole."""
+        path = self._in_folder(key)
+        return self._resolved(key) if os.path.islink(path) else path
+
+    def _in_folder(self, key: str) -> str:
+        """The path of `key` in its resolved folder, its name not checked for a link (the
+        caller's stat or open does that without another system call); `.` and `..` resolved."""
         folder, _, name = key.rpartition("/")
         real = self._folders.get(folder)
         if real is None:
@@ -158,10 +164,13 @@ class LocalStorage(Storage):
             self._check_inside(real, key)
             if os.path.isdir(real):
                 self._folders[folder] = real
-        path = os.path.join(real, name)
-        if name in ("", ".", "..") or os.path.islink(path):
-            path = os.path.realpath(path)
-            self._check_inside(path, key)
+        if name in ("", ".", ".."):
+            return self._resolved(key)
+        return f"{real}/{name}" if real != "/" else f"/{name}"
+
+    def _resolved(self, key: str) -> str:
+        path = os.path.realpath(os.path.join(self.uri, key))
+        self._check_inside(path, key)
         return path
 
     def _check_inside(self, path: str, key: str) -> None:
@@ -172,7 +181,8 @@ class LocalStorage(Storage):
         return Path(self._where(key))
 
     def _temp(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():  # a stat: cheaper than mkdir's error for a folder there
+            path.parent.mkdir(parents=True, exist_ok=True)
         return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
     def _info(self, path: Path | str, st: os.stat_result | None = None) -> ObjectInfo:
@@ -192,9 +202,12 @@ class LocalStorage(Storage):
         )
 
     def stat(self, key: str) -> ObjectInfo | None:
-        path = self._where(key)
+        path = self._in_folder(key)
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                path = self._resolved(key)
+                st = os.stat(path)
         except OSError as exc:
             if exc.errno in _ABSENT:
                 return None
@@ -254,7 +267,13 @@ class LocalStorage(Storage):
 
     def read_bytes(self, key: str) -> bytes | None:
         try:
-            with open(self._where(key), "rb", buffering=0) as f:
+            try:  # a link's target is checked to be inside the root first
+                fd = os.open(self._in_folder(key), os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                fd = os.open(self._resolved(key), os.O_RDONLY)
+            with open(fd, "rb", buffering=0) as f:
                 return f.read()
         except FileNotFoundError:
             return None
