@@ -39,7 +39,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import fnmatch
-import functools
 import hashlib
 import itertools
 import logging
@@ -121,9 +120,8 @@ class ChunkRange:
     def window(self) -> DateRange:
         return DateRange(self.start, self.end)
 
-    @functools.cached_property
+    @property
     def window_text(self) -> list[str]:
-        # Cached: compared with every stored manifest's window and written into new ones.
         return [self.start.isoformat(), self.end.isoformat()]
 
     @property
