@@ -34,18 +34,20 @@ def _us(*args: int) -> int:
     return int(datetime(*args, tzinfo=UTC).timestamp()) * 1_000_000
 
 
-def test_row_groups_are_months_then_the_newest_months_days() -> None:
+def test_row_groups_are_months_then_the_newest_months_weeks() -> None:
     minute = 60_000_000
-    jan = np.arange(_us(2024, 1, 30), _us(2024, 2, 1), minute)
-    feb = np.arange(_us(2024, 2, 1), _us(2024, 2, 3, 12), minute)
-    keys = np.concatenate([jan, feb])
+    dec = np.arange(_us(2023, 12, 30), _us(2024, 1, 1), minute)
+    jan = np.arange(_us(2024, 1, 1), _us(2024, 2, 1), minute)
+    feb = np.arange(_us(2024, 2, 1), _us(2024, 2, 12, 12), minute)
+    keys = np.concatenate([dec, jan, feb])
     groups = row_groups(keys)
-    # January whole (a closed month), then February 1, 2 and the half of the 3rd.
-    assert [b - a for a, b in groups] == [2 * DAY, DAY, DAY, DAY // 2]
+    # December and January whole (closed months), then February's weeks from Sunday: the 1st to
+    # Saturday the 3rd, Sunday the 4th to the 10th, and the 11th to the 12th at noon.
+    assert [b - a for a, b in groups] == [2 * DAY, 31 * DAY, 3 * DAY, 7 * DAY, DAY + DAY // 2]
     assert groups[0][0] == 0 and groups[-1][1] == len(keys)
     assert all(b == c for (_, b), (c, _) in itertools.pairwise(groups))
-    # A cap cuts them further; a spine inside one day is one row group.
-    assert [b - a for a, b in row_groups(keys, 1000)][:3] == [1000, 1000, 880]
+    # A cap cuts them further; a spine inside one week is one row group.
+    assert [b - a for a, b in row_groups(keys, 2000)][:3] == [2000, 880, 2000]
     assert row_groups(feb[:10]) == [(0, 10)]
 
 
@@ -104,8 +106,9 @@ def test_an_appended_day_copies_the_unchanged_row_groups(
 ) -> None:
     catalog, _ = mini
     first = _build(warehouse, catalog, tmp_path / "ckpt", tmp_path / "first.parquet")
-    # January (2 days), February 1, 2 (to the market's close) and 4 (from its Sunday open).
-    assert first.row_groups == 4
+    # January (2 days), February 1 to 2 (the week to the market's Friday close), and the week
+    # from Sunday the 4th (the market's open).
+    assert first.row_groups == 3
     assert first.reused_row_groups == 0
 
     warehouse.append(DAY)  # Monday, February 5
@@ -116,11 +119,11 @@ def test_an_appended_day_copies_the_unchanged_row_groups(
         tmp_path / "refreshed.parquet",
         previous=tmp_path / "first.parquet",
     )
-    # January, February 1 and 2 are copied; February 4 (its targets' look-ahead tail took
-    # values) and the new day are encoded.
-    assert (refreshed.row_groups, refreshed.reused_row_groups) == (5, 3)
+    # January and February 1 to 2 are copied; the week with February 4 (its targets' look-ahead
+    # tail took values) and the new day is encoded.
+    assert (refreshed.row_groups, refreshed.reused_row_groups) == (3, 2)
     meta = pq.read_metadata(tmp_path / "first.parquet")
-    first_chunk = meta.row_group(3).column(0)  # where February 4 starts
+    first_chunk = meta.row_group(2).column(0)  # where February 4 starts
     start = first_chunk.dictionary_page_offset or first_chunk.data_page_offset
     assert refreshed.reused_bytes == start - len(b"PAR1")
     scratch = _build(warehouse, catalog, tmp_path / "scratch", tmp_path / "scratch.parquet")
@@ -136,7 +139,7 @@ def test_an_appended_day_copies_the_unchanged_row_groups(
         tmp_path / "again.parquet",
         previous=tmp_path / "refreshed.parquet",
     )
-    assert again.reused_row_groups == 4
+    assert again.reused_row_groups == 2
     _same_file(tmp_path / "again.parquet", tmp_path / "scratch.parquet")
 
 
@@ -266,7 +269,7 @@ def test_in_gcs_the_refresh_copies_row_groups_from_the_published_object(
     _stored_build(warehouse, catalog, ckpt, out, key, previous=True)
     warehouse.append(DAY)
     refreshed, data = _stored_build(warehouse, catalog, ckpt, out, key, previous=True)
-    assert refreshed.reused_row_groups == 3
+    assert refreshed.reused_row_groups == 2
     local = _build(warehouse, catalog, tmp_path / "scratch", tmp_path / "scratch.parquet")
     assert local.reused_row_groups == 0
     (tmp_path / "refreshed.parquet").write_bytes(data)
@@ -297,13 +300,13 @@ def test_a_dagster_refresh_copies_row_groups_from_the_published_file(
         return {k: v.value for k, v in done.metadata.items()}
 
     first = build()
-    assert (first["row_groups"], first["row_groups_reused"]) == (4, 0)
+    assert (first["row_groups"], first["row_groups_reused"]) == (3, 0)
     writer = EmbeddedWarehouse(path, read_only=False)
     writer.append(DAY)
     writer.close()
     refreshed = build()
-    assert (refreshed["row_groups"], refreshed["row_groups_reused"]) == (5, 3)
+    assert (refreshed["row_groups"], refreshed["row_groups_reused"]) == (3, 2)
     assert 0 < int(refreshed["bytes_reused"]) < int(refreshed["bytes"])
     assert refreshed["gate"] == "passed"
     published = pq.read_metadata(tmp_path / "out" / training_file_key(PAIR))
-    assert (published.num_rows, published.num_row_groups) == (5 * DAY, 5)
+    assert (published.num_rows, published.num_row_groups) == (5 * DAY, 3)

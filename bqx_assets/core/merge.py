@@ -21,19 +21,22 @@
 # under 1 GiB peak at 668 tables x 177,748 rows, where the iterative join needs ~45 GiB).
 #
 # Output layout: a row group per calendar month (UTC) of the spine, and in the newest month a
-# row group per day, each cut to at most DEFAULT_ROW_GROUP_ROWS (262,144) rows. The boundaries
-# follow the checkpoints' chunks (a chunk per closed month, a chunk per day of the newest month,
-# core/chunks.py), so a feature file is decoded once per output row group, and they are a
-# function of the spine's keys alone, so a refresh and a from-scratch build of the same window
-# cut the same row groups. That is what makes the merge incremental: each row group's footer
-# record holds a signature of everything its bytes depend on (the column plan, the encoder, and
-# the digests of the input chunks overlapping its days) and the CRC32C of its bytes; a refresh
-# copies the leading row groups whose signature is unchanged byte for byte from the previous
-# training file (checked against that CRC32C) and encodes the rest, so an appended day costs
-# one or two days of encoding and a copy, not a rewrite of every month. At production's
-# 177,748 rows that is ~6 month row groups plus up to ~22 day row groups: the footer holds
-# ~28 x 17K column chunks (a few MB), against 347 x 17K in the first team's file. Readers select
-# columns; a month's column chunk (~30K float64) is ~200 KB.
+# row group per trading week (Sunday to Saturday: the FX week opens on Sunday evening), each cut
+# to at most DEFAULT_ROW_GROUP_ROWS (262,144) rows. The boundaries are a function of the spine's
+# keys alone, so a refresh and a from-scratch build of the same window cut the same row groups.
+# That is what makes the merge incremental: each row group's footer record holds a signature of
+# everything its bytes depend on (the column plan, the encoder, and the digests of the input
+# chunks overlapping its days) and the CRC32C of its bytes; a refresh copies the leading row
+# groups whose signature is unchanged byte for byte from the previous training file (checked
+# against that CRC32C) and encodes the rest: an appended day re-encodes its week (and the
+# week before on a Monday), not every month. When a month closes, its weeks become one month
+# row group, encoded once. Why weeks and not days: a column chunk costs ~0.3 ms to read, align,
+# encode and record whatever its rows (measured: a day of 17K columns ~6-9 CPU-s, mostly that
+# fixed cost), so day row groups doubled a full build's merge at 44,437 rows while a refresh's
+# re-encoded week costs about what two days cost. At production's 177,748 rows (about six
+# months) that is ~6 month row groups plus up to 5 week row groups: ~11 x 17K column chunks in
+# the footer, against 347 x 17K in the first team's file. Readers select columns; a month's
+# column chunk (~30K float64) is ~200 KB.
 # Compression is zstd level 1 with BYTE_STREAM_SPLIT for float columns: on smooth float series
 # it compresses 1.32x vs 1.09x for plain zstd and encodes 2.5x and decodes 5x faster (numbers in
 # bench/README.md); zstd also entropy-codes the int/string columns, which lz4 does not.
@@ -88,7 +91,7 @@ DEFAULT_ROW_GROUP_ROWS = 262_144
 ROW_GROUPS_KEY = "bqx:row_groups"
 """Footer key-value metadata: each row group's rows, byte span, CRC32C, signature and RowGroup
 struct span, what a later merge needs to copy it (`_Reuse`)."""
-LAYOUT_FORMAT = 1
+LAYOUT_FORMAT = 2
 """Bumped whenever the output's bytes for the same inputs change: no row group is copied from a
 file of another format."""
 _COPY_BYTES = 16 * 1024 * 1024  # a copied row group moves in blocks of this size
@@ -288,21 +291,24 @@ def merge_checkpoints(
 
 def row_groups(keys: np.ndarray, cap: int = DEFAULT_ROW_GROUP_ROWS) -> list[tuple[int, int]]:
     """The output's row groups as (start, stop) rows of the spine: a row group per calendar
-    month (UTC) before the newest month, a row group per day in the newest month, each cut to
-    at most `cap` rows. A function of the keys alone: a refresh and a from-scratch build of the
-    same spine cut the same row groups."""
+    month (UTC) before the newest month, a row group per trading week (from Sunday, when the FX
+    week opens) in the newest month, each cut to at most `cap` rows. A function of the keys
+    alone: a refresh and a from-scratch build of the same spine cut the same row groups."""
     if not len(keys):
         return []
     stamps = keys.astype("datetime64[us]")
     months = stamps.astype("datetime64[M]").astype(np.int64)
-    days = stamps.astype("datetime64[D]").astype(np.int64)
-    label = np.where(months == months[-1], days * 2 + 1, months * 2)  # odd: a day, even: a month
+    weeks = (stamps.astype("datetime64[D]").astype(np.int64) - _FIRST_SUNDAY) // 7
+    label = np.where(months == months[-1], weeks * 2 + 1, months * 2)  # odd: a week, even: a month
     edges = [0, *(np.flatnonzero(label[1:] != label[:-1]) + 1).tolist(), len(keys)]
     return [
         (a, min(a + cap, stop))
         for start, stop in itertools.pairwise(edges)
         for a in range(start, stop, cap)
     ]
+
+
+_FIRST_SUNDAY = 3  # 1970-01-04, day 3 of the epoch: weeks counted from it start on Sundays
 
 
 # -- incremental: which row groups can be copied from the previous file ----------------------
