@@ -28,18 +28,18 @@ _CHUNK = 8 * 1024 * 1024
 
 def file_crc32c(path: Path | str) -> str:
     """CRC32C of a file, base64 of the big-endian value: the form GCS reports for objects."""
-    checksum = google_crc32c.Checksum()
+    crc = 0
     # Unbuffered reads sized to what is left (at most _CHUNK): a small chunk file costs one read
     # of its size, not a copy through a buffer nor an 8 MB allocation (-30 % CPU over a
     # refresh's ~14,000 reused chunks). Reads of 1 MB and more checksum without the GIL.
     with open(path, "rb", buffering=0) as f:
         left = os.fstat(f.fileno()).st_size
         while left > 0 and (chunk := f.read(min(_CHUNK, left))):
-            checksum.update(chunk)
+            crc = google_crc32c.extend(crc, chunk)
             left -= len(chunk)
         while chunk := f.read(_CHUNK):  # grown since the fstat
-            checksum.update(chunk)
-    return base64.b64encode(checksum.digest()).decode()
+            crc = google_crc32c.extend(crc, chunk)
+    return base64.b64encode(crc.to_bytes(4, "big")).decode()
 
 
 def bytes_crc32c(data: bytes) -> str:
