@@ -162,8 +162,17 @@ def _correct_day(path: Path, catalog: Catalog, table: str, day: date) -> None:
         con.close()
 
 
-def test_a_corrected_day_rebuilds_its_row_group_and_those_after_it(
-    mini: tuple[Catalog, Path], four_days: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("day", "reused"),
+    [
+        # January is encoded again and February 1-2 moved to where it now falls.
+        (date(2024, 1, 30), 1),
+        # January copied where it was; February 1-2 encoded again.
+        (date(2024, 2, 1), 1),
+    ],
+)
+def test_a_corrected_day_rebuilds_only_its_row_group(
+    mini: tuple[Catalog, Path], four_days: Path, tmp_path: Path, day: date, reused: int
 ) -> None:
     catalog, _ = mini
     path = tmp_path / "w.duckdb"
@@ -171,14 +180,14 @@ def test_a_corrected_day_rebuilds_its_row_group_and_those_after_it(
     wh = EmbeddedWarehouse(path)
     _build(wh, catalog, tmp_path / "ckpt", tmp_path / "first.parquet")
     wh.close()
-    _correct_day(path, catalog, f"agg_{PAIR}", date(2024, 2, 1))
+    _correct_day(path, catalog, f"agg_{PAIR}", day)
     wh = EmbeddedWarehouse(path)
     after = _build(
         wh, catalog, tmp_path / "ckpt", tmp_path / "after.parquet", tmp_path / "first.parquet"
     )
     _build(wh, catalog, tmp_path / "scratch", tmp_path / "scratch.parquet")
     wh.close()
-    assert after.reused_row_groups == 1  # January only: February 1 changed
+    assert after.reused_row_groups == reused
     _same_file(tmp_path / "after.parquet", tmp_path / "scratch.parquet")
 
 
@@ -310,3 +319,36 @@ def test_a_dagster_refresh_copies_row_groups_from_the_published_file(
     assert refreshed["gate"] == "passed"
     published = pq.read_metadata(tmp_path / "out" / training_file_key(PAIR))
     assert (published.num_rows, published.num_row_groups) == (5 * DAY, 3)
+
+
+def test_a_rolling_window_moves_the_unchanged_row_groups(
+    mini: tuple[Catalog, Path], warehouse: EmbeddedWarehouse, tmp_path: Path
+) -> None:
+    from bqx_assets.core.chunks import TrainingWindow, resolve_window
+
+    catalog, _ = mini
+    window = TrainingWindow(days=4)
+
+    def build(root: str, out: Path, previous: Path | None = None) -> MergeReport:
+        storage = open_storage(str(tmp_path / root))
+        resolved = resolve_window(warehouse, [catalog.targets[PAIR]], window)
+        refresh_tables(warehouse, _sources(catalog), storage, window=resolved, threads=2)
+        inputs = pair_inputs(storage, catalog, PAIR, resolved)
+        return merge_checkpoints(
+            inputs.spine,
+            inputs.spine_columns,
+            inputs.features,
+            out,
+            spine_ids=inputs.spine_ids,
+            previous=previous,
+        )
+
+    # January 31, February 1-2 and 4: January's day, the week to Saturday the 3rd, Sunday the 4th.
+    assert build("ckpt", tmp_path / "first.parquet").row_groups == 3
+    warehouse.append(DAY)
+    # February 1-2, 4-5: January's day drops out, the week of February 1-2 moves to the front
+    # (copied, its offsets moved), the week from the 4th holds the new day (encoded).
+    moved = build("ckpt", tmp_path / "moved.parquet", previous=tmp_path / "first.parquet")
+    assert (moved.row_groups, moved.reused_row_groups) == (2, 1)
+    assert build("scratch", tmp_path / "scratch.parquet").reused_row_groups == 0
+    _same_file(tmp_path / "moved.parquet", tmp_path / "scratch.parquet")

@@ -323,13 +323,43 @@ class FooterAssembler:
         """The row group whose pieces give the schema: the first one built from pieces (row
         groups adopted whole from an earlier file come before it)."""
 
-    def adopt(self, raw: bytes) -> None:
+    def adopt(self, raw: bytes, shift: int, ordinal: int) -> None:
         """Append a row group taken whole from an earlier file of the same layout: its RowGroup
-        struct as encoded there (`encode`'s spans), its column chunks copied to the same offsets
-        (so nothing in it moves)."""
-        if self.schema_group is not None:
-            raise FooterError("parquet footer: a row group is adopted after built ones")
-        self.groups.append({"raw": raw})
+        struct as encoded there (`encode`'s spans), its column chunks copied `shift` bytes
+        further into this file, as its `ordinal`-th row group. Its offsets move with it; the
+        column chunks themselves hold none (the pieces are written without page indexes, and
+        one that has an index or a bloom filter is refused rather than moved)."""
+        if len(self.groups) != ordinal:
+            raise FooterError(f"parquet footer: row group {ordinal} adopted out of order")
+        fields, _ = _read_struct(raw, 0, _ROW_GROUP)
+        _check_known(fields, "RowGroup")
+        if shift == 0 and dict((f, v) for f, _, v in fields).get(7) == ordinal:
+            self.groups.append({"raw": raw})  # where it was: the very bytes
+            return
+        moved: Fields = []
+        for fid, kind, value in fields:
+            if fid == 1:
+                chunks = []
+                for chunk in value[1]:
+                    _check_known(chunk, "ColumnChunk")
+                    if any(cid in (4, 5, 6, 7) for cid, _, _ in chunk):
+                        raise FooterError("parquet footer: a page index cannot be moved")
+                    out = []
+                    for cid, ckind, cvalue in _shifted(chunk, _CHUNK_OFFSETS, shift):
+                        if cid == 3:
+                            _check_known(cvalue, "ColumnMetaData")
+                            if any(mid == 14 for mid, _, _ in cvalue):
+                                raise FooterError("parquet footer: a bloom filter cannot be moved")
+                            cvalue = _shifted(cvalue, _META_OFFSETS, shift)
+                        out.append((cid, ckind, cvalue))
+                    chunks.append(out)
+                value = (value[0], chunks)
+            elif fid == 5:
+                value = value + shift
+            elif fid == 7:
+                value = ordinal
+            moved.append((fid, kind, value))
+        self.groups.append({"raw": _encoded(moved)})
 
     def add(self, f: Any, piece: Piece, group: int, rows: int) -> None:
         """Append one piece's column chunks to `f` and remember their metadata."""

@@ -26,10 +26,12 @@
 # keys alone, so a refresh and a from-scratch build of the same window cut the same row groups.
 # That is what makes the merge incremental: each row group's footer record holds a signature of
 # everything its bytes depend on (the column plan, the encoder, and the digests of the input
-# chunks overlapping its days) and the CRC32C of its bytes; a refresh copies the leading row
-# groups whose signature is unchanged byte for byte from the previous training file (checked
-# against that CRC32C) and encodes the rest: an appended day re-encodes its week (and the
-# week before on a Monday), not every month. When a month closes, its weeks become one month
+# chunks overlapping its days) and the CRC32C of its bytes; a refresh copies every row group
+# whose signature is unchanged byte for byte from the previous training file (checked against
+# that CRC32C; its footer entry's offsets moved to where it now falls, the column chunks hold
+# none: no page index is written) and encodes the rest: an appended day re-encodes its week
+# (and the week before on a Monday), a corrected day its month or week, a rolling window's
+# move its first month, not every month. When a month closes, its weeks become one month
 # row group, encoded once. Why weeks and not days: a column chunk costs ~0.3 ms to read, align,
 # encode and record whatever its rows (measured: a day of 17K columns ~6-9 CPU-s, mostly that
 # fixed cost), so day row groups doubled a full build's merge at 44,437 rows while a refresh's
@@ -215,9 +217,9 @@ def merge_checkpoints(
     aborted and no object is left.
 
     `previous` (an earlier training file of the pair, e.g. the published one) and the inputs'
-    part ids (`spine_ids`, `FeatureSource.ids`) make the merge incremental: its leading row
-    groups whose inputs are unchanged are copied, checked against their CRC32C, instead of
-    encoded; the result is the file a from-scratch merge writes.
+    part ids (`spine_ids`, `FeatureSource.ids`) make the merge incremental: its row groups
+    whose inputs are unchanged are copied, checked against their CRC32C, instead of encoded;
+    the result is the file a from-scratch merge writes, byte for byte.
     """
     watch = Stopwatch()
     say = progress or (lambda _line: None)
@@ -324,11 +326,11 @@ class _Layout:
 
 @dataclass(frozen=True)
 class _Reuse:
-    """The leading row groups to copy from `source`: their records and RowGroup structs."""
+    """The row groups to copy from `source`, by their index in the new file: each one's record
+    in the old file (byte span, CRC32C, ...) and its RowGroup struct there."""
 
     source: Input
-    groups: list[dict[str, Any]]
-    raw: list[bytes]
+    groups: dict[int, tuple[dict[str, Any], bytes]]
 
     @property
     def count(self) -> int:
@@ -336,7 +338,7 @@ class _Reuse:
 
     @property
     def bytes(self) -> int:
-        return int(self.groups[-1]["end"]) - len(MAGIC) if self.groups else 0
+        return sum(int(g["end"]) - int(g["start"]) for g, _ in self.groups.values())
 
 
 def _plan_digest(names: Sequence[str], types: Sequence[pa.DataType], rows_per_group: int) -> str:
@@ -410,8 +412,9 @@ def _reuse(
     newest_from: int,
     say: Callable[[str], None],
 ) -> _Reuse | None:
-    """The leading row groups of `previous` whose signature and rows match this merge's. The
-    row groups holding the newest day are always encoded (they also count its nulls)."""
+    """The row groups of `previous` whose signature and rows match one of this merge's, by the
+    index they get here. The row groups holding the newest day are always encoded (they also
+    count its nulls)."""
     previous = _input(previous)
     try:
         size, footer = _tail(previous)
@@ -437,23 +440,20 @@ def _reuse(
     if record.get("plan") != layout.plan or meta.schema.names != list(names) or not described:
         say(f"previous training file {previous} not reused: other columns, types or encoder")
         return None
-    limit = next((r for r, (_, b) in enumerate(groups) if int(keys[b - 1]) >= newest_from), 0)
-    count = 0
-    offset = len(MAGIC)
-    for r in range(min(limit, len(theirs))):
-        g = theirs[r]
-        a, b = groups[r]
-        mine = layout.signatures[r]
-        if mine is None or g.get("signature") != mine or g.get("rows") != b - a:
-            break
-        if g.get("start") != offset or not offset < int(g["end"]) <= size:
-            break
-        offset = int(g["end"])
-        count += 1
-    if not count:
-        return None
-    raw = [footer[int(g["footer"][0]) : int(g["footer"][1])] for g in theirs[:count]]
-    return _Reuse(previous, theirs[:count], raw)
+    # Any row group whose inputs are unchanged, wherever it was: a rolling window drops days at
+    # the start and a corrected day changes one row group, the others move as they are.
+    by_signature = {g.get("signature"): g for g in theirs if g.get("signature")}
+    chosen: dict[int, tuple[dict[str, Any], bytes]] = {}
+    for r, (a, b) in enumerate(groups):
+        if int(keys[b - 1]) >= newest_from:
+            break  # the newest day's row groups are always encoded: they count its nulls
+        g = by_signature.get(layout.signatures[r])
+        if g is None or g.get("rows") != b - a:
+            continue
+        if not len(MAGIC) <= int(g["start"]) < int(g["end"]) <= size - len(footer) - 8:
+            continue
+        chosen[r] = (g, footer[int(g["footer"][0]) : int(g["footer"][1])])
+    return _Reuse(previous, chosen) if chosen else None
 
 
 class _Checksummed:
@@ -477,12 +477,14 @@ class _Checksummed:
         return digest
 
 
-def _copy(reuse: _Reuse, f: _Checksummed) -> None:
-    """Copy the reused row groups' bytes, each checked against the CRC32C it was written with."""
+def _copy(reuse: _Reuse, rows: Sequence[int], f: _Checksummed) -> None:
+    """Copy the bytes of reused row groups `rows`, each checked against the CRC32C it was
+    written with."""
     source = reuse.source
     handle = None if isinstance(source, StoredFile) else open(source, "rb")  # noqa: SIM115
     try:
-        for r, g in enumerate(reuse.groups):
+        for r in rows:
+            g, _ = reuse.groups[r]
             for start in range(int(g["start"]), int(g["end"]), _COPY_BYTES):
                 stop = min(start + _COPY_BYTES, int(g["end"]))
                 if handle is None:
@@ -496,7 +498,8 @@ def _copy(reuse: _Reuse, f: _Checksummed) -> None:
                     f.write(block)
             if f.mark() != g["crc32c"]:
                 raise MergeError(
-                    f"previous training file {source}: row group {r} does not match the CRC32C "
+                    f"previous training file {source}: its row group for row group {r} does "
+                    "not match the CRC32C "
                     "recorded when it was written (the file was changed or damaged since); "
                     "nothing was published: move it away and run again to build from scratch"
                 )
@@ -859,6 +862,7 @@ def encode_piece(columns: Sequence[pa.Array | pa.ChunkedArray], names: Sequence[
         compression_level=OUTPUT_COMPRESSION_LEVEL,
         use_dictionary=dictionary or False,
         use_byte_stream_split=floats or False,
+        write_page_index=False,  # a page index holds absolute offsets: a copied row group moves
         write_statistics=True,
         store_schema=False,
     ) as writer:
@@ -998,24 +1002,40 @@ def _write(
     layout: _Layout,
     reuse: _Reuse | None = None,
 ) -> Coverage:
-    """Write the row groups (copied from `reuse`, then built from pieces), then the footer with
-    the coverage record and the row groups' record; returns the coverage record."""
+    """Write the row groups in order, each copied from `reuse` (moved to where it now falls) or
+    built from pieces, then the footer with the coverage record and the row groups' record;
+    returns the coverage record."""
     footer = FooterAssembler()
     f = _Checksummed(out)
     f.write(MAGIC)
     f.mark()
     written: list[dict[str, Any]] = []  # the row groups' record, without their footer spans
-    first = 0
+    copied = reuse.groups if reuse is not None else {}
     if reuse is not None:
-        _copy(reuse, f)
-        for g, raw in zip(reuse.groups, reuse.raw, strict=True):
-            footer.adopt(raw)
-            written.append({k: g[k] for k in ("rows", "start", "end", "crc32c", "signature")})
-        first = reuse.count
-        say(f"copied {first} unchanged row groups ({reuse.bytes:,} bytes) from {reuse.source}")
+        say(f"copying {reuse.count} unchanged row groups ({reuse.bytes:,} B) from {reuse.source}")
+
+    def copy_until(r: int) -> None:
+        """Copy the reused row groups before row group `r` that are not written yet."""
+        while len(written) < r:
+            index = len(written)
+            assert reuse is not None and index in copied  # the others are built, in order
+            g, raw = copied[index]
+            start = f.tell()
+            _copy(reuse, [index], f)
+            footer.adopt(raw, start - int(g["start"]), index)
+            written.append(  # the same keys in the same order as a built row group's
+                {
+                    "rows": g["rows"],
+                    "start": start,
+                    "end": f.tell(),
+                    "crc32c": g["crc32c"],
+                    "signature": g["signature"],
+                }
+            )
+
     tasks: list[_Task] = []
     for r, (a, b) in enumerate(groups):
-        if r < first:
+        if r in copied:
             continue
         for s in piece_slices(1 + spine_table.num_columns, b - a):
             tasks.append(
@@ -1061,7 +1081,7 @@ def _write(
 
     io_pool = ThreadPoolExecutor(IO_THREADS) if stored else nullcontext()
     with ThreadPoolExecutor(WORKERS) as pool, io_pool as io:
-        building, start = first, f.tell()
+        building, start = -1, f.tell()
         pending: deque[tuple[_Task, Future[Piece | None]]] = deque()
         fetches: dict[int, Future[_PartBlocks | None]] = {}
         ahead = 0  # next task to prefetch
@@ -1089,9 +1109,11 @@ def _write(
                 if task.stored:
                     fetching -= task.nbytes
                 if piece is not None:
-                    while task.group > building:  # tasks come in row-group order
-                        close_group(building, start)
-                        building, start = building + 1, f.tell()
+                    if task.group != building:  # tasks come in row-group order
+                        if building >= 0:
+                            close_group(building, start)
+                        copy_until(task.group)
+                        building, start = task.group, f.tell()
                     footer.add(f, piece, task.group, groups[task.group][1] - groups[task.group][0])
                 if (done + 1) % every == 0:
                     say(f"merged {done + 1}/{len(tasks)} pieces; {f.tell():,} bytes written")
@@ -1114,8 +1136,9 @@ def _write(
                 if p.coverage is not None and p.newest_nulls is not None
             ),
         )
-        if building < len(groups):
+        if building >= 0:
             close_group(building, start)
+        copy_until(len(groups))
 
         def record(spans: list[tuple[int, int]]) -> dict[str, str]:
             body = [{**g, "footer": list(span)} for g, span in zip(written, spans, strict=True)]
