@@ -17,7 +17,7 @@ from bqx_assets import cli
 from bqx_assets.core.coverage import COVERAGE_KEY, Coverage, TableCoverage
 from bqx_assets.core.errors import ValidationError
 from bqx_assets.core.layout import KEY
-from bqx_assets.core.merge import FeatureSource, merge_checkpoints
+from bqx_assets.core.merge import ROW_GROUPS_KEY, FeatureSource, merge_checkpoints
 from bqx_assets.core.profile import Profile, load_profile, profile_key, save_profile
 from bqx_assets.core.storage import open_storage
 from bqx_assets.core.validation import (
@@ -121,8 +121,9 @@ def build(tmp_path: Path, change: Callable[[Data], None] | None = None) -> Valid
 def test_the_merge_records_each_tables_coverage_in_the_footer(tmp_path: Path) -> None:
     path = merged(tmp_path, clean_data())
     metadata = pq.read_metadata(path).metadata
-    # Only the coverage record: the pieces' own metadata (ARROW:schema) stays out.
-    assert set(metadata) == {COVERAGE_KEY.encode()}
+    # Only the coverage record and the row groups' record (what a refresh copies from): the
+    # pieces' own metadata (ARROW:schema) stays out.
+    assert set(metadata) == {COVERAGE_KEY.encode(), ROW_GROUPS_KEY.encode()}
     coverage = Coverage.from_metadata(metadata)
     assert coverage is not None
     assert (coverage.spine_rows, coverage.newest_rows) == (ROWS, 1440)

@@ -229,15 +229,16 @@ def merge_checkpoints(
         raise MergeError(f"row_group_rows must be positive, got {rows_per_group}")
 
     keys, spine_table = _read_spine(spine, spine_columns)
-    plans = _plan_sources(features)
+    newest_from = newest_day_start(keys)
+    say(f"spine {_shown(_parts(spine))}: {len(keys):,} rows; checking {len(features)} tables")
+    plans = _plan_sources(features, keys, newest_from)
     names = [KEY, *spine_columns] + [n for p in plans for n in p.names]
     _check_names(spine, spine_columns, plans)
-    say(f"spine {_shown(_parts(spine))}: {len(keys):,} rows; checking {len(plans)} feature tables")
-    newest_from = newest_day_start(keys)
     first_column = 1 + len(spine_columns)
     for plan in plans:
         plan.first_column, first_column = first_column, first_column + len(plan.columns)
-    _inspect_all(plans, keys, newest_from)
+        if plan.coverage is not None:
+            plan.coverage = replace(plan.coverage, first_column=plan.first_column)
     say(f"inputs checked: {len(names):,} output columns")
 
     groups = row_groups(keys, rows_per_group)
@@ -659,93 +660,75 @@ def _read_spine_part(path: Input, columns: Sequence[str], where: str) -> pa.Tabl
     return table
 
 
-def _footers(features: Sequence[FeatureSource]) -> Iterator[list[pq.FileMetaData]]:
-    """Each source's footers (one per part) in order: local files read one by one (the footer
-    alone: a ParquetFile would also index its columns' paths, ~0.15 ms a file); the footers of
-    stored objects fetched IO_THREADS at a time (a request each)."""
+def _plan_sources(
+    features: Sequence[FeatureSource], spine_keys: np.ndarray, newest_from: int
+) -> list[_Plan]:
+    """Each source's plan, its inputs checked (schemas, types, keys) and inspected: one pass
+    over its parts, each opened once, tables WORKERS at a time (IO_THREADS at a time when any
+    part is a stored object: a few small requests each, latency-bound). The first table that
+    fails, in order, raises."""
     stored = any(isinstance(p, StoredFile) for s in features for p in _parts(s.path))
-    if not stored:
-        for source in features:
-            where = _Plan(source, [], [], [], []).where
-            yield [_footer(part, where) for part in _parts(source.path)]
-        return
-    every = [(s, part) for s in features for part in _parts(s.path)]
-    with ThreadPoolExecutor(IO_THREADS) as pool:
-        opened = iter(
-            pool.map(lambda sp: _footer(sp[1], _Plan(sp[0], [], [], [], []).where), every)
-        )
-        for source in features:
-            yield [next(opened) for _ in _parts(source.path)]
+    with ThreadPoolExecutor(IO_THREADS if stored else WORKERS) as pool:
+        return list(pool.map(lambda s: _plan_one(s, spine_keys, newest_from), features))
 
 
-def _footer(path: Input, where: str) -> pq.FileMetaData:
-    if isinstance(path, StoredFile):
-        return _open(path, where).metadata
+def _plan_one(source: FeatureSource, spine_keys: np.ndarray, newest_from: int) -> _Plan:
+    plan = _Plan(source, [], [], [], [])
+    # Each part opened once: a local file's footer serves the checks and the key column's read;
+    # a stored object's is fetched (its key column comes next, in one request).
+    files = [_open(part, plan.where) for part in plan.parts]
+    metas = [pf.metadata for pf in files]
+    plan.metadata = [
+        meta if isinstance(part, StoredFile) else None
+        for part, meta in zip(plan.parts, metas, strict=True)
+    ]
     try:
-        return pq.read_metadata(path)
-    except FileNotFoundError:
-        raise MergeError(f"{where}: file does not exist") from None
+        schema = metas[0].schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as exc:
-        raise MergeError(f"{where}: not a readable parquet file: {exc}") from exc
-
-
-def _plan_sources(features: Sequence[FeatureSource]) -> list[_Plan]:
-    plans = []
-    for source, metas in zip(features, _footers(features), strict=True):
-        plan = _Plan(source, [], [], [], [])
-        plan.metadata = [
-            meta if isinstance(part, StoredFile) else None
-            for part, meta in zip(plan.parts, metas, strict=True)
-        ]
-        try:
-            schema = metas[0].schema.to_arrow_schema()
-        except (OSError, pa.ArrowException) as exc:
-            raise MergeError(f"{plan.where}: unreadable schema: {exc}") from exc
-        if KEY not in schema.names:
-            raise MergeError(f"{plan.where}: has no {KEY} column")
-        for part, other in zip(plan.parts[1:], metas[1:], strict=True):
-            if not other.schema.equals(metas[0].schema):
-                raise MergeError(
-                    f"{plan.where}: chunk {part} has other columns or types than {plan.parts[0]}"
-                )
-        if sum(m.num_rows for m in metas) == 0:
-            raise MergeError(f"{plan.where}: has no rows")
-        expected = dict(source.dtypes or {})
-        unknown = sorted(d for d in expected.values() if d not in ARROW_TYPES)
-        if unknown:
-            raise MergeError(f"{plan.where}: unsupported expected types {unknown}")
-        absent = [c for c in expected if c not in schema.names]
-        if absent:
-            raise MergeError(f"{plan.where}: missing expected columns {absent}")
-        wrong = [
-            f"{c} is {schema.field(c).type}, expected {d}"
-            for c, d in expected.items()
-            if not _matches(d, schema.field(c).type)
-        ]
-        if wrong:
-            raise MergeError(f"{plan.where}: schema differs from the catalog: {'; '.join(wrong)}")
-        if source.columns is None:
-            pairs = [(c, feature_name(source.table, c)) for c in schema.names if c != KEY]
-        else:
-            pairs = list(source.columns)
-        missing = [c for c, _ in pairs if c not in schema.names]
-        if missing:
-            raise MergeError(f"{plan.where}: missing columns {missing}")
-        for column, name in pairs:
-            plan.columns.append(column)
-            plan.names.append(name)
-            dtype = expected.get(column)
-            plan.types.append(
-                ARROW_TYPES[dtype] if dtype else _canonical(schema.field(column).type)
+        raise MergeError(f"{plan.where}: unreadable schema: {exc}") from exc
+    if KEY not in schema.names:
+        raise MergeError(f"{plan.where}: has no {KEY} column")
+    for part, other in zip(plan.parts[1:], metas[1:], strict=True):
+        if not other.schema.equals(metas[0].schema):
+            raise MergeError(
+                f"{plan.where}: chunk {part} has other columns or types than {plan.parts[0]}"
             )
-        plan.source_rows = sum(m.num_rows for m in metas)
-        nulls = [_source_nulls(m, plan.columns) for m in metas]
-        plan.source_nulls = [
-            -1 if any(n[i] < 0 for n in nulls) else sum(n[i] for n in nulls)
-            for i in range(len(plan.columns))
-        ]
-        plans.append(plan)
-    return plans
+    if sum(m.num_rows for m in metas) == 0:
+        raise MergeError(f"{plan.where}: has no rows")
+    expected = dict(source.dtypes or {})
+    unknown = sorted(d for d in expected.values() if d not in ARROW_TYPES)
+    if unknown:
+        raise MergeError(f"{plan.where}: unsupported expected types {unknown}")
+    absent = [c for c in expected if c not in schema.names]
+    if absent:
+        raise MergeError(f"{plan.where}: missing expected columns {absent}")
+    wrong = [
+        f"{c} is {schema.field(c).type}, expected {d}"
+        for c, d in expected.items()
+        if not _matches(d, schema.field(c).type)
+    ]
+    if wrong:
+        raise MergeError(f"{plan.where}: schema differs from the catalog: {'; '.join(wrong)}")
+    if source.columns is None:
+        pairs = [(c, feature_name(source.table, c)) for c in schema.names if c != KEY]
+    else:
+        pairs = list(source.columns)
+    missing = [c for c, _ in pairs if c not in schema.names]
+    if missing:
+        raise MergeError(f"{plan.where}: missing columns {missing}")
+    for column, name in pairs:
+        plan.columns.append(column)
+        plan.names.append(name)
+        dtype = expected.get(column)
+        plan.types.append(ARROW_TYPES[dtype] if dtype else _canonical(schema.field(column).type))
+    plan.source_rows = sum(m.num_rows for m in metas)
+    nulls = [_source_nulls(m, plan.columns) for m in metas]
+    plan.source_nulls = [
+        -1 if any(n[i] < 0 for n in nulls) else sum(n[i] for n in nulls)
+        for i in range(len(plan.columns))
+    ]
+    _inspect(plan, spine_keys, newest_from, files)
+    return plan
 
 
 def _source_nulls(meta: pq.FileMetaData, columns: Sequence[str]) -> list[int]:
@@ -785,17 +768,20 @@ def _column_text(plan: _Plan, column: str) -> str:
     return f"{plan.source.table}.{column} ({plan.parts[0]})"
 
 
-def _inspect(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> None:
+def _inspect(
+    plan: _Plan, spine_keys: np.ndarray, newest_from: int, files: Sequence[pq.ParquetFile]
+) -> None:
     """Read the key column only: convert it, reject duplicates, note each row group's range and
-    which spine keys the table covers."""
+    which spine keys the table covers (`files`: the parts opened by `_plan_one`; a stored one
+    is opened again over its key column's byte ranges, fetched in one request)."""
     parts: list[np.ndarray] = []
     plan.group_at = []
     for index, (path, metadata) in enumerate(zip(plan.parts, plan.metadata, strict=True)):
-        blocks = None
+        pf = files[index]
         if isinstance(path, StoredFile) and metadata is not None:
             every = range(metadata.num_row_groups)
             blocks = _fetch(path, _chunk_ranges(metadata, every, [KEY]), plan.where)
-        pf = _open(path, plan.where, metadata=metadata, blocks=blocks)
+            pf = _open(path, plan.where, metadata=metadata, blocks=blocks)
         try:
             for i in range(pf.metadata.num_row_groups):
                 column = pf.read_row_group(i, columns=[KEY], use_threads=False).column(0)
@@ -819,14 +805,6 @@ def _inspect(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> None:
         plan.source_nulls,
     )
     plan.newest_nulls = np.zeros(len(plan.columns), dtype=np.int64)
-
-
-def _inspect_all(plans: Sequence[_Plan], spine_keys: np.ndarray, newest_from: int) -> None:
-    # Stored objects: one small request per file, so latency rather than CPU bounds this.
-    stored = any(p.stored for p in plans)
-    with ThreadPoolExecutor(IO_THREADS if stored else WORKERS) as pool:
-        for done in pool.map(lambda p: _inspect(p, spine_keys, newest_from), plans):
-            del done
 
 
 _NEWEST_LOCK = threading.Lock()  # two pieces of one slice meet when the newest day spans groups
