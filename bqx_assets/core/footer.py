@@ -320,8 +320,8 @@ class FooterAssembler:
         self.orders: list[bytes] = []
         self.groups: list[dict[str, Any]] = []
         self.schema_group: int | None = None
-        """The row group whose pieces give the schema: the first one built from pieces (row
-        groups adopted whole from an earlier file come before it)."""
+        """The row group whose pieces give the schema: the first one built from pieces (the
+        others may be adopted whole from an earlier file, before or after it)."""
 
     def adopt(self, raw: bytes, shift: int, ordinal: int) -> None:
         """Append a row group taken whole from an earlier file of the same layout: its RowGroup
