@@ -179,23 +179,32 @@ def _write_value(out: bytearray, kind: int, value: Any) -> None:
         _write_struct(out, value)
     else:
         item, items = value
-        if len(items) < 15:
-            out.append((len(items) << 4) | item)
-        else:
-            out.append(0xF0 | item)
-            _put_uvarint(out, len(items))
+        _put_list_header(out, item, len(items))
         for element in items:
             _write_value(out, item, element)
+
+
+def _put_list_header(out: bytearray, item: int, size: int) -> None:
+    if size < 15:
+        out.append((size << 4) | item)
+    else:
+        out.append(0xF0 | item)
+        _put_uvarint(out, size)
+
+
+def _put_field_header(out: bytearray, last: int, fid: int, kind: int) -> None:
+    """A struct field's header: its id as a delta from the previous field's (`last`)."""
+    if 0 < fid - last <= 15:
+        out.append(((fid - last) << 4) | kind)
+    else:
+        out.append(kind)
+        _put_uvarint(out, _zigzag(fid))
 
 
 def _write_struct(out: bytearray, fields: Fields) -> None:
     last = 0
     for fid, kind, value in fields:
-        if 0 < fid - last <= 15:
-            out.append(((fid - last) << 4) | kind)
-        else:
-            out.append(kind)
-            _put_uvarint(out, _zigzag(fid))
+        _put_field_header(out, last, fid, kind)
         last = fid
         _write_value(out, kind, value)
     out.append(0)
@@ -431,11 +440,7 @@ class FooterAssembler:
 
         def header(fid: int, kind: int) -> None:
             nonlocal last
-            if 0 < fid - last <= 15:
-                out.append(((fid - last) << 4) | kind)
-            else:
-                out.append(kind)
-                _put_uvarint(out, _zigzag(fid))
+            _put_field_header(out, last, fid, kind)
             last = fid
 
         for fid, kind, value in [
@@ -446,11 +451,7 @@ class FooterAssembler:
             header(fid, kind)
             _write_value(out, kind, value)
         header(4, _LIST)
-        if len(self.groups) < 15:
-            out.append((len(self.groups) << 4) | _STRUCT)
-        else:
-            out.append(0xF0 | _STRUCT)
-            _put_uvarint(out, len(self.groups))
+        _put_list_header(out, _STRUCT, len(self.groups))
         spans = []
         for ordinal, g in enumerate(self.groups):
             start = len(out)
