@@ -12,16 +12,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.chunks import pair_inputs, refresh_tables
-from bqx_assets.core.embedded import EmbeddedWarehouse, connect, create_warehouse
+from bqx_assets.core.chunks import TrainingWindow, pair_inputs, refresh_tables, resolve_window
+from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets.core.errors import MergeError
-from bqx_assets.core.extraction import Source
-from bqx_assets.core.layout import KEY, training_file_key
+from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.merge import MergeReport, merge_checkpoints, row_groups
 from bqx_assets.core.publish import published_file
 from bqx_assets.core.storage import open_storage
 from bqx_assets.core.warehouse import DateRange
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
+from bqx_assets_tests.test_refresh import _correct_day, _sources
 
 gcs_emulator = gcs_fixtures.gcs_emulator
 
@@ -51,10 +51,6 @@ def test_row_groups_are_months_then_the_newest_months_weeks() -> None:
     assert row_groups(feb[:10]) == [(0, 10)]
 
 
-def _sources(catalog: Catalog) -> list[Source]:
-    return [catalog.targets[PAIR], *catalog.tables_for(PAIR)]
-
-
 @pytest.fixture(scope="module")
 def four_days(tmp_path_factory: pytest.TempPathFactory, mini: tuple[Catalog, Path]) -> Path:
     catalog, _ = mini
@@ -78,10 +74,14 @@ def _build(
     root: Path | str,
     out: Path,
     previous: Path | None = None,
+    window: TrainingWindow | None = None,
 ) -> MergeReport:
+    """Refresh the pair's chunks into `root` (for `window`, resolved from the warehouse now,
+    or all time), then merge them into `out`, copying from `previous`."""
     storage = open_storage(str(root))
-    refresh_tables(warehouse, _sources(catalog), storage, threads=2)
-    inputs = pair_inputs(storage, catalog, PAIR, DateRange())
+    resolved = resolve_window(warehouse, [catalog.targets[PAIR]], window) if window else DateRange()
+    refresh_tables(warehouse, _sources(catalog), storage, window=resolved, threads=2)
+    inputs = pair_inputs(storage, catalog, PAIR, resolved)
     return merge_checkpoints(
         inputs.spine,
         inputs.spine_columns,
@@ -141,25 +141,6 @@ def test_an_appended_day_copies_the_unchanged_row_groups(
     )
     assert again.reused_row_groups == 2
     _same_file(tmp_path / "again.parquet", tmp_path / "scratch.parquet")
-
-
-def _correct_day(path: Path, catalog: Catalog, table: str, day: date) -> None:
-    source = catalog.table(table)
-    column = next(c.name for c in source.columns if c.dtype == "FLOAT64")
-    con = connect(path, read_only=False)
-    try:
-        con.execute(
-            f'UPDATE "{source.dataset}"."{table}" SET "{column}" = "{column}" + 1 '
-            f'WHERE CAST("{KEY}" AS DATE) = ?',
-            [day],
-        )
-        con.execute(
-            'UPDATE "_bqx_meta"."partitions" SET last_modified = now() '
-            "WHERE dataset = ? AND table_name = ? AND day = ?",
-            [source.dataset, table, day],
-        )
-    finally:
-        con.close()
 
 
 @pytest.mark.parametrize(
@@ -324,24 +305,11 @@ def test_a_dagster_refresh_copies_row_groups_from_the_published_file(
 def test_a_rolling_window_moves_the_unchanged_row_groups(
     mini: tuple[Catalog, Path], warehouse: EmbeddedWarehouse, tmp_path: Path
 ) -> None:
-    from bqx_assets.core.chunks import TrainingWindow, resolve_window
-
     catalog, _ = mini
     window = TrainingWindow(days=4)
 
     def build(root: str, out: Path, previous: Path | None = None) -> MergeReport:
-        storage = open_storage(str(tmp_path / root))
-        resolved = resolve_window(warehouse, [catalog.targets[PAIR]], window)
-        refresh_tables(warehouse, _sources(catalog), storage, window=resolved, threads=2)
-        inputs = pair_inputs(storage, catalog, PAIR, resolved)
-        return merge_checkpoints(
-            inputs.spine,
-            inputs.spine_columns,
-            inputs.features,
-            out,
-            spine_ids=inputs.spine_ids,
-            previous=previous,
-        )
+        return _build(warehouse, catalog, tmp_path / root, out, previous, window)
 
     # January 31, February 1-2 and 4: January's day, the week to Saturday the 3rd, Sunday the 4th.
     assert build("ckpt", tmp_path / "first.parquet").row_groups == 3
