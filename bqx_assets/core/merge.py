@@ -384,24 +384,26 @@ def _signatures(
     return out
 
 
+def _read_range(source: Input, start: int, stop: int) -> bytes:
+    """Bytes [start, stop) of a local file or a stored object; MergeError when it ends early."""
+    if isinstance(source, StoredFile):
+        return source.read_range(start, stop)
+    with open(source, "rb") as f:
+        f.seek(start)
+        data = f.read(stop - start)
+    if len(data) != stop - start:
+        raise MergeError(f"previous training file {source}: ends early")
+    return data
+
+
 def _tail(source: Input) -> tuple[int, bytes]:
     """The file's size and its footer (FileMetaData bytes)."""
-    if isinstance(source, StoredFile):
-        size = source.size
-        end = source.read_range(size - 8, size)
-    else:
-        size = source.stat().st_size
-        with open(source, "rb") as f:
-            f.seek(size - 8)
-            end = f.read(8)
+    size = source.size if isinstance(source, StoredFile) else source.stat().st_size
+    end = _read_range(source, size - 8, size)
     length = int.from_bytes(end[:4], "little")
     if end[4:] != MAGIC or length + 12 > size:
         raise MergeError(f"previous training file {source}: not a parquet file")
-    if isinstance(source, StoredFile):
-        return size, source.read_range(size - 8 - length, size - 8)
-    with open(source, "rb") as f:
-        f.seek(size - 8 - length)
-        return size, f.read(length)
+    return size, _read_range(source, size - 8 - length, size - 8)
 
 
 def _reuse(
@@ -478,37 +480,20 @@ class _Checksummed:
         return digest
 
 
-def _copy(reuse: _Reuse, rows: Sequence[int], f: _Checksummed) -> None:
-    """Copy the bytes of reused row groups `rows`, each checked against the CRC32C it was
-    written with."""
-    source = reuse.source
-    handle = None if isinstance(source, StoredFile) else open(source, "rb")  # noqa: SIM115
+def _copy(reuse: _Reuse, r: int, f: _Checksummed) -> None:
+    """Copy the bytes of reused row group `r`, checked against the CRC32C it was written with."""
+    g, _ = reuse.groups[r]
     try:
-        for r in rows:
-            g, _ = reuse.groups[r]
-            for start in range(int(g["start"]), int(g["end"]), _COPY_BYTES):
-                stop = min(start + _COPY_BYTES, int(g["end"]))
-                if handle is None:
-                    assert isinstance(source, StoredFile)
-                    f.write(source.read_range(start, stop))
-                else:
-                    handle.seek(start)
-                    block = handle.read(stop - start)
-                    if len(block) != stop - start:
-                        raise MergeError(f"previous training file {source}: ends early")
-                    f.write(block)
-            if f.mark() != g["crc32c"]:
-                raise MergeError(
-                    f"previous training file {source}: its row group for row group {r} does "
-                    "not match the CRC32C "
-                    "recorded when it was written (the file was changed or damaged since); "
-                    "nothing was published: move it away and run again to build from scratch"
-                )
+        for start in range(int(g["start"]), int(g["end"]), _COPY_BYTES):
+            f.write(_read_range(reuse.source, start, min(start + _COPY_BYTES, int(g["end"]))))
     except StorageError as exc:
-        raise MergeError(f"previous training file {source}: {exc}") from exc
-    finally:
-        if handle is not None:
-            handle.close()
+        raise MergeError(f"previous training file {reuse.source}: {exc}") from exc
+    if f.mark() != g["crc32c"]:
+        raise MergeError(
+            f"previous training file {reuse.source}: its row group for row group {r} does not "
+            "match the CRC32C recorded when it was written (the file was changed or damaged "
+            "since); nothing was published: move it away and run again to build from scratch"
+        )
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -999,7 +984,7 @@ def _write(
             assert reuse is not None and index in copied  # the others are built, in order
             g, raw = copied[index]
             start = f.tell()
-            _copy(reuse, [index], f)
+            _copy(reuse, index, f)
             footer.adopt(raw, start - int(g["start"]), index)
             written.append(  # the same keys in the same order as a built row group's
                 {
