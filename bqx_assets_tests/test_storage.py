@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def test_a_replaced_file_is_checksummed_again(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     info = storage.write_bytes("t/a.manifest.json", b"first")
     assert info.crc32c == bytes_crc32c(b"first")
-    assert LocalStorage(tmp_path).stat("t/a.manifest.json") == info  # not taken on trust
+    assert LocalStorage(tmp_path).stat("t/a.manifest.json") == info  # another process
 
     replacement = tmp_path / "replacement"
     replacement.write_bytes(b"second, longer")
@@ -91,3 +92,128 @@ def test_file_checksum_is_the_checksum_of_its_bytes_whatever_the_read_size(
     path = tmp_path / "f"
     path.write_bytes(data)
     assert file_crc32c(path) == bytes_crc32c(data)
+
+
+def _root_with_xattrs(tmp_path: Path) -> Path:
+    """A folder whose filesystem keeps user xattrs; the test is skipped where it does not."""
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+    except (AttributeError, OSError) as exc:
+        pytest.skip(f"no user xattrs here: {exc}")
+    probe.unlink()
+    return tmp_path / "root"
+
+
+def _rewrite_in_place(path: Path, data: bytes, mtime_ns: int) -> None:
+    """New bytes into the same inode, its mtime then set to `mtime_ns`."""
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_a_written_files_checksum_is_kept_with_it_until_its_size_or_mtime_changes(
+    tmp_path: Path,
+) -> None:
+    root = _root_with_xattrs(tmp_path)
+    local = tmp_path / "chunk.parquet"
+    local.write_bytes(b"first bytes")
+    storage = LocalStorage(root)
+    storage.put_file(local, "t/chunk.parquet")
+    storage.write_bytes("t/chunk.manifest.json", b"{}")
+    for key, data in [("t/chunk.parquet", b"first bytes"), ("t/chunk.manifest.json", b"{}")]:
+        st = os.stat(root / key)
+        expected = f"{st.st_size} {st.st_mtime_ns} {bytes_crc32c(data)}".encode()
+        assert os.getxattr(root / key, "user.bqx.crc32c") == expected
+        info = LocalStorage(root).stat(key)
+        assert info is not None and info.crc32c == bytes_crc32c(data)
+
+    # Other bytes of the same size under the same mtime: the documented limit, the recorded
+    # checksum is reported without reading the file.
+    path = root / "t" / "chunk.parquet"
+    mtime_ns = os.stat(path).st_mtime_ns
+    _rewrite_in_place(path, b"other bytes", mtime_ns)
+    trusted = LocalStorage(root).stat("t/chunk.parquet")
+    assert trusted is not None and trusted.crc32c == bytes_crc32c(b"first bytes")
+    # A deep check reads the file, and its record is then the true one.
+    deep = LocalStorage(root, trust_recorded_crc32c=False).stat("t/chunk.parquet")
+    assert deep is not None and deep.crc32c == bytes_crc32c(b"other bytes")
+    again = LocalStorage(root).stat("t/chunk.parquet")
+    assert again is not None and again.crc32c == bytes_crc32c(b"other bytes")
+
+    # A write as it happens: the same size, a later mtime. The file is read again.
+    _rewrite_in_place(path, b"third bytes", mtime_ns + 1_000_000_000)
+    changed = LocalStorage(root).stat("t/chunk.parquet")
+    assert changed is not None and changed.crc32c == bytes_crc32c(b"third bytes")
+    # A change of size is read again too, whatever the mtime.
+    _rewrite_in_place(path, b"fourth, longer", mtime_ns + 1_000_000_000)
+    longer = LocalStorage(root).stat("t/chunk.parquet")
+    assert longer is not None and (longer.size, longer.crc32c) == (
+        14,
+        bytes_crc32c(b"fourth, longer"),
+    )
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "{bigger} {mtime} {other}",  # stale: another size (trusted, it would be wrong)
+        "{size} {earlier} {other}",  # stale: another mtime
+        "{size} {mtime} not-base64",
+        "{size} {mtime} AAAAAAAAAAA=",  # 8 bytes, not a CRC32C
+        "{size} {mtime} AAAAAA",  # unpadded
+        "{size}",
+        "",
+    ],
+)
+def test_a_stale_or_malformed_record_is_ignored_and_replaced(tmp_path: Path, record: str) -> None:
+    root = _root_with_xattrs(tmp_path)
+    _put(root, "t/chunk.parquet", b"chunk bytes")
+    path = root / "t" / "chunk.parquet"
+    st = os.stat(path)
+    fields = {
+        "size": st.st_size,
+        "bigger": st.st_size + 1,
+        "mtime": st.st_mtime_ns,
+        "earlier": st.st_mtime_ns - 1,
+        "other": bytes_crc32c(b"other bytes"),
+    }
+    os.setxattr(path, "user.bqx.crc32c", record.format(**fields).encode())
+
+    info = LocalStorage(root).stat("t/chunk.parquet")
+
+    assert info is not None and info.crc32c == bytes_crc32c(b"chunk bytes")
+    replaced = f"{st.st_size} {st.st_mtime_ns} {bytes_crc32c(b'chunk bytes')}".encode()
+    assert os.getxattr(path, "user.bqx.crc32c") == replaced
+
+
+def test_a_root_that_refuses_xattrs_reads_every_file_and_asks_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def refused(name: str) -> object:
+        def call(*args: object) -> None:
+            calls.append(name)
+            raise OSError(errno.ENOTSUP, "Operation not supported")
+
+        return call
+
+    monkeypatch.setattr(os, "setxattr", refused("set"), raising=False)
+    monkeypatch.setattr(os, "getxattr", refused("get"), raising=False)
+    storage = LocalStorage(tmp_path)
+    local = tmp_path / "local.parquet"
+    local.write_bytes(b"chunk")
+    # Writes succeed without a record; only the first asks the filesystem.
+    assert storage.put_file(local, "t/a.parquet").crc32c == bytes_crc32c(b"chunk")
+    assert storage.write_bytes("t/a.manifest.json", b"{}").crc32c == bytes_crc32c(b"{}")
+    assert calls == ["set"]
+
+    calls.clear()
+    fresh = LocalStorage(tmp_path)
+    for key, data in [("t/a.parquet", b"chunk"), ("t/a.manifest.json", b"{}")]:
+        info = fresh.stat(key)
+        assert info is not None and info.crc32c == bytes_crc32c(data)
+    assert calls == ["get"]  # once for the root, then every file is read

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import bisect
 import contextlib
 import errno
@@ -133,13 +134,34 @@ class Storage(ABC):
 
 
 class LocalStorage(Storage):
-    """A folder on the local filesystem: atomic by write-to-temp then `os.replace`."""
+    """A folder on the local filesystem: atomic by write-to-temp then `os.replace`.
 
-    def __init__(self, root: Path | str, *, durable: bool = True) -> None:
+    Each file's CRC32C is kept with the file, as GCS keeps it with an object: in the extended
+    attribute `user.bqx.crc32c`, recorded when the file is written or first read whole, bound
+    to the file's size and mtime (ns) at that moment. A `stat` trusts a record whose size and
+    mtime are the file's and reads no data; any other file is read and checksummed again (and
+    recorded). A write changes a file's size or mtime, so a file changed since its record is
+    read again; only a change that keeps both (a deliberate `touch -d` or `os.utime`, a
+    same-size rewrite within one timestamp tick) goes unseen, as with `make` or rsync's quick
+    check. Files here are replaced by rename, never rewritten in place.
+    `trust_recorded_crc32c=False` reads every file (a deep check), as does a root on a
+    filesystem without user xattrs.
+    """
+
+    def __init__(
+        self, root: Path | str, *, durable: bool = True, trust_recorded_crc32c: bool = True
+    ) -> None:
         self.root = Path(root).expanduser().resolve()
         # fsync before the rename. Checkpoint roots turn it off: a checkpoint is checked against
-        # its manifest's CRC32C before every reuse, so one torn by a power loss is redone.
+        # its manifest's size and CRC32C before every reuse, so one torn by a power loss is
+        # redone. A filesystem that commits a file's size only after its bytes (ext4's default
+        # data=ordered, XFS) leaves a torn file a size that differs from its checksum's record;
+        # on ext4 data=writeback only a deep check (trust_recorded_crc32c=False) finds it.
         self.durable = durable
+        self.trust_recorded_crc32c = trust_recorded_crc32c
+        # Cleared when the root's filesystem refuses user xattrs, so that it is asked once per
+        # storage object, not per file.
+        self._xattrs = hasattr(os, "getxattr")
         self.uri = str(self.root)
         self._crc_cache: dict[tuple[str, int, int, int], str] = {}
         # Resolved folders by their key: resolving a path costs an lstat and Python work per
@@ -193,13 +215,43 @@ class LocalStorage(Storage):
         ident = (text, st.st_ino, st.st_size, st.st_mtime_ns)
         crc = self._crc_cache.get(ident)
         if crc is None:
-            crc = self._crc_cache[ident] = file_crc32c(text)
+            crc = self._recorded(text, st) if self.trust_recorded_crc32c else None
+            if crc is None:
+                crc = file_crc32c(text)
+                # Bound to the stat taken before the read: a write during or after it changes
+                # the mtime, so the record is stale and the file is read again.
+                self._record(text, st, crc)
+            self._crc_cache[ident] = crc
         return ObjectInfo(
             uri=text,
             size=st.st_size,
             crc32c=crc,
             updated=datetime.fromtimestamp(st.st_mtime, UTC),
         )
+
+    def _recorded(self, path: str, st: os.stat_result) -> str | None:
+        """The CRC32C recorded on the file for its present size and mtime, else None."""
+        if not self._xattrs:
+            return None
+        try:
+            raw = os.getxattr(path, _CRC32C_XATTR)
+        except OSError as exc:
+            if exc.errno in _NO_XATTRS:
+                self._xattrs = False
+            return None  # none recorded (ENODATA), or unreadable: the file is read
+        return _recorded_crc32c(raw, st)
+
+    def _record(self, path: str | Path, st: os.stat_result | None, crc32c: str) -> None:
+        """Record `crc32c` on the file for its size and mtime (`st`, else stat now). Never
+        fails: a file without a record is read again, which is all the record saves."""
+        if not self._xattrs:
+            return
+        try:
+            st = st if st is not None else os.stat(path)
+            os.setxattr(path, _CRC32C_XATTR, _crc32c_record(st, crc32c))
+        except OSError as exc:
+            if exc.errno in _NO_XATTRS:
+                self._xattrs = False
 
     def stat(self, key: str) -> ObjectInfo | None:
         path = self._in_folder(key)
@@ -236,6 +288,9 @@ class LocalStorage(Storage):
             # A rename keeps the very bytes that were checksummed; a copy is read back.
             if not renamed and file_crc32c(tmp) != expected:
                 raise StorageError(f"checksum mismatch writing {dst}; nothing was replaced")
+            # Recorded before the rename, which keeps the inode, its mtime and its xattrs: the
+            # file appears under its key with its checksum.
+            self._record(tmp, None, expected)
             os.replace(tmp, dst)
             if move and local.exists():
                 local.unlink()
@@ -285,11 +340,13 @@ class LocalStorage(Storage):
             # No fsync: small files here are manifests, which are parsed and matched against
             # the file they describe before anything trusts them.
             tmp.write_bytes(data)
+            # The file holds the very bytes written: their checksum, not a read back.
+            crc = bytes_crc32c(data)
+            self._record(tmp, None, crc)
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
-        # The renamed file holds the very bytes written: their checksum, not a read back.
-        return self._known(dst, bytes_crc32c(data))
+        return self._known(dst, crc)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -332,6 +389,32 @@ def _same_file(a: Path, b: Path) -> bool:
 
 _ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
 """Errors of a stat that mean "no file there", as `Path.is_file` treats them."""
+
+_CRC32C_XATTR = "user.bqx.crc32c"
+"""The extended attribute holding a local file's CRC32C: `{size} {mtime_ns} {crc32c}`."""
+
+_NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM})
+"""Errors of an xattr call that mean the filesystem refuses user xattrs (tmpfs on older
+kernels, some overlay filesystems)."""
+
+
+def _crc32c_record(st: os.stat_result, crc32c: str) -> bytes:
+    return f"{st.st_size} {st.st_mtime_ns} {crc32c}".encode()
+
+
+def _recorded_crc32c(raw: bytes, st: os.stat_result) -> str | None:
+    """The CRC32C of a record made for the size and mtime of `st`; None for a stale or
+    malformed one."""
+    prefix = f"{st.st_size} {st.st_mtime_ns} ".encode()
+    if not raw.startswith(prefix):
+        return None
+    crc = raw[len(prefix) :]
+    try:
+        digest = base64.b64decode(crc, validate=True)
+    except binascii.Error:
+        return None
+    # Only the one form file_crc32c gives: 4 bytes, padded.
+    return crc.decode() if len(digest) == 4 and base64.b64encode(digest) == crc else None
 
 
 def _files_under(folder: str, key: str) -> Iterator[str]:
