@@ -3,7 +3,9 @@ previous training file and writes the file a from-scratch merge writes."""
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -101,10 +103,23 @@ def _same_file(a: Path, b: Path) -> None:
     assert a.read_bytes() == b.read_bytes()
 
 
+def _no_kernel_copy(*_args: object) -> int:
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+
+# Copied row groups move by a copy in the kernel; where it cannot copy between the two files
+# (another filesystem, an old kernel), by the merge's own reads and writes: the same file.
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["kernel copy", "no kernel copy"])
 def test_an_appended_day_copies_the_unchanged_row_groups(
-    mini: tuple[Catalog, Path], warehouse: EmbeddedWarehouse, tmp_path: Path
+    mini: tuple[Catalog, Path],
+    warehouse: EmbeddedWarehouse,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kernel_copy: bool,
 ) -> None:
     catalog, _ = mini
+    if not kernel_copy:
+        monkeypatch.setattr(os, "copy_file_range", _no_kernel_copy)
     first = _build(warehouse, catalog, tmp_path / "ckpt", tmp_path / "first.parquet")
     # January (2 days), February 1 to 2 (the week to the market's Friday close), and the week
     # from Sunday the 4th (the market's open).

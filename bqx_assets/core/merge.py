@@ -53,6 +53,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import errno
+import io
 import itertools
 import json
 import os
@@ -91,12 +93,14 @@ from bqx_assets.core.storage import StagedFile, StagedUpload, StoredFile
 DEFAULT_ROW_GROUP_ROWS = 262_144
 """Most rows in one output row group (a month holds ~32K minutes; see the notes above)."""
 ROW_GROUPS_KEY = "bqx:row_groups"
-"""Footer key-value metadata: each row group's rows, byte span, CRC32C, signature and RowGroup
-struct span, what a later merge needs to copy it (`_Reuse`)."""
+"""Footer key-value metadata: each row group's rows, byte span, CRC32C, signature, and its
+RowGroup struct's span and CRC32C: what a later merge needs to copy it (`_Reuse`)."""
 LAYOUT_FORMAT = 2
 """Bumped whenever the output's bytes for the same inputs change: no row group is copied from a
 file of another format."""
 _COPY_BYTES = 16 * 1024 * 1024  # a copied row group moves in blocks of this size
+_NO_SPLICE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
+"""copy_file_range's errors for files it cannot copy between (other filesystems, old kernels)."""
 OUTPUT_COMPRESSION = "zstd"
 OUTPUT_COMPRESSION_LEVEL = 1
 PIECE_BYTES = 32 * 1024 * 1024
@@ -265,7 +269,7 @@ def merge_checkpoints(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
         try:
-            with open(tmp, "wb") as f:
+            with open(tmp, "w+b") as f:  # read too: copied row groups are checked in place
                 coverage = _write(
                     f, keys, spine_table, plans, groups, say, newest_from, layout, reuse
                 )
@@ -326,12 +330,22 @@ class _Layout:
 
 
 @dataclass(frozen=True)
+class _Adopted:
+    """A row group of the previous file to copy: its record there (byte span, CRC32C, ...), its
+    RowGroup struct and its index there when that struct matched its recorded CRC32C (so the
+    footer can keep its bytes unparsed where it does not move)."""
+
+    record: dict[str, Any]
+    raw: bytes
+    was: int | None
+
+
+@dataclass(frozen=True)
 class _Reuse:
-    """The row groups to copy from `source`, by their index in the new file: each one's record
-    in the old file (byte span, CRC32C, ...) and its RowGroup struct there."""
+    """The row groups to copy from `source`, by their index in the new file."""
 
     source: Input
-    groups: dict[int, tuple[dict[str, Any], bytes]]
+    groups: dict[int, _Adopted]
 
     @property
     def count(self) -> int:
@@ -339,7 +353,7 @@ class _Reuse:
 
     @property
     def bytes(self) -> int:
-        return sum(int(g["end"]) - int(g["start"]) for g, _ in self.groups.values())
+        return sum(int(g.record["end"]) - int(g.record["start"]) for g in self.groups.values())
 
 
 def _plan_digest(names: Sequence[str], types: Sequence[pa.DataType], rows_per_group: int) -> str:
@@ -445,18 +459,24 @@ def _reuse(
         return None
     # Any row group whose inputs are unchanged, wherever it was: a rolling window drops days at
     # the start and a corrected day changes one row group, the others move as they are.
-    by_signature = {g.get("signature"): g for g in theirs if g.get("signature")}
-    chosen: dict[int, tuple[dict[str, Any], bytes]] = {}
+    by_signature = {g.get("signature"): (i, g) for i, g in enumerate(theirs) if g.get("signature")}
+    chosen: dict[int, _Adopted] = {}
     for r, (a, b) in enumerate(groups):
         if int(keys[b - 1]) >= newest_from:
             break  # the newest day's row groups are always encoded: they count its nulls
-        g = by_signature.get(layout.signatures[r])
+        was, g = by_signature.get(layout.signatures[r], (None, None))
         if g is None or g.get("rows") != b - a:
             continue
         if not len(MAGIC) <= int(g["start"]) < int(g["end"]) <= size - len(footer) - 8:
             continue
-        chosen[r] = (g, footer[int(g["footer"][0]) : int(g["footer"][1])])
+        raw = footer[int(g["footer"][0]) : int(g["footer"][1])]
+        checked = g.get("footer_crc32c") == _crc32c(raw)
+        chosen[r] = _Adopted(g, raw, was if checked else None)
     return _Reuse(previous, chosen) if chosen else None
+
+
+def _crc32c(data: bytes) -> str:
+    return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
 
 
 class _Checksummed:
@@ -465,11 +485,45 @@ class _Checksummed:
     def __init__(self, f: BinaryIO | StagedUpload) -> None:
         self._f = f
         self._crc = google_crc32c.Checksum()
+        # A local output file opened for reading too takes copies in the kernel (`splice`).
+        self._splice = hasattr(os, "copy_file_range") and isinstance(f, io.BufferedRandom)
 
     def write(self, data: bytes | memoryview) -> int:
         # The C extension refuses memoryviews; a numpy view of the same bytes is no copy.
         self._crc.update(np.frombuffer(data, dtype=np.uint8) if len(data) else b"")
         return self._f.write(data)
+
+    def splice(self, source: Path, start: int, stop: int) -> bool:
+        """Append bytes [start, stop) of the local file `source` by a copy in the kernel (no
+        pass through Python's buffers: a refresh copies ~9 GB), then checksum what landed in
+        this file, read back from the page cache. False, with nothing written, where the
+        kernel cannot copy between these files (then the caller writes the bytes itself)."""
+        if not self._splice:
+            return False
+        f = self._f
+        assert isinstance(f, io.BufferedRandom)
+        f.flush()
+        fd, at = f.fileno(), f.tell()
+        end = at
+        with open(source, "rb", buffering=0) as src:
+            while start < stop:
+                try:
+                    n = os.copy_file_range(src.fileno(), fd, stop - start, start, end)
+                except OSError as exc:
+                    if end == at and exc.errno in _NO_SPLICE:
+                        self._splice = False
+                        return False
+                    raise
+                if n == 0:
+                    raise MergeError(f"previous training file {source}: ends early")
+                start, end = start + n, end + n
+        block = bytearray(min(_COPY_BYTES, end - at))
+        view = memoryview(block)
+        for offset in range(at, end, len(block)):
+            n = os.preadv(fd, [view[: min(len(block), end - offset)]], offset)
+            self._crc.update(np.frombuffer(block, dtype=np.uint8, count=n))
+        f.seek(end)
+        return True
 
     def tell(self) -> int:
         return self._f.tell()
@@ -482,10 +536,12 @@ class _Checksummed:
 
 def _copy(reuse: _Reuse, r: int, f: _Checksummed) -> None:
     """Copy the bytes of reused row group `r`, checked against the CRC32C it was written with."""
-    g, _ = reuse.groups[r]
+    g = reuse.groups[r].record
+    start, end = int(g["start"]), int(g["end"])
     try:
-        for start in range(int(g["start"]), int(g["end"]), _COPY_BYTES):
-            f.write(_read_range(reuse.source, start, min(start + _COPY_BYTES, int(g["end"]))))
+        if not (isinstance(reuse.source, Path) and f.splice(reuse.source, start, end)):
+            for at in range(start, end, _COPY_BYTES):
+                f.write(_read_range(reuse.source, at, min(at + _COPY_BYTES, end)))
     except StorageError as exc:
         raise MergeError(f"previous training file {reuse.source}: {exc}") from exc
     if f.mark() != g["crc32c"]:
@@ -982,10 +1038,11 @@ def _write(
         while len(written) < r:
             index = len(written)
             assert reuse is not None and index in copied  # the others are built, in order
-            g, raw = copied[index]
+            adopted = copied[index]
+            g = adopted.record
             start = f.tell()
             _copy(reuse, index, f)
-            footer.adopt(raw, start - int(g["start"]), index)
+            footer.adopt(adopted.raw, start - int(g["start"]), index, adopted.was)
             written.append(  # the same keys in the same order as a built row group's
                 {
                     "rows": g["rows"],
@@ -1103,8 +1160,11 @@ def _write(
             close_group(building, start)
         copy_until(len(groups))
 
-        def record(spans: list[tuple[int, int]]) -> dict[str, str]:
-            body = [{**g, "footer": list(span)} for g, span in zip(written, spans, strict=True)]
+        def record(spans: list[tuple[int, int]], encoded: bytes) -> dict[str, str]:
+            body = [
+                {**g, "footer": [a, b], "footer_crc32c": _crc32c(encoded[a:b])}
+                for g, (a, b) in zip(written, spans, strict=True)
+            ]
             return {
                 ROW_GROUPS_KEY: json.dumps(
                     {"format": LAYOUT_FORMAT, "plan": layout.plan, "groups": body},
