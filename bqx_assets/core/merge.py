@@ -52,8 +52,8 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import errno
+import hashlib
 import io
 import itertools
 import json
@@ -99,6 +99,7 @@ LAYOUT_FORMAT = 2
 """Bumped whenever the output's bytes for the same inputs change: no row group is copied from a
 file of another format."""
 _COPY_BYTES = 16 * 1024 * 1024  # a copied row group moves in blocks of this size
+_SPLICE_BYTES = 256 * 1024 * 1024  # a kernel copy's step: a cancelled copy stops within one
 _NO_SPLICE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
 """copy_file_range's errors for files it cannot copy between (other filesystems, old kernels)."""
 OUTPUT_COMPRESSION = "zstd"
@@ -234,27 +235,50 @@ def merge_checkpoints(
 
     keys, spine_table = _read_spine(spine, spine_columns)
     newest_from = newest_day_start(keys)
-    say(f"spine {_shown(_parts(spine))}: {len(keys):,} rows; checking {len(features)} tables")
-    plans = _plan_sources(features, keys, newest_from)
-    names = [KEY, *spine_columns] + [n for p in plans for n in p.names]
-    _check_names(spine, spine_columns, plans)
-    first_column = 1 + len(spine_columns)
-    for plan in plans:
-        plan.first_column, first_column = first_column, first_column + len(plan.columns)
-        if plan.coverage is not None:
-            plan.coverage = replace(plan.coverage, first_column=plan.first_column)
-    say(f"inputs checked: {len(names):,} output columns")
-
     groups = row_groups(keys, rows_per_group)
-    types = [*spine_table.schema.types, *(t for p in plans for t in p.types)]
-    layout = _Layout(
-        _plan_digest(names, types, rows_per_group),
-        _signatures(keys, groups, spine, spine_ids, plans),
-    )
-    reuse = _reuse(previous, layout, names, groups, keys, newest_from, say) if previous else None
+    signatures = _signatures(keys, groups, spine, spine_ids, features)
+    previous = _input(previous) if previous is not None else None
+
+    def layout_of(names: Sequence[str], types: Sequence[pa.DataType]) -> _Layout:
+        return _Layout(_plan_digest(names, [*spine_table.schema.types, *types], rows_per_group),
+                       signatures)  # fmt: skip
+
+    def reuse_of(layout: _Layout, names: Sequence[str]) -> _Reuse | None:
+        if previous is None:
+            return None
+        return _reuse(previous, layout, names, groups, keys, newest_from, say)
+
+    # What to copy from a local previous file into a local output is known before the inputs
+    # are checked when the catalog declares every column and type: the copy starts first.
+    early: tuple[_Layout, _Reuse | None] | None = None
+    declared = _declared(features)
+    if declared is not None and isinstance(previous, Path) and not isinstance(out, StagedUpload):
+        names = [KEY, *spine_columns, *declared[0]]
+        layout = layout_of(names, declared[1])
+        early = (layout, reuse_of(layout, names))
+
+    def prepare() -> tuple[list[_Plan], list[str], _Layout, _Reuse | None]:
+        say(f"spine {_shown(_parts(spine))}: {len(keys):,} rows; checking {len(features)} tables")
+        plans = _plan_sources(features, keys, newest_from)
+        names = [KEY, *spine_columns] + [n for p in plans for n in p.names]
+        _check_names(spine, spine_columns, plans)
+        first_column = 1 + len(spine_columns)
+        for plan in plans:
+            plan.first_column, first_column = first_column, first_column + len(plan.columns)
+            if plan.coverage is not None:
+                plan.coverage = replace(plan.coverage, first_column=plan.first_column)
+        say(f"inputs checked: {len(names):,} output columns")
+        layout = layout_of(names, [t for p in plans for t in p.types])
+        if early is None:
+            return plans, names, layout, reuse_of(layout, names)
+        if layout != early[0]:  # the checks hold the files to the declared columns and types
+            raise MergeError("the checked inputs' columns differ from the catalog's declaration")
+        return plans, names, layout, early[1]
+
     staged: StagedFile | None = None
     if isinstance(out, StagedUpload):
         try:
+            plans, names, layout, reuse = prepare()
             coverage = _write(
                 out, keys, spine_table, plans, groups, say, newest_from, layout, reuse
             )
@@ -269,9 +293,11 @@ def merge_checkpoints(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
         try:
-            with open(tmp, "w+b") as f:  # read too: copied row groups are checked in place
+            # Read too: copied row groups are checked where they landed.
+            with open(tmp, "w+b") as f, _Ahead(f, early[1] if early else None) as copier:
+                plans, names, layout, reuse = prepare()
                 coverage = _write(
-                    f, keys, spine_table, plans, groups, say, newest_from, layout, reuse
+                    f, keys, spine_table, plans, groups, say, newest_from, layout, reuse, copier
                 )
             _verify(tmp, keys, names, len(groups))
             os.replace(tmp, out)
@@ -376,12 +402,12 @@ def _signatures(
     groups: Sequence[tuple[int, int]],
     spine: Inputs,
     spine_ids: Sequence[PartId],
-    plans: Sequence[_Plan],
+    features: Sequence[FeatureSource],
 ) -> list[str | None]:
     """Each row group's digest of the ids of every input part that may hold rows for it: the
-    spine's parts (its keys and targets) and each table's parts, in plan order."""
+    spine's parts (its keys and targets) and each table's parts, in output order."""
     known = len(spine_ids) == len(_parts(spine)) and all(
-        len(p.source.ids) == len(p.parts) for p in plans
+        len(s.ids) == len(_parts(s.path)) for s in features
     )
     if not known:
         return [None] * len(groups)
@@ -389,13 +415,31 @@ def _signatures(
     for a, b in groups:
         lo, hi = int(keys[a:b].min()), int(keys[a:b].max())
         digest = hashlib.sha256()
-        for ids in [spine_ids, *(p.source.ids for p in plans)]:
+        for ids in [spine_ids, *(s.ids for s in features)]:
             digest.update(b"|")
             for part in ids:
                 if part.start <= hi and part.end > lo:
                     digest.update(f"{part.start}:{part.end}:{part.digest};".encode())
         out.append(digest.hexdigest())
     return out
+
+
+def _declared(features: Sequence[FeatureSource]) -> tuple[list[str], list[pa.DataType]] | None:
+    """The feature columns' output names and types as the sources declare them (the catalog's
+    columns and types: what `_plan_one` makes of them once the files match), or None when a
+    source leaves them to its file."""
+    names: list[str] = []
+    types: list[pa.DataType] = []
+    for source in features:
+        if source.columns is None or source.dtypes is None:
+            return None
+        for column, name in source.columns:
+            dtype = source.dtypes.get(column)
+            if dtype not in ARROW_TYPES:
+                return None
+            names.append(name)
+            types.append(ARROW_TYPES[dtype])
+    return names, types
 
 
 def _read_range(source: Input, start: int, stop: int) -> bytes:
@@ -479,51 +523,89 @@ def _crc32c(data: bytes) -> str:
     return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
 
 
+def _splice(
+    source: Path, fd: int, start: int, stop: int, at: int, cancel: threading.Event | None = None
+) -> str | None:
+    """Copy bytes [start, stop) of the local file `source` to `at` in the file open as `fd`,
+    by a copy in the kernel (no pass through Python's buffers: a refresh copies ~9 GB) where
+    it can copy between the two files, else by reads and writes; then the CRC32C of what
+    landed, read back from the page cache. None when `cancel` is set on the way."""
+    size = stop - start
+    kernel = hasattr(os, "copy_file_range")
+    with open(source, "rb", buffering=0) as src:
+        done = 0
+        while done < size:
+            if cancel is not None and cancel.is_set():
+                return None
+            step = min(size - done, _SPLICE_BYTES)
+            n = -1
+            if kernel:
+                try:
+                    n = os.copy_file_range(src.fileno(), fd, step, start + done, at + done)
+                except OSError as exc:
+                    if exc.errno not in _NO_SPLICE:
+                        raise
+                    kernel = False
+            if n < 0:
+                data = os.pread(src.fileno(), min(step, _COPY_BYTES), start + done)
+                n = os.pwrite(fd, data, at + done) if data else 0
+            if n == 0:
+                raise MergeError(f"previous training file {source}: ends early")
+            done += n
+    crc = google_crc32c.Checksum()
+    block = bytearray(min(_COPY_BYTES, max(size, 1)))
+    view = memoryview(block)
+    for offset in range(at, at + size, len(block)):
+        n = os.preadv(fd, [view[: min(len(block), at + size - offset)]], offset)
+        crc.update(np.frombuffer(block, dtype=np.uint8, count=n))  # no copy of the block
+    return base64.b64encode(crc.digest()).decode()
+
+
+def _damaged(reuse: _Reuse, r: int) -> MergeError:
+    return MergeError(
+        f"previous training file {reuse.source}: its row group for row group {r} does not "
+        "match the CRC32C recorded when it was written (the file was changed or damaged "
+        "since); nothing was published: move it away and run again to build from scratch"
+    )
+
+
 class _Checksummed:
     """A writer that keeps the CRC32C of what was written since its last `mark`."""
 
     def __init__(self, f: BinaryIO | StagedUpload) -> None:
         self._f = f
         self._crc = google_crc32c.Checksum()
-        # A local output file opened for reading too takes copies in the kernel (`splice`).
-        self._splice = hasattr(os, "copy_file_range") and isinstance(f, io.BufferedRandom)
+
+    @property
+    def local(self) -> io.BufferedRandom | None:
+        """The output as a local file open for reading too (copies land in it in place), or
+        None (a streaming upload)."""
+        return self._f if isinstance(self._f, io.BufferedRandom) else None
 
     def write(self, data: bytes | memoryview) -> int:
         # The C extension refuses memoryviews; a numpy view of the same bytes is no copy.
         self._crc.update(np.frombuffer(data, dtype=np.uint8) if len(data) else b"")
         return self._f.write(data)
 
-    def splice(self, source: Path, start: int, stop: int) -> bool:
-        """Append bytes [start, stop) of the local file `source` by a copy in the kernel (no
-        pass through Python's buffers: a refresh copies ~9 GB), then checksum what landed in
-        this file, read back from the page cache. False, with nothing written, where the
-        kernel cannot copy between these files (then the caller writes the bytes itself)."""
-        if not self._splice:
-            return False
-        f = self._f
-        assert isinstance(f, io.BufferedRandom)
+    def splice(self, source: Path, start: int, stop: int) -> str:
+        """Append bytes [start, stop) of the local file `source` (`_splice`); their CRC32C."""
+        f = self.local
+        assert f is not None
         f.flush()
-        fd, at = f.fileno(), f.tell()
-        end = at
-        with open(source, "rb", buffering=0) as src:
-            while start < stop:
-                try:
-                    n = os.copy_file_range(src.fileno(), fd, stop - start, start, end)
-                except OSError as exc:
-                    if end == at and exc.errno in _NO_SPLICE:
-                        self._splice = False
-                        return False
-                    raise
-                if n == 0:
-                    raise MergeError(f"previous training file {source}: ends early")
-                start, end = start + n, end + n
-        block = bytearray(min(_COPY_BYTES, end - at))
-        view = memoryview(block)
-        for offset in range(at, end, len(block)):
-            n = os.preadv(fd, [view[: min(len(block), end - offset)]], offset)
-            self._crc.update(np.frombuffer(block, dtype=np.uint8, count=n))
-        f.seek(end)
-        return True
+        at = f.tell()
+        crc = _splice(source, f.fileno(), start, stop, at)
+        assert crc is not None
+        f.seek(at + stop - start)
+        self.mark()  # what landed is checked by the caller against its record
+        return crc
+
+    def skip_to(self, offset: int) -> None:
+        """Go on writing at `offset` of a local file (the bytes before it are copied there by
+        `_Ahead`)."""
+        f = self.local
+        assert f is not None
+        f.seek(offset)
+        self.mark()
 
     def tell(self) -> int:
         return self._f.tell()
@@ -539,17 +621,72 @@ def _copy(reuse: _Reuse, r: int, f: _Checksummed) -> None:
     g = reuse.groups[r].record
     start, end = int(g["start"]), int(g["end"])
     try:
-        if not (isinstance(reuse.source, Path) and f.splice(reuse.source, start, end)):
+        if isinstance(reuse.source, Path) and f.local is not None:
+            crc = f.splice(reuse.source, start, end)
+        else:
             for at in range(start, end, _COPY_BYTES):
                 f.write(_read_range(reuse.source, at, min(at + _COPY_BYTES, end)))
+            crc = f.mark()
     except StorageError as exc:
         raise MergeError(f"previous training file {reuse.source}: {exc}") from exc
-    if f.mark() != g["crc32c"]:
-        raise MergeError(
-            f"previous training file {reuse.source}: its row group for row group {r} does not "
-            "match the CRC32C recorded when it was written (the file was changed or damaged "
-            "since); nothing was published: move it away and run again to build from scratch"
-        )
+    if crc != g["crc32c"]:
+        raise _damaged(reuse, r)
+
+
+class _Ahead:
+    """The leading row groups a refresh copies (its unchanged months and weeks), copied into
+    their final place in a local output by a thread that starts before the inputs are checked:
+    the copy waits on the disk, the checks and the encoding of the row groups after them on
+    the CPU, so they overlap. `wait` raises what the copy raised (a damaged previous file)."""
+
+    def __init__(self, f: io.BufferedRandom, reuse: _Reuse | None) -> None:
+        self.reuse = reuse
+        self.count = 0
+        while reuse is not None and self.count in reuse.groups:
+            self.count += 1
+        self.starts: list[int] = []  # where each one goes
+        at = len(MAGIC)
+        for r in range(self.count):
+            assert reuse is not None
+            g = reuse.groups[r].record
+            self.starts.append(at)
+            at += int(g["end"]) - int(g["start"])
+        self.end = at
+        self._fd = f.fileno()
+        self._cancel = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bqx-copy-ahead", daemon=True)
+
+    def __enter__(self) -> _Ahead:
+        if self.count:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cancel.set()  # after `wait` it is done; on an error it stops between steps
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        reuse = self.reuse
+        assert reuse is not None and isinstance(reuse.source, Path)
+        try:
+            for r in range(self.count):
+                g = reuse.groups[r].record
+                start, end = int(g["start"]), int(g["end"])
+                crc = _splice(reuse.source, self._fd, start, end, self.starts[r], self._cancel)
+                if crc is None:
+                    return
+                if crc != g["crc32c"]:
+                    raise _damaged(reuse, r)
+        except BaseException as exc:
+            self._error = exc
+
+    def wait(self) -> None:
+        if self.count:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -1020,10 +1157,12 @@ def _write(
     newest_from: int,
     layout: _Layout,
     reuse: _Reuse | None = None,
+    copier: _Ahead | None = None,
 ) -> Coverage:
     """Write the row groups in order, each copied from `reuse` (moved to where it now falls) or
     built from pieces, then the footer with the coverage record and the row groups' record;
-    returns the coverage record."""
+    returns the coverage record. The leading copied row groups that `copier` copies are only
+    recorded here, the writing starting after them."""
     footer = FooterAssembler()
     f = _Checksummed(out)
     f.write(MAGIC)
@@ -1033,25 +1172,33 @@ def _write(
     if reuse is not None:
         say(f"copying {reuse.count} unchanged row groups ({reuse.bytes:,} B) from {reuse.source}")
 
+    def adopt(index: int, start: int) -> None:
+        adopted = copied[index]
+        g = adopted.record
+        footer.adopt(adopted.raw, start - int(g["start"]), index, adopted.was)
+        written.append(  # the same keys in the same order as a built row group's
+            {
+                "rows": g["rows"],
+                "start": start,
+                "end": start + int(g["end"]) - int(g["start"]),
+                "crc32c": g["crc32c"],
+                "signature": g["signature"],
+            }
+        )
+
+    if copier is not None and copier.count:
+        for index, start in enumerate(copier.starts):
+            adopt(index, start)
+        f.skip_to(copier.end)
+
     def copy_until(r: int) -> None:
         """Copy the reused row groups before row group `r` that are not written yet."""
         while len(written) < r:
             index = len(written)
             assert reuse is not None and index in copied  # the others are built, in order
-            adopted = copied[index]
-            g = adopted.record
             start = f.tell()
             _copy(reuse, index, f)
-            footer.adopt(adopted.raw, start - int(g["start"]), index, adopted.was)
-            written.append(  # the same keys in the same order as a built row group's
-                {
-                    "rows": g["rows"],
-                    "start": start,
-                    "end": f.tell(),
-                    "crc32c": g["crc32c"],
-                    "signature": g["signature"],
-                }
-            )
+            adopt(index, start)
 
     tasks: list[_Task] = []
     for r, (a, b) in enumerate(groups):
@@ -1159,6 +1306,8 @@ def _write(
         if building >= 0:
             close_group(building, start)
         copy_until(len(groups))
+        if copier is not None:
+            copier.wait()
 
         def record(spans: list[tuple[int, int]], encoded: bytes) -> dict[str, str]:
             body = [
