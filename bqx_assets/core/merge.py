@@ -526,39 +526,58 @@ def _crc32c(data: bytes) -> str:
 def _splice(
     source: Path, fd: int, start: int, stop: int, at: int, cancel: threading.Event | None = None
 ) -> str | None:
-    """Copy bytes [start, stop) of the local file `source` to `at` in the file open as `fd`,
-    by a copy in the kernel (no pass through Python's buffers: a refresh copies ~9 GB) where
-    it can copy between the two files, else by reads and writes; then the CRC32C of what
-    landed, read back from the page cache. None when `cancel` is set on the way."""
-    size = stop - start
+    """Copy bytes [start, stop) of the local file `source` to `at` in the file open as `fd`;
+    their CRC32C, or None when `cancel` is set on the way.
+
+    Each step is checksummed as it is read from the source (its pages are in the page cache,
+    having just been read), then copied by the kernel (no pass through Python's buffers: a
+    refresh copies ~9 GB; on a filesystem with shared extents, XFS or btrfs, the copy shares
+    them instead of writing) where it can copy between the two files, else written from the
+    bytes read. The checked bytes are the copied ones unless the previous file is rewritten in
+    place during the copy; it is only ever replaced by a rename, which this open file outlives."""
     kernel = hasattr(os, "copy_file_range")
+    crc = google_crc32c.Checksum()
+    block = bytearray(min(_COPY_BYTES, max(stop - start, 1)))
+    view = memoryview(block)
     with open(source, "rb", buffering=0) as src:
-        done = 0
-        while done < size:
+        done = start
+        while done < stop:
             if cancel is not None and cancel.is_set():
                 return None
-            step = min(size - done, _SPLICE_BYTES)
-            n = -1
+            step = min(stop - done, _SPLICE_BYTES)
+            before, read = crc.copy(), 0
+            while read < step:
+                n = os.preadv(src.fileno(), [view[: min(len(block), step - read)]], done + read)
+                if n == 0:
+                    raise MergeError(f"previous training file {source}: ends early")
+                crc.update(np.frombuffer(block, dtype=np.uint8, count=n))  # no copy
+                if not kernel:
+                    _write_all(fd, view[:n], at + done - start + read)
+                read += n
             if kernel:
                 try:
-                    n = os.copy_file_range(src.fileno(), fd, step, start + done, at + done)
+                    _copy_range(src.fileno(), fd, done, at + done - start, step)
                 except OSError as exc:
                     if exc.errno not in _NO_SPLICE:
                         raise
-                    kernel = False
-            if n < 0:
-                data = os.pread(src.fileno(), min(step, _COPY_BYTES), start + done)
-                n = os.pwrite(fd, data, at + done) if data else 0
-            if n == 0:
-                raise MergeError(f"previous training file {source}: ends early")
-            done += n
-    crc = google_crc32c.Checksum()
-    block = bytearray(min(_COPY_BYTES, max(size, 1)))
-    view = memoryview(block)
-    for offset in range(at, at + size, len(block)):
-        n = os.preadv(fd, [view[: min(len(block), at + size - offset)]], offset)
-        crc.update(np.frombuffer(block, dtype=np.uint8, count=n))  # no copy of the block
+                    kernel, crc = False, before
+                    continue  # this step again, written from what is read
+            done += step
     return base64.b64encode(crc.digest()).decode()
+
+
+def _copy_range(src: int, dst: int, offset: int, to: int, count: int) -> None:
+    while count > 0:
+        n = os.copy_file_range(src, dst, count, offset, to)
+        if n == 0:
+            raise OSError(errno.EIO, "copy_file_range copied nothing")
+        offset, to, count = offset + n, to + n, count - n
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
 
 
 def _damaged(reuse: _Reuse, r: int) -> MergeError:
