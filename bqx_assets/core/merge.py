@@ -86,7 +86,7 @@ from bqx_assets.core.coverage import (
 from bqx_assets.core.errors import MergeError, StorageError
 from bqx_assets.core.footer import MAGIC, FooterAssembler, Piece
 from bqx_assets.core.keys import check_unique, key_array, keys_us
-from bqx_assets.core.layout import ARROW_TYPES, KEY
+from bqx_assets.core.layout import ARROW_TYPES, KEY, KEY_TYPE
 from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
 from bqx_assets.core.storage import StagedFile, StagedUpload, StoredFile
 
@@ -919,7 +919,10 @@ def _plan_one(source: FeatureSource, spine_keys: np.ndarray, newest_from: int) -
         dtype = expected.get(column)
         plan.types.append(ARROW_TYPES[dtype] if dtype else _canonical(schema.field(column).type))
     plan.source_rows = sum(m.num_rows for m in metas)
-    nulls = [_source_nulls(m, plan.columns) for m in metas]
+    # The parts' schemas are equal (checked above): the columns' leaf indexes are found once.
+    leaf = {metas[0].schema.column(i).path: i for i in range(metas[0].num_columns)}
+    at = [leaf[c] for c in plan.columns]
+    nulls = [_source_nulls(m, at) for m in metas]
     plan.source_nulls = [
         -1 if any(n[i] < 0 for n in nulls) else sum(n[i] for n in nulls)
         for i in range(len(plan.columns))
@@ -928,15 +931,15 @@ def _plan_one(source: FeatureSource, spine_keys: np.ndarray, newest_from: int) -
     return plan
 
 
-def _source_nulls(meta: pq.FileMetaData, columns: Sequence[str]) -> list[int]:
-    """Null cells of each column in a checkpoint, summed from its footer's row-group statistics
-    (no data read); -1 for a column whose footer has no null count."""
-    leaf = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+def _source_nulls(meta: pq.FileMetaData, leaves: Sequence[int]) -> list[int]:
+    """Null cells of each column (by its leaf index) in a checkpoint, summed from its footer's
+    row-group statistics (no data read); -1 for a column whose footer has no null count."""
+    groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
     counts = []
-    for column in columns:
+    for leaf in leaves:
         total = 0
-        for g in range(meta.num_row_groups):
-            stats = meta.row_group(g).column(leaf[column]).statistics
+        for group in groups:
+            stats = group.column(leaf).statistics
             if stats is None or not stats.has_null_count:
                 total = -1
                 break
@@ -971,7 +974,8 @@ def _inspect(
     """Read the key column only: convert it, reject duplicates, note each row group's range and
     which spine keys the table covers (`files`: the parts opened by `_plan_one`; a stored one
     is opened again over its key column's byte ranges, fetched in one request)."""
-    parts: list[np.ndarray] = []
+    columns: list[pa.Array] = []
+    sizes: list[int] = []
     plan.group_at = []
     for index, (path, metadata) in enumerate(zip(plan.parts, plan.metadata, strict=True)):
         pf = files[index]
@@ -980,16 +984,30 @@ def _inspect(
             blocks = _fetch(path, _chunk_ranges(metadata, every, [KEY]), plan.where)
             pf = _open(path, plan.where, metadata=metadata, blocks=blocks)
         try:
+            # One read of the part's key column, one conversion for the table (not one of
+            # each per row group: ~17,000 chunk files per pair).
+            columns.extend(pf.read(columns=[KEY], use_threads=False).column(0).chunks)
             for i in range(pf.metadata.num_row_groups):
-                column = pf.read_row_group(i, columns=[KEY], use_threads=False).column(0)
-                parts.append(keys_us(column, plan.where, MergeError))
+                sizes.append(pf.metadata.row_group(i).num_rows)
                 plan.group_at.append((index, i))
         except StorageError as exc:
             raise MergeError(f"{plan.where}: {exc}") from exc
         except (OSError, pa.ArrowException) as exc:
             raise MergeError(f"{plan.where}: not a readable parquet file: {exc}") from exc
-    plan.groups = [(int(p.min()), int(p.max())) if len(p) else (1, 0) for p in parts]
-    file_keys = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    try:
+        column = pa.chunked_array(columns) if columns else pa.chunked_array([], KEY_TYPE)
+    except pa.ArrowException as exc:
+        raise MergeError(f"{plan.where}: key columns of its chunks differ: {exc}") from exc
+    file_keys = keys_us(column, plan.where, MergeError)
+    if sum(sizes) != len(file_keys):
+        raise MergeError(
+            f"{plan.where}: key column has {len(file_keys)} rows, footers say {sum(sizes)}"
+        )
+    ends = np.cumsum(sizes)
+    plan.groups = [
+        (int(file_keys[e - n : e].min()), int(file_keys[e - n : e].max())) if n else (1, 0)
+        for n, e in zip(sizes, ends, strict=True)
+    ]
     # Across chunks too: a key in two chunks of one table is an error naming the table.
     check_unique(file_keys, plan.where, MergeError)
     plan.coverage = table_coverage_of(
