@@ -15,8 +15,8 @@ that writes a new file, a plain copy of the training file, measured in the same 
     uv run --frozen python bench/refresh.py --rows 177748 --no-scratch   # production length
 
 The refresh runs with a new storage object, as a new run's process would: every reused chunk is
-verified against its manifest's size and CRC32C from scratch (on a local root that reads the
-chunk; on GCS it is the object's metadata). `--no-scratch` leaves out the from-scratch rebuild
+verified against its manifest's size and CRC32C (on GCS the object's metadata; on a local root
+the checksum recorded with the file, bound to its size and mtime: see docs/ARCHITECTURE.md). `--no-scratch` leaves out the from-scratch rebuild
 after the append and the equality check (at production length both files and both chunk sets
 need ~40 GB of disk; equality is checked at the smaller sizes).
 """

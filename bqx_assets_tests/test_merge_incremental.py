@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -206,6 +207,43 @@ def test_a_damaged_previous_file_is_an_error_naming_it_and_writes_nothing(
         _build(warehouse, catalog, tmp_path / "ckpt", out, previous=tmp_path / "first.parquet")
     assert out.read_bytes() == b"the file published before"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_bad_input_found_while_copying_ahead_stops_the_copy_and_writes_nothing(
+    mini: tuple[Catalog, Path], warehouse: EmbeddedWarehouse, tmp_path: Path
+) -> None:
+    """The unchanged row groups start copying before the inputs are checked; a table whose
+    chunk turns out not to match the catalog fails the merge, naming the table, and the copy
+    stops with nothing left behind."""
+    catalog, _ = mini
+    first = tmp_path / "first.parquet"
+    _build(warehouse, catalog, tmp_path / "ckpt", first)
+    warehouse.append(DAY)
+    storage = open_storage(str(tmp_path / "ckpt"))
+    refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    inputs = pair_inputs(storage, catalog, PAIR, DateRange())
+    # After the chunks were verified against their manifests: one of a table's chunks now has
+    # text where the catalog declares a number.
+    source = next(s for s in inputs.features if s.table == f"agg_{PAIR}")
+    chunk = source.path[0]
+    table = pq.read_table(chunk)
+    column = source.columns[0][0]
+    at = table.column_names.index(column)
+    pq.write_table(table.set_column(at, column, table.column(at).cast("string")), chunk)
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"the file published before")
+    with pytest.raises(MergeError, match=rf"agg_{PAIR}.*{column} is string"):
+        merge_checkpoints(
+            inputs.spine,
+            inputs.spine_columns,
+            inputs.features,
+            out,
+            spine_ids=inputs.spine_ids,
+            previous=first,
+        )
+    assert out.read_bytes() == b"the file published before"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert not [t for t in threading.enumerate() if t.name == "bqx-copy-ahead"]
 
 
 @pytest.mark.parametrize("previous", ["missing", "not parquet", "other columns"])
