@@ -217,3 +217,38 @@ def test_a_root_that_refuses_xattrs_reads_every_file_and_asks_once(
         info = fresh.stat(key)
         assert info is not None and info.crc32c == bytes_crc32c(data)
     assert calls == ["get"]  # once for the root, then every file is read
+
+
+def _no_links(*_args: object, **_kwargs: object) -> None:
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard link", "links refused"])
+def test_a_copy_keeps_the_bytes_when_the_original_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
+) -> None:
+    """What `versions/` needs of a published training file: a copy that keeps the old bytes
+    after the published key is replaced (a hard link where the filesystem allows one)."""
+    if not links:
+        monkeypatch.setattr(os, "link", _no_links)
+    storage = LocalStorage(tmp_path / "root")
+    source = tmp_path / "first.parquet"
+    source.write_bytes(b"the first published file")
+    storage.put_file(source, "training.parquet")
+
+    info = storage.copy("training.parquet", "versions/training.1.parquet")
+
+    published = tmp_path / "root" / "training.parquet"
+    version = tmp_path / "root" / "versions" / "training.1.parquet"
+    assert os.path.samestat(os.stat(published), os.stat(version)) == links
+    assert info.crc32c == bytes_crc32c(b"the first published file")
+    # The published key replaced by a new file: the version keeps the old bytes.
+    source.write_bytes(b"the second published file, longer")
+    storage.put_file(source, "training.parquet")
+    assert version.read_bytes() == b"the first published file"
+    fresh = LocalStorage(tmp_path / "root")
+    assert fresh.stat("versions/training.1.parquet").crc32c == info.crc32c
+    assert fresh.stat("training.parquet").crc32c == bytes_crc32c(
+        b"the second published file, longer"
+    )
+    assert [p.name for p in version.parent.iterdir()] == ["training.1.parquet"]

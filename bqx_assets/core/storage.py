@@ -366,7 +366,26 @@ class LocalStorage(Storage):
         yield from (k for k in keys if not k.endswith(".tmp"))
 
     def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
-        return self.put_file(self._path(src_key), dst_key)
+        """A second name for the file's bytes: a hard link, made under a temporary name and
+        renamed into place. Files under a local root are never changed in place (every write
+        is a rename onto a new inode), so the two names keep the same bytes until one is
+        replaced, which leaves the other as it was: what `versions/` needs of a published
+        training file, at no cost (a byte copy of a 9 GB file took ~20 s). Where links are
+        refused (another filesystem) the bytes are copied and checked, as `put_file` does."""
+        src = self._path(src_key)
+        dst = self._path(dst_key)
+        if _same_file(src, dst):
+            return self._info(dst)
+        tmp = self._temp(dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            return self.put_file(src, dst_key)
+        try:
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return self._info(dst)
 
     def temporaries(self, prefix: str) -> Iterator[str]:
         folder = self._where(prefix)
