@@ -213,8 +213,10 @@ def merge_checkpoints(
     then each feature source's columns, left-joined on `interval_time`.
 
     Every input is checked before anything heavy is done (schemas, key types, duplicate keys,
-    name collisions); the file is written to a temporary path beside `out`, verified by reading
-    its footer and key column back, and only then renamed. On any error `out` is untouched.
+    name collisions), but for the copy of a refresh's unchanged leading row groups into a local
+    output, which starts first and stops on an error; the file is written to a temporary path
+    beside `out`, verified by reading its footer and key column back, and only then renamed. On
+    any error `out` is untouched.
 
     `out` may instead be a `StagedUpload` (a gs:// output root): the file is streamed into it
     as it is written, committed, and verified by ranged reads of the stored object; the report
