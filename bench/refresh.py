@@ -48,7 +48,6 @@ from bqx_assets.core.chunks import (
 )
 from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse, warehouse_params
 from bqx_assets.core.extraction import ALL_TIME, Source
-from bqx_assets.core.merge import merge_checkpoints
 from bqx_assets.core.metrics import peak_rss_bytes
 from bqx_assets.core.storage import LocalStorage
 
@@ -85,14 +84,7 @@ def _build(
         return done, extracted, 0.0, cpu, {}
     started, merge_cpu = time.perf_counter(), time.process_time()
     inputs = pair_inputs(storage, catalog, pair, ALL_TIME)
-    report = merge_checkpoints(
-        inputs.spine,
-        inputs.spine_columns,
-        inputs.features,
-        out,
-        spine_ids=inputs.spine_ids,
-        previous=previous,
-    )
+    report = inputs.merge(out, previous=previous)
     merged = time.perf_counter() - started
     figures = {
         "merge_cpu_s": round(time.process_time() - merge_cpu, 1),

@@ -19,7 +19,7 @@ from bqx_assets.core.chunks import TrainingWindow, pair_inputs, refresh_tables, 
 from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets.core.errors import MergeError
 from bqx_assets.core.layout import training_file_key
-from bqx_assets.core.merge import MergeReport, merge_checkpoints, row_groups
+from bqx_assets.core.merge import MergeReport, row_groups
 from bqx_assets.core.publish import published_file
 from bqx_assets.core.storage import open_storage
 from bqx_assets.core.warehouse import DateRange
@@ -85,14 +85,7 @@ def _build(
     resolved = resolve_window(warehouse, [catalog.targets[PAIR]], window) if window else DateRange()
     refresh_tables(warehouse, _sources(catalog), storage, window=resolved, threads=2)
     inputs = pair_inputs(storage, catalog, PAIR, resolved)
-    return merge_checkpoints(
-        inputs.spine,
-        inputs.spine_columns,
-        inputs.features,
-        out,
-        spine_ids=inputs.spine_ids,
-        previous=previous,
-    )
+    return inputs.merge(out, previous=previous)
 
 
 def _same_file(a: Path, b: Path) -> None:
@@ -233,14 +226,7 @@ def test_a_bad_input_found_while_copying_ahead_stops_the_copy_and_writes_nothing
     out = tmp_path / "out.parquet"
     out.write_bytes(b"the file published before")
     with pytest.raises(MergeError, match=rf"table agg_{PAIR} .* other columns or types"):
-        merge_checkpoints(
-            inputs.spine,
-            inputs.spine_columns,
-            inputs.features,
-            out,
-            spine_ids=inputs.spine_ids,
-            previous=first,
-        )
+        inputs.merge(out, previous=first)
     assert out.read_bytes() == b"the file published before"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert not [t for t in threading.enumerate() if t.name == "bqx-copy-ahead"]
@@ -283,14 +269,7 @@ def _stored_build(
     inputs = pair_inputs(storage, catalog, PAIR, DateRange())
     out_root = open_storage(output)
     before = published_file(out_root, PAIR) if previous else None
-    report = merge_checkpoints(
-        inputs.spine,
-        inputs.spine_columns,
-        inputs.features,
-        out_root.stage(key),
-        spine_ids=inputs.spine_ids,
-        previous=before,
-    )
+    report = inputs.merge(out_root.stage(key), previous=before)
     assert report.staged is not None
     out_root.publish_staged(report.staged, key)
     out_root.discard(report.staged)

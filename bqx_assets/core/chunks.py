@@ -80,9 +80,16 @@ from bqx_assets.core.layout import (
     chunk_key,
     chunk_manifest_key,
 )
-from bqx_assets.core.merge import FeatureSource, Input, PartId, sources_for_pair
+from bqx_assets.core.merge import (
+    FeatureSource,
+    Input,
+    MergeReport,
+    PartId,
+    merge_checkpoints,
+    sources_for_pair,
+)
 from bqx_assets.core.metrics import Stopwatch
-from bqx_assets.core.storage import ObjectStorage, Storage
+from bqx_assets.core.storage import ObjectStorage, StagedUpload, Storage
 from bqx_assets.core.warehouse import DateRange, PartitionState, TableRead, Warehouse
 
 log = logging.getLogger(__name__)
@@ -938,6 +945,25 @@ class PairInputs:
     spine_ids: tuple[PartId, ...] = ()
     """What each spine chunk holds (its range and digest), for an incremental merge; the
     features' are in `FeatureSource.ids`."""
+
+    def merge(
+        self,
+        out: Path | StagedUpload,
+        *,
+        previous: Input | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> MergeReport:
+        """The pair's training file merged from these inputs into `out`, copying the row
+        groups whose inputs did not change from `previous` (`merge_checkpoints`)."""
+        return merge_checkpoints(
+            self.spine,
+            self.spine_columns,
+            self.features,
+            out,
+            progress=progress,
+            spine_ids=self.spine_ids,
+            previous=previous,
+        )
 
 
 def part_id(manifest: ChunkManifest) -> PartId:

@@ -24,7 +24,6 @@ from bqx_assets.core.chunks import (
 from bqx_assets.core.costs import Prices, StepUsage
 from bqx_assets.core.extraction import Source
 from bqx_assets.core.layout import training_file_key
-from bqx_assets.core.merge import merge_checkpoints
 from bqx_assets.core.metrics import LocalBytes, Stopwatch, footprint_metadata, peak_rss_bytes
 from bqx_assets.core.profile import candidate_key, load_profile, promote_profile, save_profile
 from bqx_assets.core.publish import TrainingFile, published_file
@@ -392,15 +391,11 @@ def training_file(
         out = output.stage(training_file_key(pair))
     merged = None
     try:
-        merged = merge_checkpoints(
-            inputs.spine,
-            inputs.spine_columns,
-            inputs.features,
+        merged = inputs.merge(
             out,
-            progress=context.log.info,
-            spine_ids=inputs.spine_ids,
             # A refresh copies the row groups whose inputs did not change from the published file.
             previous=published_file(output, pair),
+            progress=context.log.info,
         )
         clock = Stopwatch()
         # The merge wrote exactly the spine's rows (it verified the key column read back).
