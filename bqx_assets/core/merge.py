@@ -478,7 +478,6 @@ def _reuse(
     """The row groups of `previous` whose signature and rows match one of this merge's, by the
     index they get here. The row groups holding the newest day are always encoded (they also
     count its nulls)."""
-    previous = _input(previous)
     try:
         size, footer = _tail(previous)
         meta = pq.read_metadata(
