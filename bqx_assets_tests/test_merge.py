@@ -22,8 +22,9 @@ from bqx_assets.cli import main
 from bqx_assets.core.catalog import Catalog, Column, Table, TargetsTable
 from bqx_assets.core.errors import MergeError, StorageError
 from bqx_assets.core.gcs import GCSStorage
+from bqx_assets.core.keys import keys_us
 from bqx_assets.core.layout import KEY
-from bqx_assets.core.merge import FeatureSource, merge_checkpoints, sources_for_pair
+from bqx_assets.core.merge import FeatureSource, PartFacts, merge_checkpoints, sources_for_pair
 from bqx_assets.core.publish import TrainingFile, publish_training_file
 from bqx_assets.core.storage import StoredFile, file_crc32c
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
@@ -128,6 +129,54 @@ def test_duplicate_keys_in_a_feature_table_are_an_error(tmp_path: Path, spine: P
     assert "corr_etf_idx_eurusd_spy" in message and str(path) in message
     assert "2024-03-04T00:02:00" in message and "2024-03-04T00:05:00" in message
     assert not out.exists()
+
+
+def _facts(path: Path) -> PartFacts:
+    """A part's facts as extraction records them, through their JSON form."""
+    keys = keys_us(pq.read_table(path, columns=[KEY]).column(0), str(path))
+    facts = PartFacts.from_json(
+        json.loads(json.dumps(PartFacts.of(pq.read_metadata(path), keys).to_json()))
+    )
+    assert facts is not None
+    return facts
+
+
+def test_a_table_planned_from_its_parts_facts_merges_as_when_its_files_are_read(
+    tmp_path: Path, spine: Path
+) -> None:
+    a = feature(tmp_path, "a", [7, 2, 9, -1, 3])  # not in key order, a key outside the spine
+    b = feature(tmp_path, "b", [0, 5, 100])
+    declared = {"columns": (("x", "f__x"), ("n", "f__n")), "dtypes": {"x": "FLOAT64", "n": "INT64"}}
+    read = merge_checkpoints(
+        spine, TARGETS, [FeatureSource("f", (a, b), **declared)], tmp_path / "read.parquet"
+    )
+    planned = merge_checkpoints(
+        spine,
+        TARGETS,
+        [FeatureSource("f", (a, b), facts=(_facts(a), _facts(b)), **declared)],
+        tmp_path / "planned.parquet",
+    )
+    # From scratch every row group is encoded, so both parts are opened either way.
+    assert read.parts_opened == planned.parts_opened == planned.parts == 2
+    assert (tmp_path / "read.parquet").read_bytes() == (tmp_path / "planned.parquet").read_bytes()
+    assert planned.coverage == read.coverage
+
+    # A key in two parts is found from the facts alone.
+    c = feature(tmp_path, "c", [5, 6])
+    facts = (_facts(a), _facts(b), _facts(c))
+    with pytest.raises(MergeError, match=r"table f .* duplicate interval_time .*00:05:00"):
+        merge_checkpoints(
+            spine,
+            TARGETS,
+            [FeatureSource("f", (a, b, c), facts=facts, **declared)],
+            tmp_path / "duplicate.parquet",
+        )
+    assert not (tmp_path / "duplicate.parquet").exists()
+
+    # A record that does not hold what it says is not used (the part is then opened).
+    assert PartFacts.from_json({"rows": [1]}) is None
+    claims_more = {**_facts(a).to_json(), "rows": [6]}  # five keys packed
+    assert PartFacts.from_json(claims_more) is None
 
 
 def test_duplicate_keys_in_the_spine_are_an_error(tmp_path: Path) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import os
 import threading
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -119,6 +121,9 @@ def test_an_appended_day_copies_the_unchanged_row_groups(
     # from Sunday the 4th (the market's open).
     assert first.row_groups == 3
     assert first.reused_row_groups == 0
+    # From scratch every row group is encoded: every chunk holding spine keys is opened (not
+    # one holding only days without spine rows, such as a weekend).
+    assert 0 < first.parts_opened <= first.parts
 
     warehouse.append(DAY)  # Monday, February 5
     refreshed = _build(
@@ -131,6 +136,9 @@ def test_an_appended_day_copies_the_unchanged_row_groups(
     # January and February 1 to 2 are copied; the week with February 4 (its targets' look-ahead
     # tail took values) and the new day is encoded.
     assert (refreshed.row_groups, refreshed.reused_row_groups) == (3, 2)
+    # Planned from the chunks' recorded facts: only the chunks the encoded week reads (its
+    # days) are opened, not those behind the copied row groups (January's).
+    assert 0 < refreshed.parts_opened < first.parts_opened
     meta = pq.read_metadata(tmp_path / "first.parquet")
     first_chunk = meta.row_group(2).column(0)  # where February 4 starts
     start = first_chunk.dictionary_page_offset or first_chunk.data_page_offset
@@ -215,10 +223,11 @@ def test_a_bad_input_found_while_copying_ahead_stops_the_copy_and_writes_nothing
     storage = open_storage(str(tmp_path / "ckpt"))
     refresh_tables(warehouse, _sources(catalog), storage, threads=2)
     inputs = pair_inputs(storage, catalog, PAIR, DateRange())
-    # After the chunks were verified against their manifests: one of a table's chunks now has
-    # text where the catalog declares a number (and its other chunks have numbers).
+    # After the chunks were verified against their manifests: the table's newest chunk, which
+    # the refresh encodes rows from, now has text where the catalog declares a number (and its
+    # other chunks have numbers).
     source = next(s for s in inputs.features if s.table == f"agg_{PAIR}")
-    chunk = source.path[0]
+    chunk = source.path[-1]
     table = pq.read_table(chunk)
     column = source.columns[0][0]
     at = table.column_names.index(column)
@@ -230,6 +239,63 @@ def test_a_bad_input_found_while_copying_ahead_stops_the_copy_and_writes_nothing
     assert out.read_bytes() == b"the file published before"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert not [t for t in threading.enumerate() if t.name == "bqx-copy-ahead"]
+
+
+def _rewrite_manifests(root: Path, pattern: str, change: Callable[[dict], None]) -> list[Path]:
+    """Apply `change` to the JSON of the chunk manifests matching `pattern` under `root`."""
+    paths = sorted(root.glob(f"**/{pattern}.manifest.json"))
+    for path in paths:
+        record = json.loads(path.read_bytes())
+        change(record)
+        path.write_text(json.dumps(record))
+    return paths
+
+
+def test_chunks_without_recorded_facts_are_opened_and_give_the_same_file(
+    mini: tuple[Catalog, Path], warehouse: EmbeddedWarehouse, tmp_path: Path
+) -> None:
+    """Manifests written before chunks' facts were recorded: the merge opens every chunk and
+    reads its key column, as before, and writes the same file."""
+    catalog, _ = mini
+    first = tmp_path / "first.parquet"
+    _build(warehouse, catalog, tmp_path / "ckpt", first)
+    warehouse.append(DAY)
+    planned = _build(warehouse, catalog, tmp_path / "ckpt", tmp_path / "planned.parquet", first)
+    assert planned.parts_opened < planned.parts
+    assert _rewrite_manifests(tmp_path / "ckpt", "*", lambda m: m.pop("facts"))
+    opened = _build(warehouse, catalog, tmp_path / "ckpt", tmp_path / "opened.parquet", first)
+    assert opened.parts_opened == opened.parts == planned.parts
+    assert opened.reused_row_groups == planned.reused_row_groups > 0
+    _same_file(tmp_path / "opened.parquet", tmp_path / "planned.parquet")
+    assert opened.coverage == planned.coverage
+
+
+def test_a_chunk_unlike_its_recorded_facts_is_an_error_naming_it(
+    mini: tuple[Catalog, Path], warehouse: EmbeddedWarehouse, tmp_path: Path
+) -> None:
+    """The facts of a chunk the merge reads rows from are checked against the chunk when it
+    is opened: a chunk whose row groups are not those its manifest records fails the merge,
+    naming the table and the chunk, and nothing is written."""
+    catalog, _ = mini
+    first = tmp_path / "first.parquet"
+    _build(warehouse, catalog, tmp_path / "ckpt", first)
+    warehouse.append(DAY)
+    storage = open_storage(str(tmp_path / "ckpt"))
+    refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+
+    def split_rows(manifest: dict) -> None:
+        rows = manifest["facts"]["rows"]
+        manifest["facts"]["rows"] = [rows[0] - 1, 1, *rows[1:]]
+
+    newest = _rewrite_manifests(tmp_path / "ckpt", f"agg_{PAIR}/*", lambda _: None)[-1]
+    _rewrite_manifests(newest.parent, newest.name.removesuffix(".manifest.json"), split_rows)
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"the file published before")
+    chunk = newest.name.removesuffix(".manifest.json") + ".parquet"
+    with pytest.raises(MergeError, match=rf"table agg_{PAIR} .*{chunk} has row groups of"):
+        pair_inputs(storage, catalog, PAIR, DateRange()).merge(out, previous=first)
+    assert out.read_bytes() == b"the file published before"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 @pytest.mark.parametrize("previous", ["missing", "not parquet", "other columns"])

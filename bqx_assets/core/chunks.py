@@ -50,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -84,6 +84,7 @@ from bqx_assets.core.merge import (
     FeatureSource,
     Input,
     MergeReport,
+    PartFacts,
     PartId,
     merge_checkpoints,
     sources_for_pair,
@@ -364,6 +365,10 @@ class ChunkManifest(JsonRecord):
     method: str = "read"
     """"read" (a restricted read), "export" (from an export of the whole table, not billed)
     or "compacted" (concatenated from day chunks)."""
+    facts: dict[str, Any] | None = None
+    """What the merge plans the chunk from without opening it (`merge.PartFacts`): its row
+    groups' rows, its columns' types and null cells, its keys. None in manifests written
+    before they were recorded: the merge then reads the chunk's footer and key column."""
 
     @property
     def range(self) -> ChunkRange:
@@ -734,9 +739,10 @@ def _publish(
     then its manifest."""
     owner = owner_of(source)
     chunk = plan.chunk
+    where = f"{source.dataset}.{source.name}"
     local = work / f".{source.name}.{chunk.first}_{chunk.last}.{os.getpid()}-{uuid.uuid4().hex}.tmp"
     try:
-        write_checkpoint(data, local, row_group_rows)
+        written = write_checkpoint(data, local, row_group_rows)
         # The file first, the manifest last: a file without a current manifest is redone.
         info = storage.put_file(
             local, chunk_key(owner, source.name, chunk.first, chunk.last), move=True
@@ -760,6 +766,7 @@ def _publish(
         key_min=key_text(keys[0].value) if len(keys) else None,
         key_max=key_text(keys[-1].value) if len(keys) else None,
         method=method,
+        facts=PartFacts.of(written, keys_us(keys, where, ExtractionError)).to_json(),
     )
     storage.write_bytes(
         chunk_manifest_key(owner, source.name, chunk.first, chunk.last), manifest.to_json()
@@ -981,14 +988,31 @@ def pair_inputs(storage: Storage, catalog: Catalog, pair: str, window: Window) -
     chosen = require_chunks(storage, sources, window, f"pair {pair}")
     inputs = _opened(storage, chosen)
     ids = {name: tuple(part_id(m) for _, m in chunks) for name, chunks in chosen.items()}
+    facts = {name: _facts(m for _, m in chunks) for name, chunks in chosen.items()}
     return PairInputs(
         inputs[targets.name],
         tuple(targets.targets),
         sources_for_pair(
-            catalog, pair, lambda table: inputs[table.name], lambda table: ids[table.name]
+            catalog,
+            pair,
+            lambda table: inputs[table.name],
+            lambda table: ids[table.name],
+            lambda table: facts[table.name],
         ),
         ids[targets.name],
     )
+
+
+def _facts(manifests: Iterable[ChunkManifest]) -> tuple[PartFacts, ...]:
+    """The chunks' recorded facts, or () when any chunk lacks readable ones (the merge then
+    opens every chunk of the table)."""
+    out = []
+    for manifest in manifests:
+        facts = PartFacts.from_json(manifest.facts) if manifest.facts is not None else None
+        if facts is None or sum(facts.rows) != manifest.rows:
+            return ()
+        out.append(facts)
+    return tuple(out)
 
 
 def _local(storage: Storage, key: str) -> Path:

@@ -257,7 +257,8 @@ def conform(data: pa.Table, source: Source) -> pa.Table:
     return data.cast(expected)
 
 
-def write_checkpoint(data: pa.Table, path: Path, row_group_rows: int) -> None:
+def write_checkpoint(data: pa.Table, path: Path, row_group_rows: int) -> pq.FileMetaData:
+    """Write `data` as a checkpoint file at `path`; returns the file's footer as written."""
     # Dictionary encoding only for strings (constant labels): trying it on float features costs
     # ~40% of the write for pages that fall back to plain encoding anyway.
     # Floats in BYTE_STREAM_SPLIT: smaller after zstd and ~3x faster for the merge to decode.
@@ -265,6 +266,7 @@ def write_checkpoint(data: pa.Table, path: Path, row_group_rows: int) -> None:
     columns = list(zip(data.schema.names, data.schema.types, strict=True))
     strings = [name for name, kind in columns if pa.types.is_string(kind)]
     floats = [name for name, kind in columns if pa.types.is_floating(kind)]
+    written: list[pq.FileMetaData] = []
     pq.write_table(
         data,
         path,
@@ -273,7 +275,9 @@ def write_checkpoint(data: pa.Table, path: Path, row_group_rows: int) -> None:
         use_dictionary=strings,
         use_byte_stream_split=floats,
         write_statistics=True,
+        metadata_collector=written,
     )
+    return written[0]
 
 
 def extract_table(

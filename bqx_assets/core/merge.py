@@ -85,7 +85,7 @@ from bqx_assets.core.coverage import (
 )
 from bqx_assets.core.errors import MergeError, StorageError
 from bqx_assets.core.footer import MAGIC, FooterAssembler, Piece
-from bqx_assets.core.keys import check_unique, key_array, keys_us
+from bqx_assets.core.keys import check_unique, key_array, keys_us, pack_keys, unpack_keys
 from bqx_assets.core.layout import ARROW_TYPES, KEY, KEY_TYPE
 from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
 from bqx_assets.core.storage import StagedFile, StagedUpload, StoredFile
@@ -140,6 +140,53 @@ class PartId:
     digest: str
 
 
+@dataclass(frozen=True, eq=False)
+class PartFacts:
+    """What planning a merge needs of one part (a chunk), recorded when the part is written:
+    each row group's rows, each column's type and null cells (its footer statistics; -1 where
+    they have none) and the part's keys (int64 microseconds, in file order). A merge plans a
+    table from its parts' facts and opens only the parts whose rows it encodes: a refresh that
+    copies most row groups reads no footer or key column of the parts behind them (~15,000 at
+    production length). Facts are trusted as far as the part's bytes are: a chunk's are in its
+    manifest, checked against the file's size and CRC32C before the merge; a part that is
+    opened is checked against them (columns, types, row groups)."""
+
+    rows: tuple[int, ...]
+    columns: Mapping[str, tuple[str, int]]
+    """Per column but the key: (Arrow type as text, null cells)."""
+    keys: np.ndarray
+
+    @classmethod
+    def of(cls, meta: pq.FileMetaData, keys: np.ndarray) -> PartFacts:
+        """The facts of a written part from its footer and its keys."""
+        schema = meta.schema.to_arrow_schema()
+        leaves = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+        names = [n for n in schema.names if n != KEY]
+        nulls = _source_nulls(meta, [leaves[n] for n in names])
+        return cls(
+            tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups)),
+            {n: (str(schema.field(n).type), c) for n, c in zip(names, nulls, strict=True)},
+            keys,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rows": list(self.rows),
+            "columns": {n: list(v) for n, v in self.columns.items()},
+            "keys": pack_keys(self.keys),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> PartFacts | None:
+        """None when `data` is not a readable record (the part is then opened and read)."""
+        try:
+            rows = tuple(int(n) for n in data["rows"])
+            columns = {str(n): (str(t), int(c)) for n, (t, c) in data["columns"].items()}
+            return cls(rows, columns, unpack_keys(str(data["keys"]), sum(rows)))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+
 @dataclass(frozen=True)
 class FeatureSource:
     """One feature table's checkpoint and the columns it contributes, in output order."""
@@ -156,6 +203,10 @@ class FeatureSource:
     ids: tuple[PartId, ...] = ()
     """One per part of `path`, in the same order; without them no row group is copied from
     a previous file."""
+    facts: tuple[PartFacts, ...] = ()
+    """One per part of `path`, in the same order: the table is planned from them and only the
+    parts it encodes rows from are opened; without them every part is opened and its key
+    column read."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +224,11 @@ class MergeReport:
     reused_row_groups: int = 0
     """Leading row groups copied from the previous file (unchanged inputs)."""
     reused_bytes: int = 0
+    parts: int = 0
+    """Input parts (chunks) of the feature tables."""
+    parts_opened: int = 0
+    """Of those, the parts whose files were opened: all of them but where a refresh copies the
+    row groups they feed and their facts were known (`PartFacts`)."""
 
 
 def sources_for_pair(
@@ -180,6 +236,7 @@ def sources_for_pair(
     pair: str,
     path_of: Callable[[Table], Inputs],
     ids_of: Callable[[Table], tuple[PartId, ...]] | None = None,
+    facts_of: Callable[[Table], tuple[PartFacts, ...]] | None = None,
 ) -> list[FeatureSource]:
     """The pair's feature tables in catalog order, named by the catalog's prefix rule; leak
     columns (`target_*` of feature tables) are checked against the catalog but not written."""
@@ -193,6 +250,7 @@ def sources_for_pair(
             columns=tuple(by_table.get(table.name, ())),
             dtypes={c.name: c.dtype for c in table.columns},
             ids=ids_of(table) if ids_of else (),
+            facts=facts_of(table) if facts_of else (),
         )
         for table in catalog.tables_for(pair)
     ]
@@ -272,10 +330,14 @@ def merge_checkpoints(
         say(f"inputs checked: {len(names):,} output columns")
         layout = layout_of(names, [t for p in plans for t in p.types])
         if early is None:
-            return plans, names, layout, reuse_of(layout, names)
-        if layout != early[0]:  # the checks hold the files to the declared columns and types
+            reuse = reuse_of(layout, names)
+        elif layout != early[0]:  # the checks hold the files to the declared columns and types
             raise MergeError("the checked inputs' columns differ from the catalog's declaration")
-        return plans, names, layout, early[1]
+        else:
+            reuse = early[1]
+        copied = reuse.groups if reuse is not None else {}
+        _open_needed(plans, keys, [g for r, g in enumerate(groups) if r not in copied])
+        return plans, names, layout, reuse
 
     staged: StagedFile | None = None
     if isinstance(out, StagedUpload):
@@ -318,6 +380,8 @@ def merge_checkpoints(
         staged=staged,
         reused_row_groups=reuse.count if reuse else 0,
         reused_bytes=reuse.bytes if reuse else 0,
+        parts=sum(len(p.parts) for p in plans),
+        parts_opened=sum(len(p.parts) - len(p.unopened) for p in plans),
     )
     out = staged.info.uri if staged is not None else out
     say(f"wrote {out}: {report.rows:,} rows x {report.columns:,} columns in {report.seconds:.1f}s")
@@ -730,6 +794,8 @@ class _Plan:
     """The footer of each stored part, read once and reused by every piece (None: local)."""
     group_at: list[tuple[int, int]] = field(default_factory=list)
     """(part, row group in that part) of each entry of `groups`."""
+    unopened: set[int] = field(default_factory=set)
+    """Parts planned from their facts and not opened yet (`_open_needed`)."""
 
     @cached_property
     def parts(self) -> tuple[Input, ...]:
@@ -872,6 +938,9 @@ def _plan_sources(
 
 def _plan_one(source: FeatureSource, spine_keys: np.ndarray, newest_from: int) -> _Plan:
     plan = _Plan(source, [], [], [], [])
+    if _from_facts(source):
+        _plan_from_facts(plan, spine_keys, newest_from)
+        return plan
     # Each part opened once: a local file's footer serves the checks and the key column's read;
     # a stored object's is fetched (its key column comes next, in one request).
     files = [_open(part, plan.where) for part in plan.parts]
@@ -930,6 +999,138 @@ def _plan_one(source: FeatureSource, spine_keys: np.ndarray, newest_from: int) -
     ]
     _inspect(plan, spine_keys, newest_from, files)
     return plan
+
+
+def _from_facts(source: FeatureSource) -> bool:
+    """Whether a source is planned from its parts' facts: one per part, and its columns and
+    their types declared."""
+    return (
+        bool(source.facts)
+        and len(source.facts) == len(_parts(source.path))
+        and source.columns is not None
+        and source.dtypes is not None
+    )
+
+
+def _type_errors(plan: _Plan, types: Callable[[str], str | None]) -> list[str]:
+    """The declared columns (those written and those only checked, such as leak columns) whose
+    type in a part (as text; None: absent) is not the one declared."""
+    wrong = []
+    for column, dtype in (plan.source.dtypes or {}).items():
+        found = types(column)
+        if found is None:
+            wrong.append(f"{column} is missing")
+        elif found not in _TYPE_TEXT[dtype]:
+            wrong.append(f"{column} is {found}, expected {dtype}")
+    return wrong
+
+
+_TYPE_TEXT = {
+    dtype: {str(kind)} | ({"large_string", "string_view"} if dtype == "STRING" else set())
+    for dtype, kind in ARROW_TYPES.items()
+}
+"""The Arrow types (as text) a part's column may have for each declared type (`_matches`)."""
+
+
+def _plan_from_facts(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> None:
+    """`_plan_one` and `_inspect` from the parts' facts: no part is opened here; those whose
+    rows are encoded are opened and checked against their facts by `_open_needed`."""
+    source = plan.source
+    assert source.columns is not None and source.dtypes is not None
+    unknown = sorted(d for d in source.dtypes.values() if d not in ARROW_TYPES)
+    if unknown:
+        raise MergeError(f"{plan.where}: unsupported expected types {unknown}")
+    for column, name in source.columns:
+        if column not in source.dtypes:
+            raise MergeError(f"{plan.where}: column {column} has no declared type")
+        plan.columns.append(column)
+        plan.names.append(name)
+        plan.types.append(ARROW_TYPES[source.dtypes[column]])
+    for part, facts in zip(plan.parts, source.facts, strict=True):
+
+        def type_of(column: str, facts: PartFacts = facts) -> str | None:
+            found = facts.columns.get(column)
+            return found[0] if found else None
+
+        wrong = _type_errors(plan, type_of)
+        if wrong:
+            raise MergeError(
+                f"{plan.where}: chunk {part} has other columns or types than the catalog "
+                f"declares: {'; '.join(wrong)}"
+            )
+    plan.source_rows = sum(sum(f.rows) for f in source.facts)
+    if plan.source_rows == 0:
+        raise MergeError(f"{plan.where}: has no rows")
+    plan.source_nulls = [
+        -1
+        if any(f.columns[c][1] < 0 for f in source.facts)
+        else sum(f.columns[c][1] for f in source.facts)
+        for c in plan.columns
+    ]
+    plan.metadata = [None] * len(plan.parts)
+    plan.group_at, plan.groups = [], []
+    for index, facts in enumerate(source.facts):
+        stop = 0
+        for g, n in enumerate(facts.rows):
+            part = facts.keys[stop : stop + n]
+            plan.groups.append((int(part.min()), int(part.max())) if n else (1, 0))
+            plan.group_at.append((index, g))
+            stop += n
+    file_keys = np.concatenate([f.keys for f in source.facts])
+    check_unique(file_keys, plan.where, MergeError)
+    plan.coverage = table_coverage_of(
+        source.table, plan.first_column, plan.source_rows, file_keys, spine_keys, newest_from,
+        plan.source_nulls,
+    )  # fmt: skip
+    plan.newest_nulls = np.zeros(len(plan.columns), dtype=np.int64)
+    plan.unopened = set(range(len(plan.parts)))
+
+
+def _open_needed(
+    plans: Sequence[_Plan], keys: np.ndarray, encoded: Sequence[tuple[int, int]]
+) -> None:
+    """Open the parts planned from facts that the `encoded` row groups (spine rows) read, and
+    check each against its facts: the declared columns and types, and its row groups' rows.
+    A stored part's footer is kept for the pieces' ranged reads."""
+    needed = []
+    for plan in plans:
+        if not plan.unopened:
+            continue
+        wanted = {i for a, b in encoded for i in _wanted(plan, keys[a:b])}
+        for part in sorted({plan.group_at[i][0] for i in wanted} & plan.unopened):
+            needed.append((plan, part))
+    stored = any(isinstance(plan.parts[part], StoredFile) for plan, part in needed)
+
+    def check(item: tuple[_Plan, int]) -> None:
+        plan, part = item
+        path, facts = plan.parts[part], plan.source.facts[part]
+        meta = _open(path, plan.where).metadata
+        try:
+            schema = meta.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException) as exc:
+            raise MergeError(f"{plan.where}: chunk {path}: unreadable schema: {exc}") from exc
+        names = set(schema.names)
+        wrong = _type_errors(plan, lambda c: str(schema.field(c).type) if c in names else None) + (
+            [f"{KEY} is missing"] if KEY not in names else []
+        )
+        if wrong:
+            raise MergeError(
+                f"{plan.where}: chunk {path} has other columns or types than the catalog "
+                f"declares: {'; '.join(wrong)}"
+            )
+        rows = tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+        if rows != facts.rows:
+            raise MergeError(
+                f"{plan.where}: chunk {path} has row groups of {list(rows)} rows, its record "
+                f"says {list(facts.rows)}: changed since it was checked; re-run its checkpoint"
+            )
+        if isinstance(path, StoredFile):
+            plan.metadata[part] = meta
+
+    with ThreadPoolExecutor(IO_THREADS if stored else WORKERS) as pool:
+        list(pool.map(check, needed))
+    for plan, part in needed:
+        plan.unopened.discard(part)
 
 
 def _source_nulls(meta: pq.FileMetaData, leaves: Sequence[int]) -> list[int]:
@@ -1088,6 +1289,15 @@ def _align(file_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndar
     return (order[pos] if order is not None else pos), found
 
 
+def _indices(pos: np.ndarray, found: np.ndarray) -> pa.Array:
+    """`pos` as take indices, null where not `found` (from the buffers: `pa.array` of a NumPy
+    array imports pandas)."""
+    data = np.ascontiguousarray(pos, dtype=np.int64)
+    valid = pa.py_buffer(np.packbits(found, bitorder="little"))
+    nulls = len(found) - int(np.count_nonzero(found))
+    return pa.Array.from_buffers(pa.int64(), len(data), [valid, pa.py_buffer(data)], nulls)
+
+
 def _wanted(plan: _Plan, keys: np.ndarray) -> list[int]:
     """The checkpoint's row groups whose key range overlaps `keys` (sorted)."""
     lo, hi = int(keys.min()), int(keys.max())
@@ -1152,7 +1362,7 @@ def _feature_piece(
         if found.all() and pos[-1] - pos[0] == rows - 1 and bool(np.all(np.diff(pos) == 1)):
             aligned = read.slice(int(pos[0]), rows)  # same keys in the same order: no copy
         else:
-            aligned = read.take(pa.array(pos, pa.int64(), mask=~found))
+            aligned = read.take(_indices(pos, found))
         columns = [
             c if c.type == t else pc.cast(c, t) for c, t in zip(aligned.columns, types, strict=True)
         ]
