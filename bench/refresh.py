@@ -25,6 +25,7 @@ smaller sizes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -131,6 +132,21 @@ def _same_bytes(a: Path, b: Path) -> bool:
             if block != fb.read(1 << 24):
                 return False
     return True
+
+
+def _filesystem(path: Path) -> str:
+    """The type of the filesystem holding `path` (from /proc/mounts; "unknown" elsewhere): on
+    XFS or btrfs a copy of unchanged row groups shares extents, on ext4 it writes them."""
+    best, kind = "", "unknown"
+    target = str(path.resolve())
+    with contextlib.suppress(OSError), open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            point = fields[1]
+            inside = target == point or target.startswith(point.rstrip("/") + "/")
+            if inside and len(point) > len(best):
+                best, kind = point, fields[2]
+    return kind
 
 
 def main() -> None:
@@ -271,6 +287,7 @@ def main() -> None:
         # The pipeline's steps (builds and merges) alone: the column-by-column comparison of
         # the two files is the benchmark's own check.
         "peak_rss_before_compare_bytes": before_compare,
+        "filesystem": _filesystem(out),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "pyarrow": pa.__version__,

@@ -173,10 +173,21 @@ def test_a_table_planned_from_its_parts_facts_merges_as_when_its_files_are_read(
         )
     assert not (tmp_path / "duplicate.parquet").exists()
 
-    # A record that does not hold what it says is not used (the part is then opened).
+    # A record that is not one is not used; one whose keys are not what its row groups say
+    # is found when the table is planned: its parts are then opened, as without facts.
     assert PartFacts.from_json({"rows": [1]}) is None
-    claims_more = {**_facts(a).to_json(), "rows": [6]}  # five keys packed
-    assert PartFacts.from_json(claims_more) is None
+    claims_more = PartFacts.from_json({**_facts(a).to_json(), "rows": [6]})  # five keys packed
+    assert claims_more is not None
+    with pytest.raises(ValueError, match="packed keys"):
+        claims_more.keys()
+    opened = merge_checkpoints(
+        spine,
+        TARGETS,
+        [FeatureSource("f", (a, b), facts=(claims_more, _facts(b)), **declared)],
+        tmp_path / "opened.parquet",
+    )
+    assert opened.coverage == read.coverage
+    assert (tmp_path / "opened.parquet").read_bytes() == (tmp_path / "read.parquet").read_bytes()
 
 
 def test_duplicate_keys_in_the_spine_are_an_error(tmp_path: Path) -> None:

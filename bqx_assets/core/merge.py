@@ -140,21 +140,22 @@ class PartId:
     digest: str
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class PartFacts:
     """What planning a merge needs of one part (a chunk), recorded when the part is written:
     each row group's rows, each column's type and null cells (its footer statistics; -1 where
-    they have none) and the part's keys (int64 microseconds, in file order). A merge plans a
-    table from its parts' facts and opens only the parts whose rows it encodes: a refresh that
-    copies most row groups reads no footer or key column of the parts behind them (~15,000 at
-    production length). Facts are trusted as far as the part's bytes are: a chunk's are in its
-    manifest, checked against the file's size and CRC32C before the merge; a part that is
-    opened is checked against them (columns, types, row groups)."""
+    they have none) and the part's keys, packed (`keys.pack_keys`; in file order). A merge
+    plans a table from its parts' facts and opens only the parts whose rows it encodes: a
+    refresh that copies most row groups reads no footer or key column of the parts behind them
+    (~15,000 at production length). Facts are trusted as far as the part's bytes are: a
+    chunk's are in its manifest, checked against the file's size and CRC32C before the merge;
+    a part that is opened is checked against them (columns, types, row groups). The keys stay
+    packed until a table is planned (a pair's keys unpacked are ~1 GB at production length)."""
 
     rows: tuple[int, ...]
     columns: Mapping[str, tuple[str, int]]
     """Per column but the key: (Arrow type as text, null cells)."""
-    keys: np.ndarray
+    packed_keys: str
 
     @classmethod
     def of(cls, meta: pq.FileMetaData, keys: np.ndarray) -> PartFacts:
@@ -166,23 +167,29 @@ class PartFacts:
         return cls(
             tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups)),
             {n: (str(schema.field(n).type), c) for n, c in zip(names, nulls, strict=True)},
-            keys,
+            pack_keys(keys),
         )
+
+    def keys(self) -> np.ndarray:
+        """The part's keys, int64 microseconds; ValueError when the record does not hold as
+        many as its row groups' rows."""
+        return unpack_keys(self.packed_keys, sum(self.rows))
 
     def to_json(self) -> dict[str, Any]:
         return {
             "rows": list(self.rows),
             "columns": {n: list(v) for n, v in self.columns.items()},
-            "keys": pack_keys(self.keys),
+            "keys": self.packed_keys,
         }
 
     @classmethod
     def from_json(cls, data: Any) -> PartFacts | None:
-        """None when `data` is not a readable record (the part is then opened and read)."""
+        """None when `data` is not a record of facts (the part is then opened and read); its
+        keys are unpacked, and checked, when the table is planned."""
         try:
             rows = tuple(int(n) for n in data["rows"])
             columns = {str(n): (str(t), int(c)) for n, (t, c) in data["columns"].items()}
-            return cls(rows, columns, unpack_keys(str(data["keys"]), sum(rows)))
+            return cls(rows, columns, str(data["keys"]))
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
 
@@ -937,10 +944,12 @@ def _plan_sources(
 
 
 def _plan_one(source: FeatureSource, spine_keys: np.ndarray, newest_from: int) -> _Plan:
-    plan = _Plan(source, [], [], [], [])
     if _from_facts(source):
-        _plan_from_facts(plan, spine_keys, newest_from)
-        return plan
+        try:
+            return _plan_from_facts(_Plan(source, [], [], [], []), spine_keys, newest_from)
+        except _Unpacked:
+            pass  # a record without readable keys: the parts are opened, as without facts
+    plan = _Plan(source, [], [], [], [])
     # Each part opened once: a local file's footer serves the checks and the key column's read;
     # a stored object's is fetched (its key column comes next, in one request).
     files = [_open(part, plan.where) for part in plan.parts]
@@ -1032,7 +1041,11 @@ _TYPE_TEXT = {
 """The Arrow types (as text) a part's column may have for each declared type (`_matches`)."""
 
 
-def _plan_from_facts(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> None:
+class _Unpacked(Exception):
+    """A part's recorded keys cannot be unpacked."""
+
+
+def _plan_from_facts(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> _Plan:
     """`_plan_one` and `_inspect` from the parts' facts: no part is opened here; those whose
     rows are encoded are opened and checked against their facts by `_open_needed`."""
     source = plan.source
@@ -1069,14 +1082,20 @@ def _plan_from_facts(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> N
     ]
     plan.metadata = [None] * len(plan.parts)
     plan.group_at, plan.groups = [], []
+    every = []
     for index, facts in enumerate(source.facts):
+        try:
+            keys = facts.keys()
+        except ValueError:
+            raise _Unpacked from None
+        every.append(keys)
         stop = 0
         for g, n in enumerate(facts.rows):
-            part = facts.keys[stop : stop + n]
+            part = keys[stop : stop + n]
             plan.groups.append((int(part.min()), int(part.max())) if n else (1, 0))
             plan.group_at.append((index, g))
             stop += n
-    file_keys = np.concatenate([f.keys for f in source.facts])
+    file_keys = np.concatenate(every)
     check_unique(file_keys, plan.where, MergeError)
     plan.coverage = table_coverage_of(
         source.table, plan.first_column, plan.source_rows, file_keys, spine_keys, newest_from,
@@ -1084,6 +1103,7 @@ def _plan_from_facts(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> N
     )  # fmt: skip
     plan.newest_nulls = np.zeros(len(plan.columns), dtype=np.int64)
     plan.unopened = set(range(len(plan.parts)))
+    return plan
 
 
 def _open_needed(
