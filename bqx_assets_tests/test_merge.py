@@ -135,7 +135,9 @@ def _facts(path: Path) -> PartFacts:
     """A part's facts as extraction records them, through their JSON form."""
     keys = keys_us(pq.read_table(path, columns=[KEY]).column(0), str(path))
     facts = PartFacts.from_json(
-        json.loads(json.dumps(PartFacts.of(pq.read_metadata(path), keys).to_json()))
+        json.loads(
+            json.dumps(PartFacts.of(pq.read_metadata(path), pq.read_schema(path), keys).to_json())
+        )
     )
     assert facts is not None
     return facts

@@ -766,7 +766,7 @@ def _publish(
         key_min=key_text(keys[0].value) if len(keys) else None,
         key_max=key_text(keys[-1].value) if len(keys) else None,
         method=method,
-        facts=PartFacts.of(written, keys_us(keys, where, ExtractionError)).to_json(),
+        facts=PartFacts.of(written, data.schema, keys_us(keys, where, ExtractionError)).to_json(),
     )
     storage.write_bytes(
         chunk_manifest_key(owner, source.name, chunk.first, chunk.last), manifest.to_json()
