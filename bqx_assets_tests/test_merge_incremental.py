@@ -21,12 +21,13 @@ from bqx_assets.core.chunks import TrainingWindow, pair_inputs, refresh_tables, 
 from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets.core.errors import MergeError
 from bqx_assets.core.layout import training_file_key
-from bqx_assets.core.merge import MergeReport, row_groups
+from bqx_assets.core.merge import MergeReport, VouchedFile, row_groups
 from bqx_assets.core.publish import published_file
-from bqx_assets.core.storage import open_storage
+from bqx_assets.core.storage import LocalStorage, open_storage
 from bqx_assets.core.warehouse import DateRange
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
 from bqx_assets_tests.test_refresh import _correct_day, _sources
+from bqx_assets_tests.test_storage import _root_with_xattrs
 
 gcs_emulator = gcs_fixtures.gcs_emulator
 
@@ -78,7 +79,7 @@ def _build(
     catalog: Catalog,
     root: Path | str,
     out: Path,
-    previous: Path | None = None,
+    previous: Path | VouchedFile | None = None,
     window: TrainingWindow | None = None,
 ) -> MergeReport:
     """Refresh the pair's chunks into `root` (for `window`, resolved from the warehouse now,
@@ -105,6 +106,8 @@ def _no_kernel_copy(*_args: object) -> int:
 
 # Copied row groups move by a copy in the kernel; where it cannot copy between the two files
 # (another filesystem, an old kernel), by the merge's own reads and writes: the same file.
+# A previous file whose storage vouches for its bytes (`VouchedFile`) is copied unread.
+@pytest.mark.parametrize("vouched", [False, True], ids=["checked", "vouched"])
 @pytest.mark.parametrize("kernel_copy", [True, False], ids=["kernel copy", "no kernel copy"])
 def test_an_appended_day_copies_the_unchanged_row_groups(
     mini: tuple[Catalog, Path],
@@ -112,10 +115,15 @@ def test_an_appended_day_copies_the_unchanged_row_groups(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     kernel_copy: bool,
+    vouched: bool,
 ) -> None:
     catalog, _ = mini
     if not kernel_copy:
         monkeypatch.setattr(os, "copy_file_range", _no_kernel_copy)
+
+    def previous(path: Path) -> Path | VouchedFile:
+        return VouchedFile(path) if vouched else path
+
     first = _build(warehouse, catalog, tmp_path / "ckpt", tmp_path / "first.parquet")
     # January (2 days), February 1 to 2 (the week to the market's Friday close), and the week
     # from Sunday the 4th (the market's open).
@@ -131,7 +139,7 @@ def test_an_appended_day_copies_the_unchanged_row_groups(
         catalog,
         tmp_path / "ckpt",
         tmp_path / "refreshed.parquet",
-        previous=tmp_path / "first.parquet",
+        previous=previous(tmp_path / "first.parquet"),
     )
     # January and February 1 to 2 are copied; the week with February 4 (its targets' look-ahead
     # tail took values) and the new day is encoded.
@@ -154,7 +162,7 @@ def test_an_appended_day_copies_the_unchanged_row_groups(
         catalog,
         tmp_path / "ckpt",
         tmp_path / "again.parquet",
-        previous=tmp_path / "refreshed.parquet",
+        previous=previous(tmp_path / "refreshed.parquet"),
     )
     assert again.reused_row_groups == 2
     _same_file(tmp_path / "again.parquet", tmp_path / "scratch.parquet")
@@ -208,6 +216,33 @@ def test_a_damaged_previous_file_is_an_error_naming_it_and_writes_nothing(
         _build(warehouse, catalog, tmp_path / "ckpt", out, previous=tmp_path / "first.parquet")
     assert out.read_bytes() == b"the file published before"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_published_file_is_copied_unread_while_its_checksum_record_holds(
+    mini: tuple[Catalog, Path], warehouse: EmbeddedWarehouse, tmp_path: Path
+) -> None:
+    """A local root vouches for its published file while the checksum recorded when it was
+    published holds: a refresh copies its row groups unread. Once the file is written to, it
+    is read and checked again, and damage is found."""
+    catalog, _ = mini
+    out_root = LocalStorage(_root_with_xattrs(tmp_path))
+    _build(warehouse, catalog, tmp_path / "ckpt", tmp_path / "first.parquet")
+    out_root.put_file(tmp_path / "first.parquet", training_file_key(PAIR), move=True)
+    previous = published_file(out_root, PAIR)
+    assert isinstance(previous, VouchedFile)
+    warehouse.append(DAY)
+    refreshed = _build(warehouse, catalog, tmp_path / "ckpt", tmp_path / "new.parquet", previous)
+    assert refreshed.reused_row_groups == 2
+    _build(warehouse, catalog, tmp_path / "scratch", tmp_path / "scratch.parquet")
+    _same_file(tmp_path / "new.parquet", tmp_path / "scratch.parquet")
+
+    published = previous.path
+    meta = pq.read_metadata(published)
+    _flip_byte(published, meta.row_group(0).column(5).data_page_offset + 10)
+    damaged = published_file(out_root, PAIR)
+    assert damaged == published  # a plain path: its bytes are checked as they are copied
+    with pytest.raises(MergeError, match=r"previous training file .* row group 0"):
+        _build(warehouse, catalog, tmp_path / "ckpt", tmp_path / "again.parquet", damaged)
 
 
 def test_a_bad_input_found_while_copying_ahead_stops_the_copy_and_writes_nothing(

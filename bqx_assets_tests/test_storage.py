@@ -156,6 +156,23 @@ def test_a_written_files_checksum_is_kept_with_it_until_its_size_or_mtime_change
     )
 
 
+def test_a_root_vouches_for_a_file_while_its_checksum_record_holds(tmp_path: Path) -> None:
+    root = _root_with_xattrs(tmp_path)
+    storage = LocalStorage(root)
+    local = tmp_path / "training.parquet"
+    local.write_bytes(b"training file")
+    storage.put_file(local, "training.parquet")
+    assert storage.vouches("training.parquet")
+    assert not storage.vouches("absent.parquet")
+    assert not LocalStorage(root, trust_recorded_crc32c=False).vouches("training.parquet")
+    # Written to (same size, later mtime): no longer, until it is checksummed again.
+    path = root / "training.parquet"
+    _rewrite_in_place(path, b"other file!!!", os.stat(path).st_mtime_ns + 1_000_000_000)
+    assert not LocalStorage(root).vouches("training.parquet")
+    assert LocalStorage(root).stat("training.parquet") is not None  # read and recorded anew
+    assert LocalStorage(root).vouches("training.parquet")
+
+
 @pytest.mark.parametrize(
     "record",
     [

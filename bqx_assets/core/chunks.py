@@ -86,6 +86,7 @@ from bqx_assets.core.merge import (
     MergeReport,
     PartFacts,
     PartId,
+    VouchedFile,
     merge_checkpoints,
     sources_for_pair,
 )
@@ -957,7 +958,7 @@ class PairInputs:
         self,
         out: Path | StagedUpload,
         *,
-        previous: Input | None = None,
+        previous: Input | VouchedFile | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> MergeReport:
         """The pair's training file merged from these inputs into `out`, copying the row

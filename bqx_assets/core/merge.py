@@ -213,6 +213,18 @@ class PartFacts:
 
 
 @dataclass(frozen=True)
+class VouchedFile:
+    """A local previous training file whose storage vouches for its bytes: a checksum recorded
+    with the file when it was written, still bound to its size and mtime
+    (`LocalStorage.vouches`). A refresh copies its unchanged row groups without reading them
+    again to check them against their recorded CRC32C (on XFS or btrfs the copy then shares
+    their extents: no read, no write). The trust is the checksum record's, as for chunks: only
+    a change that keeps the file's size and mtime goes unseen."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
 class FeatureSource:
     """One feature table's checkpoint and the columns it contributes, in output order."""
 
@@ -290,7 +302,7 @@ def merge_checkpoints(
     row_group_rows: int | None = None,
     progress: Callable[[str], None] | None = None,
     spine_ids: Sequence[PartId] = (),
-    previous: Input | None = None,
+    previous: Input | VouchedFile | None = None,
 ) -> MergeReport:
     """Write `out`: the spine's rows in spine order, columns `interval_time`, `spine_columns`,
     then each feature source's columns, left-joined on `interval_time`.
@@ -309,7 +321,10 @@ def merge_checkpoints(
     `previous` (an earlier training file of the pair, e.g. the published one) and the inputs'
     part ids (`spine_ids`, `FeatureSource.ids`) make the merge incremental: its row groups
     whose inputs are unchanged are copied, checked against their CRC32C, instead of encoded;
-    the result is the file a from-scratch merge writes, byte for byte.
+    the result is the file a from-scratch merge writes, byte for byte. The copied bytes are
+    read and checked against each row group's recorded CRC32C, unless `previous` is a
+    `VouchedFile` (its storage vouches for its bytes): then a local output gets them from the
+    kernel unread.
     """
     watch = Stopwatch()
     say = progress or (lambda _line: None)
@@ -322,6 +337,9 @@ def merge_checkpoints(
     newest_from = newest_day_start(keys)
     groups = row_groups(keys, rows_per_group)
     signatures = _signatures(keys, groups, spine, spine_ids, features)
+    vouched = isinstance(previous, VouchedFile)
+    if isinstance(previous, VouchedFile):
+        previous = previous.path
     previous = _input(previous) if previous is not None else None
 
     def layout_of(names: Sequence[str], types: Sequence[pa.DataType]) -> _Layout:
@@ -331,7 +349,8 @@ def merge_checkpoints(
     def reuse_of(layout: _Layout, names: Sequence[str]) -> _Reuse | None:
         if previous is None:
             return None
-        return _reuse(previous, layout, names, groups, keys, newest_from, say)
+        reuse = _reuse(previous, layout, names, groups, keys, newest_from, say)
+        return replace(reuse, vouched=vouched) if reuse is not None else None
 
     # What to copy from a local previous file into a local output is known before the inputs
     # are checked when the catalog declares every column and type: the copy starts first.
@@ -463,6 +482,8 @@ class _Reuse:
 
     source: Input
     groups: dict[int, _Adopted]
+    vouched: bool = False
+    """The source is a `VouchedFile`: its row groups are copied unread (see `_splice`)."""
 
     @property
     def count(self) -> int:
@@ -613,11 +634,27 @@ def _crc32c(data: bytes) -> str:
     return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
 
 
+_UNREAD = ""
+"""What `_splice` returns for bytes copied unread (a vouched-for source): nothing to check."""
+
+
 def _splice(
-    source: Path, fd: int, start: int, stop: int, at: int, cancel: threading.Event | None = None
+    source: Path,
+    fd: int,
+    start: int,
+    stop: int,
+    at: int,
+    cancel: threading.Event | None = None,
+    *,
+    read: bool = True,
 ) -> str | None:
     """Copy bytes [start, stop) of the local file `source` to `at` in the file open as `fd`;
     their CRC32C, or None when `cancel` is set on the way.
+
+    With `read=False` (the source's storage vouches for its bytes: `VouchedFile`) the kernel
+    copies them unread, and `_UNREAD` is returned: on XFS or btrfs that shares their extents
+    and costs neither a read nor a write. Where the kernel cannot copy between the two files,
+    they are read, checked and written as below.
 
     Each step is checksummed as it is read from the source (its pages are in the page cache,
     having just been read), then copied by the kernel (no pass through Python's buffers: a
@@ -626,6 +663,19 @@ def _splice(
     bytes read. The checked bytes are the copied ones unless the previous file is rewritten in
     place during the copy; it is only ever replaced by a rename, which this open file outlives."""
     kernel = hasattr(os, "copy_file_range")
+    if kernel and not read:
+        try:
+            with open(source, "rb", buffering=0) as src:
+                for done in range(start, stop, _SPLICE_BYTES):
+                    if cancel is not None and cancel.is_set():
+                        return None
+                    step = min(stop - done, _SPLICE_BYTES)
+                    _copy_range(src.fileno(), fd, done, at + done - start, step)
+            return _UNREAD
+        except OSError as exc:
+            if exc.errno not in _NO_SPLICE:
+                raise
+            kernel = False  # the whole range again, read, checked and written
     crc = google_crc32c.Checksum()
     block = bytearray(min(_COPY_BYTES, max(stop - start, 1)))
     view = memoryview(block)
@@ -696,13 +746,14 @@ class _Checksummed:
         self._crc.update(np.frombuffer(data, dtype=np.uint8) if len(data) else b"")
         return self._f.write(data)
 
-    def splice(self, source: Path, start: int, stop: int) -> str:
-        """Append bytes [start, stop) of the local file `source` (`_splice`); their CRC32C."""
+    def splice(self, source: Path, start: int, stop: int, *, read: bool = True) -> str:
+        """Append bytes [start, stop) of the local file `source` (`_splice`); their CRC32C
+        (`_UNREAD` when copied unread)."""
         f = self.local
         assert f is not None
         f.flush()
         at = f.tell()
-        crc = _splice(source, f.fileno(), start, stop, at)
+        crc = _splice(source, f.fileno(), start, stop, at, read=read)
         assert crc is not None
         f.seek(at + stop - start)
         self.mark()  # what landed is checked by the caller against its record
@@ -731,14 +782,14 @@ def _copy(reuse: _Reuse, r: int, f: _Checksummed) -> None:
     start, end = int(g["start"]), int(g["end"])
     try:
         if isinstance(reuse.source, Path) and f.local is not None:
-            crc = f.splice(reuse.source, start, end)
+            crc = f.splice(reuse.source, start, end, read=not reuse.vouched)
         else:
             for at in range(start, end, _COPY_BYTES):
                 f.write(_read_range(reuse.source, at, min(at + _COPY_BYTES, end)))
             crc = f.mark()
     except StorageError as exc:
         raise MergeError(f"previous training file {reuse.source}: {exc}") from exc
-    if crc != g["crc32c"]:
+    if crc not in (_UNREAD, g["crc32c"]):
         raise _damaged(reuse, r)
 
 
@@ -783,10 +834,13 @@ class _Ahead:
             for r in range(self.count):
                 g = reuse.groups[r].record
                 start, end = int(g["start"]), int(g["end"])
-                crc = _splice(reuse.source, self._fd, start, end, self.starts[r], self._cancel)
+                crc = _splice(
+                    reuse.source, self._fd, start, end, self.starts[r], self._cancel,
+                    read=not reuse.vouched,
+                )  # fmt: skip
                 if crc is None:
                     return
-                if crc != g["crc32c"]:
+                if crc not in (_UNREAD, g["crc32c"]):
                     raise _damaged(reuse, r)
         except BaseException as exc:
             self._error = exc

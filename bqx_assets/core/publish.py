@@ -10,8 +10,10 @@ from typing import Any
 
 from bqx_assets.core.errors import StorageError
 from bqx_assets.core.layout import training_file_key
+from bqx_assets.core.merge import VouchedFile
 from bqx_assets.core.metrics import Stopwatch
 from bqx_assets.core.storage import (
+    LocalStorage,
     ObjectInfo,
     ObjectStorage,
     StagedFile,
@@ -179,9 +181,11 @@ def publish_training_file(
     return PublishResult.of(pair, info, published=True, seconds=seconds, previous_uri=previous_uri)
 
 
-def published_file(storage: Storage, pair: str) -> Path | StoredFile | None:
+def published_file(storage: Storage, pair: str) -> Path | VouchedFile | StoredFile | None:
     """The pair's published training file, read in place (None when there is none yet): what a
-    refresh copies its unchanged row groups from."""
+    refresh copies its unchanged row groups from. On a local root, a `VouchedFile` while the
+    checksum recorded when it was published still holds (`LocalStorage.vouches`): its row
+    groups are then copied without being read again."""
     key = training_file_key(pair)
     if isinstance(storage, ObjectStorage):
         info = storage.stat(key)
@@ -189,7 +193,11 @@ def published_file(storage: Storage, pair: str) -> Path | StoredFile | None:
             return None
         return storage.open_stored(key, size=info.size, crc32c=info.crc32c)
     path = storage.local_path(key)
-    return path if path is not None and path.is_file() else None
+    if path is None or not path.is_file():
+        return None
+    if isinstance(storage, LocalStorage) and storage.vouches(key):
+        return VouchedFile(path)
+    return path
 
 
 def _write_report(storage: Storage, key: str, report: Any) -> str | None:

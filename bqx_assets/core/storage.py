@@ -266,6 +266,20 @@ class LocalStorage(Storage):
             raise
         return self._info(path, st) if stat.S_ISREG(st.st_mode) else None
 
+    def vouches(self, key: str) -> bool:
+        """Whether the file at `key` holds the bytes it was written with, as far as its
+        checksum record tells: one recorded when it was written (or first read whole), bound
+        to its present size and mtime. False without a record, with a stale one, with xattrs
+        unsupported, or when records are not trusted (`trust_recorded_crc32c=False`)."""
+        if not self.trust_recorded_crc32c:
+            return False
+        path = self._where(key)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and self._recorded(path, st) is not None
+
     def put_file(self, local: Path, key: str, *, move: bool = False) -> ObjectInfo:
         local = Path(local)
         dst = self._path(key)
