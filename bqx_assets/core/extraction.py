@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -266,18 +267,23 @@ def write_checkpoint(data: pa.Table, path: Path, row_group_rows: int) -> pq.File
     columns = list(zip(data.schema.names, data.schema.types, strict=True))
     strings = [name for name, kind in columns if pa.types.is_string(kind)]
     floats = [name for name, kind in columns if pa.types.is_floating(kind)]
-    written: list[pq.FileMetaData] = []
-    pq.write_table(
-        data,
+    writer = pq.ParquetWriter(
         path,
-        row_group_size=row_group_rows,
+        data.schema,
         compression=CHECKPOINT_COMPRESSION,
         use_dictionary=strings,
         use_byte_stream_split=floats,
         write_statistics=True,
-        metadata_collector=written,
     )
-    return written[0]
+    try:
+        writer.write_table(data, row_group_size=row_group_rows)
+    except BaseException:
+        # The write's own error (a full disk, say) is the one raised, not the close's.
+        with contextlib.suppress(Exception):
+            writer.close()
+        raise
+    writer.close()
+    return writer.writer.metadata
 
 
 def extract_table(
