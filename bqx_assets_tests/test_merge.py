@@ -136,7 +136,7 @@ def _facts(path: Path) -> PartFacts:
     keys = keys_us(pq.read_table(path, columns=[KEY]).column(0), str(path))
     facts = PartFacts.from_json(
         json.loads(
-            json.dumps(PartFacts.of(pq.read_metadata(path), pq.read_schema(path), keys).to_json())
+            json.dumps(PartFacts.of(pq.read_metadata(path), pq.read_table(path), keys).to_json())
         )
     )
     assert facts is not None

@@ -717,7 +717,7 @@ def _extract_run(
         shared += part
         plan.done = _publish(
             storage, source, plan, data.slice(lo, hi - lo), fingerprint, part, work,
-            row_group_rows, method,
+            row_group_rows, method, keys[lo:hi],
         )  # fmt: skip
 
 
@@ -735,9 +735,10 @@ def _publish(
     work: Path,
     row_group_rows: int,
     method: Literal["read", "export", "compacted"],
+    keys: np.ndarray | None = None,
 ) -> Chunk:
-    """Write and store one chunk's rows `data` (whose schema's fingerprint is `fingerprint`),
-    then its manifest."""
+    """Write and store one chunk's rows `data` (whose schema's fingerprint is `fingerprint`;
+    `keys`: its keys in microseconds where the caller has them), then its manifest."""
     owner = owner_of(source)
     chunk = plan.chunk
     where = f"{source.dataset}.{source.name}"
@@ -750,7 +751,8 @@ def _publish(
         )
     finally:
         local.unlink(missing_ok=True)
-    keys = data.column(KEY)
+    column = data.column(KEY)
+    micros = keys if keys is not None else keys_us(column, where, ExtractionError)
     manifest = ChunkManifest(
         table=source.name,
         dataset=source.dataset,
@@ -764,10 +766,10 @@ def _publish(
         crc32c=info.crc32c,
         bytes_read=bytes_read,
         # From the integer keys: a time-zone-aware scalar's `as_py` imports pandas.
-        key_min=key_text(keys[0].value) if len(keys) else None,
-        key_max=key_text(keys[-1].value) if len(keys) else None,
+        key_min=key_text(column[0].value) if len(column) else None,
+        key_max=key_text(column[-1].value) if len(column) else None,
         method=method,
-        facts=PartFacts.of(written, data.schema, keys_us(keys, where, ExtractionError)).to_json(),
+        facts=PartFacts.of(written, data, micros).to_json(),
     )
     storage.write_bytes(
         chunk_manifest_key(owner, source.name, chunk.first, chunk.last), manifest.to_json()

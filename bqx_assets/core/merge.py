@@ -162,17 +162,19 @@ class PartFacts:
     packed_keys: str
 
     @classmethod
-    def of(cls, meta: pq.FileMetaData, schema: pa.Schema, keys: np.ndarray) -> PartFacts:
-        """The facts of a written part from its footer, its Arrow schema (as written; not
-        converted from the footer, which costs memory in threads) and its keys."""
-        leaves = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
-        names = [n for n in schema.names if n != KEY]
-        nulls = _source_nulls(meta, [leaves[n] for n in names])
+    def of(cls, meta: pq.FileMetaData, data: pa.Table, keys: np.ndarray) -> PartFacts:
+        """The facts of a part from its footer as written (its row groups), the table written
+        (its columns' types and null cells: what the footer's statistics count; taken from the
+        table, where they are known, rather than the footer) and its keys."""
+        schema = data.schema
+        names, types = schema.names, schema.types
+        at = [i for i, n in enumerate(names) if n != KEY]
+        columns = data.columns
         return cls(
             tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups)),
-            tuple(names),
-            tuple(str(schema.field(n).type) for n in names),
-            tuple(nulls),
+            tuple(names[i] for i in at),
+            tuple(str(types[i]) for i in at),
+            tuple(columns[i].null_count for i in at),
             pack_keys(keys),
         )
 
