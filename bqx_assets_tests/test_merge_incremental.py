@@ -23,7 +23,7 @@ from bqx_assets.core.errors import MergeError
 from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.merge import MergeReport, VouchedFile, row_groups
 from bqx_assets.core.publish import published_file
-from bqx_assets.core.storage import LocalStorage, open_storage
+from bqx_assets.core.storage import LocalStorage, Storage, open_storage
 from bqx_assets.core.warehouse import DateRange
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
 from bqx_assets_tests.test_refresh import _correct_day, _sources
@@ -245,6 +245,19 @@ def test_a_published_file_is_copied_unread_while_its_checksum_record_holds(
         _build(warehouse, catalog, tmp_path / "ckpt", tmp_path / "again.parquet", damaged)
 
 
+def _built_then_refreshed(
+    warehouse: EmbeddedWarehouse, catalog: Catalog, tmp_path: Path
+) -> tuple[Path, Storage]:
+    """The pair built into `tmp_path / "ckpt"` and `first.parquet`, a day appended and its
+    chunks refreshed (not merged): the training file and the checkpoint root."""
+    first = tmp_path / "first.parquet"
+    _build(warehouse, catalog, tmp_path / "ckpt", first)
+    warehouse.append(DAY)
+    storage = open_storage(str(tmp_path / "ckpt"))
+    refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    return first, storage
+
+
 def test_a_bad_input_found_while_copying_ahead_stops_the_copy_and_writes_nothing(
     mini: tuple[Catalog, Path], warehouse: EmbeddedWarehouse, tmp_path: Path
 ) -> None:
@@ -252,11 +265,7 @@ def test_a_bad_input_found_while_copying_ahead_stops_the_copy_and_writes_nothing
     chunk turns out not to match the catalog fails the merge, naming the table, and the copy
     stops with nothing left behind."""
     catalog, _ = mini
-    first = tmp_path / "first.parquet"
-    _build(warehouse, catalog, tmp_path / "ckpt", first)
-    warehouse.append(DAY)
-    storage = open_storage(str(tmp_path / "ckpt"))
-    refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    first, storage = _built_then_refreshed(warehouse, catalog, tmp_path)
     inputs = pair_inputs(storage, catalog, PAIR, DateRange())
     # After the chunks were verified against their manifests: the table's newest chunk, which
     # the refresh encodes rows from, now has text where the catalog declares a number (and its
@@ -312,11 +321,7 @@ def test_a_chunk_unlike_its_recorded_facts_is_an_error_naming_it(
     is opened: a chunk whose row groups are not those its manifest records fails the merge,
     naming the table and the chunk, and nothing is written."""
     catalog, _ = mini
-    first = tmp_path / "first.parquet"
-    _build(warehouse, catalog, tmp_path / "ckpt", first)
-    warehouse.append(DAY)
-    storage = open_storage(str(tmp_path / "ckpt"))
-    refresh_tables(warehouse, _sources(catalog), storage, threads=2)
+    first, storage = _built_then_refreshed(warehouse, catalog, tmp_path)
 
     def split_rows(manifest: dict) -> None:
         rows = manifest["facts"]["rows"]
@@ -430,6 +435,9 @@ def test_a_dagster_refresh_copies_row_groups_from_the_published_file(
     refreshed = build()
     assert (refreshed["row_groups"], refreshed["row_groups_reused"]) == (3, 2)
     assert 0 < int(refreshed["bytes_reused"]) < int(refreshed["bytes"])
+    # Planned from the chunks' facts: the chunks behind the copied row groups are not opened.
+    assert 0 < int(refreshed["chunks_opened"]) < int(first["chunks_opened"])
+    assert int(first["chunks_opened"]) <= int(first["chunks"])
     assert refreshed["gate"] == "passed"
     published = pq.read_metadata(tmp_path / "out" / training_file_key(PAIR))
     assert (published.num_rows, published.num_row_groups) == (5 * DAY, 3)

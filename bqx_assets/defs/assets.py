@@ -436,6 +436,8 @@ def training_file(
             "row_groups": dg.MetadataValue.int(merged.row_groups),
             "row_groups_reused": dg.MetadataValue.int(merged.reused_row_groups),
             "bytes_reused": dg.MetadataValue.int(merged.reused_bytes),
+            "chunks_opened": dg.MetadataValue.int(merged.parts_opened),
+            "chunks": dg.MetadataValue.int(merged.parts),
             "bytes": dg.MetadataValue.int(merged.bytes_written),
             "merge_seconds": dg.MetadataValue.float(round(merged.seconds, 2)),
             "merge_peak_rss_bytes": dg.MetadataValue.int(merged.peak_rss_bytes),
