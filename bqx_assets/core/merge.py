@@ -155,8 +155,9 @@ class PartFacts:
 
     rows: tuple[int, ...]
     names: tuple[str, ...]
-    """The part's columns but the key, in file order; `types` (Arrow types as text) and
-    `nulls` (null cells) are theirs. Tuples of interned text: a pair holds ~15,000 parts'."""
+    """The part's columns but the key, in file order; `types` (their `_canonical` Arrow types
+    as text) and `nulls` (null cells) are theirs. Tuples of interned text: a pair holds
+    ~15,000 parts'."""
     types: tuple[str, ...]
     nulls: tuple[int, ...]
     packed_keys: str
@@ -173,7 +174,7 @@ class PartFacts:
         return cls(
             tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups)),
             tuple(names[i] for i in at),
-            tuple(str(types[i]) for i in at),
+            tuple(str(_canonical(types[i])) for i in at),
             tuple(columns[i].null_count for i in at),
             pack_keys(keys),
         )
@@ -1097,22 +1098,16 @@ def _from_facts(source: FeatureSource) -> bool:
 
 def _type_errors(plan: _Plan, types: Callable[[str], str | None]) -> list[str]:
     """The declared columns (those written and those only checked, such as leak columns) whose
-    type in a part (as text; None: absent) is not the one declared."""
+    type in a part (its `_canonical` type as text; None: absent) is not the one declared: what
+    `_matches` tells of an Arrow type."""
     wrong = []
     for column, dtype in (plan.source.dtypes or {}).items():
         found = types(column)
         if found is None:
             wrong.append(f"{column} is missing")
-        elif found not in _TYPE_TEXT[dtype]:
+        elif found != str(ARROW_TYPES[dtype]):
             wrong.append(f"{column} is {found}, expected {dtype}")
     return wrong
-
-
-_TYPE_TEXT = {
-    dtype: {str(kind)} | ({"large_string", "string_view"} if dtype == "STRING" else set())
-    for dtype, kind in ARROW_TYPES.items()
-}
-"""The Arrow types (as text) a part's column may have for each declared type (`_matches`)."""
 
 
 class _Unpacked(Exception):
@@ -1199,7 +1194,9 @@ def _open_needed(
         except (OSError, pa.ArrowException) as exc:
             raise MergeError(f"{plan.where}: chunk {path}: unreadable schema: {exc}") from exc
         names = set(schema.names)
-        wrong = _type_errors(plan, lambda c: str(schema.field(c).type) if c in names else None)
+        wrong = _type_errors(
+            plan, lambda c: str(_canonical(schema.field(c).type)) if c in names else None
+        )
         if KEY not in names:
             wrong.append(f"{KEY} is missing")
         if wrong:
