@@ -118,8 +118,17 @@ def test_an_appended_day_copies_the_unchanged_row_groups(
     vouched: bool,
 ) -> None:
     catalog, _ = mini
+    copies: list[tuple[int, int]] = []  # (source offset, destination offset) of kernel copies
     if not kernel_copy:
         monkeypatch.setattr(os, "copy_file_range", _no_kernel_copy)
+    else:
+        real = os.copy_file_range
+
+        def recorded(src: int, dst: int, count: int, offset: int, to: int) -> int:
+            copies.append((offset, to))
+            return real(src, dst, count, offset, to)
+
+        monkeypatch.setattr(os, "copy_file_range", recorded)
 
     def previous(path: Path) -> Path | VouchedFile:
         return VouchedFile(path) if vouched else path
@@ -144,6 +153,11 @@ def test_an_appended_day_copies_the_unchanged_row_groups(
     # January and February 1 to 2 are copied; the week with February 4 (its targets' look-ahead
     # tail took values) and the new day is encoded.
     assert (refreshed.row_groups, refreshed.reused_row_groups) == (3, 2)
+    if kernel_copy and vouched:
+        # Unread, as one span at the offsets it had, from the file's first byte: whole blocks
+        # at the same place in both files, which XFS or btrfs can share instead of copying.
+        assert copies and copies[0] == (0, 0)
+        assert all(offset == to for offset, to in copies)
     # Planned from the chunks' recorded facts: only the chunks the encoded week reads (its
     # days) are opened, not those behind the copied row groups (January's).
     assert 0 < refreshed.parts_opened < first.parts_opened

@@ -667,18 +667,12 @@ def _splice(
     place during the copy; it is only ever replaced by a rename, which this open file outlives."""
     kernel = hasattr(os, "copy_file_range")
     if kernel and not read:
-        try:
-            with open(source, "rb", buffering=0) as src:
-                for done in range(start, stop, _SPLICE_BYTES):
-                    if cancel is not None and cancel.is_set():
-                        return None
-                    step = min(stop - done, _SPLICE_BYTES)
-                    _copy_range(src.fileno(), fd, done, at + done - start, step)
+        copied = _kernel_copy(source, fd, start, stop, at, cancel)
+        if copied is None:
+            return None
+        if copied:
             return _UNREAD
-        except OSError as exc:
-            if exc.errno not in _NO_SPLICE:
-                raise
-            kernel = False  # the whole range again, read, checked and written
+        kernel = False  # the whole range again, read, checked and written
     crc = google_crc32c.Checksum()
     block = bytearray(min(_COPY_BYTES, max(stop - start, 1)))
     view = memoryview(block)
@@ -707,6 +701,27 @@ def _splice(
                     continue  # this step again, written from what is read
             done += step
     return base64.b64encode(crc.digest()).decode()
+
+
+def _kernel_copy(
+    source: Path, fd: int, start: int, stop: int, at: int, cancel: threading.Event | None = None
+) -> bool | None:
+    """Copy bytes [start, stop) of `source` to `at` in `fd` by the kernel alone, unread: True
+    when copied, False when the kernel cannot copy between the two files, None when `cancel`
+    is set on the way. Extents are shared (XFS, btrfs) only where `start` and `at` fall at the
+    same offset within a block; elsewhere the kernel copies the bytes (~1 GB/s here)."""
+    try:
+        with open(source, "rb", buffering=0) as src:
+            for done in range(start, stop, _SPLICE_BYTES):
+                if cancel is not None and cancel.is_set():
+                    return None
+                step = min(stop - done, _SPLICE_BYTES)
+                _copy_range(src.fileno(), fd, done, at + done - start, step)
+        return True
+    except OSError as exc:
+        if exc.errno not in _NO_SPLICE:
+            raise
+        return False
 
 
 def _copy_range(src: int, dst: int, offset: int, to: int, count: int) -> None:
@@ -815,6 +830,11 @@ class _Ahead:
             self.starts.append(at)
             at += int(g["end"]) - int(g["start"])
         self.end = at
+        # Where each lands is where it lay in the previous file (both begin with the magic):
+        # the whole span can then be copied as one.
+        self.in_place = reuse is not None and all(
+            self.starts[r] == int(reuse.groups[r].record["start"]) for r in range(self.count)
+        )
         self._fd = f.fileno()
         self._cancel = threading.Event()
         self._error: BaseException | None = None
@@ -834,6 +854,14 @@ class _Ahead:
         reuse = self.reuse
         assert reuse is not None and isinstance(reuse.source, Path)
         try:
+            if reuse.vouched and self.in_place and hasattr(os, "copy_file_range"):
+                # The leading row groups keep their offsets, the magic before them too: one
+                # copy of the file's first `end` bytes to the same offsets, block-aligned, so
+                # that XFS or btrfs share every whole block (a copy per row group starts
+                # mid-block and makes the kernel copy the bytes: 11 s at production length).
+                copied = _kernel_copy(reuse.source, self._fd, 0, self.end, 0, self._cancel)
+                if copied is not False:
+                    return
             for r in range(self.count):
                 g = reuse.groups[r].record
                 start, end = int(g["start"]), int(g["end"])
