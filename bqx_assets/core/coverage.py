@@ -172,33 +172,86 @@ def iso(us: int | None) -> str | None:
     return None if us is None else datetime.fromtimestamp(us / 1e6, UTC).isoformat()
 
 
+_MINUTE_US = 60 * 1_000_000
+_GRID_SPAN = 4
+"""A spine is looked up on its minute grid while the grid has at most this many slots per spine
+key (a spine of trading minutes has ~1.4: weekends)."""
+
+
+@dataclass(frozen=True)
+class SpineIndex:
+    """The spine's keys (int64 microseconds, unique, as the merge checks), indexed
+    once per merge to find which of them a table's keys hold.
+
+    Where every spine key is a whole minute after the first, the keys are looked up on that
+    grid: a table's key is a slot number, one gather each, instead of a binary search of the
+    spine's keys in the table's (~2 ms a table at production length, 667 tables a merge)."""
+
+    keys: np.ndarray
+    slots: np.ndarray | None
+    """Position in the spine of each grid minute's key from the first key on, -1 where the spine
+    has none; None: the keys are not on a minute grid (searched instead)."""
+    first: int = 0
+    """The smallest key: the grid's first minute."""
+
+    @classmethod
+    def of(cls, keys: np.ndarray) -> SpineIndex:
+        slots, first = None, 0
+        if len(keys):
+            first = int(keys.min())
+            offsets = keys - first
+            span = int(offsets.max()) // _MINUTE_US + 1
+            if span <= _GRID_SPAN * len(keys) and not np.any(offsets % _MINUTE_US):
+                slots = np.full(span, -1, dtype=np.int64)
+                slots[offsets // _MINUTE_US] = np.arange(len(keys))
+        return cls(keys, slots, first)
+
+    def matched(self, file_keys: np.ndarray) -> np.ndarray:
+        """Which spine keys `file_keys` (int64 microseconds, any order) hold, as a mask."""
+        found = np.zeros(len(self.keys), dtype=bool)
+        if not len(file_keys) or not len(self.keys):
+            return found
+        if self.slots is not None:
+            offsets = file_keys - self.first
+            minutes, off_grid = np.divmod(offsets, _MINUTE_US)
+            inside = (offsets >= 0) & (minutes < len(self.slots)) & (off_grid == 0)
+            at = self.slots[minutes[inside]]
+            found[at[at >= 0]] = True
+            return found
+        return _holds(_sorted(file_keys), self.keys)
+
+
+def _sorted(keys: np.ndarray) -> np.ndarray:
+    return keys if bool(np.all(keys[1:] > keys[:-1])) else np.sort(keys)
+
+
+def _holds(ordered: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Which of `wanted` the sorted `ordered` holds, as a mask."""
+    if not len(ordered):
+        return np.zeros(len(wanted), dtype=bool)
+    pos = np.minimum(np.searchsorted(ordered, wanted), len(ordered) - 1)
+    return ordered[pos] == wanted
+
+
 def table_coverage_of(
     table: str,
     first_column: int,
     source_rows: int,
     file_keys: np.ndarray,
-    spine_keys: np.ndarray,
+    spine: SpineIndex,
     newest_from: int,
     source_nulls: Sequence[int],
 ) -> TableCoverage:
-    """A table's coverage from its key column and the spine's (both int64 microseconds; the
-    spine sorted and unique, as the merge checks). `newest_nulls` starts at zero: the merge adds
-    the nulls of each piece of the newest rows as it writes them (see `NewestNulls`)."""
-    ordered = np.sort(file_keys) if not bool(np.all(file_keys[1:] > file_keys[:-1])) else file_keys
-    if len(ordered):
-        pos = np.minimum(np.searchsorted(ordered, spine_keys), len(ordered) - 1)
-        found = ordered[pos] == spine_keys
-    else:
-        found = np.zeros(len(spine_keys), dtype=bool)
+    """A table's coverage from its key column (int64 microseconds) and the spine's. `newest_nulls`
+    starts at zero: the merge adds the nulls of each piece of the newest rows as it writes them
+    (see `NewestNulls`)."""
+    spine_keys = spine.keys
+    found = spine.matched(file_keys)
     hits = np.flatnonzero(found)
     newest = int(np.searchsorted(spine_keys, newest_from))
     tail = spine_keys[hits[-1] + 1 :] if len(hits) else spine_keys
     day_before = tail - _DAY_US
-    if len(ordered):
-        at = np.minimum(np.searchsorted(ordered, day_before), len(ordered) - 1)
-        had = ordered[at] == day_before
-    else:
-        had = np.zeros(len(tail), dtype=bool)
+    had = _holds(_sorted(file_keys), day_before) if len(tail) else np.zeros(0, dtype=bool)
     due = had | (day_before < spine_keys[0])
     return TableCoverage(
         table=table,

@@ -80,6 +80,7 @@ from bqx_assets.core.catalog import Catalog, Table, feature_name
 from bqx_assets.core.coverage import (
     COVERAGE_KEY,
     Coverage,
+    SpineIndex,
     TableCoverage,
     newest_day_start,
     table_coverage_of,
@@ -366,7 +367,7 @@ def merge_checkpoints(
 
     def prepare() -> tuple[list[_Plan], list[str], _Layout, _Reuse | None]:
         say(f"spine {_shown(_parts(spine))}: {len(keys):,} rows; checking {len(features)} tables")
-        plans = _plan_sources(features, keys, newest_from)
+        plans = _plan_sources(features, SpineIndex.of(keys), newest_from)
         names = [KEY, *spine_columns] + [n for p in plans for n in p.names]
         _check_names(spine, spine_columns, plans)
         first_column = 1 + len(spine_columns)
@@ -901,7 +902,8 @@ class _Plan:
     newest_nulls: np.ndarray | None = None
     """Nulls per column written into the newest day's rows, added up piece by piece."""
     metadata: list[pq.FileMetaData | None] = field(default_factory=list)
-    """The footer of each stored part, read once and reused by every piece (None: local)."""
+    """The footer of each part read once and reused by every piece: every stored part's, and a
+    local part's opened by `_open_needed` (None: the piece opens the file)."""
     group_at: list[tuple[int, int]] = field(default_factory=list)
     """(part, row group in that part) of each entry of `groups`."""
     unopened: set[int] = field(default_factory=set)
@@ -913,7 +915,7 @@ class _Plan:
 
     @property
     def stored(self) -> bool:
-        return any(m is not None for m in self.metadata)
+        return any(isinstance(p, StoredFile) for p in self.parts)
 
     @cached_property
     def where(self) -> str:
@@ -948,7 +950,7 @@ def _open(
             return pq.ParquetFile(
                 path.open(blocks or ()), metadata=metadata, pre_buffer=blocks is None
             )
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, metadata=metadata)
     except FileNotFoundError:
         raise MergeError(f"{where}: file does not exist") from None
     except StorageError as exc:
@@ -1035,7 +1037,7 @@ def _read_spine_part(path: Input, columns: Sequence[str], where: str) -> pa.Tabl
 
 
 def _plan_sources(
-    features: Sequence[FeatureSource], spine_keys: np.ndarray, newest_from: int
+    features: Sequence[FeatureSource], spine: SpineIndex, newest_from: int
 ) -> list[_Plan]:
     """Each source's plan, its inputs checked (schemas, types, keys) and inspected: one pass
     over its parts, each opened once, tables WORKERS at a time (IO_THREADS at a time when any
@@ -1043,13 +1045,13 @@ def _plan_sources(
     fails, in order, raises."""
     stored = any(isinstance(p, StoredFile) for s in features for p in _parts(s.path))
     with ThreadPoolExecutor(IO_THREADS if stored else WORKERS) as pool:
-        return list(pool.map(lambda s: _plan_one(s, spine_keys, newest_from), features))
+        return list(pool.map(lambda s: _plan_one(s, spine, newest_from), features))
 
 
-def _plan_one(source: FeatureSource, spine_keys: np.ndarray, newest_from: int) -> _Plan:
+def _plan_one(source: FeatureSource, spine: SpineIndex, newest_from: int) -> _Plan:
     if _from_facts(source):
         try:
-            return _plan_from_facts(_Plan(source, [], [], [], []), spine_keys, newest_from)
+            return _plan_from_facts(_Plan(source, [], [], [], []), spine, newest_from)
         except _Unpacked:
             pass  # a record without readable keys: the parts are opened, as without facts
     plan = _Plan(source, [], [], [], [])
@@ -1109,7 +1111,7 @@ def _plan_one(source: FeatureSource, spine_keys: np.ndarray, newest_from: int) -
         -1 if any(n[i] < 0 for n in nulls) else sum(n[i] for n in nulls)
         for i in range(len(plan.columns))
     ]
-    _inspect(plan, spine_keys, newest_from, files)
+    _inspect(plan, spine, newest_from, files)
     return plan
 
 
@@ -1142,7 +1144,7 @@ class _Unpacked(Exception):
     """A part's recorded keys cannot be unpacked."""
 
 
-def _plan_from_facts(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> _Plan:
+def _plan_from_facts(plan: _Plan, spine: SpineIndex, newest_from: int) -> _Plan:
     """`_plan_one` and `_inspect` from the parts' facts: no part is opened here; those whose
     rows are encoded are opened and checked against their facts by `_open_needed`."""
     source = plan.source
@@ -1192,7 +1194,7 @@ def _plan_from_facts(plan: _Plan, spine_keys: np.ndarray, newest_from: int) -> _
     file_keys = np.concatenate(every)
     check_unique(file_keys, plan.where, MergeError)
     plan.coverage = table_coverage_of(
-        source.table, plan.first_column, plan.source_rows, file_keys, spine_keys, newest_from,
+        source.table, plan.first_column, plan.source_rows, file_keys, spine, newest_from,
         plan.source_nulls,
     )  # fmt: skip
     plan.newest_nulls = np.zeros(len(plan.columns), dtype=np.int64)
@@ -1205,7 +1207,7 @@ def _open_needed(
 ) -> None:
     """Open the parts planned from facts that the `encoded` row groups (spine rows) read, and
     check each against its facts: the declared columns and types, and its row groups' rows.
-    A stored part's footer is kept for the pieces' ranged reads."""
+    Each part's footer is kept for the pieces that read it."""
     needed: list[tuple[_Plan, list[int]]] = []
     for plan in plans:
         if not plan.unopened:
@@ -1251,8 +1253,9 @@ def _open_needed(
                     f"{plan.where}: chunk {path} has row groups of {list(rows)} rows, its record "
                     f"says {list(facts.rows)}: changed since it was checked; re-run its checkpoint"
                 )
-            if isinstance(path, StoredFile):
-                plan.metadata[part] = meta
+            # Kept for the pieces that read the part (~4,000 day chunks' footers at production
+            # length, a few MB), so that each opens it without reading its footer again.
+            plan.metadata[part] = meta
 
     with ThreadPoolExecutor(IO_THREADS if stored else WORKERS) as pool:
         list(pool.map(check, needed))
@@ -1298,7 +1301,7 @@ def _column_text(plan: _Plan, column: str) -> str:
 
 
 def _inspect(
-    plan: _Plan, spine_keys: np.ndarray, newest_from: int, files: Sequence[pq.ParquetFile]
+    plan: _Plan, spine: SpineIndex, newest_from: int, files: Sequence[pq.ParquetFile]
 ) -> None:
     """Read the key column only: convert it, reject duplicates, note each row group's range and
     which spine keys the table covers (`files`: the parts opened by `_plan_one`; a stored one
@@ -1344,7 +1347,7 @@ def _inspect(
         plan.first_column,
         plan.source_rows,
         file_keys,
-        spine_keys,
+        spine,
         newest_from,
         plan.source_nulls,
     )
