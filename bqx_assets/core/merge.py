@@ -1253,8 +1253,9 @@ def _open_needed(
                     f"{plan.where}: chunk {path} has row groups of {list(rows)} rows, its record "
                     f"says {list(facts.rows)}: changed since it was checked; re-run its checkpoint"
                 )
-            # Kept for the pieces that read the part (~4,000 day chunks' footers at production
-            # length, a few MB), so that each opens it without reading its footer again.
+            # Kept for the pieces that read the part, which then open it without reading its
+            # footer again (~1 thread-s of a refresh; 3,970 day chunks' footers at production
+            # length, ~60 MB: the refresh merge peaked at 0.90 GiB, against 0.84 without).
             plan.metadata[part] = meta
 
     with ThreadPoolExecutor(IO_THREADS if stored else WORKERS) as pool:
