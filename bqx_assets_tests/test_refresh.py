@@ -4,6 +4,7 @@ merge over chunks that equals a from-scratch build."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.chunks import (
     ChunkedCheckpoint,
+    PairInputs,
     chunk_inputs,
     chunk_ranges,
     clear_temporaries,
@@ -30,8 +32,8 @@ from bqx_assets.core.chunks import (
 )
 from bqx_assets.core.embedded import EmbeddedWarehouse, connect, create_warehouse
 from bqx_assets.core.errors import ExtractionError, MergeError
-from bqx_assets.core.extraction import Source, expected_schema
-from bqx_assets.core.layout import KEY
+from bqx_assets.core.extraction import Source, expected_schema, owner_of
+from bqx_assets.core.layout import KEY, chunk_index_key
 from bqx_assets.core.merge import FeatureSource, merge_checkpoints
 from bqx_assets.core.storage import LocalStorage, StoredFile, open_storage
 from bqx_assets.core.warehouse import DateRange, TableRead
@@ -615,3 +617,72 @@ def test_a_live_writers_local_temporary_file_is_left_alone(
         path.write_bytes(b"partial")
     assert clear_temporaries(LocalStorage(tmp_path / "root"), source, tmp_path) == 1
     assert live.exists() and not gone.exists()
+
+
+def _recorded(inputs: PairInputs) -> list[tuple[object, ...]]:
+    """What the merge takes from the chunks' manifests: each table's part ids and facts."""
+    return [(inputs.spine_ids,), *((f.table, f.ids, f.facts) for f in inputs.features)]
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_a_table_s_chunk_index_stands_in_for_its_manifests_while_they_are_unchanged(
+    request: pytest.FixtureRequest,
+    mini: tuple[Catalog, Path],
+    warehouse: CountingWarehouse,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+) -> None:
+    catalog, _ = mini
+    if where == "gcs":
+        emulator: gcs_fixtures.GCSEmulator = request.getfixturevalue("gcs_emulator")
+        storage = open_storage(f"gs://{emulator.create_bucket()}/checkpoints")
+    else:
+        storage = LocalStorage(tmp_path / "ckpt")
+    sources = _sources(catalog)
+    refresh_tables(warehouse, sources, storage, threads=2)
+    first = pair_inputs(storage, catalog, PAIR, DateRange())
+    index_keys = {chunk_index_key(owner_of(s), s.name) for s in sources}
+    assert all(storage.stat(k) is not None for k in index_keys)
+    stamps = {k: storage.stat(k) for k in index_keys}
+
+    read: list[str] = []
+    real_read = storage.read_bytes
+
+    def counted(key: str) -> bytes | None:
+        read.append(key)
+        return real_read(key)
+
+    monkeypatch.setattr(storage, "read_bytes", counted)
+    # The merge's inputs: one read a table, its index; the same manifests as before.
+    again = pair_inputs(storage, catalog, PAIR, DateRange())
+    assert sorted(read) == sorted(index_keys)
+    assert _recorded(again) == _recorded(first)
+    # A refresh with nothing new reads no manifest either, and leaves every index as it was.
+    read.clear()
+    refresh_tables(warehouse, sources, storage, threads=2)
+    assert sorted(read) == sorted(index_keys)
+    assert {k: storage.stat(k) for k in index_keys} == stamps
+
+    # A manifest rewritten since its table's index was written is read on its own, and what it
+    # says now is what counts: here, that it has no facts (the merge then opens its chunk).
+    table = catalog.tables_for(PAIR)[0].name
+    manifest_key = next(k for k in storage.list(f"{PAIR}/{table}") if k.endswith(".manifest.json"))
+    record = json.loads(real_read(manifest_key) or b"")
+    storage.write_bytes(manifest_key, json.dumps({**record, "facts": None}).encode())
+    read.clear()
+    changed = pair_inputs(storage, catalog, PAIR, DateRange())
+    assert sorted(read) == sorted([*index_keys, manifest_key])
+    assert next(f for f in changed.features if f.table == table).facts == ()
+
+    # An index that cannot be read is passed over: every manifest is read, with the same result;
+    # the next refresh writes it again.
+    storage.write_bytes(chunk_index_key(PAIR, table), b"{not json")
+    read.clear()
+    assert _recorded(pair_inputs(storage, catalog, PAIR, DateRange())) == _recorded(changed)
+    manifests = [k for k in storage.list(f"{PAIR}/{table}") if k.endswith(".manifest.json")]
+    assert set(manifests) <= set(read)
+    refresh_tables(warehouse, sources, storage, threads=2)
+    read.clear()
+    pair_inputs(storage, catalog, PAIR, DateRange())
+    assert sorted(read) == sorted(index_keys)

@@ -41,6 +41,7 @@ import contextlib
 import fnmatch
 import hashlib
 import itertools
+import json
 import logging
 import os
 import tempfile
@@ -77,6 +78,7 @@ from bqx_assets.core.layout import (
     CHECKPOINT_ROW_GROUP_ROWS,
     KEY,
     chunk_folder,
+    chunk_index_key,
     chunk_key,
     chunk_manifest_key,
 )
@@ -91,7 +93,7 @@ from bqx_assets.core.merge import (
     sources_for_pair,
 )
 from bqx_assets.core.metrics import Stopwatch
-from bqx_assets.core.storage import ObjectStorage, StagedUpload, Storage
+from bqx_assets.core.storage import ObjectInfo, ObjectStorage, StagedUpload, Storage
 from bqx_assets.core.warehouse import DateRange, PartitionState, TableRead, Warehouse
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,8 @@ DEFAULT_GRAIN: ChunkGrain = "month"
 CHUNK_FORMAT = 1
 ChunkStatus = Literal["extracted", "reused", "compacted"]
 _MANIFEST_SUFFIX = ".manifest.json"
+_INDEX_FORMAT = 1
+_LISTING_THREADS = 8
 
 
 _ONE_DAY = timedelta(days=1)
@@ -424,23 +428,89 @@ class ChunkedCheckpoint:
         return "extracted" if self.count("extracted") else "reused"
 
 
-def _stored_manifests(storage: Storage, source: Source) -> dict[str, ChunkManifest]:
-    """Every readable chunk manifest of a table, by its chunk's key."""
+@dataclass(frozen=True)
+class _Stored:
+    """A table's stored chunks as its folder lists them: each readable manifest by its chunk's
+    key, and the size and CRC32C of every object in the folder (from one listing)."""
+
+    manifests: dict[str, ChunkManifest]
+    infos: dict[str, ObjectInfo]
+    index: dict[str, tuple[int, str]]
+    """The chunk index as it was read: (size, CRC32C) of each manifest it copies, by key."""
+    read: int
+    """Manifests read on their own: not in the index, or changed since it was written."""
+
+    def verified(self, key: str, manifest: ChunkManifest) -> bool:
+        """Whether the chunk at `key` is the file its manifest describes (size and CRC32C)."""
+        info = self.infos.get(key)
+        return info is not None and info.size == manifest.bytes and info.crc32c == manifest.crc32c
+
+
+def _index_entries(raw: bytes | None) -> dict[str, tuple[int, str, Any]]:
+    """A chunk index's entries: (size, CRC32C, manifest record) by manifest key; none from an
+    index that cannot be read (its manifests are then read one by one)."""
+    try:
+        data = json.loads(raw) if raw is not None else None
+        if not isinstance(data, dict) or data.get("format") != _INDEX_FORMAT:
+            return {}
+        return {
+            key: (int(entry["bytes"]), str(entry["crc32c"]), entry["manifest"])
+            for key, entry in data["manifests"].items()
+        }
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def _stored_manifests(storage: Storage, source: Source) -> _Stored:
+    """Every readable chunk manifest of a table, by its chunk's key: from one listing of its
+    folder and its chunk index, reading on their own only the manifests that the index does
+    not hold as they are now (on GCS ~23 requests a table fewer at production length)."""
     owner = owner_of(source)
-    out = {}
-    for key in storage.list(chunk_folder(owner, source.name)):
+    infos = storage.infos(chunk_folder(owner, source.name))
+    index_key = chunk_index_key(owner, source.name)
+    entries = _index_entries(storage.read_bytes(index_key)) if index_key in infos else {}
+    manifests, read = {}, 0
+    for key, info in infos.items():
         if not key.endswith(_MANIFEST_SUFFIX):
             continue
-        raw = storage.read_bytes(key)
-        manifest = ChunkManifest.from_json(raw) if raw is not None else None
+        entry = entries.get(key)
+        if entry is not None and (entry[0], entry[1]) == (info.size, info.crc32c):
+            manifest = ChunkManifest.from_record(entry[2])
+        else:
+            raw = storage.read_bytes(key)
+            manifest = ChunkManifest.from_json(raw) if raw is not None else None
+            read += 1
         if manifest is not None:
-            out[key.removesuffix(_MANIFEST_SUFFIX) + ".parquet"] = manifest
-    return out
+            manifests[key.removesuffix(_MANIFEST_SUFFIX) + ".parquet"] = manifest
+    index = {key: (entry[0], entry[1]) for key, entry in entries.items()}
+    return _Stored(manifests, infos, index, read)
 
 
-def _verified(storage: Storage, key: str, manifest: ChunkManifest) -> bool:
-    info = storage.stat(key)
-    return info is not None and info.size == manifest.bytes and info.crc32c == manifest.crc32c
+def _write_index(
+    storage: Storage, source: Source, known: dict[str, ChunkManifest], before: _Stored
+) -> None:
+    """Write the table's chunk index from the manifests its folder holds now (`known`: their
+    content, by chunk key), unless it already says what it would."""
+    owner = owner_of(source)
+    infos = storage.infos(chunk_folder(owner, source.name))
+    entries = {}
+    for key, manifest in known.items():
+        manifest_key = key.removesuffix(".parquet") + _MANIFEST_SUFFIX
+        info = infos.get(manifest_key)
+        if info is not None:
+            entries[manifest_key] = (info.size, info.crc32c, manifest)
+    if {k: (e[0], e[1]) for k, e in entries.items()} == before.index:
+        return
+    record = {
+        "format": _INDEX_FORMAT,
+        "manifests": {
+            k: {"bytes": e[0], "crc32c": e[1], "manifest": e[2].record()}
+            for k, e in sorted(entries.items())
+        },
+    }
+    storage.write_bytes(
+        chunk_index_key(owner, source.name), json.dumps(record, separators=(",", ":")).encode()
+    )
 
 
 def _current(
@@ -547,20 +617,20 @@ def refresh_table(
     ranges = chunk_ranges(list(by_day), window, grain, after)
     if not ranges:
         raise ExtractionError(f"{where} has no partitions in the window {_window_list(window)}")
-    stored = _stored_manifests(storage, source)
+    found = _stored_manifests(storage, source)
     days = sorted(by_day)
     plans = []
     for chunk in ranges:
         held = days[bisect.bisect_left(days, chunk.first) : bisect.bisect_right(days, chunk.last)]
         plan = _Plan(chunk, _partition_text([by_day[d] for d in held]))
         key = chunk_key(owner, source.name, chunk.first, chunk.last)
-        manifest = stored.get(key)
-        if _current(manifest, chunk, plan.partitions, fingerprint) and _verified(
-            storage, key, manifest
+        manifest = found.manifests.get(key)
+        if _current(manifest, chunk, plan.partitions, fingerprint) and found.verified(
+            key, manifest
         ):
             plan.done = Chunk("reused", manifest)
         else:
-            plan.parts = _parts_of(storage, stored, plan, window, fingerprint)
+            plan.parts = _parts_of(found, plan, window, fingerprint)
         plans.append(plan)
 
     for plan in plans:
@@ -581,14 +651,21 @@ def refresh_table(
     # Chunks of this table that the new layout replaced (days now in a month chunk, chunks of
     # another grain or window) go, once every planned chunk is in place.
     keep = {chunk_key(owner, source.name, p.chunk.first, p.chunk.last) for p in plans}
-    for key, manifest in stored.items():
+    known = dict(found.manifests)
+    for key, manifest in found.manifests.items():
         if key in keep:
             continue
         old = manifest.range
         if any(old.first <= p.chunk.last and old.last >= p.chunk.first for p in plans):
             storage.delete(key.removesuffix(".parquet") + _MANIFEST_SUFFIX)
             storage.delete(key)
+            del known[key]
     chunks = tuple(p.done for p in plans if p.done is not None)
+    changed = found.read or len(known) < len(found.manifests) or len(found.index) != len(known)
+    if changed or any(c.status != "reused" for c in chunks):
+        for c in chunks:
+            known[c.key(owner)] = c.manifest
+        _write_index(storage, source, known, found)
     if sum(c.manifest.rows for c in chunks) == 0:
         raise ExtractionError(f"{where} has no rows in the window {_window_list(window)}")
     return ChunkedCheckpoint(source, chunks, clock.seconds)
@@ -599,8 +676,7 @@ def _window_list(window: DateRange) -> list[str | None]:
 
 
 def _parts_of(
-    storage: Storage,
-    stored: dict[str, ChunkManifest],
+    found: _Stored,
     plan: _Plan,
     window: DateRange,
     fingerprint: str,
@@ -610,7 +686,7 @@ def _parts_of(
     if plan.chunk.first == plan.chunk.last:
         return []
     parts = []
-    for key, manifest in stored.items():
+    for key, manifest in found.manifests.items():
         old = manifest.range
         if not (plan.chunk.first <= old.first and old.last <= plan.chunk.last):
             continue
@@ -618,7 +694,7 @@ def _parts_of(
             continue  # this chunk itself, not current
         expect = _clip(old.first, old.last, window)
         mine = {d: s for d, s in plan.partitions.items() if old.holds(date.fromisoformat(d))}
-        if _current(manifest, expect, mine, fingerprint) and _verified(storage, key, manifest):
+        if _current(manifest, expect, mine, fingerprint) and found.verified(key, manifest):
             parts.append((key, manifest))
     parts.sort(key=lambda p: p[1].first)
     covered = [d for _, m in parts for d in m.partitions]
@@ -859,13 +935,14 @@ def current_chunks(
     lo = _utc(window.start) if window.start else None
     hi = _utc(window.end) if window.end else None
     chosen = []
-    for key, manifest in _stored_manifests(storage, source).items():
+    found = _stored_manifests(storage, source)
+    for key, manifest in found.manifests.items():
         r = manifest.range
         if (lo is not None and _utc(r.start) < lo) or (hi is not None and _utc(r.end) > hi):
             continue
         if after is not None and _utc(r.end) <= _utc(after):
             continue
-        if not _verified(storage, key, manifest):
+        if not found.verified(key, manifest):
             raise ExtractionError(
                 f"{where}: chunk {storage.uri_of(key)} does not match its manifest (changed or "
                 "missing since extraction); re-run its checkpoint"
@@ -891,13 +968,19 @@ def require_chunks(
     table without one."""
     if not sources:
         raise ExtractionError(f"{what}: the catalog lists no tables to extract")
-    out, missing = {}, {}
-    for source in sources:
+
+    def chosen(source: Source) -> list[tuple[str, ChunkManifest]] | str:
         try:
             mine = table_window(window, source, grain)
-            out[source.name] = current_chunks(storage, source, mine.window, mine.after)
+            return current_chunks(storage, source, mine.window, mine.after)
         except ExtractionError as exc:
-            missing[source.name] = str(exc)
+            return str(exc)
+
+    # An object store's tables a few at a time: two or three requests each, latency-bound.
+    with ThreadPoolExecutor(_LISTING_THREADS if isinstance(storage, ObjectStorage) else 1) as pool:
+        found = dict(zip((s.name for s in sources), pool.map(chosen, sources), strict=True))
+    out = {name: got for name, got in found.items() if not isinstance(got, str)}
+    missing = {name: got for name, got in found.items() if isinstance(got, str)}
     if missing:
         names = list(missing)
         raise ExtractionError(
@@ -939,7 +1022,7 @@ def _opened(
             raise ExtractionError(f"table {manifest.table}: {exc}") from exc
 
     every = [item for chunks in chosen.values() for item in chunks]
-    with ThreadPoolExecutor(8) as pool:  # a few small requests each: latency-bound
+    with ThreadPoolExecutor(_LISTING_THREADS) as pool:  # a few small requests each
         opened = iter(pool.map(open_one, every))
         return {name: tuple(next(opened) for _ in chunks) for name, chunks in chosen.items()}
 
@@ -1037,7 +1120,7 @@ def stored_window(storage: Storage, spine: TargetsTable, window: TrainingWindow)
     where = f"{spine.dataset}.{spine.name}"
     days: set[date] = set()
     alone: set[date] = set()  # held by a day chunk of their own from midnight (end may cut it)
-    for manifest in _stored_manifests(storage, spine).values():
+    for manifest in _stored_manifests(storage, spine).manifests.values():
         r = manifest.range
         lo, hi = _utc(r.start), _utc(r.end)
         for text, state in manifest.partitions.items():

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -146,15 +146,26 @@ class JsonRecord:
     def to_json(self) -> bytes:
         # The fields as they are (`asdict` deep-copies every nested list and dict first): the
         # same JSON text.
-        record = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
-        return json.dumps(record, indent=1).encode()
+        return json.dumps(self.record(), indent=1).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Self | None:
         try:
-            return cls(**json.loads(data))
-        except (ValueError, TypeError):
+            return cls.from_record(json.loads(data))
+        except ValueError:
             return None  # an unreadable manifest means what it describes is redone
+
+    @classmethod
+    def from_record(cls, record: Any) -> Self | None:
+        """From the JSON object `to_json` writes, already parsed; None when it is not one."""
+        try:
+            return cls(**record)
+        except TypeError:
+            return None
+
+    def record(self) -> dict[str, Any]:
+        """The fields as `to_json` writes them, not yet encoded."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -204,13 +204,24 @@ class GCSStorage(ObjectStorage):
             raise StorageError(f"cannot read {self._gs(name)}: {exc}") from exc
 
     def list(self, prefix: str = "") -> Iterator[str]:
+        yield from (self._key(blob.name) for blob in self._listed(prefix))
+
+    def infos(self, prefix: str) -> dict[str, ObjectInfo]:
+        return {self._key(blob.name): self._info(blob) for blob in self._listed(prefix)}
+
+    def _listed(self, prefix: str) -> Iterator[storage.Blob]:
+        """The objects under a prefix (temporaries left out), with their metadata."""
         name = self._name(prefix.rstrip("/")) if prefix else ""
         search = name or (f"{self.prefix}/" if self.prefix else "")
-        for blob in self.client.list_blobs(self.bucket, prefix=search):
-            # A prefix names a file or a folder, as for a local root: `a` lists `a/x`, not `ab`.
-            inside = not name or blob.name == name or blob.name.startswith(f"{name}/")
-            if inside and not blob.name.endswith(TEMP_SUFFIX):
-                yield self._key(blob.name)
+        try:
+            for blob in self.client.list_blobs(self.bucket, prefix=search):
+                # A prefix names a file or a folder, as for a local root: `a` lists `a/x`, not
+                # `ab`.
+                inside = not name or blob.name == name or blob.name.startswith(f"{name}/")
+                if inside and not blob.name.endswith(TEMP_SUFFIX):
+                    yield blob
+        except api_exceptions.GoogleAPICallError as exc:
+            raise StorageError(f"cannot list {self._gs(search)}: {exc}") from exc
 
     # writing
 

@@ -70,6 +70,12 @@ def chunk_manifest_key(owner: str, table: str, first: date, last: date) -> str:
     return f"{chunk_folder(owner, table)}/{first.isoformat()}_{last.isoformat()}.manifest.json"
 
 
+def chunk_index_key(owner: str, table: str) -> str:
+    """Storage key of a table's chunk index: its chunks' manifests in one file, each with the
+    size and CRC32C of the manifest it copies (a cache: the manifests stay the record)."""
+    return f"{chunk_folder(owner, table)}/chunks.index.json"
+
+
 def training_file_key(pair: str) -> str:
     """Storage key of a published training file, relative to the output root."""
     return f"training_{pair}.parquet"

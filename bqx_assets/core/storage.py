@@ -105,6 +105,16 @@ class Storage(ABC):
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under a prefix."""
 
+    def infos(self, prefix: str) -> dict[str, ObjectInfo]:
+        """What `stat` says of each key under a prefix, as `list` lists them. An object store
+        answers from its listing: one request for the folder, not one per object."""
+        found = {}
+        for key in self.list(prefix):
+            info = self.stat(key)
+            if info is not None:
+                found[key] = info
+        return found
+
     @abstractmethod
     def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
         """Copy a stored file to another key, atomically."""
