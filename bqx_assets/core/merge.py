@@ -902,8 +902,7 @@ class _Plan:
     newest_nulls: np.ndarray | None = None
     """Nulls per column written into the newest day's rows, added up piece by piece."""
     metadata: list[pq.FileMetaData | None] = field(default_factory=list)
-    """The footer of each part read once and reused by every piece: every stored part's, and a
-    local part's opened by `_open_needed` (None: the piece opens the file)."""
+    """The footer of each stored part, read once and reused by every piece (None: local)."""
     group_at: list[tuple[int, int]] = field(default_factory=list)
     """(part, row group in that part) of each entry of `groups`."""
     unopened: set[int] = field(default_factory=set)
@@ -1207,7 +1206,7 @@ def _open_needed(
 ) -> None:
     """Open the parts planned from facts that the `encoded` row groups (spine rows) read, and
     check each against its facts: the declared columns and types, and its row groups' rows.
-    Each part's footer is kept for the pieces that read it."""
+    A stored part's footer is kept for the pieces' ranged reads."""
     needed: list[tuple[_Plan, list[int]]] = []
     for plan in plans:
         if not plan.unopened:
@@ -1253,10 +1252,12 @@ def _open_needed(
                     f"{plan.where}: chunk {path} has row groups of {list(rows)} rows, its record "
                     f"says {list(facts.rows)}: changed since it was checked; re-run its checkpoint"
                 )
-            # Kept for the pieces that read the part, which then open it without reading its
-            # footer again (~1 thread-s of a refresh; 3,970 day chunks' footers at production
-            # length, ~60 MB: the refresh merge peaked at 0.90 GiB, against 0.84 without).
-            plan.metadata[part] = meta
+            # A stored part's footer is kept for the pieces' ranged reads. A local part's is
+            # not: its pieces read it again (~1 thread-s of a refresh at production length),
+            # but a merge from scratch opens every chunk, and keeping 14,000 footers grew it
+            # by ~0.5 GiB.
+            if isinstance(path, StoredFile):
+                plan.metadata[part] = meta
 
     with ThreadPoolExecutor(IO_THREADS if stored else WORKERS) as pool:
         list(pool.map(check, needed))
