@@ -53,7 +53,7 @@ from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.merge import VouchedFile
 from bqx_assets.core.metrics import peak_rss_bytes
 from bqx_assets.core.publish import published_file
-from bqx_assets.core.storage import LocalStorage
+from bqx_assets.core.storage import LocalStorage, ObjectStorage, file_crc32c, open_storage
 
 DAY_MINUTES = 1440
 COMPARE_COLUMNS = 128
@@ -98,6 +98,36 @@ def _build(
     }
     print(f"merge: {merged:.1f} s wall; {figures}", flush=True)
     return done, extracted, merged, cpu, figures
+
+
+def _gcs_merge(
+    storage: LocalStorage, catalog: Catalog, pair: str, root: ObjectStorage, refresh: bool
+) -> dict[str, float | int]:
+    """The pair's merge streamed to a gs:// output root and published there, as the
+    training_file step does (a refresh copies from the published object): its wall time, and
+    the bytes it read of the previous object and sent."""
+    key = training_file_key(pair)
+    previous = published_file(root, pair) if refresh else None
+    before = root.reads.bytes
+    started = time.perf_counter()
+    inputs = pair_inputs(storage, catalog, pair, ALL_TIME)
+    upload = root.stage(key)
+    report = inputs.merge(upload, previous=previous)
+    assert report.staged is not None
+    published = root.publish_staged(report.staged, key)
+    root.discard(report.staged)
+    seconds = time.perf_counter() - started
+    figures = {
+        "merge_s": round(seconds, 2),
+        "row_groups_reused": report.reused_row_groups,
+        "bytes_sent": getattr(upload, "sent", -1),
+        # The previous object's row groups read (a copy that could not be composed) and the
+        # staged object's footer and keys read back to verify it.
+        "bytes_read_back": root.reads.bytes - before,
+        "crc32c": published.crc32c,
+    }
+    print(f"gcs {'refresh' if refresh else 'full'} merge: {figures}", flush=True)
+    return figures
 
 
 def _summary(done: Sequence[ChunkedCheckpoint]) -> dict[str, int]:
@@ -166,8 +196,35 @@ def main() -> None:
     parser.add_argument(
         "--no-merge", action="store_true", help="extraction only (implies --no-scratch)"
     )
+    parser.add_argument(
+        "--gcs-output",
+        action="store_true",
+        help="also merge into a gs:// output root on fake-gcs-server (127.0.0.1), full build "
+        "and refresh, as production's training_file step does",
+    )
     args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        gcs_root = _gcs_root(stack, Path(args.out)) if args.gcs_output else None
+        _run(args, gcs_root)
 
+
+def _gcs_root(stack: contextlib.ExitStack, out: Path) -> ObjectStorage:
+    """A gs:// root in a bucket of fake-gcs-server on 127.0.0.1 (objects on disk, not in its
+    memory), stopped when the benchmark ends."""
+    from bqx_assets_tests.emulators.gcs import run_gcs_emulator
+
+    emulator = stack.enter_context(
+        run_gcs_emulator(Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out))),
+                         backend="filesystem")
+    )  # fmt: skip
+    os.environ.update({"STORAGE_EMULATOR_HOST": emulator.endpoint, "NO_GCE_CHECK": "True"})
+    root = open_storage(f"gs://{emulator.create_bucket()}/output")
+    assert isinstance(root, ObjectStorage)
+    return root
+
+
+def _run(args: argparse.Namespace, gcs_root: ObjectStorage | None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     catalog = Catalog.load()
@@ -205,6 +262,9 @@ def main() -> None:
             # Published as the Dagster publish step does (not timed): its checksum is recorded
             # with it, so the refresh copies its unchanged row groups unread.
             output.put_file(tmp_path / "full.parquet", training_file_key(args.pair), move=True)
+        gcs_full = gcs_refresh = None
+        if gcs_root is not None and not args.no_merge:
+            gcs_full = _gcs_merge(kept, catalog, args.pair, gcs_root, refresh=False)
         print(f"append {args.append} minutes", flush=True)
         started = time.perf_counter()
         wh.close()
@@ -226,6 +286,13 @@ def main() -> None:
             previous=previous,
         )  # fmt: skip
         full_file.unlink(missing_ok=True)  # disk: at production length a training file is 9.5 GB
+        if gcs_root is not None and not args.no_merge:
+            gcs_refresh = _gcs_merge(kept, catalog, args.pair, gcs_root, refresh=True)
+            gcs_refresh["same_as_local"] = gcs_refresh.pop("crc32c") == file_crc32c(
+                tmp_path / "refreshed.parquet"
+            )
+            if gcs_full is not None:
+                gcs_full.pop("crc32c", None)
         f, r = _summary(full), _summary(refreshed)
         print(
             json.dumps({"full": {**f, "extract_s": round(full_extract, 2),
@@ -296,6 +363,7 @@ def main() -> None:
         # the two files is the benchmark's own check.
         "peak_rss_before_compare_bytes": before_compare,
         "filesystem": _filesystem(out),
+        "gcs_output": {"full": gcs_full, "refresh": gcs_refresh} if gcs_refresh else None,
         "previous_vouched": isinstance(previous, VouchedFile),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),

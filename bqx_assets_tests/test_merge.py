@@ -21,7 +21,7 @@ import pytest
 from bqx_assets.cli import main
 from bqx_assets.core.catalog import Catalog, Column, Table, TargetsTable
 from bqx_assets.core.errors import MergeError, StorageError
-from bqx_assets.core.gcs import GCSStorage
+from bqx_assets.core.gcs import SEGMENTS_FOLDER, GCSStorage
 from bqx_assets.core.keys import keys_us
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.merge import FeatureSource, PartFacts, merge_checkpoints, sources_for_pair
@@ -608,7 +608,11 @@ def test_stored_checkpoints_merge_to_the_same_file_as_local_ones(
     back = pq.ParquetFile(report.staged.file.open()).read()
     assert back.equals(pq.read_table(local_out))
     output.discard(report.staged)
-    assert list(output.list()) == []
+    # What stays: the segments the object was composed from (its magic and its row groups),
+    # for a later upload of training.parquet to compose from instead of sending their bytes.
+    left = list(output.list())
+    assert left and all(k.startswith(f"{SEGMENTS_FOLDER}/training.parquet/") for k in left)
+    assert sum(output.stat(k).size for k in left) < report.staged.info.size  # not the footer
 
 
 @pytest.mark.emulator
@@ -690,7 +694,10 @@ def test_a_merge_killed_while_streaming_leaves_nothing_and_a_rerun_publishes(
         proc.wait()
     assert int(marker.read_text()) > 2 * 1024 * 1024
     every = sorted(b.name for b in gcs_emulator.client().list_blobs(gcs_bucket))
-    assert every == ["out/training_eurusd.parquet"]  # nothing half-written, no temporary object
+    # Nothing half-written and no temporary object: the previous file, and the segments the
+    # killed writer finished (whole objects, each checked as it was stored).
+    segments = f"out/{SEGMENTS_FOLDER}/training_eurusd.parquet/"
+    assert [n for n in every if not n.startswith(segments)] == ["out/training_eurusd.parquet"]
     assert output.stat("training_eurusd.parquet") == previous
 
     report = merge_checkpoints(spine, TARGETS, features, output.stage("training_eurusd.parquet"))
@@ -704,3 +711,11 @@ def test_a_merge_killed_while_streaming_leaves_nothing_and_a_rerun_publishes(
     assert (published.size, published.crc32c) == (expected.stat().st_size, file_crc32c(expected))
     every = sorted(b.name for b in gcs_emulator.client().list_blobs(gcs_bucket))
     assert not [n for n in every if n.endswith(".tmp")]
+    # The dead writer's segments are gone but those the published file was composed from (its
+    # magic and its row groups: fewer bytes than the file, which has a footer too).
+    kept = [b for b in gcs_emulator.client().list_blobs(gcs_bucket) if b.name.startswith(segments)]
+    meta = pq.ParquetFile(output.open_stored(
+        "training_eurusd.parquet", size=published.size, crc32c=published.crc32c
+    ).open()).metadata  # fmt: skip
+    assert len(kept) == 1 + meta.num_row_groups
+    assert sum(b.size for b in kept) < published.size

@@ -4,6 +4,7 @@ previous training file and writes the file a from-scratch merge writes."""
 from __future__ import annotations
 
 import errno
+import io
 import itertools
 import json
 import os
@@ -20,8 +21,9 @@ from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.chunks import TrainingWindow, pair_inputs, refresh_tables, resolve_window
 from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets.core.errors import MergeError
+from bqx_assets.core.gcs import SEGMENTS_FOLDER
 from bqx_assets.core.layout import training_file_key
-from bqx_assets.core.merge import MergeReport, VouchedFile, row_groups
+from bqx_assets.core.merge import ROW_GROUPS_KEY, MergeReport, VouchedFile, row_groups
 from bqx_assets.core.publish import published_file
 from bqx_assets.core.storage import LocalStorage, Storage, open_storage
 from bqx_assets.core.warehouse import DateRange
@@ -408,7 +410,24 @@ def test_in_gcs_the_refresh_copies_row_groups_from_the_published_object(
     bucket = gcs_emulator.create_bucket()
     key = training_file_key(PAIR)
     ckpt, out = f"gs://{bucket}/ckpt", f"gs://{bucket}/out"
-    _stored_build(warehouse, catalog, ckpt, out, key, previous=True)
+    segments = f"{SEGMENTS_FOLDER}/{key}"
+
+    def kept() -> list[tuple[int, str, int | None]]:
+        """The segments kept beside the file: (size, CRC32C, generation), in no set order."""
+        infos = open_storage(out).infos(segments).values()
+        return sorted((i.size, i.crc32c, i.generation) for i in infos)
+
+    first, _ = _stored_build(warehouse, catalog, ckpt, out, key, previous=True)
+    # The object was composed from its magic and its three row groups, kept for the next
+    # refresh (its footer was a part of its own, deleted once composed).
+    before = kept()
+    assert len(before) == 1 + first.row_groups
+    meta = pq.ParquetFile(io.BytesIO(open_storage(out).read_bytes(key) or b"")).metadata
+    record = json.loads(meta.metadata[ROW_GROUPS_KEY.encode()])
+    assert {(g["end"] - g["start"], g["crc32c"]) for g in record["groups"]} <= {
+        (size, crc) for size, crc, _ in before
+    }
+
     warehouse.append(DAY)
     refreshed, data = _stored_build(warehouse, catalog, ckpt, out, key, previous=True)
     assert refreshed.reused_row_groups == 2
@@ -416,6 +435,21 @@ def test_in_gcs_the_refresh_copies_row_groups_from_the_published_object(
     assert local.reused_row_groups == 0
     (tmp_path / "refreshed.parquet").write_bytes(data)
     _same_file(tmp_path / "refreshed.parquet", tmp_path / "scratch.parquet")
+    # The magic and the two unchanged row groups are the same objects (the same generations):
+    # composed in place, not sent again; the week's old segment went, its new one is kept.
+    after = kept()
+    assert len(after) == 1 + refreshed.row_groups
+    assert len(set(before) & set(after)) == 1 + refreshed.reused_row_groups
+
+    # Segments gone (a lifecycle rule, say): the row groups are read and sent again, and the
+    # file is the same.
+    for name in open_storage(out).list(segments):
+        open_storage(out).delete(name)
+    again, data = _stored_build(warehouse, catalog, ckpt, out, key, previous=True)
+    assert again.reused_row_groups == 2
+    (tmp_path / "again.parquet").write_bytes(data)
+    _same_file(tmp_path / "again.parquet", tmp_path / "scratch.parquet")
+    assert len(kept()) == 1 + again.row_groups
 
 
 def test_a_dagster_refresh_copies_row_groups_from_the_published_file(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 from pathlib import Path
 
 import pytest
 
 from bqx_assets.core import storage as storage_module
 from bqx_assets.core.errors import StorageError
-from bqx_assets.core.storage import LocalStorage, bytes_crc32c, file_crc32c
+from bqx_assets.core.storage import LocalStorage, bytes_crc32c, crc32c_concat, file_crc32c
 
 
 def _put(root: Path, key: str, data: bytes = b"x") -> None:
@@ -269,3 +270,17 @@ def test_a_copy_keeps_the_bytes_when_the_original_is_replaced(
         b"the second published file, longer"
     )
     assert [p.name for p in version.parent.iterdir()] == ["training.1.parquet"]
+
+
+def test_the_checksum_of_a_concatenation_comes_from_its_parts_checksums() -> None:
+    rng = random.Random(3)
+    for count in (1, 2, 5):
+        parts = [rng.randbytes(rng.choice([0, 1, 4, 1000, 70_001])) for _ in range(count)]
+        assert crc32c_concat([(bytes_crc32c(p), len(p)) for p in parts]) == bytes_crc32c(
+            b"".join(parts)
+        )
+    # A wrong part gives another checksum.
+    a, b = b"PAR1", b"row group"
+    assert crc32c_concat([(bytes_crc32c(a), 4), (bytes_crc32c(b"row grouP"), 9)]) != bytes_crc32c(
+        a + b
+    )

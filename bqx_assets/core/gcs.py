@@ -31,6 +31,7 @@ from bqx_assets.core.storage import (
     StagedUpload,
     StoredFile,
     bytes_crc32c,
+    crc32c_concat,
     file_crc32c,
 )
 
@@ -499,47 +500,128 @@ _UPLOAD_QUEUE = 4
 """Writes waiting for the upload thread: the writer keeps producing while a chunk is sent."""
 
 
+SEGMENTS_FOLDER = ".segments"
+"""Beside a staged file `{dir}/{name}`, `{dir}/.segments/{name}/` holds the parts it was composed
+from (the magic, then a part per row group), each found again by its size and CRC32C."""
+
+_COMPOSE_MAX = 32
+"""Source objects one compose request takes (GCS's limit)."""
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One source object of a composed upload."""
+
+    name: str
+    generation: int
+    size: int
+    crc32c: str
+    kept: bool
+    """A segment kept for later uploads to refer to (False: a part deleted once composed)."""
+    ours: bool = True
+    """Uploaded by this upload (False: a segment an earlier one kept, referred to)."""
+
+
+@dataclass(frozen=True)
+class _Cut:
+    crc32c: str
+    size: int
+    kept: bool
+
+
 class GCSUpload(StagedUpload):
-    """A resumable upload to `{dir}/.{name}.{uuid}.tmp`, fed as the file is written.
+    """An upload to `{dir}/.{name}.{uuid}.tmp`, fed as the file is written, in parts composed
+    into that object by `commit()`.
+
+    The writer cuts the file into segments (`cut`: the magic, then each row group); each goes to
+    an object of its own under `{dir}/.segments/{name}/` by a resumable upload, and is kept. A
+    later upload of the same file name that holds the same bytes (a refresh's unchanged row
+    groups) `refer`s to the kept segment instead of sending them: GCS composes the object from
+    its parts server-side, so an unchanged row group is neither downloaded nor uploaded. What
+    follows the last cut (the footer) is a part deleted once composed. `commit()` also deletes
+    the kept segments that the new object does not hold (a refresh keeps only its own).
 
     The bytes go to a background thread that sends them chunk by chunk (`chunk_size`, one chunk
     in memory), so producing the file and sending it overlap. CRC32C is computed on the way twice:
     here, over what the writer handed over, and by the client over what it sent, which it puts in
-    the final chunk's `X-Goog-Hash` header (GCS rejects a body that does not match) and checks
-    against the server's answer. `commit()` then compares the stored object's CRC32C and size with
-    the writer's. A process killed before `commit()` leaves no object: an unfinished resumable
-    upload is not an object, and its session expires on its own.
+    the final chunk's `X-Goog-Hash` header (GCS rejects a body that does not match). Each part's
+    stored CRC32C and size are compared with the writer's; the composed object's with the
+    combination of its parts' (`crc32c_concat`). A process killed before `commit()` leaves no
+    staged object (an unfinished resumable upload is not an object); the segments it uploaded
+    are deleted by the next commit for that file.
     """
 
     def __init__(self, storage: GCSStorage, name: str) -> None:
         self.storage = storage
         self.name = name
         self.temp = storage._temp_name(name)
-        self._blob = storage.bucket.blob(self.temp, chunk_size=storage.chunk_size)
+        head, _, base = name.rpartition("/")
+        self.segments = f"{head}/{SEGMENTS_FOLDER}/{base}" if head else f"{SEGMENTS_FOLDER}/{base}"
+        self._blob = storage.bucket.blob(self.temp)
         self._crc = google_crc32c.Checksum()
+        self._part_bytes = 0
         self._pos = 0
-        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(_UPLOAD_QUEUE)
+        self.sent = 0
+        """Bytes written, and so sent: not those of the segments referred to."""
+        self._parts: list[_Part] = []
+        self._kept: dict[tuple[int, str], _Part] | None = None  # segments found, by size, CRC
+        self._queue: queue.Queue[bytes | _Cut | _Part | None] = queue.Queue(_UPLOAD_QUEUE)
         self._error: BaseException | None = None
         self._watch = Stopwatch()
-        self._writer = self._blob.open(
-            "wb",
-            chunk_size=storage.chunk_size,
-            if_generation_match=0,
-            checksum="crc32c",
-            content_type="application/octet-stream",
-        )
+        self._part: tuple[storage.Blob, BinaryIO] | None = None  # the part being uploaded
         self._thread = threading.Thread(target=self._send, name="gcs-upload", daemon=True)
         self._thread.start()
         self._committed: StagedFile | None = None
 
+    # the sending thread
+
     def _send(self) -> None:
-        while (data := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
             if self._error is not None:
                 continue  # drain: the writer learns of the error on its next call
             try:
-                self._writer.write(data)
+                if isinstance(item, _Part):
+                    self._parts.append(item)
+                elif isinstance(item, _Cut):
+                    self._close_part(item)
+                else:
+                    self._writer().write(item)
             except BaseException as exc:  # handed to the writing thread
                 self._error = exc
+
+    def _writer(self) -> BinaryIO:
+        if self._part is None:
+            blob = self.storage.bucket.blob(
+                f"{self.segments}/{uuid.uuid4().hex}", chunk_size=self.storage.chunk_size
+            )
+            writer = blob.open(
+                "wb",
+                chunk_size=self.storage.chunk_size,
+                if_generation_match=0,
+                checksum="crc32c",
+                content_type="application/octet-stream",
+            )
+            self._part = (blob, writer)
+        return self._part[1]
+
+    def _close_part(self, cut: _Cut) -> None:
+        """Finish the part being uploaded and check it against what was written into it."""
+        if self._part is None:
+            return
+        blob, writer = self._part
+        self._part = None
+        writer.close()  # the last chunk, with the CRC32C of the part
+        blob.reload()
+        part = _Part(blob.name, int(blob.generation), int(blob.size or 0), blob.crc32c or "",
+                     cut.kept)  # fmt: skip
+        self._parts.append(part)
+        if (part.crc32c, part.size) != (cut.crc32c, cut.size):
+            raise StorageError(
+                f"{self.storage._gs(blob.name)} was stored with crc32c {part.crc32c}, "
+                f"{part.size} bytes; {cut.crc32c}, {cut.size} bytes were written"
+            )
+
+    # the writing thread
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -554,7 +636,43 @@ class GCSUpload(StagedUpload):
         self._crc.update(data)
         self._queue.put(data)
         self._pos += len(data)
+        self._part_bytes += len(data)
+        self.sent += len(data)
         return len(data)
+
+    def _cut(self, kept: bool) -> None:
+        if self._part_bytes:
+            crc = base64.b64encode(self._crc.digest()).decode()
+            self._queue.put(_Cut(crc, self._part_bytes, kept))
+        self._crc = google_crc32c.Checksum()
+        self._part_bytes = 0
+
+    def cut(self) -> None:
+        self._raise()
+        self._cut(kept=True)
+
+    def refer(self, size: int, crc32c: str) -> bool:
+        self._raise()
+        if self._kept is None:
+            self._kept = {
+                (info.size, info.crc32c): _Part(
+                    self.storage._name(key),
+                    info.generation or 0,
+                    info.size,
+                    info.crc32c,
+                    kept=True,
+                    ours=False,
+                )
+                for key, info in self.storage.infos(self.storage._key(self.segments)).items()
+                if info.generation is not None
+            }
+        found = self._kept.get((size, crc32c))
+        if found is None:
+            return False
+        self._cut(kept=True)
+        self._queue.put(found)
+        self._pos += size
+        return True
 
     def tell(self) -> int:
         return self._pos
@@ -564,12 +682,33 @@ class GCSUpload(StagedUpload):
             self._queue.put(None)
             self._thread.join()
 
+    def _compose(self, target: storage.Blob, parts: list[_Part]) -> None:
+        sources = [self.storage.bucket.blob(p.name, generation=p.generation) for p in parts]
+        target.compose(
+            sources,
+            if_generation_match=0,
+            if_source_generation_match=[p.generation for p in parts],
+        )
+
     def commit(self) -> StagedFile:
+        self._cut(kept=False)  # the footer: a part of this object only
         self._finish_thread()
         self._raise()
         uri = self.storage._gs(self.temp)
+        parts = list(self._parts)
+        steps: list[storage.Blob] = []
         try:
-            self._writer.close()  # the last chunk, with the CRC32C of the whole
+            # More parts than one request takes: runs of them composed first (a window of
+            # years: ~30 month segments).
+            while len(parts) > _COMPOSE_MAX:
+                run, parts = parts[:_COMPOSE_MAX], parts[_COMPOSE_MAX:]
+                step = self.storage.bucket.blob(self.storage._temp_name(self.name))
+                self._compose(step, run)
+                step.reload()
+                steps.append(step)
+                parts.insert(0, _Part(step.name, int(step.generation), int(step.size or 0),
+                                      step.crc32c or "", False))  # fmt: skip
+            self._compose(self._blob, parts)
             upload_seconds = self._watch.seconds
             self._blob.reload()
         except (
@@ -580,13 +719,18 @@ class GCSUpload(StagedUpload):
         ) as exc:
             self._delete()
             raise StorageError(f"upload of {uri} failed: {exc}") from exc
-        expected = base64.b64encode(self._crc.digest()).decode()
+        finally:
+            for step in steps:
+                with suppress(api_exceptions.GoogleAPICallError):
+                    step.delete()
+        expected = crc32c_concat([(p.crc32c, p.size) for p in self._parts])
         if self._blob.crc32c != expected or int(self._blob.size or 0) != self._pos:
             self._delete()
             raise StorageError(
                 f"{uri} was stored with crc32c {self._blob.crc32c}, {self._blob.size} bytes; "
                 f"{expected}, {self._pos} bytes were written; nothing was kept"
             )
+        self._drop_parts(keep={p.name for p in self._parts if p.kept})
         info = self.storage._info(self._blob)
         self._committed = StagedFile(
             key=self.storage._key(self.temp),
@@ -596,9 +740,21 @@ class GCSUpload(StagedUpload):
         )
         return self._committed
 
+    def _drop_parts(self, keep: set[str]) -> None:
+        """Delete the segments folder's objects but `keep` (a dead writer's too)."""
+        for key in self.storage.list(self.storage._key(self.segments)):
+            if self.storage._name(key) not in keep:
+                self.storage.delete(key)
+
     def _delete(self) -> None:
         with suppress(api_exceptions.NotFound, api_exceptions.GoogleAPICallError):
             self.storage.bucket.blob(self.temp).delete()
+        # What this upload stored: nothing of a failed or dropped upload stays (a killed
+        # writer's segments are deleted by the next commit of the file).
+        for part in self._parts:
+            if part.ours:
+                with suppress(api_exceptions.NotFound, api_exceptions.GoogleAPICallError):
+                    self.storage.bucket.blob(part.name).delete()
 
     def abort(self) -> None:
         if self._error is None:

@@ -778,6 +778,19 @@ class _Checksummed:
         self.mark()  # what landed is checked by the caller against its record
         return crc
 
+    def cut(self) -> None:
+        """End a segment of a streaming upload here (`StagedUpload.cut`)."""
+        if isinstance(self._f, StagedUpload):
+            self._f.cut()
+
+    def refer(self, size: int, crc32c: str) -> bool:
+        """Append, unsent, a segment an earlier upload kept with these bytes
+        (`StagedUpload.refer`); False when there is none."""
+        if isinstance(self._f, StagedUpload) and self._f.refer(size, crc32c):
+            self.mark()
+            return True
+        return False
+
     def skip_to(self, offset: int) -> None:
         """Go on writing at `offset` of a local file (the bytes before it are copied there by
         `_Ahead`)."""
@@ -802,6 +815,10 @@ def _copy(reuse: _Reuse, r: int, f: _Checksummed) -> None:
     try:
         if isinstance(reuse.source, Path) and f.local is not None:
             crc = f.splice(reuse.source, start, end, read=not reuse.vouched)
+        elif f.refer(end - start, g["crc32c"]):
+            # Composed from the segment an earlier upload kept: GCS holds these bytes with this
+            # CRC32C (its own, from the listing), neither downloaded nor uploaded.
+            crc = g["crc32c"]
         else:
             for at in range(start, end, _COPY_BYTES):
                 f.write(_read_range(reuse.source, at, min(at + _COPY_BYTES, end)))
@@ -1545,8 +1562,11 @@ def _write(
     recorded here, the writing starting after them."""
     footer = FooterAssembler()
     f = _Checksummed(out)
-    f.write(MAGIC)
-    f.mark()
+    # A streaming upload's segments: the magic, then each row group (`_Checksummed.cut`).
+    if not f.refer(len(MAGIC), _crc32c(MAGIC)):
+        f.write(MAGIC)
+        f.mark()
+        f.cut()
     written: list[dict[str, Any]] = []  # the row groups' record, without their footer spans
     copied = reuse.groups if reuse is not None else {}
     if reuse is not None:
@@ -1578,6 +1598,7 @@ def _write(
             assert reuse is not None and index in copied  # the others are built, in order
             start = f.tell()
             _copy(reuse, index, f)
+            f.cut()
             adopt(index, start)
 
     tasks: list[_Task] = []
@@ -1625,6 +1646,7 @@ def _write(
                 "signature": layout.signatures[r],
             }
         )
+        f.cut()
 
     io_pool = ThreadPoolExecutor(IO_THREADS) if stored else nullcontext()
     with ThreadPoolExecutor(WORKERS) as pool, io_pool as io:

@@ -47,6 +47,54 @@ def bytes_crc32c(data: bytes) -> str:
     return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
 
 
+_CRC32C_POLY = 0x82F63B78  # Castagnoli, reflected
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    out, row = 0, 0
+    while vector:
+        if vector & 1:
+            out ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return out
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, matrix[n]) for n in range(32)]
+
+
+def crc32c_concat(parts: Sequence[tuple[str, int]]) -> str:
+    """The CRC32C (base64, as GCS gives it) of the concatenation of parts, each given as its
+    own CRC32C (base64) and length: what a composed object's checksum must be. zlib's
+    `crc32_combine` (Mark Adler's), for the Castagnoli polynomial: no checksum library the
+    project uses (google-crc32c) offers it."""
+    total = 0
+    for crc_text, length in parts:
+        crc = int.from_bytes(base64.b64decode(crc_text), "big")
+        if length <= 0:
+            continue
+        odd = [_CRC32C_POLY] + [1 << n for n in range(31)]  # one zero bit
+        even = _gf2_square(odd)  # two
+        odd = _gf2_square(even)  # four
+        n = length
+        while True:  # `total` through `length` zero bytes
+            even = _gf2_square(odd)
+            if n & 1:
+                total = _gf2_times(even, total)
+            n >>= 1
+            if not n:
+                break
+            odd = _gf2_square(even)
+            if n & 1:
+                total = _gf2_times(odd, total)
+            n >>= 1
+            if not n:
+                break
+        total ^= crc
+    return base64.b64encode(total.to_bytes(4, "big")).decode()
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """What a storage root knows about one stored file."""
@@ -612,6 +660,16 @@ class StagedUpload(ABC):
 
     @abstractmethod
     def tell(self) -> int: ...
+
+    def cut(self) -> None:  # noqa: B027 - optional: an upload in one piece ignores it
+        """End a segment here: the bytes written since the last cut are a segment that a later
+        upload of the same file name may `refer` to."""
+
+    def refer(self, size: int, crc32c: str) -> bool:
+        """Append a segment that an earlier upload of this file name kept, with `size` bytes and
+        CRC32C `crc32c`, without sending its bytes; False (nothing appended) when there is none:
+        the caller writes the bytes instead."""
+        return False
 
     @abstractmethod
     def commit(self) -> StagedFile:
