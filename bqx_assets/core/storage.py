@@ -74,23 +74,16 @@ def crc32c_concat(parts: Sequence[tuple[str, int]]) -> str:
         crc = int.from_bytes(base64.b64decode(crc_text), "big")
         if length <= 0:
             continue
-        odd = [_CRC32C_POLY] + [1 << n for n in range(31)]  # one zero bit
-        even = _gf2_square(odd)  # two
-        odd = _gf2_square(even)  # four
+        # The operator that appends one zero byte (a zero bit's, squared three times), raised
+        # to `length` by squaring: `total` as the CRC of itself followed by `length` zeros.
+        op = _gf2_square(_gf2_square(_gf2_square([_CRC32C_POLY] + [1 << n for n in range(31)])))
         n = length
-        while True:  # `total` through `length` zero bytes
-            even = _gf2_square(odd)
+        while n:
             if n & 1:
-                total = _gf2_times(even, total)
+                total = _gf2_times(op, total)
             n >>= 1
-            if not n:
-                break
-            odd = _gf2_square(even)
-            if n & 1:
-                total = _gf2_times(odd, total)
-            n >>= 1
-            if not n:
-                break
+            if n:
+                op = _gf2_square(op)
         total ^= crc
     return base64.b64encode(total.to_bytes(4, "big")).decode()
 
