@@ -18,7 +18,7 @@ from bqx_assets.cli.commands import lifecycle
 from bqx_assets.core.errors import StorageError
 from bqx_assets.core.gcs import GCSStorage, UploadedObject, split_gs_uri, storage_client
 from bqx_assets.core.publish import TrainingFile, publish_training_file
-from bqx_assets.core.storage import ObjectInfo, StagedFile, file_crc32c, open_storage
+from bqx_assets.core.storage import ObjectInfo, StagedFile, bytes_crc32c, file_crc32c, open_storage
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
 from bqx_assets_tests.emulators.gcs import GCSEmulator
 
@@ -478,3 +478,35 @@ def test_an_aborted_stream_leaves_no_object(gcs_emulator: GCSEmulator, gcs_bucke
     assert _all_object_names(gcs_emulator, gcs_bucket) == []
     with pytest.raises(StorageError):
         upload.write(b"more")
+
+
+def test_an_upload_in_more_segments_than_one_compose_takes_is_composed_in_runs(
+    gcs_bucket: str,
+) -> None:
+    storage = GCSStorage(gcs_bucket, "out", chunk_size=CHUNK)
+    segments = [bytes([i]) * (100 + i) for i in range(40)]  # 40 row groups and a magic: > 32
+    upload = storage.stage("f.parquet")
+    for data in segments:
+        upload.write(data)
+        upload.cut()
+    upload.write(b"footer")
+    staged = upload.commit()
+    assert storage.read_bytes(staged.key) == b"".join(segments) + b"footer"
+    assert staged.info.crc32c == bytes_crc32c(b"".join(segments) + b"footer")
+    storage.discard(staged)
+    # Only the segments stay (not the footer's part, not the runs composed on the way).
+    assert sorted(storage.stat(k).size for k in storage.list()) == sorted(map(len, segments))
+
+    # Written again, the same segments are referred to, not sent; a new one is sent.
+    again = storage.stage("f.parquet")
+    for data in segments[:-1]:
+        assert again.refer(len(data), bytes_crc32c(data))
+    assert not again.refer(3, bytes_crc32c(b"new"))
+    again.write(b"new")
+    staged = again.commit()
+    assert storage.read_bytes(staged.key) == b"".join(segments[:-1]) + b"new"
+    assert again.sent == 3
+    storage.discard(staged)
+    # The last segment of the first upload is no longer part of the file: gone.
+    sizes = sorted(storage.stat(k).size for k in storage.list())
+    assert sizes == sorted(map(len, segments[:-1]))
