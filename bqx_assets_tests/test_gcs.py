@@ -17,7 +17,7 @@ from google.auth.credentials import AnonymousCredentials
 from bqx_assets.cli.commands import lifecycle
 from bqx_assets.core.errors import StorageError
 from bqx_assets.core.gcs import GCSStorage, UploadedObject, split_gs_uri, storage_client
-from bqx_assets.core.publish import TrainingFile, publish_training_file
+from bqx_assets.core.publish import TrainingFile, clear_dead_writes, publish_training_file
 from bqx_assets.core.storage import ObjectInfo, StagedFile, bytes_crc32c, file_crc32c, open_storage
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
 from bqx_assets_tests.emulators.gcs import GCSEmulator
@@ -510,3 +510,29 @@ def test_an_upload_in_more_segments_than_one_compose_takes_is_composed_in_runs(
     # The last segment of the first upload is no longer part of the file: gone.
     sizes = sorted(storage.stat(k).size for k in storage.list())
     assert sizes == sorted(map(len, segments[:-1]))
+
+
+@pytest.mark.parametrize("root", ["local", "bucket", "prefix"])
+def test_a_dead_writers_temporaries_of_a_training_file_are_cleared_and_nothing_else(
+    request: pytest.FixtureRequest, tmp_path: Path, root: str
+) -> None:
+    if root == "local":
+        storage = open_storage(str(tmp_path / "out"))
+    else:
+        bucket = request.getfixturevalue("gcs_bucket")
+        # Production's output root is a bucket's top level: temporaries are listed there too.
+        storage = open_storage(f"gs://{bucket}" if root == "bucket" else f"gs://{bucket}/out")
+    storage.write_bytes("training_eurusd.parquet", b"published")
+    dead = [".training_eurusd.parquet.0123abcd.tmp", ".training_eurusd.parquet.4567ef01.tmp"]
+    others = [".training_gbpusd.parquet.89abcdef.tmp", "versions/.training_eurusd.parquet.1.tmp"]
+    for key in [*dead, *others]:
+        if root == "local":
+            (tmp_path / "out" / key).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "out" / key).write_bytes(b"partial")
+        else:
+            name = key if root == "bucket" else f"out/{key}"
+            storage.client.bucket(bucket).blob(name).upload_from_string(b"partial")
+    assert sorted(clear_dead_writes(storage, "eurusd")) == dead
+    assert sorted(storage.temporaries("")) == others[:1]  # the other pair's writer's
+    assert storage.read_bytes("training_eurusd.parquet") == b"published"
+    assert clear_dead_writes(storage, "eurusd") == []

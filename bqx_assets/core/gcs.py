@@ -389,8 +389,10 @@ class GCSStorage(ObjectStorage):
             self.bucket.blob(self._name(key)).delete()
 
     def temporaries(self, prefix: str) -> Iterator[str]:
-        folder = self._name(prefix.rstrip("/"))
-        for blob in self.client.list_blobs(self.bucket, prefix=f"{folder}/."):
+        # "" is the root's own folder: the bucket's top level, or its prefix.
+        folder = self._name(prefix.rstrip("/")) if prefix.rstrip("/") else self.prefix
+        search = f"{folder}/." if folder else "."
+        for blob in self.client.list_blobs(self.bucket, prefix=search):
             head, _, base = blob.name.rpartition("/")
             if head == folder and base.endswith(TEMP_SUFFIX):
                 yield self._key(blob.name)

@@ -181,6 +181,19 @@ def publish_training_file(
     return PublishResult.of(pair, info, published=True, seconds=seconds, previous_uri=previous_uri)
 
 
+def clear_dead_writes(storage: Storage, pair: str) -> list[str]:
+    """Delete the temporary objects a killed writer of the pair's training file left beside it
+    (`.training_{pair}.parquet.{uuid}.tmp`: a staged file never published or discarded, a run
+    of a compose, a publish cut short); the keys deleted. Safe while one run per pair runs at a
+    time (dagster.yaml limits runs to one per partition): a temporary of the pair found before
+    its merge starts is a dead writer's."""
+    folder, _, name = training_file_key(pair).rpartition("/")
+    dead = [k for k in storage.temporaries(folder) if k.rpartition("/")[2].startswith(f".{name}.")]
+    for key in dead:
+        storage.delete(key)
+    return dead
+
+
 def published_file(storage: Storage, pair: str) -> Path | VouchedFile | StoredFile | None:
     """The pair's published training file, read in place (None when there is none yet): what a
     refresh copies its unchanged row groups from. On a local root, a `VouchedFile` while the

@@ -26,7 +26,7 @@ from bqx_assets.core.extraction import Source
 from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.metrics import LocalBytes, Stopwatch, footprint_metadata, peak_rss_bytes
 from bqx_assets.core.profile import candidate_key, load_profile, promote_profile, save_profile
-from bqx_assets.core.publish import TrainingFile, published_file
+from bqx_assets.core.publish import TrainingFile, clear_dead_writes, published_file
 from bqx_assets.core.storage import ObjectStorage, StagedUpload
 from bqx_assets.core.validation import Expectation, validate_training_file
 from bqx_assets.core.warehouse import SourceState
@@ -376,6 +376,12 @@ def training_file(
     catalog = settings.catalog()
     storage = checkpoints.storage()
     output = training_io_manager.storage()
+    dead = clear_dead_writes(output, pair)
+    if dead:
+        context.log.warning(
+            f"deleted {len(dead)} temporary file(s) a killed writer of {pair}'s training file "
+            f"left: {', '.join(dead[:3])}"
+        )
     # The pair's last published profile: what this build's drift is judged against.
     history = load_profile(output, pair)
     targets = catalog.targets[pair]
