@@ -658,7 +658,9 @@ def stall(line):
     # Some chunks are on the server, the upload is not finished: the test kills us here.
     if line.startswith("merged") and upload.tell() > 2 * 1024 * 1024:
         time.sleep(0.5)
-        Path(marker).write_text(str(upload.tell()))
+        # Written whole, then renamed: the test kills us as soon as the marker exists.
+        Path(marker + ".part").write_text(str(upload.tell()))
+        Path(marker + ".part").replace(marker)
         time.sleep(3600)
 
 features = [FeatureSource(Path(t).stem, Path(t)) for t in tables]
