@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import posixpath
 import queue
 import threading
 import uuid
@@ -558,7 +559,7 @@ class GCSUpload(StagedUpload):
         self.name = name
         self.temp = storage._temp_name(name)
         head, _, base = name.rpartition("/")
-        self.segments = f"{head}/{SEGMENTS_FOLDER}/{base}" if head else f"{SEGMENTS_FOLDER}/{base}"
+        self.segments = posixpath.join(head, SEGMENTS_FOLDER, base)
         self._blob = storage.bucket.blob(self.temp)
         self._crc = google_crc32c.Checksum()
         self._part_bytes = 0
@@ -659,7 +660,7 @@ class GCSUpload(StagedUpload):
             self._kept = {
                 (info.size, info.crc32c): _Part(
                     self.storage._name(key),
-                    info.generation or 0,
+                    info.generation,
                     info.size,
                     info.crc32c,
                     kept=True,
