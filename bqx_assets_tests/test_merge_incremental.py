@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from bqx_assets.core import merge as merge_module
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.chunks import TrainingWindow, pair_inputs, refresh_tables, resolve_window
 from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
@@ -328,6 +329,40 @@ def test_chunks_without_recorded_facts_are_opened_and_give_the_same_file(
     assert opened.reused_row_groups == planned.reused_row_groups > 0
     _same_file(tmp_path / "opened.parquet", tmp_path / "planned.parquet")
     assert opened.coverage == planned.coverage
+
+
+def test_chunks_opened_beyond_the_kept_footers_are_read_again_into_the_same_file(
+    mini: tuple[Catalog, Path],
+    warehouse: EmbeddedWarehouse,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A merge that opens more local chunks than it keeps footers of reads each footer again
+    for its pieces, and writes the same file as one that keeps them all."""
+    catalog, _ = mini
+    first = tmp_path / "first.parquet"
+    _build(warehouse, catalog, tmp_path / "ckpt", first)
+    warehouse.append(DAY)
+    kept = _build(warehouse, catalog, tmp_path / "ckpt", tmp_path / "kept.parquet", first)
+    footers_read = 0
+    real = pq.ParquetFile
+
+    def counted(source: object, **kwargs: object) -> pq.ParquetFile:
+        nonlocal footers_read
+        footers_read += kwargs.get("metadata") is None
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(pq, "ParquetFile", counted)
+    inputs = pair_inputs(LocalStorage(tmp_path / "ckpt"), catalog, PAIR, DateRange())
+    report = inputs.merge(tmp_path / "again.parquet", previous=first)
+    keeping, footers_read = footers_read, 0
+    monkeypatch.setattr(merge_module, "KEPT_FOOTERS", 0)
+    rereading = inputs.merge(tmp_path / "reread.parquet", previous=first)
+    assert report.parts_opened == rereading.parts_opened == kept.parts_opened > 0
+    # Each opened part's footer is read once more, by its pieces, when it is not kept.
+    assert footers_read - keeping == rereading.parts_opened
+    _same_file(tmp_path / "reread.parquet", tmp_path / "kept.parquet")
+    _same_file(tmp_path / "again.parquet", tmp_path / "kept.parquet")
 
 
 def test_a_chunk_unlike_its_recorded_facts_is_an_error_naming_it(

@@ -389,6 +389,8 @@ class ChunkManifest(JsonRecord):
 class Chunk:
     status: ChunkStatus
     manifest: ChunkManifest
+    stored: ObjectInfo | None = field(default=None, compare=False)
+    """Its manifest file as just written (size, CRC32C), for the table's chunk index."""
 
     def key(self, owner: str) -> str:
         m = self.manifest
@@ -487,12 +489,21 @@ def _stored_manifests(storage: Storage, source: Source) -> _Stored:
 
 
 def _write_index(
-    storage: Storage, source: Source, known: dict[str, ChunkManifest], before: _Stored
+    storage: Storage,
+    source: Source,
+    known: dict[str, ChunkManifest],
+    before: _Stored,
+    written: dict[str, ObjectInfo],
 ) -> None:
     """Write the table's chunk index from the manifests its folder holds now (`known`: their
-    content, by chunk key), unless it already says what it would."""
+    content, by chunk key), unless it already says what it would. Their files' sizes and
+    checksums are those listed before this run (`before`) or written by it (`written`, by
+    manifest key); the folder is listed again only when some manifest is in neither."""
     owner = owner_of(source)
-    infos = storage.infos(chunk_folder(owner, source.name))
+    infos = {**before.infos, **written}
+    manifest_keys = [k.removesuffix(".parquet") + _MANIFEST_SUFFIX for k in known]
+    if any(k not in infos for k in manifest_keys):
+        infos = storage.infos(chunk_folder(owner, source.name))
     entries = {}
     for key, manifest in known.items():
         manifest_key = key.removesuffix(".parquet") + _MANIFEST_SUFFIX
@@ -663,9 +674,13 @@ def refresh_table(
     chunks = tuple(p.done for p in plans if p.done is not None)
     changed = found.read or len(known) < len(found.manifests) or len(found.index) != len(known)
     if changed or any(c.status != "reused" for c in chunks):
+        written = {}
         for c in chunks:
-            known[c.key(owner)] = c.manifest
-        _write_index(storage, source, known, found)
+            key = c.key(owner)
+            known[key] = c.manifest
+            if c.stored is not None:
+                written[key.removesuffix(".parquet") + _MANIFEST_SUFFIX] = c.stored
+        _write_index(storage, source, known, found, written)
     if sum(c.manifest.rows for c in chunks) == 0:
         raise ExtractionError(f"{where} has no rows in the window {_window_list(window)}")
     return ChunkedCheckpoint(source, chunks, clock.seconds)
@@ -847,10 +862,10 @@ def _publish(
         method=method,
         facts=PartFacts.of(written, data, micros).to_json(),
     )
-    storage.write_bytes(
+    stored = storage.write_bytes(
         chunk_manifest_key(owner, source.name, chunk.first, chunk.last), manifest.to_json()
     )
-    return Chunk("compacted" if method == "compacted" else "extracted", manifest)
+    return Chunk("compacted" if method == "compacted" else "extracted", manifest, stored)
 
 
 @dataclass(frozen=True)
