@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -475,11 +476,16 @@ def test_staged_training_file_is_published_versioned_or_quarantined(
 def test_an_aborted_stream_leaves_no_object(gcs_emulator: GCSEmulator, gcs_bucket: str) -> None:
     storage = GCSStorage(gcs_bucket, chunk_size=CHUNK)
     upload = storage.stage("training_eurusd.parquet")
-    upload.write(os.urandom(3 * CHUNK))  # some chunks sent
+    for _ in range(12):  # more writes than the queue holds: the sending thread has begun
+        upload.write(os.urandom(CHUNK // 4 + 1))  # some chunks sent, the rest buffered
     upload.abort()
     assert _all_object_names(gcs_emulator, gcs_bucket) == []
     with pytest.raises(StorageError):
         upload.write(b"more")
+    # The part's writer, once collected, does not finish its upload (io's finalizer closes it).
+    del upload
+    gc.collect()
+    assert _all_object_names(gcs_emulator, gcs_bucket) == []
 
 
 def test_an_upload_in_more_segments_than_one_compose_takes_is_composed_in_runs(

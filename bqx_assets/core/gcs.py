@@ -763,5 +763,12 @@ class GCSUpload(StagedUpload):
         if self._error is None:
             self._error = StorageError("aborted")
         self._finish_thread()
+        if self._part is not None:
+            # The part being sent is cancelled: left open, its writer would be closed, and the
+            # part stored, by io's finalizer whenever it is collected.
+            writer = self._part[1]
+            self._part = None
+            with suppress(api_exceptions.GoogleAPICallError, OSError, ValueError):
+                writer.terminate()
         # An unfinished resumable upload created no object; a committed one is deleted.
         self._delete()
