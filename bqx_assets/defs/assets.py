@@ -391,6 +391,9 @@ def training_file(
     window = stored_window(storage, targets, settings.training_window())
     inputs = pair_inputs(storage, catalog, pair, window)
 
+    # A refresh copies the row groups whose inputs did not change from the published file.
+    # Looked up before an upload is staged: the merge aborts the upload on its own errors only.
+    previous = published_file(output, pair)
     workdir = settings.work_path("merge", f"{pair}-{context.run.run_id[:8]}")
     out: Path | StagedUpload = workdir / f"training_{pair}.parquet"
     if isinstance(output, ObjectStorage):
@@ -399,8 +402,7 @@ def training_file(
     try:
         merged = inputs.merge(
             out,
-            # A refresh copies the row groups whose inputs did not change from the published file.
-            previous=published_file(output, pair),
+            previous=previous,
             progress=context.log.info,
         )
         clock = Stopwatch()
