@@ -18,6 +18,7 @@ from typing import BinaryIO
 import google_crc32c
 import tenacity
 from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage import exceptions as media_exceptions
@@ -765,10 +766,12 @@ class GCSUpload(StagedUpload):
         self._finish_thread()
         if self._part is not None:
             # The part being sent is cancelled: left open, its writer would be closed, and the
-            # part stored, by io's finalizer whenever it is collected.
+            # part stored, by io's finalizer whenever it is collected. The cancel is a request
+            # of the client's authorized session (requests' errors are OSErrors; a credential
+            # refresh raises google.auth's): neither may hide the error that caused the abort.
             writer = self._part[1]
             self._part = None
-            with suppress(api_exceptions.GoogleAPICallError, OSError, ValueError):
+            with suppress(auth_exceptions.GoogleAuthError, OSError):
                 writer.terminate()
         # An unfinished resumable upload created no object; a committed one is deleted.
         self._delete()
