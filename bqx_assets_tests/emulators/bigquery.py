@@ -344,12 +344,23 @@ class TcpFaultProxy(_Server):
     resets them once the client has sent its first bytes. Later connections are piped through.
 
     With `cut_after_bytes`, a dropped connection is instead piped through until the server has
-    sent that many bytes, then reset: a connection lost in the middle of a streamed response.
+    sent that many bytes, then ended in the middle of a streamed response: the client receives
+    exactly those bytes, then the end of the connection. With `cut_with_reset` it is reset
+    instead, which also discards what still sits in the proxy's send buffer, so how much of the
+    response arrives depends on how fast the client reads. The server's side is reset.
     """
 
-    def __init__(self, upstream: str, drops: int, *, cut_after_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        drops: int,
+        *,
+        cut_after_bytes: int | None = None,
+        cut_with_reset: bool = False,
+    ) -> None:
         super().__init__()
         self.cut_after_bytes = cut_after_bytes
+        self.cut_with_reset = cut_with_reset
         self.cuts = 0
         """Connections reset mid-response."""
         host, port = upstream.rsplit(":", 1)
@@ -394,7 +405,12 @@ class TcpFaultProxy(_Server):
                     dst.sendall(data[: max(0, limit - sent)])
                     with self.lock:
                         self.cuts += 1
-                    _reset(dst)
+                    if self.cut_with_reset:
+                        _reset(dst)
+                    else:
+                        # Every byte sent so far, then the end of the connection (FIN).
+                        with contextlib.suppress(OSError):
+                            dst.shutdown(socket.SHUT_WR)
                     _reset(src)
                     return
                 dst.sendall(data)
