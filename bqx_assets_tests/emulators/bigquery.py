@@ -362,7 +362,7 @@ class TcpFaultProxy(_Server):
         self.cut_after_bytes = cut_after_bytes
         self.cut_with_reset = cut_with_reset
         self.cuts = 0
-        """Connections reset mid-response."""
+        """Connections cut mid-response (ended, or reset with `cut_with_reset`)."""
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
         self.drops = drops
