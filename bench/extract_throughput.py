@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse, warehouse_params
-from bqx_assets.core.extraction import extract_tables
+from bqx_assets.core.checkpoints.extraction import extract_tables
 from bqx_assets.core.storage import LocalStorage
+from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, create_warehouse, warehouse_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import pick_tables

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step:
         return _child(args)
 
-    from bqx_assets.core.embedded import warehouse_params
+    from bqx_assets.core.warehouse.embedded import warehouse_params
     from bqx_assets_tests.emulators.gcs import run_gcs_emulator
 
     work = Path(args.work or REPO / "bench" / "out" / "footprint" / str(args.rows))
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 sys.executable, "-c",
                 "import sys; from bqx_assets.core.catalog import Catalog; "
-                "from bqx_assets.core.embedded import create_warehouse; "
+                "from bqx_assets.core.warehouse.embedded import create_warehouse; "
                 "create_warehouse(sys.argv[1], Catalog.load(), pairs=[sys.argv[2]], "
                 "rows=int(sys.argv[3])).close()",
                 str(warehouse), args.pair, str(args.rows),

@@ -34,7 +34,7 @@ from pathlib import Path
 import dagster as dg
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
+from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets.defs.assets import (
     pair_checkpoints,
     shared_checkpoints,

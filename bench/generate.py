@@ -15,9 +15,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from bqx_assets.core.catalog import Catalog, Table
-from bqx_assets.core.extraction import expected_schema, write_checkpoint
+from bqx_assets.core.checkpoints.extraction import expected_schema, write_checkpoint
 from bqx_assets.core.layout import CHECKPOINT_ROW_GROUP_ROWS, KEY, PAIR_COLUMN
-from bqx_assets.core.synthetic import Series, feature_table_data, targets_table_data
+from bqx_assets.core.warehouse.synthetic import Series, feature_table_data, targets_table_data
 
 PAIR = "eurusd"
 DATA_VERSION = "synthetic-2"

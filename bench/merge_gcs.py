@@ -42,10 +42,10 @@ def _child(args: argparse.Namespace) -> int:
     """Run one variant in this process and print its figures as one JSON line."""
     import pyarrow.parquet as pq
 
-    from bqx_assets.core import gcs as gcs_module
-    from bqx_assets.core.gcs import GCSStorage
-    from bqx_assets.core.merge import IO_THREADS, FeatureSource, merge_checkpoints
+    from bqx_assets.core.merge.join import IO_THREADS, FeatureSource, merge_checkpoints
     from bqx_assets.core.metrics import peak_rss_bytes
+    from bqx_assets.core.storage import gcs as gcs_module
+    from bqx_assets.core.storage.gcs import GCSStorage
 
     data = Path(args.dir)
     files = sorted((data / "features").glob("*.parquet"))
@@ -113,7 +113,7 @@ def _child(args: argparse.Namespace) -> int:
 def _upload(directory: Path, bucket: str) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from bqx_assets.core.gcs import GCSStorage
+    from bqx_assets.core.storage.gcs import GCSStorage
 
     storage = GCSStorage(bucket, PREFIX)
     files = [directory / "targets.parquet", *sorted((directory / "features").glob("*.parquet"))]

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.chunks import (
+from bqx_assets.core.checkpoints.chunks import (
     CHUNK_GRAINS,
     DEFAULT_GRAIN,
     ChunkedCheckpoint,
@@ -47,13 +47,13 @@ from bqx_assets.core.chunks import (
     pair_inputs,
     refresh_tables,
 )
-from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse, warehouse_params
-from bqx_assets.core.extraction import ALL_TIME, Source
+from bqx_assets.core.checkpoints.extraction import ALL_TIME, Source
 from bqx_assets.core.layout import training_file_key
-from bqx_assets.core.merge import VouchedFile
+from bqx_assets.core.merge.join import VouchedFile
 from bqx_assets.core.metrics import peak_rss_bytes
 from bqx_assets.core.publish import published_file
 from bqx_assets.core.storage import LocalStorage, ObjectStorage, file_crc32c, open_storage
+from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, create_warehouse, warehouse_params
 
 DAY_MINUTES = 1440
 COMPARE_COLUMNS = 128

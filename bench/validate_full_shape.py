@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.coverage import COVERAGE_KEY, Coverage, TableCoverage, newest_day_start
 from bqx_assets.core.layout import KEY
+from bqx_assets.core.merge.coverage import COVERAGE_KEY, Coverage, TableCoverage, newest_day_start
 
 ROWS = 177_748
 ROW_GROUP_ROWS = 4096

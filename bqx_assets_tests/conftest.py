@@ -1,13 +1,23 @@
-"""Shared fixtures: a small production-shaped catalog and an embedded warehouse built from it."""
+"""Shared fixtures: catalogs, embedded warehouses made once per session, the emulators."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from bqx_assets.core.catalog import Catalog
+
+if TYPE_CHECKING:
+    from emulators.bigquery import BigQueryEmulator
+    from emulators.gcs import GCSEmulator
 
 # Nothing in the suite may look for the cloud metadata server.
 os.environ.setdefault("NO_GCE_CHECK", "True")
@@ -39,6 +49,47 @@ def mini_catalog(pairs: tuple[str, ...] = MINI_PAIRS) -> Catalog:
     )  # fmt: skip
 
 
+class Warehouses:
+    """Embedded warehouses made once per test session and shared, read-only, by every test that
+    asks for the same one (catalog, pairs, rows, start, faults); `copy` gives a test a private
+    one to append to."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._made: dict[str, Path] = {}
+
+    def path(
+        self,
+        catalog: Catalog,
+        *,
+        pairs: Sequence[str] = MINI_PAIRS,
+        rows: int = 600,
+        start: datetime | None = None,
+        faults: Sequence[str] = (),
+    ) -> Path:
+        from bqx_assets.core.warehouse.embedded import DEFAULT_START, create_warehouse
+
+        start = start or DEFAULT_START
+        ident = json.dumps(
+            [catalog.to_dict(), list(pairs), rows, start.isoformat(), list(faults)],
+            sort_keys=True,
+        )
+        name = hashlib.sha256(ident.encode()).hexdigest()[:16]
+        if name not in self._made:
+            path = self.root / f"{name}.duckdb"
+            create_warehouse(
+                path, catalog, pairs=pairs, rows=rows, start=start, faults=faults
+            ).close()
+            self._made[name] = path
+        return self._made[name]
+
+    def copy(self, dest: Path, catalog: Catalog, **kwargs: object) -> Path:
+        """A private, writable copy of the warehouse `path(catalog, **kwargs)` would give."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.path(catalog, **kwargs), dest)  # type: ignore[arg-type]
+        return dest
+
+
 @pytest.fixture(scope="session")
 def catalog() -> Catalog:
     return Catalog.load()
@@ -54,11 +105,50 @@ def mini(tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalog, Path]:
 
 
 @pytest.fixture(scope="session")
-def mini_warehouse(tmp_path_factory: pytest.TempPathFactory, mini: tuple[Catalog, Path]) -> Path:
-    """A read-only embedded warehouse of the mini catalog, 600 minutes per table."""
-    from bqx_assets.core.embedded import create_warehouse
+def warehouses(tmp_path_factory: pytest.TempPathFactory) -> Warehouses:
+    return Warehouses(tmp_path_factory.mktemp("warehouses"))
 
-    catalog, _ = mini
-    path = tmp_path_factory.mktemp("warehouse") / "warehouse.duckdb"
-    create_warehouse(path, catalog, pairs=MINI_PAIRS, rows=600).close()
-    return path
+
+@pytest.fixture(scope="session")
+def mini_warehouse(warehouses: Warehouses, mini: tuple[Catalog, Path]) -> Path:
+    """A read-only embedded warehouse of the mini catalog, 600 minutes per table."""
+    return warehouses.path(mini[0], pairs=MINI_PAIRS, rows=600)
+
+
+# -- emulators --------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GCSEmulator]:
+    """One fake-gcs-server for the test session, with `STORAGE_EMULATOR_HOST` pointing at it."""
+    from emulators.gcs import run_gcs_emulator
+
+    with (
+        run_gcs_emulator(tmp_path_factory.mktemp("fake-gcs-server")) as emulator,
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        mp.setenv("STORAGE_EMULATOR_HOST", emulator.endpoint)
+        mp.setenv("NO_GCE_CHECK", "True")
+        mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        yield emulator
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator: GCSEmulator) -> str:
+    """A fresh, empty bucket in the session's emulator."""
+    return gcs_emulator.create_bucket()
+
+
+@pytest.fixture(scope="session")
+def bigquery_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEmulator]:
+    """local-bigquery for the whole session. Skipped where its environment cannot be made (no
+    Python 3.13 or package index), except under CI (`CI` set), where that fails: a green CI
+    has run the emulator tests."""
+    from emulators.bigquery import EmulatorUnavailable, start_emulator
+
+    try:
+        emulator = start_emulator(tmp_path_factory.mktemp("bigquery-emulator"))
+    except EmulatorUnavailable as exc:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(str(exc))
+    try:
+        yield emulator
+    finally:
+        emulator.stop()

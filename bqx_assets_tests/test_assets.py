@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.embedded import EmbeddedWarehouse
-from bqx_assets.core.extraction import expected_schema
-from bqx_assets.core.validation import CHECK_NAMES
+from bqx_assets.core.checkpoints.extraction import expected_schema
+from bqx_assets.core.gate.validation import CHECK_NAMES
 from bqx_assets.core.warehouse import DateRange
+from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 from bqx_assets.defs.assets import pair_checkpoints, shared_checkpoints, training_file
 from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets.defs.resources import CheckpointStore, EmbeddedWarehouseResource, PipelineSettings

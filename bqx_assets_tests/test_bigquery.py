@@ -21,19 +21,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bqx_assets.core.bigquery import BigQueryWarehouse, RetrySettings
 from bqx_assets.core.catalog import Catalog, Column, catalog_from_schema
-from bqx_assets.core.errors import WarehouseError
-from bqx_assets.core.extraction import (
+from bqx_assets.core.checkpoints.extraction import (
     Source,
     expected_schema,
     extract_tables,
     owner_of,
     require_checkpoints,
 )
+from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.layout import ARROW_TYPES, KEY, KEY_TYPE, PAIR_COLUMN, checkpoint_key
 from bqx_assets.core.storage import LocalStorage
 from bqx_assets.core.warehouse import DateRange
+from bqx_assets.core.warehouse.bigquery import BigQueryWarehouse, RetrySettings
 from bqx_assets_tests.emulators.bigquery import (
     BigQueryEmulator,
     HttpFaultProxy,
@@ -520,9 +520,9 @@ _EXTRACT_SCRIPT = """
 import json, sys, time
 from datetime import datetime
 
-from bqx_assets.core.bigquery import BigQueryWarehouse
+from bqx_assets.core.warehouse.bigquery import BigQueryWarehouse
 from bqx_assets.core.catalog import catalog_from_schema
-from bqx_assets.core.extraction import extract_tables
+from bqx_assets.core.checkpoints.extraction import extract_tables
 from bqx_assets.core.storage import LocalStorage
 from bqx_assets.core.warehouse import DateRange
 

@@ -10,13 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bqx_assets.core.bigquery import BigQueryWarehouse
 from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.checkpoints.extraction import Source, extract_table, extract_tables, owner_of
 from bqx_assets.core.errors import ExtractionError, WarehouseError
-from bqx_assets.core.extraction import Source, extract_table, extract_tables, owner_of
 from bqx_assets.core.layout import KEY, PAIR_COLUMN, checkpoint_key
 from bqx_assets.core.storage import LocalStorage
 from bqx_assets.core.warehouse import SourceState
+from bqx_assets.core.warehouse.bigquery import BigQueryWarehouse
 from bqx_assets_tests.emulators.bigquery import (
     BigQueryEmulator,
     bigquery_emulator,  # noqa: F401 - the session fixture

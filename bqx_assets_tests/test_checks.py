@@ -12,8 +12,13 @@ import pytest
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from bqx_assets.core.gate.validation import (
+    CHECK_NAMES,
+    Expectation,
+    Thresholds,
+    validate_training_file,
+)
 from bqx_assets.core.layout import KEY
-from bqx_assets.core.validation import CHECK_NAMES, Expectation, Thresholds, validate_training_file
 from bqx_assets.defs.checks import check_results, report_metadata, training_check_specs
 
 GOOD, BAD = "eurusd", "gbpusd"

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.chunks import (
+from bqx_assets.core.checkpoints.chunks import (
     TrainingWindow,
     chunk_inputs,
     pair_inputs,
@@ -22,12 +22,12 @@ from bqx_assets.core.chunks import (
     resolve_window,
     stored_window,
 )
-from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets.core.errors import ExtractionError, WindowError
 from bqx_assets.core.layout import KEY
-from bqx_assets.core.merge import merge_checkpoints
+from bqx_assets.core.merge.join import merge_checkpoints
 from bqx_assets.core.storage import LocalStorage
 from bqx_assets.core.warehouse import DateRange
+from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets.defs.assets import (
     pair_checkpoints,
     pair_sources,

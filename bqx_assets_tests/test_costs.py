@@ -22,8 +22,8 @@ from bqx_assets.core.costs import (
     format_report,
     total,
 )
-from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets.core.metrics import STEP_PEAK_LOCAL_BYTES
+from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets.defs.assets import pair_checkpoints, shared_checkpoints, training_file
 from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets.defs.partitions import pairs_partitions
@@ -205,7 +205,7 @@ def test_bqx_costs_prints_a_table_and_one_json_line(
 
 
 def test_pipeline_settings_default_to_the_cores_prices_and_gate() -> None:
-    from bqx_assets.core.validation import Thresholds
+    from bqx_assets.core.gate.validation import Thresholds
     from bqx_assets.defs.resources import PipelineSettings
 
     settings = PipelineSettings()

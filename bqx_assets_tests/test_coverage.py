@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bqx_assets.core.coverage import SpineIndex
+from bqx_assets.core.merge.coverage import SpineIndex
 
 MINUTE = 60_000_000
 DAY = 1440 * MINUTE

@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bqx_assets.core.validation import CHECK_NAMES
+from bqx_assets.core.gate.validation import CHECK_NAMES
 from bqx_assets.definitions import defs
 
 ROOT = Path(__file__).resolve().parents[1]

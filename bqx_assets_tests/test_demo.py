@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.embedded import create_warehouse
-from bqx_assets.core.synthetic import DEFAULT_START, ETF_OPEN
-from bqx_assets.core.validation import CHECK_NAMES
+from bqx_assets.core.gate.validation import CHECK_NAMES
+from bqx_assets.core.warehouse.embedded import create_warehouse
+from bqx_assets.core.warehouse.synthetic import DEFAULT_START, ETF_OPEN
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
 
 gcs_emulator = gcs_fixtures.gcs_emulator

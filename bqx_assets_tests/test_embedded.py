@@ -14,16 +14,16 @@ import pytest
 
 from bqx_assets.core import embedded
 from bqx_assets.core.catalog import Catalog, catalog_from_schema
-from bqx_assets.core.embedded import (
+from bqx_assets.core.checkpoints.extraction import expected_schema
+from bqx_assets.core.errors import WarehouseError
+from bqx_assets.core.warehouse import DateRange
+from bqx_assets.core.warehouse.embedded import (
     REVISED_ROWS,
     EmbeddedWarehouse,
     create_warehouse,
     warehouse_params,
 )
-from bqx_assets.core.errors import WarehouseError
-from bqx_assets.core.extraction import expected_schema
-from bqx_assets.core.synthetic import Series, feature_table_data, targets_table_data
-from bqx_assets.core.warehouse import DateRange
+from bqx_assets.core.warehouse.synthetic import Series, feature_table_data, targets_table_data
 
 
 def test_information_schema_refreshes_to_the_same_catalog(
@@ -177,7 +177,7 @@ _MEASURE = """
 import sys
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.metrics import peak_rss_bytes
-from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
+from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets.core.warehouse import DateRange
 catalog = Catalog.load()
 create_warehouse(sys.argv[1], catalog, pairs=["eurusd"], rows=int(sys.argv[2])).close()

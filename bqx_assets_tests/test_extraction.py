@@ -11,12 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bqx_assets.core import extraction
+from bqx_assets.core import memory
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.chunks import refresh_tables
-from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
-from bqx_assets.core.errors import ExtractionError
-from bqx_assets.core.extraction import (
+from bqx_assets.core.checkpoints.chunks import refresh_tables
+from bqx_assets.core.checkpoints.extraction import (
     Manifest,
     conform,
     expected_schema,
@@ -26,9 +24,11 @@ from bqx_assets.core.extraction import (
     require_checkpoints,
     rows_per_read,
 )
+from bqx_assets.core.errors import ExtractionError
 from bqx_assets.core.layout import checkpoint_key, manifest_key
 from bqx_assets.core.storage import LocalStorage
 from bqx_assets.core.warehouse import DateRange, TableRead
+from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, create_warehouse
 
 
 @pytest.fixture
@@ -232,26 +232,26 @@ def test_free_memory_is_handed_back_only_once_rss_has_grown(
 ) -> None:
     rss = iter([100, 100, 150, 120, 170, 100, 90, 95, 140, 200, 100]).__next__
     trims: list[int] = []
-    monkeypatch.setattr(extraction, "_rss_bytes", rss)
-    monkeypatch.setattr(extraction, "release_free_memory", lambda: trims.append(1))
-    memory = extraction.MemoryReturn(growth=50)  # lowest RSS seen: 100
+    monkeypatch.setattr(memory, "_rss_bytes", rss)
+    monkeypatch.setattr(memory, "release_free_memory", lambda: trims.append(1))
+    memory_return = memory.MemoryReturn(growth=50)  # lowest RSS seen: 100
     for _ in range(4):
-        memory.after_table()  # 100, 150 (+50: trim, then 120), 170 (+50: trim, then 100), 90
-    assert memory.trims == 2
-    memory.after_table()  # 95: lowest 90
-    memory.after_table()  # 140 (+50 over the lowest since the last trim: trim, then 200)
-    assert memory.trims == 3
-    memory.after_table()  # 100: lower than the 200 read after the trim
+        memory_return.after_table()  # 100, 150 (+50: trim, then 120), 170 (+50: trim, then 100), 90
+    assert memory_return.trims == 2
+    memory_return.after_table()  # 95: lowest 90
+    memory_return.after_table()  # 140 (+50 over the lowest since the last trim: trim, then 200)
+    assert memory_return.trims == 3
+    memory_return.after_table()  # 100: lower than the 200 read after the trim
     assert len(trims) == 3
 
 
 def test_free_memory_is_handed_back_after_every_table_without_an_rss_reading(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(extraction, "_rss_bytes", lambda: None)
+    monkeypatch.setattr(memory, "_rss_bytes", lambda: None)
     trims: list[int] = []
-    monkeypatch.setattr(extraction, "release_free_memory", lambda: trims.append(1))
-    memory = extraction.MemoryReturn()
+    monkeypatch.setattr(memory, "release_free_memory", lambda: trims.append(1))
+    memory_return = memory.MemoryReturn()
     for _ in range(3):
-        memory.after_table()
+        memory_return.after_table()
     assert len(trims) == 3

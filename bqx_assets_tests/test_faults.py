@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 import pytest
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
-from bqx_assets.core.faults import FAULT_KINDS, Fault, FaultError, FaultSpec
-from bqx_assets.core.synthetic import Series, merged_null_counts
+from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, create_warehouse
+from bqx_assets.core.warehouse.faults import FAULT_KINDS, Fault, FaultError, FaultSpec
+from bqx_assets.core.warehouse.synthetic import Series, merged_null_counts
 from bqx_assets_tests.conftest import MINI_PAIRS
 
 ROWS = 600  # as the clean mini warehouse, built with the same seed

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bqx_assets.core.errors import FooterError
-from bqx_assets.core.footer import (
+from bqx_assets.core.layout import KEY, KEY_TYPE
+from bqx_assets.core.merge.footer import (
     _FILE,
     _I64,
     _OFFSET_INDEX,
@@ -27,7 +28,6 @@ from bqx_assets.core.footer import (
     _unzigzag,
     _uvarint,
 )
-from bqx_assets.core.layout import KEY, KEY_TYPE
 
 ROWS = 30_000
 GROUP_ROWS = 12_000  # three row groups, the last one shorter

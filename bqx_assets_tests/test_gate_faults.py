@@ -21,10 +21,10 @@ import pytest
 from conftest import MINI_PAIRS, mini_catalog
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.embedded import create_warehouse
+from bqx_assets.core.gate.profile import profile_key
+from bqx_assets.core.gate.validation import CHECK_NAMES
 from bqx_assets.core.layout import training_file_key
-from bqx_assets.core.profile import profile_key
-from bqx_assets.core.validation import CHECK_NAMES
+from bqx_assets.core.warehouse.embedded import create_warehouse
 from bqx_assets.defs.assets import (
     pair_checkpoints,
     shared_checkpoints,

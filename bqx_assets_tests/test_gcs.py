@@ -17,9 +17,9 @@ from google.auth.credentials import AnonymousCredentials
 
 from bqx_assets.cli.commands import lifecycle
 from bqx_assets.core.errors import StorageError
-from bqx_assets.core.gcs import GCSStorage, UploadedObject, split_gs_uri, storage_client
 from bqx_assets.core.publish import TrainingFile, clear_dead_writes, publish_training_file
 from bqx_assets.core.storage import ObjectInfo, StagedFile, bytes_crc32c, file_crc32c, open_storage
+from bqx_assets.core.storage.gcs import GCSStorage, UploadedObject, split_gs_uri, storage_client
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
 from bqx_assets_tests.emulators.gcs import GCSEmulator
 
@@ -224,7 +224,7 @@ def test_corrupted_upload_leaves_the_published_object_untouched(
 _KILLED_UPLOAD = """
 import sys, time
 from pathlib import Path
-from bqx_assets.core.gcs import GCSStorage
+from bqx_assets.core.storage.gcs import GCSStorage
 
 class Stalling:
     # Signals once some chunks have been sent, then never finishes: the test kills us there.

@@ -274,7 +274,7 @@ def test_consumer_of_every_pair_gets_a_dict_of_lazy_frames(tmp_path: Path) -> No
 def every_family(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
     """eurusd's catalog cut to its first table of every family, its file and a warehouse."""
     from bqx_assets.core.catalog import Catalog
-    from bqx_assets.core.embedded import create_warehouse
+    from bqx_assets.core.warehouse.embedded import create_warehouse
 
     full = Catalog.load().subset(["eurusd"])
     first: dict[str, Any] = {}

@@ -21,12 +21,12 @@ import pytest
 from bqx_assets.cli import main
 from bqx_assets.core.catalog import Catalog, Column, Table, TargetsTable
 from bqx_assets.core.errors import MergeError, StorageError
-from bqx_assets.core.gcs import SEGMENTS_FOLDER, GCSStorage
 from bqx_assets.core.keys import keys_us
 from bqx_assets.core.layout import KEY
-from bqx_assets.core.merge import FeatureSource, PartFacts, merge_checkpoints, sources_for_pair
+from bqx_assets.core.merge.join import FeatureSource, PartFacts, merge_checkpoints, sources_for_pair
 from bqx_assets.core.publish import TrainingFile, publish_training_file
 from bqx_assets.core.storage import StoredFile, file_crc32c
+from bqx_assets.core.storage.gcs import SEGMENTS_FOLDER, GCSStorage
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
 
 START = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
@@ -647,8 +647,8 @@ def test_a_checkpoint_replaced_while_merging_is_an_error_naming_it(
 _KILLED_MERGE = """
 import sys, time
 from pathlib import Path
-from bqx_assets.core.gcs import GCSStorage
-from bqx_assets.core.merge import FeatureSource, merge_checkpoints
+from bqx_assets.core.storage.gcs import GCSStorage
+from bqx_assets.core.merge.join import FeatureSource, merge_checkpoints
 
 bucket, spine, marker, *tables = sys.argv[1:]
 storage = GCSStorage(bucket, "out", chunk_size=256 * 1024)

@@ -19,15 +19,20 @@ import pytest
 
 from bqx_assets.core import merge as merge_module
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.chunks import TrainingWindow, pair_inputs, refresh_tables, resolve_window
-from bqx_assets.core.embedded import EmbeddedWarehouse, create_warehouse
+from bqx_assets.core.checkpoints.chunks import (
+    TrainingWindow,
+    pair_inputs,
+    refresh_tables,
+    resolve_window,
+)
 from bqx_assets.core.errors import MergeError
-from bqx_assets.core.gcs import SEGMENTS_FOLDER
 from bqx_assets.core.layout import training_file_key
-from bqx_assets.core.merge import ROW_GROUPS_KEY, MergeReport, VouchedFile, row_groups
+from bqx_assets.core.merge.join import ROW_GROUPS_KEY, MergeReport, VouchedFile, row_groups
 from bqx_assets.core.publish import published_file
 from bqx_assets.core.storage import LocalStorage, Storage, open_storage
+from bqx_assets.core.storage.gcs import SEGMENTS_FOLDER
 from bqx_assets.core.warehouse import DateRange
+from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, create_warehouse
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
 from bqx_assets_tests.test_refresh import _correct_day, _sources
 from bqx_assets_tests.test_storage import _root_with_xattrs

@@ -14,19 +14,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from bqx_assets import cli
-from bqx_assets.core.coverage import COVERAGE_KEY, Coverage, TableCoverage
 from bqx_assets.core.errors import ValidationError
-from bqx_assets.core.layout import KEY
-from bqx_assets.core.merge import ROW_GROUPS_KEY, FeatureSource, merge_checkpoints
-from bqx_assets.core.profile import Profile, load_profile, profile_key, save_profile
-from bqx_assets.core.storage import open_storage
-from bqx_assets.core.validation import (
+from bqx_assets.core.gate.profile import Profile, load_profile, profile_key, save_profile
+from bqx_assets.core.gate.validation import (
     CHECK_NAMES,
     Expectation,
     Thresholds,
     ValidationReport,
     validate_training_file,
 )
+from bqx_assets.core.layout import KEY
+from bqx_assets.core.merge.coverage import COVERAGE_KEY, Coverage, TableCoverage
+from bqx_assets.core.merge.join import ROW_GROUPS_KEY, FeatureSource, merge_checkpoints
+from bqx_assets.core.storage import open_storage
 
 PAIR = "eurusd"
 MINUTE = 60_000_000

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.chunks import (
+from bqx_assets.core.checkpoints.chunks import (
     ChunkedCheckpoint,
     PairInputs,
     chunk_inputs,
@@ -30,13 +30,13 @@ from bqx_assets.core.chunks import (
     pair_inputs,
     refresh_tables,
 )
-from bqx_assets.core.embedded import EmbeddedWarehouse, connect, create_warehouse
+from bqx_assets.core.checkpoints.extraction import Source, expected_schema, owner_of
 from bqx_assets.core.errors import ExtractionError, MergeError
-from bqx_assets.core.extraction import Source, expected_schema, owner_of
 from bqx_assets.core.layout import KEY, chunk_index_key
-from bqx_assets.core.merge import FeatureSource, merge_checkpoints
+from bqx_assets.core.merge.join import FeatureSource, merge_checkpoints
 from bqx_assets.core.storage import LocalStorage, StoredFile, open_storage
 from bqx_assets.core.warehouse import DateRange, TableRead
+from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, connect, create_warehouse
 from bqx_assets_tests.emulators import gcs as gcs_fixtures
 from bqx_assets_tests.emulators.bigquery import (
     BigQueryEmulator,
@@ -347,8 +347,8 @@ _CHILD = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from bqx_assets.core.catalog import Catalog
-    from bqx_assets.core.chunks import refresh_tables
-    from bqx_assets.core.embedded import EmbeddedWarehouse
+    from bqx_assets.core.checkpoints.chunks import refresh_tables
+    from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
     from bqx_assets.core.storage import LocalStorage, StoredFile, open_storage
 
     class Slow(EmbeddedWarehouse):

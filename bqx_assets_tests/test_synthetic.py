@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pytest
 
 from bqx_assets.core.catalog import Catalog, Table
-from bqx_assets.core.synthetic import (
+from bqx_assets.core.warehouse.synthetic import (
     ETF_CLOSE,
     ETF_OPEN,
     Series,

@@ -15,14 +15,14 @@ import pytest
 from bqx_assets import cli
 from bqx_assets.core.catalog import Catalog, Column, Table, TargetsTable
 from bqx_assets.core.errors import ValidationError
-from bqx_assets.core.layout import KEY
-from bqx_assets.core.validation import (
+from bqx_assets.core.gate.validation import (
     CHECK_NAMES,
     Expectation,
     Thresholds,
     ValidationReport,
     validate_training_file,
 )
+from bqx_assets.core.layout import KEY
 
 PAIR = "eurusd"
 ROWS = 200

@@ -27,6 +27,16 @@ ARROW_TYPES: Mapping[str, pa.DataType] = MappingProxyType(
 """BigQuery (standard SQL) type of a catalog column -> its Arrow type in checkpoints and the
 training file. Its keys are the types the catalog accepts (`catalog.DTYPES`)."""
 
+
+
+def canonical_type(kind: pa.DataType) -> pa.DataType:
+    """`kind` as the training file stores it: every string type as `string` (readers may give
+    `large_string` or `string_view` for a STRING column); other types as they are."""
+    if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return pa.string()
+    return kind
+
+
 PAIR_COLUMN = "pair"
 """Carried by pair-scoped warehouse tables; never extracted (DOMAIN: every column except `pair`)."""
 

@@ -1,35 +1,27 @@
 """The asset graph: warehouse tables, their parquet checkpoints, and each pair's training file."""
 
 import hashlib
-import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
+from bqx_assets.core.build import build_training_file
 from bqx_assets.core.catalog import FAMILY_ORDER, SHARED_PREFIXES, Catalog, TargetsTable
-from bqx_assets.core.chunks import (
+from bqx_assets.core.checkpoints.refresh import (
     ChunkedCheckpoint,
     RefreshProgress,
-    pair_inputs,
-    partitions_version,
-    refresh_tables,
-    require_chunks,
-    resolve_window,
-    stored_window,
+    refresh_checkpoints,
 )
+from bqx_assets.core.checkpoints.schema import Source
+from bqx_assets.core.checkpoints.select import partitions_version
+from bqx_assets.core.checkpoints.window import resolve_window
 from bqx_assets.core.costs import Prices, StepUsage
-from bqx_assets.core.extraction import Source
-from bqx_assets.core.layout import training_file_key
-from bqx_assets.core.metrics import LocalBytes, Stopwatch, footprint_metadata, peak_rss_bytes
-from bqx_assets.core.profile import candidate_key, load_profile, promote_profile, save_profile
-from bqx_assets.core.publish import TrainingFile, clear_dead_writes, published_file
-from bqx_assets.core.storage import ObjectStorage, StagedUpload
-from bqx_assets.core.validation import Expectation, validate_training_file
-from bqx_assets.core.warehouse import SourceState
+from bqx_assets.core.gate.profile import promote_profile
+from bqx_assets.core.metrics import LocalBytes, footprint_metadata, peak_rss_bytes
+from bqx_assets.core.publish import TrainingFile
 from bqx_assets.defs.checks import check_results, training_check_specs
 from bqx_assets.defs.environment import graph_catalog
 from bqx_assets.defs.io_managers import TrainingFileIOManager
@@ -85,13 +77,6 @@ def _family_facts(catalog: Catalog, family: str) -> tuple[int, int, str]:
     return len(tables), sum(len(t.columns) for t in tables), tables[0].scope
 
 
-def source_version(states: Sequence[SourceState], expected: int) -> str:
-    """A data version of a set of warehouse tables: changes when any of them changes."""
-    text = "\n".join(sorted(f"{s.table}:{s.last_modified}:{s.rows}" for s in states))
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return digest if len(states) == expected else f"missing-{expected - len(states)}-{digest}"
-
-
 def _source_spec(catalog: Catalog, family: str) -> dg.AssetSpec:
     """A family's warehouse tables as an observable source: observing it records a data version
     per pair (or one for shared tables) from the tables' last-modified times and row counts, so
@@ -121,11 +106,10 @@ def _source_spec(catalog: Catalog, family: str) -> dg.AssetSpec:
 
 
 def _observe(context: dg.AssetExecutionContext, pair: str | None) -> Iterator[dg.ObserveResult]:
-    """One data version per selected family: of the pair's own tables, or of the shared ones.
-    Where the warehouse reports day partitions, the version follows the partitions inside the
-    training window (a day appended or corrected changes it, one outside the window does not);
-    otherwise the tables' last-modified times and row counts. A rolling window is resolved from
-    the targets tables' partitions as the checkpoint step would."""
+    """One data version per selected family: of the pair's own tables, or of the shared ones,
+    from their day partitions inside the training window (a day appended or corrected changes
+    it, one outside the window does not). A rolling window is resolved from the targets tables'
+    partitions as the checkpoint step would."""
     settings: PipelineSettings = context.resources.settings
     cat: Catalog = settings.catalog()
     families = sorted(k.path[-1] for k in context.selected_asset_keys)
@@ -140,24 +124,16 @@ def _observe(context: dg.AssetExecutionContext, pair: str | None) -> Iterator[dg
         by_dataset: dict[str, list[str]] = defaultdict(list)
         for name, dataset in datasets.items():
             by_dataset[dataset].append(name)
+        spines = [cat.targets[pair]] if pair else [cat.targets[p] for p in cat.pairs]
+        window = resolve_window(wh, spines, settings.training_window())
+        found: dict[str, tuple] = {}
+        for dataset, tables in sorted(by_dataset.items()):
+            found.update(wh.partition_states(dataset, sorted(tables)))
         versions: dict[str, str] = {}
-        if wh.reports_partitions:
-            spines = [cat.targets[pair]] if pair else [cat.targets[p] for p in cat.pairs]
-            window = resolve_window(wh, spines, settings.training_window())
-            found: dict[str, tuple] = {}
-            for dataset, tables in sorted(by_dataset.items()):
-                found.update(wh.partition_states(dataset, sorted(tables)))
-            for family in families:
-                mine = {n: found[n] for n in names[family] if n in found}
-                chunks = window.for_table(spine=family == TARGETS)
-                versions[family] = partitions_version(mine, len(names[family]), chunks)
-        else:
-            states: dict[str, SourceState] = {}
-            for dataset, tables in sorted(by_dataset.items()):
-                states.update(wh.states(dataset, sorted(tables)))
-            for family in families:
-                listed = [states[n] for n in names[family] if n in states]
-                versions[family] = source_version(listed, len(names[family]))
+        for family in families:
+            mine = {n: found[n] for n in names[family] if n in found}
+            chunks = window.for_table(spine=family == TARGETS)
+            versions[family] = partitions_version(mine, len(names[family]), chunks)
     finally:
         wh.close()
     for family in families:
@@ -251,19 +227,17 @@ def _extract(
     def report(progress: RefreshProgress) -> None:
         context.log.info(f"{what}: {progress.line()}")
 
-    configured = settings.training_window()
     wh = warehouse.open()
     try:
-        # Once for the step: every table of it gets the same window (a rolling one counts the
-        # trading days of `spines`, the pair's targets table or every pair's for shared tables).
-        window = resolve_window(wh, spines, configured)
         # Only chunks whose day partitions changed or are new are read, each run of them in one
         # read restricted to its days; the others are reused after verification.
-        done = refresh_tables(
+        step_done = refresh_checkpoints(
             wh,
-            sources,
             storage,
-            window=window,
+            sources,
+            spines,
+            settings.training_window(),
+            what,
             threads=settings.extract_threads,
             workdir=settings.work_path("extract"),
             progress=report,
@@ -272,15 +246,11 @@ def _extract(
         )
     finally:
         wh.close()
-    # Success needs verified chunks for every table the catalog lists, never fewer.
-    require_chunks(storage, sources, window, what)
-    by_family: dict[str, list[ChunkedCheckpoint]] = defaultdict(list)
-    for checkpoint in done:
-        by_family[checkpoint.family].append(checkpoint)
-    usage.add_bytes_read(sum(c.bytes_read for c in done))
+    by_family = step_done.by_family()
+    usage.add_bytes_read(step_done.bytes_read)
     # The whole step's usage, repeated on each family it materializes.
     step = {**usage.metadata(), **footprint_metadata(usage.finish().peak_rss_bytes, local.stop())}
-    start = window.training.start
+    start = step_done.window.training.start
     # The first day of the training window the chunks were made for (a rolling one moves).
     step_window = {"window_start": dg.MetadataValue.text(start.isoformat() if start else "none")}
     for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
@@ -367,96 +337,50 @@ def training_file(
     validated by the gate checks, and published to the output root only when they all pass;
     a file that fails is quarantined. A partition is one pair.
 
-    With gs:// roots nothing passes through local disk: checkpoints are read in place by ranged
-    reads, and the file is streamed to a temporary object of the output root as it is written,
-    verified and validated there, then published by a server-side copy."""
+    The file is written straight into a temporary file of the output root, checked there and
+    then renamed (local) or copied server-side (gs://) into place; with gs:// roots nothing
+    passes through local disk, the checkpoints being read in place by ranged reads."""
     usage = StepUsage().start()
     local = LocalBytes(_step_folders(settings, checkpoints, training_io_manager.cache_dir)).start()
     pair = context.partition_key
-    catalog = settings.catalog()
-    storage = checkpoints.storage()
-    output = training_io_manager.storage()
-    dead = clear_dead_writes(output, pair)
-    if dead:
+    built = build_training_file(
+        checkpoints.storage(),
+        training_io_manager.storage(),
+        settings.catalog(),
+        pair,
+        settings.training_window(),
+        settings.thresholds(),
+        progress=context.log.info,
+    )
+    if built.cleared:
         context.log.warning(
-            f"deleted {len(dead)} temporary file(s) a killed writer of {pair}'s training file "
-            f"left: {', '.join(dead[:3])}"
+            f"deleted {len(built.cleared)} temporary file(s) a killed writer of {pair}'s "
+            f"training file left: {', '.join(built.cleared[:3])}"
         )
-    # The pair's last published profile: what this build's drift is judged against.
-    history = load_profile(output, pair)
-    targets = catalog.targets[pair]
-    # The window the pair's checkpoints were made for (a rolling one: the days its stored
-    # spine holds), then the chunks inside it, each checked against its manifest (gs:// ones
-    # pinned to the version checked and read in place); the others are not read.
-    window = stored_window(storage, targets, settings.training_window())
-    inputs = pair_inputs(storage, catalog, pair, window)
-
-    # A refresh copies the row groups whose inputs did not change from the published file.
-    # Looked up before an upload is staged: the merge aborts the upload on its own errors only.
-    previous = published_file(output, pair)
-    workdir = settings.work_path("merge", f"{pair}-{context.run.run_id[:8]}")
-    out: Path | StagedUpload = workdir / f"training_{pair}.parquet"
-    if isinstance(output, ObjectStorage):
-        out = output.stage(training_file_key(pair))
-    merged = None
-    try:
-        merged = inputs.merge(
-            out,
-            previous=previous,
-            progress=context.log.info,
-        )
-        clock = Stopwatch()
-        # The merge wrote exactly the spine's rows (it verified the key column read back).
-        expectation = Expectation.for_pair(catalog, pair, merged.rows)
-        if merged.staged is not None:
-            with merged.staged.file.open() as stored:
-                report = validate_training_file(
-                    merged.staged.info.uri,
-                    expectation,
-                    settings.thresholds(window.training),
-                    history=history,
-                    source=stored,
-                )
-        else:
-            report = validate_training_file(
-                out, expectation, settings.thresholds(window.training), history=history
-            )
-    except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
-        if merged is not None and merged.staged is not None and isinstance(output, ObjectStorage):
-            output.discard(merged.staged)
-        raise
+    merged, report, history = built.merge, built.report, built.history
     verdict = "passed every gate check" if report.passed else f"failed {list(report.failed)}"
-    if report.passed and report.profile is not None:
-        # A candidate until the file is published: training_profile promotes it.
-        save_profile(output, report.profile, workdir, candidate_key(pair))
     context.log.info(f"training file of {pair}: {merged.rows} x {merged.columns}, {verdict}")
-    if merged.staged is not None:
-        handed = TrainingFile(pair, None, report.passed, report.to_dict(), staged=merged.staged)
-    else:
-        handed = TrainingFile(pair, Path(str(out)), report.passed, report.to_dict())
-    step = usage.metadata()
     yield dg.Output(
-        handed,
+        built.training_file,
         metadata={
             "rows": dg.MetadataValue.int(merged.rows),
             "columns": dg.MetadataValue.int(merged.columns),
             "row_groups": dg.MetadataValue.int(merged.row_groups),
-            "row_groups_reused": dg.MetadataValue.int(merged.reused_row_groups),
-            "bytes_reused": dg.MetadataValue.int(merged.reused_bytes),
-            "chunks_opened": dg.MetadataValue.int(merged.parts_opened),
-            "chunks": dg.MetadataValue.int(merged.parts),
+            "row_groups_reused": dg.MetadataValue.int(merged.row_groups_reused),
+            "bytes_reused": dg.MetadataValue.int(merged.bytes_reused),
+            "chunks_opened": dg.MetadataValue.int(merged.chunks_opened),
+            "chunks": dg.MetadataValue.int(merged.chunks),
             "bytes": dg.MetadataValue.int(merged.bytes_written),
             "merge_seconds": dg.MetadataValue.float(round(merged.seconds, 2)),
             "merge_peak_rss_bytes": dg.MetadataValue.int(merged.peak_rss_bytes),
-            "validation_seconds": dg.MetadataValue.float(round(clock.seconds, 2)),
+            "validation_seconds": dg.MetadataValue.float(round(built.validation_seconds, 2)),
             "peak_rss_bytes": dg.MetadataValue.int(peak_rss_bytes()),
             "gate": dg.MetadataValue.text("passed" if report.passed else "failed"),
             "families": dg.MetadataValue.md(report.family_table_markdown()),
             "profile_history": dg.MetadataValue.text(
                 history.created if history else "none: first build of the pair"
             ),
-            **step,
+            **usage.metadata(),
             **footprint_metadata(usage.finish().peak_rss_bytes, local.stop()),
         },
     )
@@ -512,9 +436,7 @@ def training_profile(
     judged against (profile_drift). Runs only after every gate check of the file passed. A
     partition is one pair."""
     pair = context.partition_key
-    profile = promote_profile(
-        training_io_manager.storage(), pair, settings.work_path("profile", pair)
-    )
+    profile = promote_profile(training_io_manager.storage(), pair)
     metadata: dict[str, dg.MetadataValue] = {
         "rows": dg.MetadataValue.int(profile.rows),
         "feature_columns": dg.MetadataValue.int(profile.columns.num_rows),

@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 
-from bqx_assets.core.validation import CHECK_DESCRIPTIONS, CHECK_NAMES, ValidationReport
+from bqx_assets.core.gate.validation import CHECK_DESCRIPTIONS, CHECK_NAMES, ValidationReport
 
 
 def training_check_specs(

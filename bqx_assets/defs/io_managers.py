@@ -16,13 +16,11 @@ from bqx_assets.core.storage import Storage, open_storage
 class TrainingFileIOManager(dg.ConfigurableIOManager):
     """Publishes `TrainingFile`s to `output_root` and loads them back as Polars LazyFrames.
 
-    An asset returns a `TrainingFile`: on a local root, a finished local parquet file, copied
-    into the root atomically; on `gs://`, a verified temporary object of the root that the merge
-    streamed its output into (`TrainingFile.staged`, see `training_file`), published by a
-    server-side copy and then deleted, so the file never touches local disk. A file whose gate
-    checks passed replaces `training_{pair}.parquet`, the previous version being kept under
-    `versions/`; a failed one goes to `quarantine/` and the published file stays as it was. A
-    local file is deleted once its stored copy is verified (`keep_local` keeps it).
+    An asset returns a `TrainingFile`: the verified temporary file of the root that the merge
+    wrote (see `training_file`), published by a rename (local) or a server-side copy (gs://),
+    so the file is never transferred again. A file whose gate checks passed replaces
+    `training_{pair}.parquet`, the previous version being kept under `versions/`; a failed one
+    goes to `quarantine/` and the published file stays as it was.
 
     The pair is the partition key; an unpartitioned asset names it with definition metadata
     `{"pair": "eurusd"}`.
@@ -32,7 +30,6 @@ class TrainingFileIOManager(dg.ConfigurableIOManager):
     """A local folder or `gs://bucket/prefix` (production: `gs://bqx-ml-output`)."""
     cache_dir: str = "data/cache/output"
     """Where files of a `gs://` root are fetched (and verified) before they are scanned."""
-    keep_local: bool = False
 
     def storage(self) -> Storage:
         return open_storage(self.output_root)
@@ -46,7 +43,7 @@ class TrainingFileIOManager(dg.ConfigurableIOManager):
             raise dg.DagsterInvariantViolationError(
                 f"partition {context.asset_partition_key} returned the training file of {obj.pair}"
             )
-        result = publish_training_file(self.storage(), obj, keep_local=self.keep_local)
+        result = publish_training_file(self.storage(), obj)
         if not result.published:
             context.log.warning(
                 f"training file of {obj.pair} failed its gate checks: quarantined at "

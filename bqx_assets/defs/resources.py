@@ -9,12 +9,12 @@ import dagster as dg
 from pydantic import Field
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.chunks import TrainingWindow
+from bqx_assets.core.checkpoints.window import TrainingWindow
+from bqx_assets.core.checkpoints.schema import EXTRACT_MODES, ExtractMode
 from bqx_assets.core.costs import Prices
-from bqx_assets.core.extraction import EXTRACT_MODES, ExtractMode
+from bqx_assets.core.gate.validation import Thresholds
 from bqx_assets.core.layout import EMBEDDED_WAREHOUSE_PATH
 from bqx_assets.core.storage import Storage, open_storage
-from bqx_assets.core.validation import Thresholds
 from bqx_assets.core.warehouse import DateRange, Warehouse
 
 
@@ -34,7 +34,7 @@ class EmbeddedWarehouseResource(WarehouseResource):
     path: str = Field(default=EMBEDDED_WAREHOUSE_PATH, description="DuckDB file of the warehouse")
 
     def open(self) -> Warehouse:
-        from bqx_assets.core.embedded import EmbeddedWarehouse
+        from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 
         return EmbeddedWarehouse(self.path)
 
@@ -56,7 +56,7 @@ class BigQueryWarehouseResource(WarehouseResource):
     max_read_streams: int = 4
 
     def open(self) -> Warehouse:
-        from bqx_assets.core.bigquery import BigQueryWarehouse
+        from bqx_assets.core.warehouse.bigquery import BigQueryWarehouse
 
         return BigQueryWarehouse(
             self.project,

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _ensure_warehouse(path: str, pair: str, rows: int) -> None:
     from bqx_assets.core.catalog import Catalog
-    from bqx_assets.core.embedded import create_warehouse, warehouse_params
+    from bqx_assets.core.warehouse.embedded import create_warehouse, warehouse_params
 
     params = warehouse_params(path)
     if params and int(params["rows"]) == rows and pair in params["pairs"].split(","):
@@ -47,24 +47,14 @@ def _ensure_warehouse(path: str, pair: str, rows: int) -> None:
 
 def published_shape(output: Storage, key: str) -> tuple[int, int] | None:
     """(rows, columns) of a published training file, from its parquet footer, wherever the
-    output root is: a local file is opened; an object (gs://) is read in place by byte ranges,
-    the footer only, not the file. None when nothing is published under `key`."""
+    output root is (a gs:// object is read in place by byte ranges, the footer only). None when
+    nothing is published under `key`."""
     import pyarrow.parquet as pq
 
-    from bqx_assets.core.storage import ObjectStorage
-
-    local = output.local_path(key)
-    if local is not None:
-        if not local.exists():
-            return None
-        meta = pq.read_metadata(local)
-        return meta.num_rows, meta.num_columns
-    info = output.stat(key)
-    if info is None:
+    found = output.find_file(key)
+    if found is None:
         return None
-    if not isinstance(output, ObjectStorage):
-        raise BqxError(f"{output.uri_of(key)}: this storage root cannot be read in place")
-    with output.open_stored(key, size=info.size, crc32c=info.crc32c).open() as stored:
+    with found.reader() as stored:
         meta = pq.ParquetFile(stored).metadata
     return meta.num_rows, meta.num_columns
 

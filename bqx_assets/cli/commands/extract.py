@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from bqx_assets.core.layout import EMBEDDED_WAREHOUSE_PATH
 
 if TYPE_CHECKING:
-    from bqx_assets.core.chunks import TrainingWindow
+    from bqx_assets.core.checkpoints.window import TrainingWindow
     from bqx_assets.core.warehouse import Warehouse
 
 
@@ -25,7 +25,7 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def training_window(args: argparse.Namespace) -> TrainingWindow:
-    from bqx_assets.core.chunks import TrainingWindow
+    from bqx_assets.core.checkpoints.window import TrainingWindow
 
     return TrainingWindow.parse(args.window_start, args.window_end, args.window_days)
 
@@ -63,10 +63,10 @@ def register(subparsers: Any) -> None:
 
 def _warehouse(args: argparse.Namespace, features: str, targets: str) -> Warehouse:
     if args.bigquery_project:
-        from bqx_assets.core.bigquery import BigQueryWarehouse
+        from bqx_assets.core.warehouse.bigquery import BigQueryWarehouse
 
         return BigQueryWarehouse(args.bigquery_project, features, targets)
-    from bqx_assets.core.embedded import EmbeddedWarehouse
+    from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 
     return EmbeddedWarehouse(args.warehouse)
 
@@ -76,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from bqx_assets.cli.commands import emit
     from bqx_assets.core.catalog import Catalog
-    from bqx_assets.core.chunks import RefreshProgress, refresh_tables, resolve_window
+    from bqx_assets.core.checkpoints.refresh import RefreshProgress, refresh_checkpoints
     from bqx_assets.core.metrics import Stopwatch
     from bqx_assets.core.storage import open_storage
 
@@ -94,20 +94,22 @@ def _run(args: argparse.Namespace) -> int:
 
     wh = _warehouse(args, catalog.features_dataset, catalog.targets_dataset)
     try:
-        # Once for the whole pair, as a checkpoint step resolves it.
-        resolved = resolve_window(wh, [spine], window)
-        done = refresh_tables(
+        # The window resolved once for the whole pair, as a checkpoint step resolves it.
+        step = refresh_checkpoints(
             wh,
-            sources,
             storage,
-            window=resolved,
+            sources,
+            [spine],
+            window,
+            f"pair {args.pair}",
             threads=args.threads,
             workdir=Path(args.workdir) if args.workdir else None,
             progress=report,
         )
     finally:
         wh.close()
-    start = resolved.training.start
+    done = step.checkpoints
+    start = step.window.training.start
     emit(
         {
             "pair": args.pair,

@@ -49,7 +49,7 @@ def apply_rules(
     """Replace the bucket's lifecycle rules with `rules`."""
     from google.api_core import exceptions as api_exceptions
 
-    from bqx_assets.core.gcs import storage_client
+    from bqx_assets.core.storage.gcs import storage_client
 
     bucket = (client or storage_client()).bucket(bucket_name)
     try:

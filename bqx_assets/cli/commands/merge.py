@@ -52,21 +52,24 @@ def _run(args: argparse.Namespace) -> int:
     from bqx_assets.core.catalog import Catalog
     from bqx_assets.core.errors import MergeError
     from bqx_assets.core.merge import (
-        FeatureSource,
-        Inputs,
-        PartId,
+        InputChunk,
+        InputTable,
         merge_checkpoints,
-        sources_for_pair,
+        pair_tables,
+        spine_table,
     )
+    from bqx_assets.core.storage import LocalFile, LocalStorage, StoredFile
 
-    spine: Inputs = args.targets
-    spine_ids: tuple[PartId, ...] = ()
+    previous: StoredFile | None = None
+    out = Path(args.out)
+    root = LocalStorage(out.parent, durable=False)
     if args.checkpoints:
         if args.targets or args.features or not args.pair:
             raise MergeError("--checkpoints takes --pair, not --targets or --features")
         catalog = Catalog.load(args.catalog)
         catalog.check_pair(args.pair)
-        spine, spine_columns, sources, spine_ids = _chunked(args, catalog)
+        spine, tables = _chunked(args, catalog)
+        previous = root.find_file(out.name)
     elif args.window_start or args.window_end or args.window_days:
         raise MergeError(
             "--window-start, --window-end and --window-days choose --checkpoints' chunks"
@@ -78,30 +81,32 @@ def _run(args: argparse.Namespace) -> int:
     elif args.pair:
         catalog = Catalog.load(args.catalog)
         catalog.check_pair(args.pair)
-        spine_columns = list(catalog.targets[args.pair].targets)
-        sources = sources_for_pair(catalog, args.pair, lambda t: folder / f"{t.name}.parquet")
+        spine = spine_table(catalog.targets[args.pair], (InputChunk(LocalFile(args.targets)),))
+        tables = pair_tables(
+            catalog, args.pair, lambda t: (InputChunk(LocalFile(folder / f"{t.name}.parquet")),)
+        )
     else:
         files = sorted(folder.glob("*.parquet"))
         if not files:
             raise MergeError(f"feature folder {folder} holds no .parquet files")
-        sources = [FeatureSource(table=f.stem, path=f) for f in files]
+        tables = [InputTable.of_files(f.stem, f) for f in files]
         try:
             names = pq.read_schema(args.targets).names
         except FileNotFoundError:
             raise MergeError(f"spine {args.targets}: file does not exist") from None
         except (OSError, pa.ArrowException) as exc:
             raise MergeError(f"spine {args.targets}: not a readable parquet file: {exc}") from exc
-        spine_columns = [n for n in names if n.startswith("target_")]
+        targets = tuple((n, n) for n in names if n.startswith("target_"))
+        spine = InputTable.of_files(Path(args.targets).stem, args.targets, columns=targets)
     report = merge_checkpoints(
         spine,
-        spine_columns,
-        sources,
-        args.out,
+        tables,
+        root.stage(out.name),
+        previous=previous,
         row_group_rows=args.row_group_rows,
         progress=lambda line: print(line, flush=True),
-        spine_ids=spine_ids,
-        previous=args.out if spine_ids and args.out.is_file() else None,
     )
+    root.publish_staged(report.staged, out.name)
     emit(
         {
             "rows": report.rows,
@@ -110,21 +115,21 @@ def _run(args: argparse.Namespace) -> int:
             "peak_rss_bytes": report.peak_rss_bytes,
             "bytes_written": report.bytes_written,
             "row_groups": report.row_groups,
-            "row_groups_reused": report.reused_row_groups,
-            "out": str(args.out),
+            "row_groups_reused": report.row_groups_reused,
+            "out": str(out),
         }
     )
     return 0
 
 
-def _chunked(args: argparse.Namespace, catalog: Any) -> tuple[Any, list[str], list[Any], Any]:
-    """The spine's chunks, its columns, the pair's feature sources and the spine's part ids
-    from a checkpoint root, for the window the pair's checkpoints were made for
-    (`core.chunks.stored_window`)."""
-    from bqx_assets.core.chunks import pair_inputs, stored_window
+def _chunked(args: argparse.Namespace, catalog: Any) -> tuple[Any, list[Any]]:
+    """The pair's spine and feature tables from a checkpoint root, for the window the pair's
+    checkpoints were made for (`checkpoints.select.stored_window`)."""
+    from bqx_assets.core.checkpoints.select import stored_window
+    from bqx_assets.core.merge import pair_inputs
     from bqx_assets.core.storage import open_storage
 
     storage = open_storage(args.checkpoints, durable=False)
     window = stored_window(storage, catalog.targets[args.pair], training_window(args))
     inputs = pair_inputs(storage, catalog, args.pair, window)
-    return inputs.spine, list(inputs.spine_columns), inputs.features, inputs.spine_ids
+    return inputs.spine, inputs.tables

@@ -106,7 +106,7 @@ def _or(value: Any, default: Any) -> Any:
 
 def thresholds_from_args(args: argparse.Namespace) -> Any:
     from bqx_assets.core.errors import ValidationError
-    from bqx_assets.core.validation import Thresholds
+    from bqx_assets.core.gate.validation import Thresholds
 
     defaults = Thresholds()
     families: dict[str, float] = {} if args.family_null_share else dict(defaults.family_null_share)
@@ -155,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
     from bqx_assets.cli.commands import emit
     from bqx_assets.core.catalog import Catalog
     from bqx_assets.core.errors import ValidationError
-    from bqx_assets.core.profile import Profile
-    from bqx_assets.core.validation import Expectation, validate_training_file
+    from bqx_assets.core.gate.profile import Profile
+    from bqx_assets.core.gate.validation import Expectation, validate_training_file
 
     catalog = Catalog.load(args.catalog)
     catalog.check_pair(args.pair)

@@ -9,7 +9,7 @@ from bqx_assets.core.layout import EMBEDDED_WAREHOUSE_PATH as DEFAULT_PATH
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from bqx_assets.core.faults import FAULT_KINDS
+    from bqx_assets.core.warehouse.faults import FAULT_KINDS
 
     parser = subparsers.add_parser("warehouse", help="manage the embedded (DuckDB) warehouse")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -56,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _create(args: argparse.Namespace) -> int:
     from bqx_assets.cli.commands import emit
     from bqx_assets.core.catalog import Catalog
-    from bqx_assets.core.embedded import create_warehouse
     from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
+    from bqx_assets.core.warehouse.embedded import create_warehouse
 
     catalog = Catalog.load(args.catalog)
     pairs = list(catalog.pairs) if args.pairs == "all" else args.pairs.split(",")
@@ -79,8 +79,8 @@ def _create(args: argparse.Namespace) -> int:
 
 def _append(args: argparse.Namespace) -> int:
     from bqx_assets.cli.commands import emit
-    from bqx_assets.core.embedded import EmbeddedWarehouse
     from bqx_assets.core.metrics import Stopwatch
+    from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 
     clock = Stopwatch()
     wh = EmbeddedWarehouse(args.path, read_only=False)

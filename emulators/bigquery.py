@@ -1,26 +1,20 @@
-"""local-bigquery on 127.0.0.1 as a pytest fixture, and proxies that inject transient faults."""
+"""local-bigquery on 127.0.0.1: `start_emulator(folder)`, its clients, and tables loaded into it."""
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import http.server
 import io
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 # Set before anything imports google-auth: without it google-auth probes the GCE metadata server.
 os.environ.setdefault("NO_GCE_CHECK", "True")
@@ -36,9 +30,9 @@ from google.cloud.bigquery_storage_v1.services.big_query_read.transports import 
     BigQueryReadGrpcTransport,
 )
 
-from bqx_assets.core.bigquery import BigQueryWarehouse, RetrySettings
 from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.layout import KEY
+from bqx_assets.core.warehouse.bigquery import BigQueryWarehouse, RetrySettings
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = REPO / "scripts" / "setup_bigquery_emulator.sh"
@@ -141,13 +135,15 @@ class BigQueryEmulator:
                 self.process.wait(10)
 
 
+class EmulatorUnavailable(RuntimeError):
+    """The emulator's environment cannot be created on this machine (no Python 3.13, no
+    package index)."""
+
+
 def ensure_emulator_venv() -> Path:
     """The emulator venv, created or updated by the setup script (a no-op when its stamp matches
-    the pinned versions); skips the test when it cannot be created (no Python 3.13 or no
-    package index on this machine), except under CI (`CI` set), where that is a failure: a
-    green CI must have run the emulator tests."""
+    the pinned versions); EmulatorUnavailable when it cannot be created."""
     venv = emulator_venv()
-    give_up = pytest.fail if os.environ.get("CI") else pytest.skip
     try:
         done = subprocess.run(
             ["bash", str(SETUP_SCRIPT)],
@@ -157,9 +153,11 @@ def ensure_emulator_venv() -> Path:
             timeout=SETUP_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
-        give_up(f"BigQuery emulator venv not created in {SETUP_TIMEOUT_S:.0f} s at {venv}")
+        raise EmulatorUnavailable(
+            f"BigQuery emulator venv not created in {SETUP_TIMEOUT_S:.0f} s at {venv}"
+        ) from None
     if done.returncode != 0 or not (venv / "bin" / "local-bigquery").exists():
-        give_up(
+        raise EmulatorUnavailable(
             f"BigQuery emulator venv could not be created at {venv} "
             f"(scripts/setup_bigquery_emulator.sh exit {done.returncode}): "
             f"{(done.stderr or done.stdout)[-1500:]}"
@@ -233,225 +231,6 @@ def start_emulator(data_dir: Path, project: str = EMULATOR_PROJECT) -> BigQueryE
     return emulator
 
 
-@pytest.fixture(scope="session")
-def bigquery_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEmulator]:
-    """local-bigquery for the whole session; stopped at the end."""
-    emulator = start_emulator(tmp_path_factory.mktemp("bigquery-emulator"))
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
-
-
-# -- fault injection -------------------------------------------------------------------------
-class _Server(threading.Thread):
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.lock = threading.Lock()
-        self.faults_injected = 0
-        self.forwarded = 0
-
-    def take_fault(self, budget: int) -> bool:
-        """Whether this request or connection gets a fault (the first `budget` ones do)."""
-        with self.lock:
-            if self.faults_injected < budget:
-                self.faults_injected += 1
-                return True
-            self.forwarded += 1
-            return False
-
-
-class HttpFaultProxy(_Server):
-    """An HTTP reverse proxy that answers the first `faults` requests with `status` (a
-    BigQuery-shaped JSON error) and forwards everything else to `upstream`. With `path_contains`,
-    only requests whose path contains it get faults."""
-
-    def __init__(
-        self,
-        upstream: str,
-        faults: int,
-        status: int = 503,
-        *,
-        reason: str | None = None,
-        path_contains: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.upstream = upstream.removeprefix("http://")
-        self.faults = faults
-        self.status = status
-        self.reason = reason or ("backendError" if status >= 500 else "rateLimitExceeded")
-        self.path_contains = path_contains
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                wanted = proxy.path_contains is None or proxy.path_contains in self.path
-                if wanted and proxy.take_fault(proxy.faults):
-                    payload = (
-                        f'{{"error": {{"code": {proxy.status}, "message": "injected fault",'
-                        f' "errors": [{{"reason": "{proxy.reason}", "message": "injected"}}]}}}}'
-                    ).encode()
-                    self.send_response(proxy.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=120)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "content-length", "connection"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def run(self) -> None:
-        self.server.serve_forever(poll_interval=0.05)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def __enter__(self) -> HttpFaultProxy:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class TcpFaultProxy(_Server):
-    """A TCP proxy (for gRPC) that drops the first `drops` connections: it accepts them, then
-    resets them once the client has sent its first bytes. Later connections are piped through.
-
-    With `cut_after_bytes`, a dropped connection is instead piped through until the server has
-    sent that many bytes, then ended in the middle of a streamed response: the client receives
-    exactly those bytes, then the end of the connection. With `cut_with_reset` it is reset
-    instead, which also discards what still sits in the proxy's send buffer, so how much of the
-    response arrives depends on how fast the client reads. The server's side is reset.
-    """
-
-    def __init__(
-        self,
-        upstream: str,
-        drops: int,
-        *,
-        cut_after_bytes: int | None = None,
-        cut_with_reset: bool = False,
-    ) -> None:
-        super().__init__()
-        self.cut_after_bytes = cut_after_bytes
-        self.cut_with_reset = cut_with_reset
-        self.cuts = 0
-        """Connections cut mid-response (ended, or reset with `cut_with_reset`)."""
-        host, port = upstream.rsplit(":", 1)
-        self.upstream = (host, int(port))
-        self.drops = drops
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self._closed = threading.Event()
-        self._sockets: list[socket.socket] = []
-
-    def run(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self._sockets.append(client)
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        fault = self.take_fault(self.drops)
-        if fault and self.cut_after_bytes is None:
-            with contextlib.suppress(OSError):
-                client.recv(65536)
-            _reset(client)
-            return
-        try:
-            upstream = socket.create_connection(self.upstream)
-        except OSError:
-            client.close()
-            return
-        self._sockets.append(upstream)
-        limit = self.cut_after_bytes if fault else None
-        threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
-        self._pipe(client, upstream, None)
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
-        sent = 0
-        try:
-            while data := src.recv(65536):
-                if limit is not None and sent + len(data) >= limit:
-                    dst.sendall(data[: max(0, limit - sent)])
-                    with self.lock:
-                        self.cuts += 1
-                    if self.cut_with_reset:
-                        _reset(dst)
-                    else:
-                        # Every byte sent so far, then the end of the connection (FIN).
-                        with contextlib.suppress(OSError):
-                            dst.shutdown(socket.SHUT_WR)
-                    _reset(src)
-                    return
-                dst.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._closed.set()
-        self.listener.close()
-        for s in self._sockets:
-            with contextlib.suppress(OSError):
-                s.close()
-
-    def __enter__(self) -> TcpFaultProxy:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _reset(sock: socket.socket) -> None:
-    """Drop a connection with RST (SO_LINGER 0), the way a crashed peer or a load balancer does.
-
-    shutdown() first: close() alone leaves the connection open while another thread is blocked
-    in recv() on it, and the client would wait for data that never comes.
-    """
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(OSError):
-        sock.close()
-
-
-# -- loading: seeding the emulator's datasets ---------------------------------------------
 _ARROW_TO_BQ: tuple[tuple[Callable[[pa.DataType], bool], str], ...] = (
     (pa.types.is_timestamp, "TIMESTAMP"),
     (pa.types.is_floating, "FLOAT64"),

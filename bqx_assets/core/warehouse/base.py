@@ -60,8 +60,6 @@ class Warehouse(ABC):
     """Where feature and targets tables live. Extraction uses only this interface."""
 
     name: str
-    reports_partitions: bool = False
-    """True where `partition_states` answers (per-day states of date-partitioned tables)."""
 
     @abstractmethod
     def information_schema(self) -> list[SchemaRow]:
@@ -81,14 +79,12 @@ class Warehouse(ABC):
                 continue
         return out
 
+    @abstractmethod
     def partition_states(
         self, dataset: str, tables: Sequence[str]
     ) -> dict[str, tuple[PartitionState, ...]]:
-        """Per-day states of the tables that exist, by name, each ordered by day: one look-up
-        for the whole dataset (a missing table is left out).
-
-        Raises WarehouseError where the warehouse does not report partitions."""
-        raise WarehouseError(f"the {self.name} warehouse does not report partition states")
+        """Per-day states (DATE(interval_time)) of the tables that exist, by name, each ordered
+        by day: one look-up for the whole dataset (a missing table is left out)."""
 
     @abstractmethod
     def read(

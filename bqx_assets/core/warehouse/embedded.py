@@ -20,17 +20,24 @@ import pyarrow.compute as pc
 
 from bqx_assets.core.catalog import HORIZONS, Catalog, SchemaRow, Table
 from bqx_assets.core.errors import WarehouseError
-from bqx_assets.core.extraction import release_free_memory
-from bqx_assets.core.faults import (
+from bqx_assets.core.keys import by_key, key_text
+from bqx_assets.core.layout import KEY
+from bqx_assets.core.memory import release_free_memory
+from bqx_assets.core.warehouse.base import (
+    DateRange,
+    PartitionState,
+    SourceState,
+    TableRead,
+    Warehouse,
+)
+from bqx_assets.core.warehouse.faults import (
     Fault,
     FaultContext,
     FaultSpec,
     apply_fault,
     merge_records,
 )
-from bqx_assets.core.keys import by_key, key_text
-from bqx_assets.core.layout import KEY
-from bqx_assets.core.synthetic import (
+from bqx_assets.core.warehouse.synthetic import (
     DEFAULT_SEED,
     DEFAULT_START,
     Series,
@@ -39,13 +46,6 @@ from bqx_assets.core.synthetic import (
     rng_for,
     targets_table_data,
     trading_minutes,
-)
-from bqx_assets.core.warehouse import (
-    DateRange,
-    PartitionState,
-    SourceState,
-    TableRead,
-    Warehouse,
 )
 
 __all__ = [
@@ -129,7 +129,6 @@ class EmbeddedWarehouse(Warehouse):
     """A DuckDB file with one schema per BigQuery dataset; reads are concurrent cursors."""
 
     name = "embedded"
-    reports_partitions = True
 
     def __init__(self, path: Path | str, *, read_only: bool = True) -> None:
         self.path = Path(path)

@@ -15,15 +15,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bqx_assets.core.coverage import COVERAGE_KEY, Coverage
 from bqx_assets.core.errors import ValidationError
+from bqx_assets.core.merge.coverage import COVERAGE_KEY, Coverage
 from bqx_assets.core.storage import Storage
 
 PROFILE_KEY = "bqx:profile"
@@ -252,19 +251,13 @@ def _share(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
-def save_profile(storage: Storage, profile: Profile, workdir: Path, key: str | None = None) -> str:
+def save_profile(storage: Storage, profile: Profile, key: str | None = None) -> str:
     """Store a profile under `key` (default: beside the pair's published training file);
     returns its URI."""
-    key = key or profile_key(profile.pair)
-    local = Path(workdir) / Path(key).name
-    local.parent.mkdir(parents=True, exist_ok=True)
-    local.write_bytes(profile.to_bytes())
-    info = storage.put_file(local, key, move=True)
-    local.unlink(missing_ok=True)
-    return info.uri
+    return storage.write_bytes(key or profile_key(profile.pair), profile.to_bytes()).uri
 
 
-def promote_profile(storage: Storage, pair: str, workdir: Path) -> Profile:
+def promote_profile(storage: Storage, pair: str) -> Profile:
     """Make the candidate profile of the pair's just-published file its published profile."""
     data = storage.read_bytes(candidate_key(pair))
     if data is None:
@@ -273,7 +266,7 @@ def promote_profile(storage: Storage, pair: str, workdir: Path) -> Profile:
             "the training file's gate did not pass in this build"
         )
     profile = Profile.from_bytes(data, storage.uri_of(candidate_key(pair)))
-    save_profile(storage, profile, workdir)
+    save_profile(storage, profile)
     return profile
 
 

@@ -1,187 +1,24 @@
-"""Storage roots (a local folder or `gs://bucket/prefix`) with atomic, verified writes."""
+"""A local folder as a storage root: atomic writes by rename, checksums kept in an xattr."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import bisect
 import contextlib
 import errno
 import fnmatch
-import io
 import os
 import shutil
 import stat
-import threading
 import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import google_crc32c
-
 from bqx_assets.core.errors import StorageError
-
-_CHUNK = 8 * 1024 * 1024
-
-
-def file_crc32c(path: Path | str) -> str:
-    """CRC32C of a file, base64 of the big-endian value: the form GCS reports for objects."""
-    crc = 0
-    # Unbuffered reads sized to what is left (at most _CHUNK): a small chunk file costs one read
-    # of its size, not a copy through a buffer nor an 8 MB allocation (-30 % CPU over a
-    # refresh's ~14,000 reused chunks). Reads of 1 MB and more checksum without the GIL.
-    with open(path, "rb", buffering=0) as f:
-        left = os.fstat(f.fileno()).st_size
-        while left > 0 and (chunk := f.read(min(_CHUNK, left))):
-            crc = google_crc32c.extend(crc, chunk)
-            left -= len(chunk)
-        while chunk := f.read(_CHUNK):  # grown since the fstat
-            crc = google_crc32c.extend(crc, chunk)
-    return base64.b64encode(crc.to_bytes(4, "big")).decode()
-
-
-def bytes_crc32c(data: bytes) -> str:
-    return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
-
-
-_CRC32C_POLY = 0x82F63B78  # Castagnoli, reflected
-
-
-def _gf2_times(matrix: list[int], vector: int) -> int:
-    out, row = 0, 0
-    while vector:
-        if vector & 1:
-            out ^= matrix[row]
-        vector >>= 1
-        row += 1
-    return out
-
-
-def _gf2_square(matrix: list[int]) -> list[int]:
-    return [_gf2_times(matrix, matrix[n]) for n in range(32)]
-
-
-def crc32c_concat(parts: Sequence[tuple[str, int]]) -> str:
-    """The CRC32C (base64, as GCS gives it) of the concatenation of parts, each given as its
-    own CRC32C (base64) and length: what a composed object's checksum must be. zlib's
-    `crc32_combine` (Mark Adler's), for the Castagnoli polynomial: no checksum library the
-    project uses (google-crc32c) offers it."""
-    total = 0
-    for crc_text, length in parts:
-        crc = int.from_bytes(base64.b64decode(crc_text), "big")
-        if length <= 0:
-            continue
-        # The operator that appends one zero byte (a zero bit's, squared three times), raised
-        # to `length` by squaring: `total` as the CRC of itself followed by `length` zeros.
-        op = _gf2_square(_gf2_square(_gf2_square([_CRC32C_POLY] + [1 << n for n in range(31)])))
-        n = length
-        while n:
-            if n & 1:
-                total = _gf2_times(op, total)
-            n >>= 1
-            if n:
-                op = _gf2_square(op)
-        total ^= crc
-    return base64.b64encode(total.to_bytes(4, "big")).decode()
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """What a storage root knows about one stored file."""
-
-    uri: str
-    size: int
-    crc32c: str
-    updated: datetime
-    generation: int | None = None
-
-
-class Storage(ABC):
-    """A root under which files are stored by key (`eurusd/agg_eurusd.parquet`).
-
-    Writers produce a complete local file first and then call `put_file`, which publishes it
-    atomically: a reader never sees a partial file under its final key.
-    """
-
-    uri: str
-
-    def uri_of(self, key: str) -> str:
-        return f"{self.uri.rstrip('/')}/{key}"
-
-    @abstractmethod
-    def stat(self, key: str) -> ObjectInfo | None:
-        """Size, checksum and time of a stored file, or None when there is none."""
-
-    @abstractmethod
-    def put_file(self, local: Path, key: str, *, move: bool = False) -> ObjectInfo:
-        """Store a complete local file under `key`, atomically, verified against its CRC32C.
-
-        `move=True` lets a local root rename the file instead of copying it.
-        """
-
-    @abstractmethod
-    def get_file(self, key: str, local: Path) -> Path:
-        """Fetch a stored file to `local` (verified), returning the path."""
-
-    @abstractmethod
-    def local_path(self, key: str) -> Path | None:
-        """The stored file itself when the root is a local folder, else None."""
-
-    @abstractmethod
-    def read_bytes(self, key: str) -> bytes | None:
-        """Content of a small stored file (a manifest), or None when there is none."""
-
-    @abstractmethod
-    def write_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        """Store a small file atomically."""
-
-    @abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove a stored file; no error when it does not exist."""
-
-    @abstractmethod
-    def list(self, prefix: str = "") -> Iterator[str]:
-        """Keys under a prefix."""
-
-    def infos(self, prefix: str) -> dict[str, ObjectInfo]:
-        """What `stat` says of each key under a prefix, as `list` lists them. An object store
-        answers from its listing: one request for the folder, not one per object."""
-        found = {}
-        for key in self.list(prefix):
-            info = self.stat(key)
-            if info is not None:
-                found[key] = info
-        return found
-
-    @abstractmethod
-    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
-        """Copy a stored file to another key, atomically."""
-
-    @abstractmethod
-    def temporaries(self, prefix: str) -> Iterator[str]:
-        """Keys of the temporary files (`.{name}.{uuid}.tmp`) directly under the folder
-        `prefix`: what a writer killed before publishing left behind (`list` skips them)."""
-
-    def fetch(self, key: str, cache_dir: Path) -> Path:
-        """A local path holding the stored file: the file itself for a local root, otherwise a
-        verified copy in `cache_dir` (reused when its checksum still matches)."""
-        path = self.local_path(key)
-        if path is not None:
-            return path
-        info = self.stat(key)
-        if info is None:
-            raise StorageError(f"{self.uri_of(key)} does not exist")
-        local = cache_dir / key
-        if (
-            local.exists()
-            and local.stat().st_size == info.size
-            and file_crc32c(local) == info.crc32c
-        ):
-            return local
-        return self.get_file(key, local)
+from bqx_assets.core.storage.base import ObjectInfo, StagedFile, Storage
+from bqx_assets.core.storage.checksum import bytes_crc32c, file_crc32c
+from bqx_assets.core.storage.local_sink import LocalFile, LocalSink
 
 
 class LocalStorage(Storage):
@@ -202,6 +39,7 @@ class LocalStorage(Storage):
     def __init__(
         self, root: Path | str, *, durable: bool = True, trust_recorded_crc32c: bool = True
     ) -> None:
+        super().__init__()
         self.root = Path(root).expanduser().resolve()
         # fsync before the rename. Checkpoint roots turn it off: a checkpoint is checked against
         # its manifest's size and CRC32C before every reuse, so one torn by a power loss is
@@ -462,6 +300,48 @@ class LocalStorage(Storage):
         for name in names:
             yield f"{inside}/{name}" if inside else name
 
+    # -- read in place, written by a sink --------------------------------------------------------
+    def open_file(self, key: str, *, size: int, crc32c: str) -> LocalFile:
+        return LocalFile(self._where(key), size)
+
+    def find_file(self, key: str) -> LocalFile | None:
+        path = self._where(key)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return LocalFile(path, st.st_size, vouched=self.vouches(key))
+
+    def stage(self, key: str) -> LocalSink:
+        path = self._temp(self._path(key))
+        return LocalSink(path, str(path.relative_to(self.root)))
+
+    def publish_staged(
+        self, staged: StagedFile, key: str, *, if_generation_match: int | None = None
+    ) -> ObjectInfo:
+        """Rename the staged file onto `key` (the same folder: atomic), with its CRC32C recorded
+        for its size and mtime: the combination of its segments' that the sink checked, so a
+        file written here is not read again to be published (`if_generation_match` has no
+        meaning on a local root: one writer per key at a time, as the runs are limited)."""
+        src = self._path(staged.key)
+        dst = self._path(key)
+        if self.durable:
+            _fsync(src)
+        st = os.stat(src)
+        if st.st_size != staged.info.size:
+            raise StorageError(
+                f"{src} has {st.st_size} bytes, {staged.info.size} were committed; nothing was "
+                "published"
+            )
+        self._record(src, st, staged.info.crc32c)
+        os.replace(src, dst)
+        return self._known(str(dst), staged.info.crc32c)
+
+    def discard(self, staged: StagedFile) -> None:
+        self._path(staged.key).unlink(missing_ok=True)
+
 
 def _same_file(a: Path, b: Path) -> bool:
     """Whether two paths are one file (by device and inode: two stats, not resolving a path)."""
@@ -517,184 +397,3 @@ def _files_under(folder: str, key: str) -> Iterator[str]:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def open_storage(uri: str | Path, *, durable: bool = True) -> Storage:
-    """The storage root for a local folder or a `gs://bucket/prefix` URI (`durable`: fsync local
-    files before they are renamed into place)."""
-    text = str(uri)
-    if text.startswith("gs://"):
-        from bqx_assets.core.gcs import (
-            GCSStorage,  # imported lazily: local runs never load the client
-        )
-
-        return GCSStorage.from_uri(text)
-    if "://" in text:
-        raise StorageError(f"unsupported storage root {text!r}: use a local folder or gs://")
-    return LocalStorage(text, durable=durable)
-
-
-# -- stored objects read and written in place (object stores) ----------------------------------
-class ReadCounter:
-    """Requests made and bytes received by ranged reads of one storage root (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests = 0
-        self.bytes = 0
-
-    def add(self, count: int) -> None:
-        with self._lock:
-            self.requests += 1
-            self.bytes += count
-
-
-class StoredFile(ABC):
-    """One stored object read in place by byte ranges, pinned to the version that was checked:
-    a read of a replaced or deleted object fails instead of mixing two versions."""
-
-    uri: str
-    size: int
-
-    def __str__(self) -> str:
-        return self.uri
-
-    @abstractmethod
-    def read_range(self, start: int, stop: int) -> bytes:
-        """Bytes [start, stop) of the pinned version; StorageError when it is gone."""
-
-    def open(self, blocks: Sequence[tuple[int, bytes]] = ()) -> RangeReader:
-        """A seekable read-only file over the object (for `pq.ParquetFile`); reads that fall
-        inside one of `blocks` (offset, bytes), fetched ahead of time, cost no request."""
-        return RangeReader(self, blocks)
-
-
-class RangeReader(io.RawIOBase):
-    """A read-only file object over a `StoredFile`: every read is one ranged request, unless
-    it lies inside a block fetched ahead of time."""
-
-    def __init__(self, stored: StoredFile, blocks: Sequence[tuple[int, bytes]] = ()) -> None:
-        super().__init__()
-        self._stored = stored
-        self._blocks = sorted(blocks, key=lambda b: b[0])
-        self._starts = [offset for offset, _ in self._blocks]
-        self._pos = 0
-
-    @property
-    def name(self) -> str:
-        return self._stored.uri
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._stored.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position in {self._stored.uri}")
-        self._pos = base + offset
-        return self._pos
-
-    def size(self) -> int:
-        return self._stored.size
-
-    def read(self, size: int | None = -1) -> bytes:
-        stop = self._stored.size if size is None or size < 0 else self._pos + size
-        stop = min(stop, self._stored.size)
-        if stop <= self._pos:
-            return b""
-        data = self._cached(self._pos, stop)
-        if data is None:
-            data = self._stored.read_range(self._pos, stop)
-        self._pos += len(data)
-        return data
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        memoryview(buffer)[: len(data)] = data
-        return len(data)
-
-    def _cached(self, start: int, stop: int) -> bytes | None:
-        i = bisect.bisect_right(self._starts, start) - 1
-        if i < 0:
-            return None
-        offset, block = self._blocks[i]
-        if stop > offset + len(block):
-            return None
-        return block[start - offset : stop - offset]
-
-
-@dataclass(frozen=True)
-class StagedFile:
-    """A complete, verified temporary object written by a `StagedUpload`, not yet published."""
-
-    key: str
-    """The temporary object's key (hidden from `list`)."""
-    info: ObjectInfo
-    file: StoredFile
-    """The object itself, for reading back in place."""
-    upload_seconds: float
-
-
-class StagedUpload(ABC):
-    """A file written straight to a temporary object as it is produced (a resumable upload):
-    nothing is kept on local disk. `commit()` finishes and verifies it; `abort()` drops it."""
-
-    @abstractmethod
-    def write(self, data: bytes | memoryview) -> int: ...
-
-    @abstractmethod
-    def tell(self) -> int: ...
-
-    def cut(self) -> None:  # noqa: B027 - optional: an upload in one piece ignores it
-        """End a segment here: the bytes written since the last cut are a segment that a later
-        upload of the same file name may `refer` to."""
-
-    def refer(self, size: int, crc32c: str) -> bool:
-        """Append a segment that an earlier upload of this file name kept, with `size` bytes and
-        CRC32C `crc32c`, without sending its bytes; False (nothing appended) when there is none:
-        the caller writes the bytes instead."""
-        return False
-
-    @abstractmethod
-    def commit(self) -> StagedFile:
-        """Finish the upload and check the stored object's CRC32C and size against the bytes
-        written; StorageError (and no object left) when they differ."""
-
-    @abstractmethod
-    def abort(self) -> None:
-        """Drop the upload and any temporary object; safe to call at any point."""
-
-
-class ObjectStorage(Storage):
-    """A root whose files are not on the local disk (GCS): read in place by ranges and written
-    by streaming uploads instead of being copied through local files."""
-
-    reads: ReadCounter
-
-    @abstractmethod
-    def open_stored(self, key: str, *, size: int, crc32c: str) -> StoredFile:
-        """The stored file `key`, checked to have `size` bytes and CRC32C `crc32c` (its
-        manifest's) and pinned to the version checked; StorageError otherwise."""
-
-    @abstractmethod
-    def stage(self, key: str) -> StagedUpload:
-        """A streaming upload to a temporary object beside `key`."""
-
-    @abstractmethod
-    def publish_staged(
-        self, staged: StagedFile, key: str, *, if_generation_match: int | None = None
-    ) -> ObjectInfo:
-        """Publish a staged object under `key` atomically (server-side copy), verified."""
-
-    @abstractmethod
-    def discard(self, staged: StagedFile) -> None:
-        """Delete a staged temporary object (no error when it is already gone)."""

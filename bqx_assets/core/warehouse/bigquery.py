@@ -26,7 +26,7 @@ from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.keys import by_key
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.storage import Storage, open_storage
-from bqx_assets.core.warehouse import (
+from bqx_assets.core.warehouse.base import (
     DateRange,
     PartitionState,
     SourceState,
@@ -118,7 +118,6 @@ class BigQueryWarehouse(Warehouse):
     """
 
     name = "bigquery"
-    reports_partitions = True
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,13 +16,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bqx_assets.core.catalog import FAMILY_ORDER, Catalog
-from bqx_assets.core.coverage import Coverage, TableCoverage
 from bqx_assets.core.errors import ValidationError
+from bqx_assets.core.gate.profile import UNEXPECTED_FAMILY, Profile, build_profile
 from bqx_assets.core.keys import EXAMPLES, duplicated
 from bqx_assets.core.keys import int64s as _int64s
 from bqx_assets.core.layout import KEY, KEY_TZ, KEY_UNIT, PREFIX_SEPARATOR
+from bqx_assets.core.merge.coverage import Coverage, TableCoverage
 from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
-from bqx_assets.core.profile import UNEXPECTED_FAMILY, Profile, build_profile
+from bqx_assets.core.warehouse import DateRange
 
 CHECK_NAMES: tuple[str, ...] = (
     "row_count",
@@ -170,6 +171,12 @@ class Thresholds:
     under 1 GiB. The first team's layout, 347 row groups, has a ~820 MB footer (6 GB parsed)."""
     max_names: int = 20
     """At most this many offending names per list in check metadata (counts are always full)."""
+
+    def within(self, window: DateRange) -> Thresholds:
+        """These thresholds with keys held to `window` (a run's training window) where it is
+        bounded."""
+        start, end = self.key_range
+        return replace(self, key_range=(window.start or start, window.end or end))
 
     def expected_null_share(self, family: str) -> float:
         return self.family_null_share.get(family, self.feature_null_share)

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import os
-import posixpath
-import queue
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import suppress
@@ -15,27 +11,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-import google_crc32c
 import tenacity
 from google.api_core import exceptions as api_exceptions
-from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage import exceptions as media_exceptions
 
 from bqx_assets.core.errors import StorageError
 from bqx_assets.core.metrics import Stopwatch
-from bqx_assets.core.storage import (
-    ObjectInfo,
-    ObjectStorage,
-    ReadCounter,
-    StagedFile,
-    StagedUpload,
-    StoredFile,
-    bytes_crc32c,
-    crc32c_concat,
-    file_crc32c,
-)
+from bqx_assets.core.storage.base import ObjectInfo, StagedFile, Storage
+from bqx_assets.core.storage.checksum import bytes_crc32c, file_crc32c
+from bqx_assets.core.storage.gcs_file import GCSFile
+from bqx_assets.core.storage.gcs_sink import GCSSink
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 """When set (`http://127.0.0.1:4443`), clients talk to that emulator with anonymous credentials."""
@@ -97,7 +84,7 @@ class _ChecksumMismatch(Exception):
     """An uploaded temporary object differs from the local file (retried, never published)."""
 
 
-class GCSStorage(ObjectStorage):
+class GCSStorage(Storage):
     """A `gs://bucket/prefix` root.
 
     `put_file` streams the local file with a resumable upload to a temporary object, compares the
@@ -106,6 +93,9 @@ class GCSStorage(ObjectStorage):
     with an `if_generation_match` precondition: a reader never sees an unverified object, and a
     concurrent writer is refused instead of silently overwritten. No file is read into memory.
     """
+
+    concurrency = 8
+    """Requests at once (under the client's HTTP connection pool of 10)."""
 
     def __init__(
         self,
@@ -116,13 +106,13 @@ class GCSStorage(ObjectStorage):
         chunk_size: int = UPLOAD_CHUNK_BYTES,
         attempts: int = UPLOAD_ATTEMPTS,
     ) -> None:
+        super().__init__()
         self.client = client if client is not None else storage_client()
         self.bucket = self.client.bucket(bucket)
         self.prefix = prefix.strip("/")
         self.chunk_size = chunk_size
         self.attempts = attempts
         self.uri = f"gs://{bucket}/{self.prefix}".rstrip("/")
-        self.reads = ReadCounter()
 
     @classmethod
     def from_uri(cls, uri: str, client: storage.Client | None = None) -> GCSStorage:
@@ -401,7 +391,7 @@ class GCSStorage(ObjectStorage):
 
     # in place: ranged reads and streamed uploads
 
-    def open_stored(self, key: str, *, size: int, crc32c: str) -> GCSFile:
+    def open_file(self, key: str, *, size: int, crc32c: str) -> GCSFile:
         name = self._name(key)
         blob = self._get_blob(name)
         if blob is None:
@@ -413,8 +403,14 @@ class GCSStorage(ObjectStorage):
             )
         return GCSFile(self, name, size, int(blob.generation))
 
-    def stage(self, key: str) -> GCSUpload:
-        return GCSUpload(self, self._name(key))
+    def find_file(self, key: str) -> GCSFile | None:
+        info = self.stat(key)
+        if info is None:
+            return None
+        return self.open_file(key, size=info.size, crc32c=info.crc32c)
+
+    def stage(self, key: str) -> GCSSink:
+        return GCSSink(self, self._name(key))
 
     def publish_staged(
         self, staged: StagedFile, key: str, *, if_generation_match: int | None = None
@@ -456,322 +452,3 @@ class GCSStorage(ObjectStorage):
         if dst.crc32c != source.crc32c or dst.size != source.size:
             raise StorageError(f"copy of {self._gs(src_name)} to {self._gs(dst.name)} differs")
         return self._info(dst)
-
-
-class GCSFile(StoredFile):
-    """An object read in place by ranged GETs of one generation: `generation=` in the request
-    pins the bytes, and `if_generation_match` makes a replaced object an error even in a bucket
-    that keeps old generations. One request per read, no local copy; the client retries a
-    broken connection or a 5xx itself (its default retry for media downloads)."""
-
-    def __init__(self, storage: GCSStorage, name: str, size: int, generation: int) -> None:
-        self.storage = storage
-        self.name = name
-        self.size = size
-        self.generation = generation
-        self.uri = storage._gs(name)
-        self._blob = storage.bucket.blob(name, generation=generation)
-
-    def read_range(self, start: int, stop: int) -> bytes:
-        if stop <= start:
-            return b""
-        try:
-            # Part of an object: its CRC32C covers the whole, so the check is the length here
-            # and the parquet page checks and decoders downstream.
-            data = self._blob.download_as_bytes(
-                start=start,
-                end=stop - 1,
-                if_generation_match=self.generation,
-                checksum=None,
-                raw_download=True,
-            )
-        except (api_exceptions.NotFound, api_exceptions.PreconditionFailed) as exc:
-            raise StorageError(
-                f"{self.uri} generation {self.generation} was replaced or deleted while being "
-                f"read ({type(exc).__name__})"
-            ) from exc
-        except (api_exceptions.GoogleAPICallError, media_exceptions.InvalidResponse) as exc:
-            raise StorageError(f"cannot read bytes {start}-{stop} of {self.uri}: {exc}") from exc
-        if len(data) != stop - start:
-            raise StorageError(
-                f"short read of {self.uri}: {len(data)} bytes for range {start}-{stop}"
-            )
-        self.storage.reads.add(len(data))
-        return data
-
-
-_UPLOAD_QUEUE = 4
-"""Writes waiting for the upload thread: the writer keeps producing while a chunk is sent."""
-
-
-SEGMENTS_FOLDER = ".segments"
-"""Beside a staged file `{dir}/{name}`, `{dir}/.segments/{name}/` holds the parts it was composed
-from (the magic, then a part per row group), each found again by its size and CRC32C."""
-
-_COMPOSE_MAX = 32
-"""Source objects one compose request takes (GCS's limit)."""
-
-
-@dataclass(frozen=True)
-class _Part:
-    """One source object of a composed upload."""
-
-    name: str
-    generation: int
-    size: int
-    crc32c: str
-    kept: bool
-    """A segment kept for later uploads to refer to (False: a part deleted once composed)."""
-    ours: bool = True
-    """Uploaded by this upload (False: a segment an earlier one kept, referred to)."""
-
-
-@dataclass(frozen=True)
-class _Cut:
-    crc32c: str
-    size: int
-    kept: bool
-
-
-class GCSUpload(StagedUpload):
-    """An upload to `{dir}/.{name}.{uuid}.tmp`, fed as the file is written, in parts composed
-    into that object by `commit()`.
-
-    The writer cuts the file into segments (`cut`: the magic, then each row group); each goes to
-    an object of its own under `{dir}/.segments/{name}/` by a resumable upload, and is kept. A
-    later upload of the same file name that holds the same bytes (a refresh's unchanged row
-    groups) `refer`s to the kept segment instead of sending them: GCS composes the object from
-    its parts server-side, so an unchanged row group is neither downloaded nor uploaded. What
-    follows the last cut (the footer) is a part deleted once composed. `commit()` also deletes
-    the kept segments that the new object does not hold (a refresh keeps only its own).
-
-    The bytes go to a background thread that sends them chunk by chunk (`chunk_size`, one chunk
-    in memory), so producing the file and sending it overlap. CRC32C is computed on the way twice:
-    here, over what the writer handed over, and by the client over what it sent, which it puts in
-    the final chunk's `X-Goog-Hash` header (GCS rejects a body that does not match). Each part's
-    stored CRC32C and size are compared with the writer's; the composed object's with the
-    combination of its parts' (`crc32c_concat`). A process killed before `commit()` leaves no
-    staged object (an unfinished resumable upload is not an object); the segments it uploaded
-    are deleted by the next commit for that file.
-    """
-
-    def __init__(self, storage: GCSStorage, name: str) -> None:
-        self.storage = storage
-        self.name = name
-        self.temp = storage._temp_name(name)
-        head, _, base = name.rpartition("/")
-        self.segments = posixpath.join(head, SEGMENTS_FOLDER, base)
-        self._blob = storage.bucket.blob(self.temp)
-        self._crc = google_crc32c.Checksum()
-        self._part_bytes = 0
-        self._pos = 0
-        self.sent = 0
-        """Bytes written, and so sent: not those of the segments referred to."""
-        self._parts: list[_Part] = []
-        self._kept: dict[tuple[int, str], _Part] | None = None  # segments found, by size, CRC
-        self._queue: queue.Queue[bytes | _Cut | _Part | None] = queue.Queue(_UPLOAD_QUEUE)
-        self._error: BaseException | None = None
-        self._watch = Stopwatch()
-        self._part: tuple[storage.Blob, BinaryIO] | None = None  # the part being uploaded
-        self._thread = threading.Thread(target=self._send, name="gcs-upload", daemon=True)
-        self._thread.start()
-        self._committed: StagedFile | None = None
-
-    # the sending thread
-
-    def _send(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is not None:
-                continue  # drain: the writer learns of the error on its next call
-            try:
-                if isinstance(item, _Part):
-                    self._parts.append(item)
-                elif isinstance(item, _Cut):
-                    self._close_part(item)
-                else:
-                    self._writer().write(item)
-            except BaseException as exc:  # handed to the writing thread
-                self._error = exc
-
-    def _writer(self) -> BinaryIO:
-        if self._part is None:
-            blob = self.storage.bucket.blob(
-                f"{self.segments}/{uuid.uuid4().hex}", chunk_size=self.storage.chunk_size
-            )
-            writer = blob.open(
-                "wb",
-                chunk_size=self.storage.chunk_size,
-                if_generation_match=0,
-                checksum="crc32c",
-                content_type="application/octet-stream",
-            )
-            self._part = (blob, writer)
-        return self._part[1]
-
-    def _close_part(self, cut: _Cut) -> None:
-        """Finish the part being uploaded and check it against what was written into it."""
-        if self._part is None:
-            return
-        blob, writer = self._part
-        self._part = None
-        writer.close()  # the last chunk, with the CRC32C of the part
-        blob.reload()
-        part = _Part(blob.name, int(blob.generation), int(blob.size or 0), blob.crc32c or "",
-                     cut.kept)  # fmt: skip
-        self._parts.append(part)
-        if (part.crc32c, part.size) != (cut.crc32c, cut.size):
-            raise StorageError(
-                f"{self.storage._gs(blob.name)} was stored with crc32c {part.crc32c}, "
-                f"{part.size} bytes; {cut.crc32c}, {cut.size} bytes were written"
-            )
-
-    # the writing thread
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise StorageError(
-                f"upload of {self.storage._gs(self.temp)} failed: {self._error}"
-            ) from self._error
-
-    def write(self, data: bytes | memoryview) -> int:
-        self._raise()
-        if not isinstance(data, bytes):
-            data = bytes(data)  # the checksum needs bytes; the piece's buffer is freed sooner
-        self._crc.update(data)
-        self._queue.put(data)
-        self._pos += len(data)
-        self._part_bytes += len(data)
-        self.sent += len(data)
-        return len(data)
-
-    def _cut(self, kept: bool) -> None:
-        if self._part_bytes:
-            crc = base64.b64encode(self._crc.digest()).decode()
-            self._queue.put(_Cut(crc, self._part_bytes, kept))
-        self._crc = google_crc32c.Checksum()
-        self._part_bytes = 0
-
-    def cut(self) -> None:
-        self._raise()
-        self._cut(kept=True)
-
-    def refer(self, size: int, crc32c: str) -> bool:
-        self._raise()
-        if self._kept is None:
-            self._kept = {
-                (info.size, info.crc32c): _Part(
-                    self.storage._name(key),
-                    info.generation,
-                    info.size,
-                    info.crc32c,
-                    kept=True,
-                    ours=False,
-                )
-                for key, info in self.storage.infos(self.storage._key(self.segments)).items()
-                if info.generation is not None
-            }
-        found = self._kept.get((size, crc32c))
-        if found is None:
-            return False
-        self._cut(kept=True)
-        self._queue.put(found)
-        self._pos += size
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def _finish_thread(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def _compose(self, target: storage.Blob, parts: list[_Part]) -> None:
-        sources = [self.storage.bucket.blob(p.name, generation=p.generation) for p in parts]
-        target.compose(
-            sources,
-            if_generation_match=0,
-            if_source_generation_match=[p.generation for p in parts],
-        )
-
-    def commit(self) -> StagedFile:
-        self._cut(kept=False)  # the footer: a part of this object only
-        self._finish_thread()
-        self._raise()
-        uri = self.storage._gs(self.temp)
-        parts = list(self._parts)
-        steps: list[storage.Blob] = []
-        try:
-            # More parts than one request takes: runs of them composed first (a window of
-            # years: ~30 month segments).
-            while len(parts) > _COMPOSE_MAX:
-                run, parts = parts[:_COMPOSE_MAX], parts[_COMPOSE_MAX:]
-                step = self.storage.bucket.blob(self.storage._temp_name(self.name))
-                self._compose(step, run)
-                step.reload()
-                steps.append(step)
-                parts.insert(0, _Part(step.name, int(step.generation), int(step.size or 0),
-                                      step.crc32c or "", False))  # fmt: skip
-            self._compose(self._blob, parts)
-            upload_seconds = self._watch.seconds
-            self._blob.reload()
-        except (
-            api_exceptions.GoogleAPICallError,
-            media_exceptions.InvalidResponse,
-            media_exceptions.DataCorruption,
-            OSError,
-        ) as exc:
-            self._delete()
-            raise StorageError(f"upload of {uri} failed: {exc}") from exc
-        finally:
-            for step in steps:
-                with suppress(api_exceptions.GoogleAPICallError):
-                    step.delete()
-        expected = crc32c_concat([(p.crc32c, p.size) for p in self._parts])
-        if self._blob.crc32c != expected or int(self._blob.size or 0) != self._pos:
-            self._delete()
-            raise StorageError(
-                f"{uri} was stored with crc32c {self._blob.crc32c}, {self._blob.size} bytes; "
-                f"{expected}, {self._pos} bytes were written; nothing was kept"
-            )
-        self._drop_parts(keep={p.name for p in self._parts if p.kept})
-        info = self.storage._info(self._blob)
-        self._committed = StagedFile(
-            key=self.storage._key(self.temp),
-            info=info,
-            file=GCSFile(self.storage, self.temp, info.size, int(self._blob.generation)),
-            upload_seconds=upload_seconds,
-        )
-        return self._committed
-
-    def _drop_parts(self, keep: set[str]) -> None:
-        """Delete the segments folder's objects but `keep` (a dead writer's too)."""
-        for key in self.storage.list(self.storage._key(self.segments)):
-            if self.storage._name(key) not in keep:
-                self.storage.delete(key)
-
-    def _delete(self) -> None:
-        with suppress(api_exceptions.NotFound, api_exceptions.GoogleAPICallError):
-            self.storage.bucket.blob(self.temp).delete()
-        # What this upload stored: nothing of a failed or dropped upload stays (a killed
-        # writer's segments are deleted by the next commit of the file).
-        for part in self._parts:
-            if part.ours:
-                with suppress(api_exceptions.NotFound, api_exceptions.GoogleAPICallError):
-                    self.storage.bucket.blob(part.name).delete()
-
-    def abort(self) -> None:
-        if self._error is None:
-            self._error = StorageError("aborted")
-        self._finish_thread()
-        if self._part is not None:
-            # The part being sent is cancelled: left open, its writer would be closed, and the
-            # part stored, by io's finalizer whenever it is collected. The cancel is a request
-            # of the client's authorized session (requests' errors are OSErrors; a credential
-            # refresh raises google.auth's): neither may hide the error that caused the abort.
-            writer = self._part[1]
-            self._part = None
-            with suppress(auth_exceptions.GoogleAuthError, OSError):
-                writer.terminate()
-        # An unfinished resumable upload created no object; a committed one is deleted.
-        self._delete()

@@ -1,4 +1,4 @@
-"""fake-gcs-server on 127.0.0.1 as a pytest fixture: `from ...emulators.gcs import gcs_emulator`."""
+"""fake-gcs-server on 127.0.0.1: `with run_gcs_emulator(folder) as emulator: ...`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
@@ -126,22 +125,3 @@ def run_gcs_emulator(workdir: Path, *, backend: str = "memory") -> Iterator[GCSE
     finally:
         process.kill()
         process.wait()
-
-
-@pytest.fixture(scope="session")
-def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GCSEmulator]:
-    """One fake-gcs-server for the test session, with `STORAGE_EMULATOR_HOST` pointing at it."""
-    with (
-        run_gcs_emulator(tmp_path_factory.mktemp("fake-gcs-server")) as emulator,
-        pytest.MonkeyPatch.context() as mp,
-    ):
-        mp.setenv("STORAGE_EMULATOR_HOST", emulator.endpoint)
-        mp.setenv("NO_GCE_CHECK", "True")
-        mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-        yield emulator
-
-
-@pytest.fixture
-def gcs_bucket(gcs_emulator: GCSEmulator) -> str:
-    """A fresh, empty bucket in the session's emulator."""
-    return gcs_emulator.create_bucket()

@@ -1,0 +1,90 @@
+"""A pair's training file built: merged from its checkpoints, gate-checked, ready to publish."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.checkpoints.select import stored_window
+from bqx_assets.core.checkpoints.window import ResolvedWindow, TrainingWindow
+from bqx_assets.core.gate.profile import Profile, candidate_key, load_profile, save_profile
+from bqx_assets.core.gate.validation import (
+    Expectation,
+    Thresholds,
+    ValidationReport,
+    validate_training_file,
+)
+from bqx_assets.core.layout import training_file_key
+from bqx_assets.core.merge import MergeReport, merge_checkpoints, pair_inputs
+from bqx_assets.core.metrics import Stopwatch
+from bqx_assets.core.publish import TrainingFile, clear_dead_writes
+from bqx_assets.core.storage import Storage
+
+
+@dataclass(frozen=True)
+class TrainingBuild:
+    """A pair's training file as built: merged, checked, not yet published."""
+
+    pair: str
+    window: ResolvedWindow
+    merge: MergeReport
+    report: ValidationReport
+    history: Profile | None
+    """The pair's last published profile, the build's drift was judged against (None: first)."""
+    validation_seconds: float
+    cleared: tuple[str, ...] = ()
+    """Temporary files a killed writer of the pair's training file left, deleted first."""
+
+    @property
+    def training_file(self) -> TrainingFile:
+        """What the output root publishes (`publish.publish_training_file`)."""
+        return TrainingFile(self.pair, self.merge.staged, self.report.passed, self.report.to_dict())
+
+
+def build_training_file(
+    checkpoints: Storage,
+    output: Storage,
+    catalog: Catalog,
+    pair: str,
+    window: TrainingWindow,
+    thresholds: Thresholds,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> TrainingBuild:
+    """The pair's training file, merged into a sink of `output` and gate-checked there.
+
+    The window is the one the pair's checkpoints were made for (a rolling one: the days its
+    stored spine holds); the chunks inside it are checked against their manifests (in an object
+    store, pinned to the version checked and read in place). Row groups whose inputs did not
+    change are copied from the pair's published file. A file that passes leaves its profile as
+    the pair's candidate profile, which becomes the pair's profile when the file is published.
+    On any error nothing is left in `output` but what was there."""
+    cleared = tuple(clear_dead_writes(output, pair))
+    history = load_profile(output, pair)
+    resolved = stored_window(checkpoints, catalog.targets[pair], window)
+    inputs = pair_inputs(checkpoints, catalog, pair, resolved)
+    # Looked up before the sink is opened: the merge aborts the sink on its own errors only.
+    key = training_file_key(pair)
+    previous = output.find_file(key)
+    merged = merge_checkpoints(
+        inputs.spine, inputs.tables, output.stage(key), previous=previous, progress=progress
+    )
+    try:
+        clock = Stopwatch()
+        # The merge wrote exactly the spine's rows (it verified the key column read back).
+        expectation = Expectation.for_pair(catalog, pair, merged.rows)
+        with merged.staged.file.reader() as stored:
+            report = validate_training_file(
+                merged.staged.info.uri,
+                expectation,
+                thresholds.within(resolved.training),
+                history=history,
+                source=stored,
+            )
+        if report.passed and report.profile is not None:
+            save_profile(output, report.profile, candidate_key(pair))
+    except BaseException:
+        output.discard(merged.staged)
+        raise
+    return TrainingBuild(pair, resolved, merged, report, history, clock.seconds, cleared)

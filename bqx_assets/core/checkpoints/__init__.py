@@ -1,0 +1,1 @@
+"""Checkpoints: each table as date-range chunks of parquet with manifests, refreshed by day."""

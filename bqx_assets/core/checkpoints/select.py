@@ -1,0 +1,174 @@
+"""The stored chunks a merge reads: each table's current, verified chunks inside the window."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime
+
+from bqx_assets.core.catalog import TargetsTable
+from bqx_assets.core.checkpoints.manifest import ChunkManifest, stored_manifests
+from bqx_assets.core.checkpoints.schema import Source
+from bqx_assets.core.checkpoints.window import (
+    ALL_TIME,
+    DEFAULT_GRAIN,
+    ONE_DAY,
+    ChunkGrain,
+    ResolvedWindow,
+    TableWindow,
+    TrainingWindow,
+    Window,
+    chunk_ranges,
+    day_start,
+    in_window,
+    newest_days_start,
+    table_window,
+    utc,
+    window_list,
+)
+from bqx_assets.core.errors import ExtractionError
+from bqx_assets.core.storage import Storage
+from bqx_assets.core.warehouse import DateRange, PartitionState
+
+
+def current_chunks(
+    storage: Storage, source: Source, window: DateRange, after: datetime | None = None
+) -> list[tuple[str, ChunkManifest]]:
+    """The table's stored chunks inside `window` whose files match their manifests, in key
+    order: what the merge reads for it. Chunks outside the window, or ending at or before
+    `after` (a rolling window's first day), are not listed (not read).
+
+    Raises ExtractionError naming the table when there are none, or when two overlap."""
+    where = f"{source.dataset}.{source.name}"
+    lo = utc(window.start) if window.start else None
+    hi = utc(window.end) if window.end else None
+    chosen = []
+    found = stored_manifests(storage, source)
+    for key, manifest in found.manifests.items():
+        r = manifest.range
+        if (lo is not None and utc(r.start) < lo) or (hi is not None and utc(r.end) > hi):
+            continue
+        if after is not None and utc(r.end) <= utc(after):
+            continue
+        if not found.verified(key, manifest):
+            raise ExtractionError(
+                f"{where}: chunk {storage.uri_of(key)} does not match its manifest (changed or "
+                "missing since extraction); re-run its checkpoint"
+            )
+        chosen.append((key, manifest))
+    chosen.sort(key=lambda c: c[1].range.start)
+    if not chosen:
+        raise ExtractionError(f"{where}: no verified chunk in the window {window_list(window)}")
+    for (k1, a), (k2, b) in itertools.pairwise(chosen):
+        if a.range.end > b.range.start:
+            raise ExtractionError(f"{where}: chunks {k1} and {k2} overlap; re-run its checkpoint")
+    return chosen
+
+
+def require_chunks(
+    storage: Storage,
+    sources: Sequence[Source],
+    window: Window,
+    what: str,
+    grain: ChunkGrain = DEFAULT_GRAIN,
+) -> dict[str, list[tuple[str, ChunkManifest]]]:
+    """Each table's chunks for `window` (as refreshed with `grain`) by name; fails naming every
+    table without one."""
+    if not sources:
+        raise ExtractionError(f"{what}: the catalog lists no tables to extract")
+
+    def chosen(source: Source) -> list[tuple[str, ChunkManifest]] | str:
+        try:
+            mine = table_window(window, source, grain)
+            return current_chunks(storage, source, mine.window, mine.after)
+        except ExtractionError as exc:
+            return str(exc)
+
+    # An object store's tables a few at a time: two or three requests each, latency-bound.
+    with ThreadPoolExecutor(storage.concurrency) as pool:
+        found = dict(zip((s.name for s in sources), pool.map(chosen, sources), strict=True))
+    out = {name: got for name, got in found.items() if not isinstance(got, str)}
+    missing = {name: got for name, got in found.items() if isinstance(got, str)}
+    if missing:
+        names = list(missing)
+        raise ExtractionError(
+            f"{what}: {len(missing)} of {len(sources)} tables have no verified checkpoint: "
+            + ", ".join(names[:20])
+            + (" ..." if len(names) > 20 else "")
+            + f" (first: {missing[names[0]]})"
+        )
+    return out
+
+
+
+def stored_window(storage: Storage, spine: TargetsTable, window: TrainingWindow) -> ResolvedWindow:
+    """The window of a pair's training file: a fixed one as it is; a rolling one from the days
+    its stored spine chunks hold, i.e. the window its checkpoint step resolved and extracted
+    (the warehouse may have moved on since; asking it again would pick days not extracted).
+
+    Raises ExtractionError naming the targets table when its chunks do not hold every day of
+    the window in day chunks of their own (a spine extracted for another window)."""
+    if not window.rolling:
+        return ResolvedWindow(DateRange(window.start, window.end))
+    where = f"{spine.dataset}.{spine.name}"
+    days: set[date] = set()
+    alone: set[date] = set()  # held by a day chunk of their own from midnight (end may cut it)
+    for manifest in stored_manifests(storage, spine).manifests.values():
+        r = manifest.range
+        lo, hi = utc(r.start), utc(r.end)
+        for text, state in manifest.partitions.items():
+            day = date.fromisoformat(text)
+            if int(state[0]) > 0 and day_start(day) < hi and day_start(day + ONE_DAY) > lo:
+                days.add(day)
+        if r.first == r.last and lo == day_start(r.first):
+            alone.add(r.first)
+    if not days:
+        raise ExtractionError(
+            f"{where}: no stored spine chunk to take {window.describe()} from; run the pair's "
+            "targets checkpoint"
+        )
+    start = newest_days_start(list(days), window, where)
+    end = utc(window.end) if window.end is not None else None
+    missing = [
+        d
+        for d in sorted(days - alone)
+        if day_start(d) >= start and (end is None or day_start(d) < end)
+    ]
+    if missing:
+        raise ExtractionError(
+            f"{where}: the stored spine chunks do not hold {', '.join(map(str, missing))} of "
+            f"{window.describe()} on their own (made for another window); run the pair's "
+            "targets checkpoint"
+        )
+    return ResolvedWindow(DateRange(start, window.end), rolling=True)
+
+
+def partitions_version(
+    states: dict[str, Sequence[PartitionState]],
+    expected: int,
+    window: DateRange | TableWindow = ALL_TIME,
+) -> str:
+    """A data version of a set of tables from their day partitions inside `window`: it changes
+    when a day a checkpoint would be made from changes (rows or last-modified time), not when a
+    day outside the window does; "missing-N-..." while N of the `expected` tables are absent.
+    With a `TableWindow`, the days are those its chunks would hold (a rolling window's first
+    month chunk holds days before the window, and its chunks that end before it none)."""
+
+    def counted(days: Sequence[PartitionState]) -> Iterator[PartitionState]:
+        if isinstance(window, DateRange):
+            yield from (p for p in days if in_window(p.day, window))
+            return
+        ranges = chunk_ranges([p.day for p in days], window.window, window.grain, window.after)
+        yield from (p for p in days if any(r.holds(p.day) for r in ranges))
+
+    text = "\n".join(
+        sorted(
+            f"{table}:{p.day.isoformat()}:{p.rows}:{p.last_modified}"
+            for table, days in states.items()
+            for p in counted(days)
+        )
+    )
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest if len(states) == expected else f"missing-{expected - len(states)}-{digest}"

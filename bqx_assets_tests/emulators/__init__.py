@@ -1,1 +1,0 @@
-"""Emulators of Google services, started on 127.0.0.1 for tests."""

@@ -1,0 +1,221 @@
+"""Proxies between a Google client and an emulator that answer as the real service would where
+the emulator cannot: transient HTTP errors, connections cut mid-stream."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import socket
+import threading
+from typing import Any
+
+
+class _Server(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.lock = threading.Lock()
+        self.faults_injected = 0
+        self.forwarded = 0
+
+    def take_fault(self, budget: int) -> bool:
+        """Whether this request or connection gets a fault (the first `budget` ones do)."""
+        with self.lock:
+            if self.faults_injected < budget:
+                self.faults_injected += 1
+                return True
+            self.forwarded += 1
+            return False
+
+
+class HttpFaultProxy(_Server):
+    """An HTTP reverse proxy that answers the first `faults` requests with `status` (a
+    BigQuery-shaped JSON error) and forwards everything else to `upstream`. With `path_contains`,
+    only requests whose path contains it get faults."""
+
+    def __init__(
+        self,
+        upstream: str,
+        faults: int,
+        status: int = 503,
+        *,
+        reason: str | None = None,
+        path_contains: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.upstream = upstream.removeprefix("http://")
+        self.faults = faults
+        self.status = status
+        self.reason = reason or ("backendError" if status >= 500 else "rateLimitExceeded")
+        self.path_contains = path_contains
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                wanted = proxy.path_contains is None or proxy.path_contains in self.path
+                if wanted and proxy.take_fault(proxy.faults):
+                    payload = (
+                        f'{{"error": {{"code": {proxy.status}, "message": "injected fault",'
+                        f' "errors": [{{"reason": "{proxy.reason}", "message": "injected"}}]}}}}'
+                    ).encode()
+                    self.send_response(proxy.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def run(self) -> None:
+        self.server.serve_forever(poll_interval=0.05)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> HttpFaultProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TcpFaultProxy(_Server):
+    """A TCP proxy (for gRPC) that drops the first `drops` connections: it accepts them, then
+    resets them once the client has sent its first bytes. Later connections are piped through.
+
+    With `cut_after_bytes`, a dropped connection is instead piped through until the server has
+    sent that many bytes, then ended in the middle of a streamed response: the client receives
+    exactly those bytes, then the end of the connection. With `cut_with_reset` it is reset
+    instead, which also discards what still sits in the proxy's send buffer, so how much of the
+    response arrives depends on how fast the client reads. The server's side is reset.
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        drops: int,
+        *,
+        cut_after_bytes: int | None = None,
+        cut_with_reset: bool = False,
+    ) -> None:
+        super().__init__()
+        self.cut_after_bytes = cut_after_bytes
+        self.cut_with_reset = cut_with_reset
+        self.cuts = 0
+        """Connections cut mid-response (ended, or reset with `cut_with_reset`)."""
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.drops = drops
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+
+    def run(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        fault = self.take_fault(self.drops)
+        if fault and self.cut_after_bytes is None:
+            with contextlib.suppress(OSError):
+                client.recv(65536)
+            _reset(client)
+            return
+        try:
+            upstream = socket.create_connection(self.upstream)
+        except OSError:
+            client.close()
+            return
+        self._sockets.append(upstream)
+        limit = self.cut_after_bytes if fault else None
+        threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
+        self._pipe(client, upstream, None)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                if limit is not None and sent + len(data) >= limit:
+                    dst.sendall(data[: max(0, limit - sent)])
+                    with self.lock:
+                        self.cuts += 1
+                    if self.cut_with_reset:
+                        _reset(dst)
+                    else:
+                        # Every byte sent so far, then the end of the connection (FIN).
+                        with contextlib.suppress(OSError):
+                            dst.shutdown(socket.SHUT_WR)
+                    _reset(src)
+                    return
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self.listener.close()
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def __enter__(self) -> TcpFaultProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _reset(sock: socket.socket) -> None:
+    """Drop a connection with RST (SO_LINGER 0), the way a crashed peer or a load balancer does.
+
+    shutdown() first: close() alone leaves the connection open while another thread is blocked
+    in recv() on it, and the client would wait for data that never comes.
+    """
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+# -- loading: seeding the emulator's datasets ---------------------------------------------
