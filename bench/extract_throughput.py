@@ -1,7 +1,8 @@
 """Extraction throughput from the embedded warehouse against DuckDB's own parquet export.
 
 Both paths read the same tables of one pair in the same run, with the same number of threads:
-(a) `extract_tables` (query to Arrow, conform, sort check, zstd parquet, checksum, manifest) and
+(a) `refresh_tables` from nothing (query to Arrow, conform, sort check, zstd parquet chunks,
+checksums, manifests) and
 (b) DuckDB `COPY (SELECT ... ORDER BY interval_time) TO parquet (zstd)`, the warehouse's native
 export. Throughput is the tables' logical size (BigQuery bytes) per second.
 
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.checkpoints.extraction import extract_tables
+from bqx_assets.core.checkpoints.refresh import refresh_tables
 from bqx_assets.core.storage import LocalStorage
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, create_warehouse, warehouse_params
 
@@ -61,8 +62,12 @@ def main() -> None:
     for round_ in range(2):
         with tempfile.TemporaryDirectory(dir="bench/out") as tmp:
             started = time.perf_counter()
-            extract_tables(
-                wh, sources, LocalStorage(Path(tmp) / "ckpt", durable=False), threads=args.threads
+            refresh_tables(
+                wh,
+                sources,
+                LocalStorage(Path(tmp) / "ckpt", durable=False),
+                threads=args.threads,
+                workdir=Path(tmp) / "work",
             )
             ours = time.perf_counter() - started
             out = Path(tmp) / "export"

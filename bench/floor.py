@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from bqx_assets.core.catalog import TARGET_COLUMNS
 from bqx_assets.core.layout import KEY
-from bqx_assets.core.merge.join import encode_piece, piece_slices
+from bqx_assets.core.merge.pieces import encode_piece, piece_slices
 from bqx_assets.core.metrics import peak_rss_bytes
 
 

@@ -46,6 +46,7 @@ def _child(args: argparse.Namespace) -> int:
     from bqx_assets.defs.resources import (
         CheckpointStore,
         EmbeddedWarehouseResource,
+        GateConfig,
         PipelineSettings,
     )
 
@@ -56,7 +57,7 @@ def _child(args: argparse.Namespace) -> int:
             root=f"gs://{args.staging}/checkpoints", cache_dir=str(local / "cache" / "checkpoints")
         ),
         "settings": PipelineSettings(
-            workdir=str(local / "work"), min_rows=100, max_rows=10_000_000
+            workdir=str(local / "work"), gate=GateConfig(min_rows=100, max_rows=10_000_000)
         ),
         "training_io_manager": TrainingFileIOManager(
             output_root=f"gs://{args.output}", cache_dir=str(local / "cache" / "output")
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return _child(args)
 
     from bqx_assets.core.warehouse.embedded import warehouse_params
-    from bqx_assets_tests.emulators.gcs import run_gcs_emulator
+    from emulators.gcs import run_gcs_emulator
 
     work = Path(args.work or REPO / "bench" / "out" / "footprint" / str(args.rows))
     work.mkdir(parents=True, exist_ok=True)

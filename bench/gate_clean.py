@@ -43,7 +43,12 @@ from bqx_assets.defs.assets import (
 )
 from bqx_assets.defs.frame_io import FrameIOManagerFactory
 from bqx_assets.defs.io_managers import TrainingFileIOManager
-from bqx_assets.defs.resources import CheckpointStore, EmbeddedWarehouseResource, PipelineSettings
+from bqx_assets.defs.resources import (
+    CheckpointStore,
+    EmbeddedWarehouseResource,
+    GateConfig,
+    PipelineSettings,
+)
 
 DEFAULT_OUT = Path(__file__).with_name("out") / "gate_clean"
 DAY = 1440
@@ -63,7 +68,7 @@ def _resources(root: Path, warehouse: Path) -> dict[str, object]:
         "warehouse": EmbeddedWarehouseResource(path=str(warehouse)),
         "checkpoints": CheckpointStore(root=str(root / "ckpt"), cache_dir=str(root / "cache")),
         # The local deployment's gate: production defaults, rows bounded for the demo size.
-        "settings": PipelineSettings(workdir=str(root / "work"), min_rows=100),
+        "settings": PipelineSettings(workdir=str(root / "work"), gate=GateConfig(min_rows=100)),
         "training_io_manager": TrainingFileIOManager(output_root=str(root / "out")),
         "frame_io_manager": FrameIOManagerFactory(base_dir=str(root / "frames")),
     }

@@ -13,7 +13,7 @@ import psutil
 from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
 from bqx_assets.core.storage import file_crc32c
 from bqx_assets.core.storage.gcs import UPLOAD_CHUNK_BYTES, GCSStorage
-from bqx_assets_tests.emulators.gcs import run_gcs_emulator
+from emulators.gcs import run_gcs_emulator
 
 MB = 1_000_000
 

@@ -2,7 +2,7 @@
 
 # The data are the embedded warehouse's (core/synthetic.py: rolling statistics of random walks,
 # production's null shares and patterns, rounded like real data), so compression and decoding
-# behave as on production data. Checkpoints are written by extraction's own `write_checkpoint`,
+# behave as on production data. Checkpoints are written by the refresh's own `write_checkpoint`,
 # so the benchmark decodes exactly what the merge reads in production.
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from bqx_assets.core.catalog import Catalog, Table
-from bqx_assets.core.checkpoints.extraction import expected_schema, write_checkpoint
+from bqx_assets.core.checkpoints.schema import expected_schema, write_checkpoint
 from bqx_assets.core.layout import CHECKPOINT_ROW_GROUP_ROWS, KEY, PAIR_COLUMN
 from bqx_assets.core.warehouse.synthetic import Series, feature_table_data, targets_table_data
 

@@ -42,9 +42,11 @@ def _child(args: argparse.Namespace) -> int:
     """Run one variant in this process and print its figures as one JSON line."""
     import pyarrow.parquet as pq
 
-    from bqx_assets.core.merge.join import IO_THREADS, FeatureSource, merge_checkpoints
+    from bqx_assets.core.merge import InputChunk, InputTable, merge_checkpoints
+    from bqx_assets.core.merge.plan import IO_THREADS
     from bqx_assets.core.metrics import peak_rss_bytes
-    from bqx_assets.core.storage import gcs as gcs_module
+    from bqx_assets.core.storage import LocalStorage, StoredFile
+    from bqx_assets.core.storage import gcs_file as gcs_module
     from bqx_assets.core.storage.gcs import GCSStorage
 
     data = Path(args.dir)
@@ -65,28 +67,34 @@ def _child(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     storage = None
     metadata_requests = 0
+    columns = tuple((c, c) for c in spine_columns)
     if args.variant == "local":
-        spine = spine_path
-        sources = [FeatureSource(table=f.stem, path=f) for f in files]
+        spine = InputTable.of_files("targets", spine_path, columns=columns)
+        tables = [InputTable.of_files(f.stem, f) for f in files]
     else:
         storage = GCSStorage(args.bucket, PREFIX)
         infos = {b.name: b for b in storage.client.list_blobs(args.bucket, prefix=f"{PREFIX}/")}
         metadata_requests += 1
 
-        def stored(key: str) -> object:
+        def stored(key: str) -> StoredFile:
             blob = infos[f"{PREFIX}/{key}"]
             # One stat per object, as the asset checks each against its manifest.
-            return storage.open_stored(key, size=int(blob.size), crc32c=blob.crc32c)
+            return storage.open_file(key, size=int(blob.size), crc32c=blob.crc32c)
 
-        spine = stored("targets.parquet")
-        sources = [FeatureSource(table=f.stem, path=stored(f"features/{f.name}")) for f in files]
+        spine = InputTable("targets", (InputChunk(stored("targets.parquet")),), columns)
+        tables = [InputTable(f.stem, (InputChunk(stored(f"features/{f.name}")),)) for f in files]
         metadata_requests += 1 + len(files)
-    target = storage.stage("training.parquet") if args.variant == "gcs-stream" else out
-    report = merge_checkpoints(spine, spine_columns, sources, target)  # type: ignore[arg-type]
-    seconds = time.perf_counter() - started
-    after = _io_counters()
-    if report.staged is not None and storage is not None:
+    if args.variant == "gcs-stream":
+        assert storage is not None
+        report = merge_checkpoints(spine, tables, storage.stage("training.parquet"))
+        seconds = time.perf_counter() - started
         storage.discard(report.staged)
+    else:
+        root = LocalStorage(out.parent, durable=False)
+        report = merge_checkpoints(spine, tables, root.stage(out.name))
+        root.publish_staged(report.staged, out.name)
+        seconds = time.perf_counter() - started
+    after = _io_counters()
     own = resource.getrusage(resource.RUSAGE_SELF)
     result = {
         "variant": args.variant,
@@ -144,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return _child(args)
 
     from bench.generate import generate
-    from bqx_assets_tests.emulators.gcs import run_gcs_emulator
+    from emulators.gcs import run_gcs_emulator
 
     if not (directory / "targets.parquet").exists():
         print(f"generating {args.tables} x {args.rows} in {directory}", flush=True)

@@ -39,20 +39,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.checkpoints.chunks import (
-    CHUNK_GRAINS,
-    DEFAULT_GRAIN,
-    ChunkedCheckpoint,
-    ChunkGrain,
-    pair_inputs,
-    refresh_tables,
-)
-from bqx_assets.core.checkpoints.extraction import ALL_TIME, Source
+from bqx_assets.core.checkpoints.refresh import ChunkedCheckpoint, refresh_tables
+from bqx_assets.core.checkpoints.schema import Source
+from bqx_assets.core.checkpoints.window import ALL_TIME, CHUNK_GRAINS, DEFAULT_GRAIN, ChunkGrain
 from bqx_assets.core.layout import training_file_key
-from bqx_assets.core.merge.join import VouchedFile
+from bqx_assets.core.merge import merge_checkpoints, pair_inputs
 from bqx_assets.core.metrics import peak_rss_bytes
-from bqx_assets.core.publish import published_file
-from bqx_assets.core.storage import LocalStorage, ObjectStorage, file_crc32c, open_storage
+from bqx_assets.core.storage import LocalStorage, Storage, StoredFile, file_crc32c, open_storage
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, create_warehouse, warehouse_params
 
 DAY_MINUTES = 1440
@@ -66,16 +59,17 @@ def _build(
     catalog: Catalog,
     pair: str,
     storage: LocalStorage,
-    out: Path,
+    out: tuple[LocalStorage, str],
     *,
     grain: ChunkGrain,
     threads: int,
     work: Path,
     merge: bool = True,
-    previous: Path | VouchedFile | None = None,
+    previous: StoredFile | None = None,
 ) -> tuple[list[ChunkedCheckpoint], float, float, float, dict[str, float]]:
-    """Refresh the pair's chunks, then merge (copying unchanged row groups from `previous`):
-    (checkpoints, extraction s, merge s, extraction CPU s, the merge's figures)."""
+    """Refresh the pair's chunks, then merge into `out` (a local root and a key), copying
+    unchanged row groups from `previous`: (checkpoints, extraction s, merge s, extraction CPU s,
+    the merge's figures)."""
     targets = catalog.targets[pair]
     sources: list[Source] = [targets, *catalog.tables_for(pair)]
     started, cpu = time.perf_counter(), time.process_time()
@@ -88,38 +82,39 @@ def _build(
         return done, extracted, 0.0, cpu, {}
     started, merge_cpu = time.perf_counter(), time.process_time()
     inputs = pair_inputs(storage, catalog, pair, ALL_TIME)
-    report = inputs.merge(out, previous=previous)
+    root, key = out
+    report = merge_checkpoints(inputs.spine, inputs.tables, root.stage(key), previous=previous)
+    root.publish_staged(report.staged, key)
     merged = time.perf_counter() - started
     figures = {
         "merge_cpu_s": round(time.process_time() - merge_cpu, 1),
         "row_groups": report.row_groups,
-        "row_groups_reused": report.reused_row_groups,
-        "bytes_reused": report.reused_bytes,
+        "row_groups_reused": report.row_groups_reused,
+        "bytes_reused": report.bytes_reused,
     }
     print(f"merge: {merged:.1f} s wall; {figures}", flush=True)
     return done, extracted, merged, cpu, figures
 
 
 def _gcs_merge(
-    storage: LocalStorage, catalog: Catalog, pair: str, root: ObjectStorage, refresh: bool
+    storage: LocalStorage, catalog: Catalog, pair: str, root: Storage, refresh: bool
 ) -> dict[str, float | int]:
     """The pair's merge streamed to a gs:// output root and published there, as the
     training_file step does (a refresh copies from the published object): its wall time, and
     the bytes it read of the previous object and sent."""
     key = training_file_key(pair)
-    previous = published_file(root, pair) if refresh else None
+    previous = root.find_file(key) if refresh else None
     before = root.reads.bytes
     started = time.perf_counter()
     inputs = pair_inputs(storage, catalog, pair, ALL_TIME)
     upload = root.stage(key)
-    report = inputs.merge(upload, previous=previous)
-    assert report.staged is not None
+    report = merge_checkpoints(inputs.spine, inputs.tables, upload, previous=previous)
     published = root.publish_staged(report.staged, key)
     root.discard(report.staged)
     seconds = time.perf_counter() - started
     figures = {
         "merge_s": round(seconds, 2),
-        "row_groups_reused": report.reused_row_groups,
+        "row_groups_reused": report.row_groups_reused,
         "bytes_sent": getattr(upload, "sent", -1),
         # The previous object's row groups read (a copy that could not be composed) and the
         # staged object's footer and keys read back to verify it.
@@ -209,22 +204,20 @@ def main() -> None:
         _run(args, gcs_root)
 
 
-def _gcs_root(stack: contextlib.ExitStack, out: Path) -> ObjectStorage:
+def _gcs_root(stack: contextlib.ExitStack, out: Path) -> Storage:
     """A gs:// root in a bucket of fake-gcs-server on 127.0.0.1 (objects on disk, not in its
     memory), stopped when the benchmark ends."""
-    from bqx_assets_tests.emulators.gcs import run_gcs_emulator
+    from emulators.gcs import run_gcs_emulator
 
     emulator = stack.enter_context(
         run_gcs_emulator(Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out))),
                          backend="filesystem")
     )  # fmt: skip
     os.environ.update({"STORAGE_EMULATOR_HOST": emulator.endpoint, "NO_GCE_CHECK": "True"})
-    root = open_storage(f"gs://{emulator.create_bucket()}/output")
-    assert isinstance(root, ObjectStorage)
-    return root
+    return open_storage(f"gs://{emulator.create_bucket()}/output")
 
 
-def _run(args: argparse.Namespace, gcs_root: ObjectStorage | None) -> None:
+def _run(args: argparse.Namespace, gcs_root: Storage | None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     catalog = Catalog.load()
@@ -247,21 +240,22 @@ def _run(args: argparse.Namespace, gcs_root: ObjectStorage | None) -> None:
               "merge": not args.no_merge}  # fmt: skip
 
         print("full build", flush=True)
+        # Merged into a local output root and published there, as the training_file step does:
+        # its checksum is recorded with it, so the refresh copies its unchanged row groups
+        # unread.
+        output = LocalStorage(tmp_path / "output", durable=False)
+        key = training_file_key(args.pair)
         full, full_extract, full_merge, full_cpu, full_fig = _build(
-            wh, catalog, args.pair, kept, tmp_path / "full.parquet", **kw
+            wh, catalog, args.pair, kept, (output, key), **kw
         )
         copy_floor = None
-        output = LocalStorage(tmp_path / "output", durable=False)
         if not args.no_merge:
             # The floor of any merge that writes a new file: copying the full build's file.
             started = time.perf_counter()
-            shutil.copyfile(tmp_path / "full.parquet", tmp_path / "copy.parquet")
+            shutil.copyfile(output.root / key, tmp_path / "copy.parquet")
             copy_floor = time.perf_counter() - started
             (tmp_path / "copy.parquet").unlink()
             print(f"copy of the training file (floor): {copy_floor:.1f} s", flush=True)
-            # Published as the Dagster publish step does (not timed): its checksum is recorded
-            # with it, so the refresh copies its unchanged row groups unread.
-            output.put_file(tmp_path / "full.parquet", training_file_key(args.pair), move=True)
         gcs_full = gcs_refresh = None
         if gcs_root is not None and not args.no_merge:
             gcs_full = _gcs_merge(kept, catalog, args.pair, gcs_root, refresh=False)
@@ -273,16 +267,17 @@ def _run(args: argparse.Namespace, gcs_root: ObjectStorage | None) -> None:
         writer.close()
         wh = EmbeddedWarehouse(path)
         print(f"appended in {time.perf_counter() - started:.1f} s", flush=True)
-        previous = published_file(output, args.pair)
-        full_file = output.root / training_file_key(args.pair)
+        previous = output.find_file(key)
+        full_file = output.root / key
         full_size = full_file.stat().st_size if full_file.exists() else None
         print("refresh", flush=True)
         # A new storage object: nothing verified by the full build is remembered. The merge
         # copies the row groups whose inputs did not change from the full build's file, as the
         # training_file asset does from the published one.
         kept = LocalStorage(tmp_path / "kept", durable=False)
+        local = LocalStorage(tmp_path, durable=False)
         refreshed, refresh_extract, refresh_merge, refresh_cpu, refresh_fig = _build(
-            wh, catalog, args.pair, kept, tmp_path / "refreshed.parquet", **kw,
+            wh, catalog, args.pair, kept, (local, "refreshed.parquet"), **kw,
             previous=previous,
         )  # fmt: skip
         full_file.unlink(missing_ok=True)  # disk: at production length a training file is 9.5 GB
@@ -309,7 +304,7 @@ def _run(args: argparse.Namespace, gcs_root: ObjectStorage | None) -> None:
         if not (args.no_scratch or args.no_merge):
             print("from scratch after the append (for equality)", flush=True)
             again, again_extract, again_merge, _, _ = _build(
-                wh, catalog, args.pair, scratch, tmp_path / "scratch.parquet", **kw
+                wh, catalog, args.pair, scratch, (local, "scratch.parquet"), **kw
             )
             before_compare = peak_rss_bytes()
             equal = _same_file(tmp_path / "refreshed.parquet", tmp_path / "scratch.parquet")
@@ -364,7 +359,7 @@ def _run(args: argparse.Namespace, gcs_root: ObjectStorage | None) -> None:
         "peak_rss_before_compare_bytes": before_compare,
         "filesystem": _filesystem(out),
         "gcs_output": {"full": gcs_full, "refresh": gcs_refresh} if gcs_refresh else None,
-        "previous_vouched": isinstance(previous, VouchedFile),
+        "previous_vouched": bool(getattr(previous, "vouched", False)),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "pyarrow": pa.__version__,

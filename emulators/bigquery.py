@@ -34,7 +34,7 @@ from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.warehouse.bigquery import BigQueryWarehouse, RetrySettings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SETUP_SCRIPT = REPO / "scripts" / "setup_bigquery_emulator.sh"
 EMULATOR_PROJECT = "bqx-ml"
 READY_TIMEOUT_S = 60.0

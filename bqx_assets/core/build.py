@@ -9,12 +9,9 @@ from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.checkpoints.select import stored_window
 from bqx_assets.core.checkpoints.window import ResolvedWindow, TrainingWindow
 from bqx_assets.core.gate.profile import Profile, candidate_key, load_profile, save_profile
-from bqx_assets.core.gate.validation import (
-    Expectation,
-    Thresholds,
-    ValidationReport,
-    validate_training_file,
-)
+from bqx_assets.core.gate.report import Expectation, ValidationReport
+from bqx_assets.core.gate.thresholds import Thresholds
+from bqx_assets.core.gate.validate import validate_training_file
 from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.merge import MergeReport, merge_checkpoints, pair_inputs
 from bqx_assets.core.metrics import Stopwatch

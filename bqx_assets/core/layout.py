@@ -28,7 +28,6 @@ ARROW_TYPES: Mapping[str, pa.DataType] = MappingProxyType(
 training file. Its keys are the types the catalog accepts (`catalog.DTYPES`)."""
 
 
-
 def canonical_type(kind: pa.DataType) -> pa.DataType:
     """`kind` as the training file stores it: every string type as `string` (readers may give
     `large_string` or `string_view` for a STRING column); other types as they are."""

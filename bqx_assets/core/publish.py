@@ -134,8 +134,9 @@ def publish_training_file(
     try:
         if not training_file.passed:
             key = quarantine_key(pair, now)
-            report_uri = _write_report(storage, key, training_file.report)
+            # The file first: a publish that fails leaves no report of a file not there.
             info = storage.publish_staged(staged, key, if_generation_match=0)
+            report_uri = _write_report(storage, key, training_file.report)
             return PublishResult.of(
                 pair, info, published=False, seconds=seconds(), report_uri=report_uri
             )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from bqx_assets.core.gate.validation import CHECK_NAMES
+from bqx_assets.core.gate.validate import CHECK_NAMES
 from bqx_assets.defs.assets import TRAINING_FILE
 
 refresh_sensor = dg.AutomationConditionSensorDefinition(

@@ -7,7 +7,9 @@ from typing import Any
 
 import dagster as dg
 
-from bqx_assets.core.gate.validation import CHECK_DESCRIPTIONS, CHECK_NAMES, ValidationReport
+from bqx_assets.core.gate.descriptions import CHECK_DESCRIPTIONS
+from bqx_assets.core.gate.report import ValidationReport
+from bqx_assets.core.gate.validate import CHECK_NAMES
 
 
 def training_check_specs(

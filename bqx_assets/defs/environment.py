@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import dagster as dg
 
@@ -16,10 +16,12 @@ from bqx_assets.defs.resources import (
     BigQueryWarehouseResource,
     CheckpointStore,
     EmbeddedWarehouseResource,
+    GateConfig,
     PipelineSettings,
 )
 
 Deployment = Literal["local", "prod"]
+R = TypeVar("R", bound=dg.ConfigurableResource)
 CATALOG_PATH_VAR = "BQX_CATALOG_PATH"
 
 
@@ -39,6 +41,13 @@ def resolved(value: Any) -> Any:
     # `EnvVar.int` is not an `EnvVar` (it is an int that refuses to be read as one).
     get = getattr(value, "get_value", None)
     return get() if callable(get) else value
+
+
+def resolved_resource(resource: R) -> R:
+    """The resource with each field as a run sees it, for use outside a run (a command): an
+    `EnvVar` field is otherwise the variable's name, not its value."""
+    fields = type(resource).model_fields
+    return type(resource)(**{name: resolved(getattr(resource, name)) for name in fields})
 
 
 def require_window(settings: PipelineSettings) -> None:
@@ -144,7 +153,7 @@ def resources_for(which: Deployment | None = None) -> dict[str, Any]:
             root=_env("BQX_CHECKPOINT_ROOT", "data/checkpoints"),
             cache_dir=_env("BQX_CACHE_DIR", "data/cache/checkpoints"),
         ),
-        "settings": _settings(min_rows=_env_int("BQX_MIN_ROWS", 100)),
+        "settings": _settings(gate=GateConfig(min_rows=_env_int("BQX_MIN_ROWS", 100))),
         "training_io_manager": TrainingFileIOManager(
             output_root=_env("BQX_OUTPUT_ROOT", "data/output"),
             cache_dir=_env("BQX_OUTPUT_CACHE_DIR", "data/cache/output"),

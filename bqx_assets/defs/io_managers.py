@@ -40,6 +40,8 @@ class TrainingFileIOManager(dg.ConfigurableIOManager):
                 f"TrainingFileIOManager stores TrainingFile objects, got {type(obj).__name__}"
             )
         if context.has_asset_partitions and context.asset_partition_key != obj.pair:
+            # Refused: its temporary file goes too, as a published or quarantined one's does.
+            self.storage().discard(obj.staged)
             raise dg.DagsterInvariantViolationError(
                 f"partition {context.asset_partition_key} returned the training file of {obj.pair}"
             )

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from copy import copy
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, create_model
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.checkpoints.window import TrainingWindow
 from bqx_assets.core.checkpoints.schema import EXTRACT_MODES, ExtractMode
+from bqx_assets.core.checkpoints.window import TrainingWindow
 from bqx_assets.core.costs import Prices
-from bqx_assets.core.gate.validation import Thresholds
+from bqx_assets.core.gate.thresholds import THRESHOLD_FIELDS, UNIT_TEXT, Thresholds
 from bqx_assets.core.layout import EMBEDDED_WAREHOUSE_PATH
 from bqx_assets.core.storage import Storage, open_storage
 from bqx_assets.core.warehouse import DateRange, Warehouse
@@ -86,8 +88,39 @@ class CheckpointStore(dg.ConfigurableResource):
         return open_storage(self.root, durable=False)
 
 
-_GATE = Thresholds()
-"""The gate's production defaults, which the settings' defaults are."""
+_CONFIG_TYPES: dict[str, Any] = {
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "per_family": dict[str, float],
+    "names": list[str],
+    "time": str,
+}
+"""The config type of each kind of threshold: plain values, as `Thresholds.as_dict` writes them."""
+
+
+def _gate_config() -> type[dg.Config]:
+    """The gate's config, derived from `Thresholds`: a field per threshold, with its default,
+    its line and its unit."""
+    fields: dict[str, Any] = {}
+    for f in THRESHOLD_FIELDS:
+        plain = f.plain(f.default)
+        # A mapping or a list is copied for each config, as the dataclass copies its defaults.
+        default = (
+            {"default_factory": lambda p=plain: copy(p)}
+            if f.kind in ("per_family", "names")
+            else {"default": plain}
+        )
+        text = f"{f.knob.help} ({UNIT_TEXT[f.knob.unit]})"
+        fields[f.name] = (_CONFIG_TYPES[f.kind], Field(description=text, **default))
+    model = create_model("GateConfig", __base__=dg.Config, __module__=__name__, **fields)
+    model.__doc__ = (
+        "What the gate accepts (core/gate/thresholds.py); the defaults are production's."
+    )
+    return model
+
+
+GateConfig = _gate_config()
 
 
 @cache
@@ -121,43 +154,9 @@ class PipelineSettings(dg.ConfigurableResource):
         description="price of a TiB read through the Storage Read API (US multi-region list price)",
     )
     workdir: str = Field(default="data/work", description="local scratch for merges")
-    # Gate defaults are the core's (validation.Thresholds), not restated here.
-    min_rows: int = _GATE.min_rows
-    max_rows: int = _GATE.max_rows
-    target_null_share: float = _GATE.target_null_share
-    feature_null_share: float = _GATE.feature_null_share
-    family_null_share: dict[str, float] = Field(
-        default_factory=lambda: dict(_GATE.family_null_share),
-        description="expected null share per family (production's); others: feature_null_share",
+    gate: GateConfig = Field(  # type: ignore[valid-type]
+        default_factory=GateConfig, description="the gate's thresholds; production's by default"
     )
-    null_share_tolerance: float = Field(
-        default=_GATE.null_share_tolerance,
-        description="a family may exceed its expected null share by this much on a first build",
-    )
-    family_null_tolerance: dict[str, float] = Field(
-        default_factory=lambda: dict(_GATE.family_null_tolerance),
-        description="per-family overrides of null_share_tolerance",
-    )
-    min_coverage: float = Field(
-        default=_GATE.min_coverage, description="share of the spine every feature table covers"
-    )
-    family_min_coverage: dict[str, float] = Field(
-        default_factory=lambda: dict(_GATE.family_min_coverage),
-        description="per-family overrides of min_coverage",
-    )
-    tail_tolerance_rows: int = Field(
-        default=_GATE.tail_tolerance_rows,
-        description="last spine minutes a table may miss that it had the day before",
-    )
-    newest_null_tolerance: float = Field(
-        default=_GATE.newest_null_tolerance,
-        description="allowed excess null share of the newest day over the whole file",
-    )
-    drift_family_null_share: float = _GATE.drift_family_null_share
-    drift_column_null_share: float = _GATE.drift_column_null_share
-    drift_relative: float = _GATE.drift_relative
-    drift_range_factor: float = _GATE.drift_range_factor
-    leak_allow: list[str] = Field(default_factory=lambda: list(_GATE.leak_allow))
 
     def catalog(self) -> Catalog:
         return _load_catalog(self.catalog_path)
@@ -181,27 +180,7 @@ class PipelineSettings(dg.ConfigurableResource):
         if window is None:
             configured = self.training_window()
             window = DateRange(configured.start, configured.end)
-        base = Thresholds()
-        key_range = (window.start or base.key_range[0], window.end or base.key_range[1])
-        return Thresholds(
-            min_rows=self.min_rows,
-            max_rows=self.max_rows,
-            target_null_share=self.target_null_share,
-            feature_null_share=self.feature_null_share,
-            family_null_share=dict(self.family_null_share),
-            null_share_tolerance=self.null_share_tolerance,
-            family_null_tolerance=dict(self.family_null_tolerance),
-            min_coverage=self.min_coverage,
-            family_min_coverage=dict(self.family_min_coverage),
-            tail_tolerance_rows=self.tail_tolerance_rows,
-            newest_null_tolerance=self.newest_null_tolerance,
-            drift_family_null_share=self.drift_family_null_share,
-            drift_column_null_share=self.drift_column_null_share,
-            drift_relative=self.drift_relative,
-            drift_range_factor=self.drift_range_factor,
-            leak_allow=tuple(self.leak_allow),
-            key_range=key_range,
-        )
+        return Thresholds.from_dict(self.gate.model_dump()).within(window)
 
     def work_path(self, *parts: str) -> Path:
         path = Path(self.workdir).joinpath(*parts)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bqx_assets.core.gate.validation import CHECK_NAMES
+from bqx_assets.core.gate.validate import CHECK_NAMES
 from bqx_assets_tests.e2e.conftest import (
     ARTIFACTS,
     BIGQUERY_POOL_LIMIT,

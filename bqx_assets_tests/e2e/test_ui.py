@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bqx_assets.core.gate.validation import CHECK_NAMES
+from bqx_assets.core.gate.validate import CHECK_NAMES
 from bqx_assets_tests.e2e.conftest import ARTIFACTS, PAIRS, Backfill, Deployment
 
 # Setup (warehouse, shared checkpoints, servers, backfill) runs inside the first test's limit.

@@ -30,13 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _refresh(args: argparse.Namespace) -> int:
     import logging
 
-    from bqx_assets.cli.commands import emit
+    from bqx_assets.cli.output import emit
     from bqx_assets.core.catalog import PAIRS, Catalog, catalog_from_schema
-    from bqx_assets.defs.environment import resources_for
+    from bqx_assets.defs.environment import resolved_resource, resources_for
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     packaged = Catalog.load()
-    warehouse = resources_for()["warehouse"].open()
+    # The deployment's warehouse, its BQX_ variables read now (this is not a run).
+    warehouse = resolved_resource(resources_for()["warehouse"]).open()
     try:
         rows = warehouse.information_schema()
     finally:
@@ -66,7 +67,7 @@ def _refresh(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from bqx_assets.cli.commands import emit
+    from bqx_assets.cli.output import emit
     from bqx_assets.core.catalog import Catalog
 
     catalog = Catalog.load(args.catalog)

@@ -200,7 +200,7 @@ def cost_lines(
 def _costs(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from bqx_assets.cli.commands import emit
+    from bqx_assets.cli.output import emit
     from bqx_assets.core.catalog import Catalog
 
     os.environ.setdefault("DAGSTER_HOME", str(Path.cwd()))

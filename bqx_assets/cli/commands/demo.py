@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from bqx_assets.core.errors import BqxError
 
 if TYPE_CHECKING:
+    from bqx_assets.core.catalog import Catalog
     from bqx_assets.core.storage import Storage
 
 DEFAULT_ROWS = 5_000
@@ -33,8 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_demo)
 
 
-def _ensure_warehouse(path: str, pair: str, rows: int) -> None:
-    from bqx_assets.core.catalog import Catalog
+def _ensure_warehouse(path: str, catalog: Catalog, pair: str, rows: int) -> None:
+    """The embedded warehouse of `catalog` (the one the runs read) for `pair`, made unless it
+    is there with these rows and the pair."""
     from bqx_assets.core.warehouse.embedded import create_warehouse, warehouse_params
 
     params = warehouse_params(path)
@@ -42,7 +44,7 @@ def _ensure_warehouse(path: str, pair: str, rows: int) -> None:
         print(f"warehouse {path}: reusing ({rows} rows, pairs {params['pairs']})", flush=True)
         return
     print(f"warehouse {path}: creating {rows} rows for {pair}", flush=True)
-    create_warehouse(path, Catalog.load(), pairs=[pair], rows=rows, progress=print).close()
+    create_warehouse(path, catalog, pairs=[pair], rows=rows, progress=print).close()
 
 
 def published_shape(output: Storage, key: str) -> tuple[int, int] | None:
@@ -76,7 +78,7 @@ def demo_resources(warehouse: str | None) -> dict[str, Any]:
 def _demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from bqx_assets.cli.commands import emit
+    from bqx_assets.cli.output import emit
     from bqx_assets.core.catalog import Catalog
     from bqx_assets.core.layout import training_file_key
     from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
@@ -89,8 +91,9 @@ def _demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(Path.cwd()))
     resources = demo_resources(args.warehouse)
     defs = build_definitions(resources)
-    Catalog.load(resolved(resources["settings"].catalog_path)).check_pair(args.pair)
-    _ensure_warehouse(str(resolved(resources["warehouse"].path)), args.pair, args.rows)
+    catalog = Catalog.load(resolved(resources["settings"].catalog_path))
+    catalog.check_pair(args.pair)
+    _ensure_warehouse(str(resolved(resources["warehouse"].path)), catalog, args.pair, args.rows)
 
     instance = dg.DagsterInstance.get()
     print("materializing the shared checkpoints", flush=True)

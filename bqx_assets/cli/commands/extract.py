@@ -74,7 +74,7 @@ def _warehouse(args: argparse.Namespace, features: str, targets: str) -> Warehou
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bqx_assets.cli.commands import emit
+    from bqx_assets.cli.output import emit
     from bqx_assets.core.catalog import Catalog
     from bqx_assets.core.checkpoints.refresh import RefreshProgress, refresh_checkpoints
     from bqx_assets.core.metrics import Stopwatch

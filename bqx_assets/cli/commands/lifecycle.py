@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bqx_assets.cli.commands import emit
+from bqx_assets.cli.output import emit
 from bqx_assets.core.errors import StorageError
 
 if TYPE_CHECKING:  # the client is imported when a command needs it: every `bqx` start loads this

@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bqx_assets.cli.commands import emit
 from bqx_assets.cli.commands.extract import add_window_arguments, training_window
+from bqx_assets.cli.output import emit
 
 
 def register(subparsers: Any) -> None:
@@ -106,7 +106,11 @@ def _run(args: argparse.Namespace) -> int:
         row_group_rows=args.row_group_rows,
         progress=lambda line: print(line, flush=True),
     )
-    root.publish_staged(report.staged, out.name)
+    try:
+        root.publish_staged(report.staged, out.name)
+    except BaseException:
+        root.discard(report.staged)
+        raise
     emit(
         {
             "rows": report.rows,

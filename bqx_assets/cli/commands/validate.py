@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
+import re
 from pathlib import Path
 from typing import Any
+
+from bqx_assets.core.gate.thresholds import (
+    THRESHOLD_FIELDS,
+    UNIT_TEXT,
+    ThresholdField,
+    Thresholds,
+)
+
+_METAVARS = {"rows": "ROWS", "share": "SHARE", "factor": "FACTOR", "names": "N", "time": "TIME",
+             "column": "COLUMN"}  # fmt: skip
 
 
 def register(subparsers: Any) -> None:
@@ -27,25 +37,6 @@ def register(subparsers: Any) -> None:
         "--targets", help="the pair's targets parquet file: its row count is the spine"
     )
     parser.add_argument("--catalog", help="catalog JSON file (default: the production catalog)")
-    parser.add_argument("--min-rows", type=int, help="lower bound on rows (default 150,000)")
-    parser.add_argument("--max-rows", type=int, help="upper bound on rows (default 200,000)")
-    parser.add_argument("--target-null-share", type=float, help="per target (default 0.01)")
-    parser.add_argument(
-        "--feature-null-share",
-        type=float,
-        help="expected null share of families not given by --family-null-share (default 0.024)",
-    )
-    parser.add_argument(
-        "--family-null-share",
-        action="append",
-        default=[],
-        metavar="FAMILY=SHARE",
-        help="expected null share of one family (repeatable), e.g. corr=0.53; replaces the "
-        "production defaults (corr 0.53, tri 0.24, cov 0.10)",
-    )
-    parser.add_argument(
-        "--null-tolerance", type=float, help="allowed excess over the expected share (0.05)"
-    )
     parser.add_argument(
         "--profile-history",
         metavar="PROFILE",
@@ -55,108 +46,90 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--profile-out", metavar="PATH", help="write this file's profile (parquet) to PATH"
     )
-    parser.add_argument(
-        "--no-require-coverage",
-        action="store_true",
-        help="accept a file without the merge's coverage record (not written by bqx merge)",
-    )
-    parser.add_argument(
-        "--min-coverage", type=float, help="share of the spine every table covers (0.5)"
-    )
-    parser.add_argument(
-        "--tail-tolerance-rows",
-        type=int,
-        help="last spine minutes a table may miss that it had the day before (2)",
-    )
-    parser.add_argument(
-        "--newest-null-tolerance",
-        type=float,
-        help="allowed excess null share of the newest day over the whole file (0.10)",
-    )
-    parser.add_argument(
-        "--allow-leak",
-        action="append",
-        default=[],
-        metavar="COLUMN",
-        help="feature column that looks like a target but is not (repeatable)",
-    )
-    parser.add_argument("--key-start", help="earliest allowed key, ISO date (default 2000-01-01)")
-    parser.add_argument("--key-end", help="keys must be before this ISO date (default 2100-01-01)")
-    parser.add_argument(
-        "--no-value-leak",
-        action="store_true",
-        help="only name-based leak detection (no value comparison with targets)",
-    )
-    parser.add_argument(
-        "--max-footer-mb",
-        type=float,
-        help="refuse files whose parquet footer is larger (default 128; memory ~7.5x this)",
-    )
+    add_threshold_arguments(parser)
     parser.set_defaults(handler=run)
 
 
-def _date(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+def _default_text(f: ThresholdField) -> str:
+    value = f.default
+    if f.kind == "bool":
+        return "on" if value else "off"
+    if f.kind == "per_family":
+        return " ".join(f"{k}={v:g}" for k, v in value.items()) or "none"
+    if f.kind == "names":
+        return ", ".join(value) or "none"
+    if f.kind == "time":
+        return value.date().isoformat() if value.time() == value.min.time() else value.isoformat()
+    if f.knob.scale != 1:
+        return f"{value / f.knob.scale:g}"
+    return f"{value:,}" if f.kind == "int" else f"{value:g}"
 
 
-def _or(value: Any, default: Any) -> Any:
-    return default if value is None else value
+def _help(f: ThresholdField) -> str:
+    """The field's line, its unit and its default, with the other fields named by their flags."""
+    knob = f.knob
+    text = knob.help
+    for other in sorted(THRESHOLD_FIELDS, key=lambda o: -len(o.name)):
+        text = re.sub(rf"\b{other.name}\b", other.flag, text)
+    unit = knob.flag_unit or UNIT_TEXT[knob.unit]
+    more = "; repeatable" if f.kind in ("per_family", "names") else ""
+    return f"{text} ({unit}; default {_default_text(f)}{more})".replace("%", "%%")
 
 
-def thresholds_from_args(args: argparse.Namespace) -> Any:
+def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of `Thresholds`: its name, help, unit and default come from the
+    field (core/gate/thresholds.py); a flag not given leaves the field at its default."""
+    group = parser.add_argument_group("gate thresholds (defaults: production's)")
+    for f in THRESHOLD_FIELDS:
+        knob, text = f.knob, _help(f)
+        metavar = knob.flag_unit.upper() if knob.flag_unit else _METAVARS.get(knob.unit)
+        if f.kind == "bool":
+            group.add_argument(
+                f.flag, dest=f.name, action=argparse.BooleanOptionalAction, help=text
+            )
+        elif f.kind in ("per_family", "names"):
+            metavar = "FAMILY=SHARE" if f.kind == "per_family" else metavar
+            group.add_argument(f.flag, dest=f.name, action="append", metavar=metavar, help=text)
+        elif f.kind == "time":
+            group.add_argument(f.flag, dest=f.name, metavar=metavar, help=text)
+        else:
+            number = int if f.kind == "int" and knob.scale == 1 else float
+            group.add_argument(f.flag, dest=f.name, type=number, metavar=metavar, help=text)
+
+
+def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
+    """The thresholds the flags give; each flag not given keeps its field's default."""
     from bqx_assets.core.errors import ValidationError
-    from bqx_assets.core.gate.validation import Thresholds
+    from bqx_assets.core.gate.thresholds import parse_time
 
-    defaults = Thresholds()
-    families: dict[str, float] = {} if args.family_null_share else dict(defaults.family_null_share)
-    for item in args.family_null_share:
-        family, sep, share = item.partition("=")
-        try:
-            families[family] = float(share)
-        except ValueError:
-            sep = ""
-        if not sep or not family:
-            raise ValidationError(f"--family-null-share {item!r}: expected FAMILY=SHARE")
-    try:
-        key_range = (
-            _date(args.key_start) if args.key_start else defaults.key_range[0],
-            _date(args.key_end) if args.key_end else defaults.key_range[1],
-        )
-    except ValueError as exc:
-        raise ValidationError(f"--key-start/--key-end: {exc}") from None
-    return Thresholds(
-        min_rows=defaults.min_rows if args.min_rows is None else args.min_rows,
-        max_rows=defaults.max_rows if args.max_rows is None else args.max_rows,
-        target_null_share=defaults.target_null_share
-        if args.target_null_share is None
-        else args.target_null_share,
-        feature_null_share=defaults.feature_null_share
-        if args.feature_null_share is None
-        else args.feature_null_share,
-        family_null_share=families,
-        null_share_tolerance=_or(args.null_tolerance, defaults.null_share_tolerance),
-        require_coverage=not args.no_require_coverage,
-        min_coverage=_or(args.min_coverage, defaults.min_coverage),
-        tail_tolerance_rows=_or(args.tail_tolerance_rows, defaults.tail_tolerance_rows),
-        newest_null_tolerance=_or(args.newest_null_tolerance, defaults.newest_null_tolerance),
-        leak_allow=tuple(args.allow_leak),
-        key_range=key_range,
-        value_leak=not args.no_value_leak,
-        max_footer_bytes=defaults.max_footer_bytes
-        if args.max_footer_mb is None
-        else int(args.max_footer_mb * 2**20),
-    )
+    values: dict[str, Any] = {}
+    for f in THRESHOLD_FIELDS:
+        given = getattr(args, f.name, None)
+        if given is None:
+            continue
+        if f.kind == "per_family":
+            values[f.name] = dict(f.parse_pair(item) for item in given)
+        elif f.kind == "time":
+            try:
+                values[f.name] = parse_time(given)
+            except ValueError as exc:
+                raise ValidationError(f"{f.flag} {given!r}: {exc}") from None
+        elif f.knob.scale != 1:
+            values[f.name] = int(given * f.knob.scale)
+        else:
+            values[f.name] = given
+    return Thresholds.from_dict(values)
 
 
 def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from bqx_assets.cli.commands import emit
+    from bqx_assets.cli.output import emit
     from bqx_assets.core.catalog import Catalog
     from bqx_assets.core.errors import ValidationError
     from bqx_assets.core.gate.profile import Profile
-    from bqx_assets.core.gate.validation import Expectation, validate_training_file
+    from bqx_assets.core.gate.report import Expectation
+    from bqx_assets.core.gate.validate import validate_training_file
 
     catalog = Catalog.load(args.catalog)
     catalog.check_pair(args.pair)

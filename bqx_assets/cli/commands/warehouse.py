@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from bqx_assets.cli.commands import emit
+    from bqx_assets.cli.output import emit
     from bqx_assets.core.catalog import Catalog
     from bqx_assets.core.metrics import Stopwatch, peak_rss_bytes
     from bqx_assets.core.warehouse.embedded import create_warehouse
@@ -78,7 +78,7 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _append(args: argparse.Namespace) -> int:
-    from bqx_assets.cli.commands import emit
+    from bqx_assets.cli.output import emit
     from bqx_assets.core.metrics import Stopwatch
     from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 

@@ -50,7 +50,6 @@ class RefreshedChunk:
         return chunk_key(owner, m.table, date.fromisoformat(m.first), date.fromisoformat(m.last))
 
 
-
 @dataclass
 class ChunkPlan:
     chunk: ChunkRange
@@ -102,7 +101,6 @@ def _writer_alive(path: Path) -> bool:
     except PermissionError:
         return True  # another user's live process
     return True
-
 
 
 def compact(
@@ -176,7 +174,6 @@ def extract_run(
             storage, source, plan, data.slice(lo, hi - lo), fingerprint, part, work,
             row_group_rows, method, keys[lo:hi],
         )  # fmt: skip
-
 
 
 def write_chunk(

@@ -85,6 +85,27 @@ class ChunkManifest(JsonRecord):
     groups' rows, its columns' types and null cells, its keys. None in manifests written
     before they were recorded: the merge then reads the chunk's footer and key column."""
 
+    @classmethod
+    def from_record(cls, record: Any) -> Self | None:
+        """As `JsonRecord.from_record`, and None when the fields that place and verify the chunk
+        are not of their types (a hand-edited manifest, another format's): such a manifest is
+        unreadable, its chunk redone, rather than an error where it is used."""
+        manifest = super().from_record(record)
+        if manifest is None:
+            return None
+        try:
+            manifest.range  # noqa: B018 - parsed to check it
+            valid = (
+                isinstance(manifest.partitions, dict)
+                and all(isinstance(s, list) and len(s) == 2 for s in manifest.partitions.values())
+                and isinstance(manifest.rows, int)
+                and isinstance(manifest.bytes, int)
+                and isinstance(manifest.crc32c, str)
+            )
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError):
+            return None
+        return manifest if valid else None
+
     @property
     def range(self) -> ChunkRange:
         return ChunkRange(
@@ -93,6 +114,7 @@ class ChunkManifest(JsonRecord):
             datetime.fromisoformat(self.window[0]),
             datetime.fromisoformat(self.window[1]),
         )
+
 
 @dataclass(frozen=True)
 class StoredChunks:

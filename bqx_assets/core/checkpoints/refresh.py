@@ -94,7 +94,6 @@ class ChunkedCheckpoint:
         return "extracted" if self.count("extracted") else "reused"
 
 
-
 def _current(
     manifest: ChunkManifest | None,
     planned: ChunkRange,
@@ -109,7 +108,6 @@ def _current(
         and manifest.schema_fingerprint == fingerprint
         and manifest.partitions == partitions
     )
-
 
 
 def refresh_table(
@@ -210,7 +208,6 @@ def refresh_table(
     return ChunkedCheckpoint(source, chunks, clock.seconds)
 
 
-
 def _parts_of(
     found: StoredChunks,
     plan: ChunkPlan,
@@ -239,7 +236,6 @@ def _parts_of(
     return parts
 
 
-
 def _runs(plans: Sequence[ChunkPlan], max_rows: int | None) -> list[list[ChunkPlan]]:
     """The chunks to read, as runs of neighbouring chunks of at most `max_rows` rows by their
     partitions (a longer chunk is a run of its own): one read each, so that a read's memory is
@@ -257,7 +253,6 @@ def _runs(plans: Sequence[ChunkPlan], max_rows: int | None) -> list[list[ChunkPl
         runs[-1].append(plan)
         rows, joined = rows + n, True
     return runs
-
 
 
 @dataclass(frozen=True)

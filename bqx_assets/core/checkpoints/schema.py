@@ -27,8 +27,6 @@ a whole 232-column table at 177,748 rows is 330 MB; its largest chunk, a month, 
 BigQuery's 10 MB minimum per query, so reads of at least a month bill what one read would."""
 
 
-
-
 def rows_per_read(source: Source) -> int:
     """Most rows of `source` one read asks for (READ_BYTES at 8 bytes per key and column)."""
     return max(1, READ_BYTES // (8 * (1 + len(source.columns))))

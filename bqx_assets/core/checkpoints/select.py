@@ -102,7 +102,6 @@ def require_chunks(
     return out
 
 
-
 def stored_window(storage: Storage, spine: TargetsTable, window: TrainingWindow) -> ResolvedWindow:
     """The window of a pair's training file: a fixed one as it is; a rolling one from the days
     its stored spine chunks hold, i.e. the window its checkpoint step resolved and extracted

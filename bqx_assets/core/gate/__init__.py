@@ -1,1 +1,2 @@
-"""The gate: checks of a training file from its footer, and the profile it is judged by."""
+"""The gate: what it accepts (thresholds), its checks of a training file from the footer, and
+the profile a file is judged by."""

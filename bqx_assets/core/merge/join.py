@@ -75,9 +75,8 @@ def merge_checkpoints(
     checked against the CRC32C they were written with (unread where the previous file's root
     vouches for it), instead of encoded; the result is the file a from-scratch merge writes,
     byte for byte."""
-    say = progress or (lambda _line: None)
     try:
-        return _merge(spine, tables, sink, previous, row_group_rows, say)
+        return _merge(spine, tables, sink, previous, row_group_rows, progress or _quiet)
     except BaseException:
         sink.abort()
         raise
@@ -89,7 +88,7 @@ def _merge(
     sink: Sink,
     previous: StoredFile | None,
     row_group_rows: int | None,
-    say: Callable[[str], None],
+    progress: Callable[[str], None],
 ) -> MergeReport:
     watch = Stopwatch()
     rows_per_group = row_group_rows or DEFAULT_ROW_GROUP_ROWS
@@ -108,7 +107,7 @@ def _merge(
     def reuse_of(layout: Layout, names: Sequence[str]) -> Reuse | None:
         if previous is None:
             return None
-        return find_reuse(previous, layout, names, groups, keys, newest_from, say)
+        return find_reuse(previous, layout, names, groups, keys, newest_from, progress)
 
     sink.write_segment(MAGIC)
     # What to copy from the previous file is known before the inputs are checked when the
@@ -124,7 +123,7 @@ def _merge(
             leading = early[1].leading()
             ahead = sink.copy_ahead(early[1].source, [early[1].groups[r].span for r in leading])
 
-    say(f"spine {spine.where()}: {len(keys):,} rows; checking {len(tables)} tables")
+    progress(f"spine {spine.where()}: {len(keys):,} rows; checking {len(tables)} tables")
     plans = plan_tables(tables, SpineIndex.of(keys), newest_from)
     names = [KEY, *spine_columns] + [n for p in plans for n in p.names]
     check_names(spine, plans)
@@ -133,7 +132,7 @@ def _merge(
         plan.first_column, first_column = first_column, first_column + len(plan.columns)
         if plan.coverage is not None:
             plan.coverage = replace(plan.coverage, first_column=plan.first_column)
-    say(f"inputs checked: {len(names):,} output columns")
+    progress(f"inputs checked: {len(names):,} output columns")
     layout = layout_of(names, [t for p in plans for t in p.types])
     if early is None:
         reuse = reuse_of(layout, names)
@@ -145,7 +144,7 @@ def _merge(
     open_needed(plans, keys, [g for r, g in enumerate(groups) if r not in copied])
 
     coverage = write_file(
-        sink, keys, spine_data, plans, groups, say, newest_from, layout, reuse, ahead
+        sink, keys, spine_data, plans, groups, progress, newest_from, layout, reuse, ahead
     )
     try:
         staged = sink.commit()
@@ -168,7 +167,7 @@ def _merge(
         chunks=sum(len(p.files) for p in plans),
         chunks_opened=sum(len(p.files) - len(p.unopened) for p in plans),
     )
-    say(
+    progress(
         f"wrote {staged.info.uri}: {report.rows:,} rows x {report.columns:,} columns in "
         f"{report.seconds:.1f}s"
     )
@@ -224,3 +223,7 @@ def _verify(file: StoredFile, keys: np.ndarray, names: Sequence[str], groups: in
         raise MergeError(f"{where}: cannot be read back: {exc}") from exc
     if not np.array_equal(back, keys):
         raise MergeError(f"{where}: key column read back differs from the spine")
+
+
+def _quiet(_line: str) -> None:
+    """Progress lines nobody asked for."""

@@ -84,7 +84,7 @@ def find_reuse(
     groups: Sequence[tuple[int, int]],
     keys: np.ndarray,
     newest_from: int,
-    say: Callable[[str], None],
+    progress: Callable[[str], None],
 ) -> Reuse | None:
     """The row groups of `previous` whose signature and rows match one of this merge's, by the
     index they get here. The row groups holding the newest day are always encoded (they also
@@ -97,10 +97,10 @@ def find_reuse(
         record = json.loads((meta.metadata or {}).get(ROW_GROUPS_KEY.encode(), b"null"))
     except (OSError, ValueError, StorageError, MergeError, pa.ArrowException) as exc:
         # Not an error: the file being built replaces it, from scratch.
-        say(f"previous training file {previous} not reused: {exc}")
+        progress(f"previous training file {previous} not reused: {exc}")
         return None
     if not isinstance(record, dict) or record.get("format") != LAYOUT_FORMAT:
-        say(f"previous training file {previous} not reused: written by another layout")
+        progress(f"previous training file {previous} not reused: written by another layout")
         return None
     theirs = record.get("groups") or []
     # The record must describe this very footer: a file rewritten by another writer can carry
@@ -109,7 +109,7 @@ def find_reuse(
         meta.row_group(r).num_rows == g.get("rows") for r, g in enumerate(theirs)
     )
     if record.get("plan") != layout.plan or meta.schema.names != list(names) or not described:
-        say(f"previous training file {previous} not reused: other columns, types or encoder")
+        progress(f"previous training file {previous} not reused: other columns, types or encoder")
         return None
     # Any row group whose inputs are unchanged, wherever it was: a rolling window drops days at
     # the start and a corrected day changes one row group, the others move as they are.

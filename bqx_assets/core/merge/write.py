@@ -50,7 +50,7 @@ def write_file(
     spine: pa.Table,
     plans: Sequence[TablePlan],
     groups: Sequence[tuple[int, int]],
-    say: Callable[[str], None],
+    progress: Callable[[str], None],
     newest_from: int,
     layout: Layout,
     reuse: Reuse | None = None,
@@ -64,7 +64,9 @@ def write_file(
     written: list[dict[str, Any]] = []  # the row groups' record, without their footer spans
     copied = reuse.groups if reuse is not None else {}
     if reuse is not None:
-        say(f"copying {reuse.count} unchanged row groups ({reuse.bytes:,} B) from {reuse.source}")
+        progress(
+            f"copying {reuse.count} unchanged row groups ({reuse.bytes:,} B) from {reuse.source}"
+        )
 
     def adopt(index: int, start: int) -> None:
         assert reuse is not None
@@ -187,7 +189,8 @@ def write_file(
                         sink, piece, task.group, groups[task.group][1] - groups[task.group][0]
                     )
                 if (done + 1) % every == 0:
-                    say(f"merged {done + 1}/{len(tasks)} pieces; {sink.tell():,} bytes written")
+                    line = f"{done + 1}/{len(tasks)} pieces; {sink.tell():,} bytes written"
+                    progress(f"merged {line}")
         except BaseException:
             stop.set()
             for _, future in pending:

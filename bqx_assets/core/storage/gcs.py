@@ -384,10 +384,13 @@ class GCSStorage(Storage):
         # "" is the root's own folder: the bucket's top level, or its prefix.
         folder = self._name(prefix.rstrip("/")) if prefix.rstrip("/") else self.prefix
         search = f"{folder}/." if folder else "."
-        for blob in self.client.list_blobs(self.bucket, prefix=search):
-            head, _, base = blob.name.rpartition("/")
-            if head == folder and base.endswith(TEMP_SUFFIX):
-                yield self._key(blob.name)
+        try:
+            for blob in self.client.list_blobs(self.bucket, prefix=search):
+                head, _, base = blob.name.rpartition("/")
+                if head == folder and base.endswith(TEMP_SUFFIX):
+                    yield self._key(blob.name)
+        except api_exceptions.GoogleAPICallError as exc:
+            raise StorageError(f"cannot list {self._gs(search)}: {exc}") from exc
 
     # in place: ranged reads and streamed uploads
 
@@ -434,6 +437,8 @@ class GCSStorage(Storage):
                 f"{published.size} bytes; the verified upload has {staged.info.crc32c}, "
                 f"{staged.info.size} bytes"
             )
+        # Published: the temporary object goes, as a local root's is renamed away.
+        self.discard(staged)
         return self._info(published)
 
     def discard(self, staged: StagedFile) -> None:

@@ -164,6 +164,7 @@ class GCSSink(Sink):
         self.sent += len(data)
 
     def _ended(self, crc32c: str, size: int) -> None:
+        self._raise()  # after an error the sending thread may be gone: nothing more is queued
         self._queue.put(_Cut(crc32c, size, kept=True))
 
     def tell(self) -> int:
@@ -234,7 +235,11 @@ class GCSSink(Sink):
         if size:
             self._queue.put(_Cut(crc, size, kept=False))  # the footer: a part of this object only
         self._finish_thread()
-        self._raise()
+        if self._error is not None:
+            # A part failed on its way: nothing of this upload stays (the part being sent, left
+            # open, would be stored by io's finalizer).
+            self.abort()
+            self._raise()
         uri = self.root._gs(self.temp)
         parts = list(self._parts)
         steps: list[storage.Blob] = []

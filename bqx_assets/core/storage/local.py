@@ -321,21 +321,27 @@ class LocalStorage(Storage):
     def publish_staged(
         self, staged: StagedFile, key: str, *, if_generation_match: int | None = None
     ) -> ObjectInfo:
-        """Rename the staged file onto `key` (the same folder: atomic), with its CRC32C recorded
-        for its size and mtime: the combination of its segments' that the sink checked, so a
-        file written here is not read again to be published (`if_generation_match` has no
-        meaning on a local root: one writer per key at a time, as the runs are limited)."""
+        """Rename the staged file onto `key` (in any folder of the root: atomic), with its CRC32C
+        recorded for its size and mtime: the combination of its segments' that the sink
+        checked, so a file written here is not read again to be published
+        (`if_generation_match` has no meaning on a local root: one writer per key at a time,
+        as the runs are limited)."""
         src = self._path(staged.key)
         dst = self._path(key)
-        if self.durable:
-            _fsync(src)
-        st = os.stat(src)
+        try:
+            if self.durable:
+                _fsync(src)
+            st = os.stat(src)
+        except FileNotFoundError as exc:
+            raise StorageError(f"{src} is gone; nothing was published") from exc
         if st.st_size != staged.info.size:
             raise StorageError(
                 f"{src} has {st.st_size} bytes, {staged.info.size} were committed; nothing was "
                 "published"
             )
         self._record(src, st, staged.info.crc32c)
+        if not dst.parent.is_dir():  # a key in another folder (quarantine/) than the sink's
+            dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
         return self._known(str(dst), staged.info.crc32c)
 

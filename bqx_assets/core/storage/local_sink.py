@@ -86,7 +86,7 @@ class LocalSink(Sink):
         self.uri = str(path)
         self._f = open(path, "w+b")  # noqa: SIM115 - closed by commit or abort
         self._parts: list[tuple[str, int]] = []
-        self._ahead: _Ahead | None = None
+        self._leading: _LeadingCopy | None = None
         self._staged: StagedFile | None = None
 
     def _append(self, data: bytes | memoryview) -> None:
@@ -118,14 +118,14 @@ class LocalSink(Sink):
         self._parts.append((crc32c, stop - start))
 
     def copy_ahead(self, source: StoredFile, spans: Sequence[tuple[int, int, str]]) -> int:
-        if not isinstance(source, LocalFile) or not spans or self._ahead is not None:
+        if not isinstance(source, LocalFile) or not spans or self._leading is not None:
             return 0
         self.end_segment()
         self._f.flush()
-        self._ahead = _Ahead(self._f.fileno(), source, spans, self._f.tell())
-        self._ahead.start()
+        self._leading = _LeadingCopy(self._f.fileno(), source, spans, self._f.tell())
+        self._leading.start()
         self._parts += [(crc, stop - start) for start, stop, crc in spans]
-        self._f.seek(self._ahead.end)
+        self._f.seek(self._leading.end)
         return len(spans)
 
     def commit(self) -> StagedFile:
@@ -133,8 +133,8 @@ class LocalSink(Sink):
             return self._staged
         self.end_segment()  # what follows the last segment (a file's footer)
         try:
-            if self._ahead is not None:
-                self._ahead.wait()
+            if self._leading is not None:
+                self._leading.wait()
             self._f.flush()
             size = self._f.tell()
             self._f.close()
@@ -154,14 +154,14 @@ class LocalSink(Sink):
         return self._staged
 
     def abort(self) -> None:
-        if self._ahead is not None:
-            self._ahead.cancel()
+        if self._leading is not None:
+            self._leading.cancel()
         if not self._f.closed:
             self._f.close()
         self.path.unlink(missing_ok=True)
 
 
-class _Ahead(threading.Thread):
+class _LeadingCopy(threading.Thread):
     """The leading segments a caller copies from a local file (a refresh's unchanged months and
     weeks), copied into their final place by a thread of their own: the copy waits on the disk
     while the caller's checks and encoding use the CPU, so they overlap. `wait` raises what the
@@ -270,7 +270,7 @@ def _splice(
                 got += n
             if kernel:
                 try:
-                    _copy_range(src.fileno(), fd, done, at + done - start, step)
+                    _copy_range(src.fileno(), fd, done, at + done - start, step, source)
                 except OSError as exc:
                     if exc.errno not in _NO_KERNEL_COPY:
                         raise
@@ -293,7 +293,7 @@ def _kernel_copy(
                 if cancel is not None and cancel.is_set():
                     return None
                 step = min(stop - done, _KERNEL_STEP)
-                _copy_range(src.fileno(), fd, done, at + done - start, step)
+                _copy_range(src.fileno(), fd, done, at + done - start, step, source)
         return True
     except OSError as exc:
         if exc.errno not in _NO_KERNEL_COPY:
@@ -301,11 +301,11 @@ def _kernel_copy(
         return False
 
 
-def _copy_range(src: int, dst: int, offset: int, to: int, count: int) -> None:
+def _copy_range(src: int, dst: int, offset: int, to: int, count: int, source: Path) -> None:
     while count > 0:
         n = os.copy_file_range(src, dst, count, offset, to)
-        if n == 0:
-            raise OSError(errno.EIO, "copy_file_range copied nothing")
+        if n == 0:  # the end of the source file
+            raise StorageError(f"{source} ends early: nothing at {offset}")
         offset, to, count = offset + n, to + n, count - n
 
 

@@ -153,6 +153,9 @@ class BigQueryWarehouse(Warehouse):
         self.gcs_local_root = gcs_local_root
         self._retries = 0
         self._resumes: list[tuple[str, int]] = []
+        # False once the PARTITIONS view was found without `last_modified_time` (an emulator):
+        # later look-ups go straight to the query without it instead of failing first.
+        self._partition_times = True
         self._lock = threading.Lock()
         if credentials is None and (api_endpoint or read_endpoint):
             from google.auth.credentials import AnonymousCredentials
@@ -297,17 +300,23 @@ class BigQueryWarehouse(Warehouse):
         A table with rows in `__UNPARTITIONED__` (a streaming buffer not yet partitioned) or
         not partitioned by day is an error naming it: no day could say where those rows are.
         Where the view has no `last_modified_time` (the emulator), each day takes its table's
-        last-modified time: any change to a table then makes all of its days changed."""
+        last-modified time: a change that moves it makes all of the table's days changed
+        (local-bigquery 0.3.2 moves it on metadata changes only, not on loads: there a day is
+        seen to change by its row count)."""
         names = sorted(set(tables))
-        try:
-            data = self._partitions_query(dataset, names, "last_modified_time")
-            table_times: dict[str, str] = {}
-        except WarehouseError as exc:
-            if not isinstance(exc.__cause__, gexc.BadRequest) or "last_modified_time" not in str(
-                exc
-            ):
-                raise
-            log.warning("bigquery: %s; partitions take their table's last-modified time", exc)
+        data = None
+        table_times: dict[str, str] = {}
+        if self._partition_times:
+            try:
+                data = self._partitions_query(dataset, names, "last_modified_time")
+            except WarehouseError as exc:
+                if not isinstance(exc.__cause__, gexc.BadRequest) or (
+                    "last_modified_time" not in str(exc)
+                ):
+                    raise
+                log.warning("bigquery: %s; partitions take their table's last-modified time", exc)
+                self._partition_times = False
+        if data is None:
             data = self._partitions_query(dataset, names, "NULL")
             table_times = {n: s.last_modified for n, s in self.states(dataset, names).items()}
         out: dict[str, list[PartitionState]] = {}

@@ -1,0 +1,1 @@
+"""The test suite: mirrors bqx_assets (core/, defs/, cli/), plus the slow end-to-end suites."""

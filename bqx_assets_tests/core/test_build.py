@@ -1,0 +1,322 @@
+"""`build_training_file`: a pair merged into its output root and gate-checked there, and the
+training files it writes byte for byte as main wrote them before the core moved to packages."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bqx_assets.core.build import TrainingBuild, build_training_file
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.checkpoints.refresh import refresh_tables
+from bqx_assets.core.checkpoints.window import ALL_TIME, TrainingWindow
+from bqx_assets.core.errors import MergeError
+from bqx_assets.core.gate.profile import candidate_key, load_profile, profile_key, promote_profile
+from bqx_assets.core.gate.thresholds import Thresholds
+from bqx_assets.core.layout import training_file_key
+from bqx_assets.core.publish import publish_training_file
+from bqx_assets.core.storage import LocalStorage, Storage
+from bqx_assets.core.storage.gcs import GCSStorage
+from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
+from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses
+from bqx_assets_tests.core.merge.helpers import copy_tree, sources
+
+PAIR = "eurusd"
+GATE = Thresholds(min_rows=100)
+"""The production gate but for the row count: the mini warehouses are short."""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def refresh_pairs(
+    warehouse: Path, catalog: Catalog, root: Path, pairs: tuple[str, ...]
+) -> LocalStorage:
+    """Every table of each pair refreshed into the checkpoint root `root`, all time."""
+    storage = LocalStorage(root, durable=False)
+    wh = EmbeddedWarehouse(warehouse)
+    try:
+        for pair in pairs:
+            refresh_tables(wh, sources(catalog, pair), storage, window=ALL_TIME, threads=2)
+    finally:
+        wh.close()
+    return storage
+
+
+def build(
+    checkpoints: Storage, output: Storage, catalog: Catalog, pair: str = PAIR, **kwargs: object
+) -> TrainingBuild:
+    return build_training_file(checkpoints, output, catalog, pair, TrainingWindow(), GATE, **kwargs)  # type: ignore[arg-type]
+
+
+def build_and_publish(
+    checkpoints: Storage, output: Storage, catalog: Catalog, pair: str
+) -> tuple[TrainingBuild, str]:
+    """The pair built and published as the Dagster asset and its IO manager do; the published
+    file's SHA-256."""
+    built = build(checkpoints, output, catalog, pair)
+    assert built.report.passed, built.report.failed
+    result = publish_training_file(output, built.training_file)
+    assert result.published
+    promote_profile(output, pair)
+    data = output.read_bytes(training_file_key(pair))
+    assert data is not None
+    return built, sha256(data)
+
+
+def hidden(root: Path) -> list[str]:
+    """Temporary files under a local output root (`.{name}.{uuid}.tmp`)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*"))
+
+
+# -- a pair built into a local output root -----------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoints(
+    tmp_path_factory: pytest.TempPathFactory, mini: tuple[Catalog, Path], mini_warehouse: Path
+) -> Path:
+    """The mini warehouse's eurusd tables refreshed into a checkpoint root (read only: a test
+    that changes it works on a copy)."""
+    root = tmp_path_factory.mktemp("build") / "ckpt"
+    refresh_pairs(mini_warehouse, mini[0], root, (PAIR,))
+    return root
+
+
+def test_a_pair_is_merged_and_checked_in_its_output_root(
+    mini: tuple[Catalog, Path], checkpoints: Path, tmp_path: Path
+) -> None:
+    catalog, _ = mini
+    output = LocalStorage(tmp_path / "out")
+    built = build(LocalStorage(checkpoints), output, catalog)
+    assert (built.pair, built.window.training, built.cleared, built.history) == (
+        PAIR,
+        ALL_TIME,
+        (),
+        None,
+    )
+    # Merged into a temporary file of the output root and checked there: not published yet.
+    staged = built.merge.staged
+    assert Path(staged.info.uri).parent == tmp_path / "out"
+    assert hidden(tmp_path / "out") == [staged.key]
+    assert output.stat(training_file_key(PAIR)) is None
+    assert built.report.passed and built.report.path == staged.info.uri
+    assert (built.report.rows, built.report.columns) == (built.merge.rows, built.merge.columns)
+    assert built.merge.columns == len(catalog.training_columns(PAIR))
+    assert pq.read_schema(staged.info.uri).names == list(catalog.training_columns(PAIR))
+    # The candidate profile is saved; it becomes the pair's once the file is published.
+    assert output.read_bytes(candidate_key(PAIR)) is not None
+    assert load_profile(output, PAIR) is None
+    training = built.training_file
+    assert (training.pair, training.staged, training.passed) == (PAIR, staged, True)
+    assert training.report == built.report.to_dict()
+
+    result = publish_training_file(output, training)
+    assert result.published and hidden(tmp_path / "out") == []
+    promote_profile(output, PAIR)
+    # The next build is judged against it; nothing changed: the same file.
+    again = build(LocalStorage(checkpoints), output, catalog)
+    assert again.history is not None and again.history == load_profile(output, PAIR)
+    assert again.report.passed
+    assert publish_training_file(output, again.training_file).unchanged
+    assert hidden(tmp_path / "out") == []
+
+
+def test_a_failing_gate_leaves_the_candidate_profile_unsaved(
+    mini: tuple[Catalog, Path], checkpoints: Path, tmp_path: Path
+) -> None:
+    output = LocalStorage(tmp_path / "out")
+    strict = Thresholds(min_rows=100_000)
+    built = build_training_file(
+        LocalStorage(checkpoints), output, mini[0], PAIR, TrainingWindow(), strict
+    )
+    assert not built.report.passed and "row_count" in built.report.failed
+    assert not built.training_file.passed
+    assert output.read_bytes(candidate_key(PAIR)) is None
+    # What the IO manager does with it: quarantined, with its report; nothing published.
+    result = publish_training_file(output, built.training_file)
+    assert not result.published and result.report_uri is not None
+    assert output.stat(training_file_key(PAIR)) is None and output.stat(profile_key(PAIR)) is None
+    assert hidden(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("stage", ["merge", "validation"])
+def test_an_error_leaves_nothing_in_the_output_root_but_what_was_there(
+    mini: tuple[Catalog, Path],
+    checkpoints: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stage: str,
+) -> None:
+    catalog, _ = mini
+    ckpt = LocalStorage(copy_tree(checkpoints, tmp_path / "ckpt"))
+    output = LocalStorage(tmp_path / "out")
+    output.write_bytes(training_file_key(PAIR), b"the file published before")
+    before = {k: output.stat(k) for k in output.list()}
+    progress = None
+    if stage == "merge":
+        # A chunk gone after its table was checked (another writer compacted it, say).
+        chunk = sorted((tmp_path / "ckpt").glob(f"**/agg_{PAIR}/*.parquet"))[-1]
+
+        def progress(line: str) -> None:
+            if line.startswith("inputs checked"):
+                chunk.unlink()
+
+        expected = rf"table agg_{PAIR} .*does not exist"
+    else:
+
+        def unreadable(*_args: object, **_kwargs: object) -> None:
+            raise MergeError("the staged file cannot be read")
+
+        monkeypatch.setattr("bqx_assets.core.build.validate_training_file", unreadable)
+        expected = "cannot be read"
+    with pytest.raises(MergeError, match=expected):
+        build(ckpt, output, catalog, progress=progress)
+    assert {k: output.stat(k) for k in output.list()} == before
+    assert output.read_bytes(training_file_key(PAIR)) == b"the file published before"
+    assert hidden(tmp_path / "out") == []
+
+
+def test_a_dead_writer_s_temporaries_are_cleared_first(
+    mini: tuple[Catalog, Path], checkpoints: Path, tmp_path: Path
+) -> None:
+    output = LocalStorage(tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    dead = tmp_path / "out" / f".{training_file_key(PAIR)}.0123456789abcdef.tmp"
+    dead.write_bytes(b"half a training file")
+    other = tmp_path / "out" / ".training_gbpusd.parquet.0123456789abcdef.tmp"
+    other.write_bytes(b"another pair's writer")
+    built = build(LocalStorage(checkpoints), output, mini[0])
+    assert built.cleared == (dead.name,)
+    assert not dead.exists() and other.exists()  # another pair's may be running
+    output.discard(built.merge.staged)
+
+
+# -- byte identity with main before the move ---------------------------------------------------
+RECORDED_WITH = "26.0.1"
+"""The pyarrow version the digests were recorded with: the footer's created_by and the layout
+digest in it name the writer, so another pyarrow writes other bytes."""
+recorded = pytest.mark.skipif(
+    pa.__version__ != RECORDED_WITH,
+    reason=f"digests recorded with pyarrow {RECORDED_WITH}, this is {pa.__version__}",
+)
+START = datetime(2024, 1, 22, tzinfo=UTC)
+ROWS, APPENDED = 12_600, 3_000
+BUILT = {
+    "eurusd": "1616d72361e043a39cb15dca3a4eff029bfaf2ab98d86bc9f2585fd8e0a5a60d",
+    "gbpusd": "ecfb50bef7ff4d85bda117c2f5ff931bf3eab968ff9ff0cc1b0fb006a042597b",
+}
+"""SHA-256 of each pair's training file as main (095153a) built it: the mini catalog, 12,600
+minutes from Monday, January 22, 2024, every table refreshed into a local checkpoint root."""
+REFRESHED = {
+    "eurusd": "06e107d00a828baa7ab8115868fda66aba973253d92f91bcdcf877989f0fadd2",
+    "gbpusd": "13080cfbbbe86700c6894c33dc3f86b0615ad08c703d14b4067f32b69ea3e76f",
+}
+"""The same after 3,000 minutes appended, the chunks refreshed and the file merged with the
+published one as previous (3 row groups, 1 copied; 69 chunks, 55 opened)."""
+FULL_EURUSD = "6ac197edc3e7d7cb9737d4777cd47075884de2480105f2e1ca5a4566a2ddfdf1"
+"""The full catalog's eurusd (17,031 columns), 1,500 minutes from the default start."""
+
+
+@dataclass(frozen=True)
+class Golden:
+    catalog: Catalog
+    before: Path
+    """The checkpoint root as first refreshed (a copy, kept for the GCS output root)."""
+    after: Path
+    """The checkpoint root refreshed again after the append."""
+    built: dict[str, tuple[TrainingBuild, str]]
+    refreshed: dict[str, tuple[TrainingBuild, str]]
+    scratch: dict[str, tuple[TrainingBuild, str]]
+    """eurusd from a checkpoint root refreshed from scratch after the append, into a new
+    output root."""
+
+
+@pytest.fixture(scope="module")
+def golden(
+    tmp_path_factory: pytest.TempPathFactory, warehouses: Warehouses, mini: tuple[Catalog, Path]
+) -> Golden:
+    catalog, _ = mini
+    root = tmp_path_factory.mktemp("golden")
+    path = warehouses.copy(root / "w.duckdb", catalog, pairs=MINI_PAIRS, rows=ROWS, start=START)
+    ckpt = refresh_pairs(path, catalog, root / "ckpt", MINI_PAIRS)
+    output = LocalStorage(root / "out")
+    built = {p: build_and_publish(ckpt, output, catalog, p) for p in MINI_PAIRS}
+    copy_tree(root / "ckpt", root / "before")
+    writer = EmbeddedWarehouse(path, read_only=False)
+    try:
+        writer.append(APPENDED)
+    finally:
+        writer.close()
+    refresh_pairs(path, catalog, root / "ckpt", MINI_PAIRS)
+    refreshed = {p: build_and_publish(ckpt, output, catalog, p) for p in MINI_PAIRS}
+    fresh = refresh_pairs(path, catalog, root / "scratch", (PAIR,))
+    scratch = {PAIR: build_and_publish(fresh, LocalStorage(root / "scratch_out"), catalog, PAIR)}
+    return Golden(catalog, root / "before", root / "ckpt", built, refreshed, scratch)
+
+
+@recorded
+def test_training_files_are_byte_identical_to_main_s(golden: Golden) -> None:
+    assert {p: digest for p, (_, digest) in golden.built.items()} == BUILT
+    for pair, (built, _) in golden.built.items():
+        merge = built.merge
+        assert (merge.rows, merge.row_groups, merge.row_groups_reused) == (ROWS, 2, 0)
+        assert merge.columns == len(golden.catalog.training_columns(pair))
+        assert merge.chunks == merge.chunks_opened == 28
+
+
+@recorded
+def test_a_refreshed_training_file_is_byte_identical_to_main_s(golden: Golden) -> None:
+    assert {p: digest for p, (_, digest) in golden.refreshed.items()} == REFRESHED
+    for built, _ in golden.refreshed.values():
+        merge = built.merge
+        assert (merge.rows, merge.row_groups, merge.row_groups_reused) == (ROWS + APPENDED, 3, 1)
+        assert (merge.chunks, merge.chunks_opened) == (69, 55)
+        assert built.history is not None  # judged against the first build's profile
+
+
+def test_a_refreshed_training_file_is_the_file_a_build_from_scratch_writes(
+    golden: Golden,
+) -> None:
+    for pair, (scratch, scratch_digest) in golden.scratch.items():
+        built, digest = golden.refreshed[pair]
+        assert digest == scratch_digest, pair
+        assert scratch.merge.row_groups_reused == 0 < built.merge.row_groups_reused
+        assert built.merge.coverage == scratch.merge.coverage
+
+
+@pytest.mark.emulator
+def test_a_gcs_output_root_gives_the_same_bytes(golden: Golden, gcs_bucket: str) -> None:
+    """Built into a GCS output root (streamed, composed from segments), then refreshed with
+    the published object as previous (its unchanged row group composed in place): the bytes
+    of the local output root's files."""
+    output = GCSStorage(gcs_bucket, "out")
+    _, digest = build_and_publish(LocalStorage(golden.before), output, golden.catalog, PAIR)
+    assert digest == golden.built[PAIR][1]
+    refreshed, digest = build_and_publish(LocalStorage(golden.after), output, golden.catalog, PAIR)
+    assert refreshed.merge.row_groups_reused == 1
+    assert digest == golden.refreshed[PAIR][1]
+    assert not [k for k in output.list() if k.endswith(".tmp")]
+    assert list(output.temporaries("")) == []
+
+
+@recorded
+@pytest.mark.slow
+def test_a_full_catalog_training_file_is_byte_identical_to_main_s(
+    warehouses: Warehouses, catalog: Catalog, tmp_path: Path
+) -> None:
+    path = warehouses.path(catalog, pairs=(PAIR,), rows=1500)
+    subset = catalog.subset([PAIR])
+    ckpt = refresh_pairs(path, subset, tmp_path / "ckpt", (PAIR,))
+    output = LocalStorage(tmp_path / "out")
+    built = build(ckpt, output, subset)
+    assert (built.merge.rows, built.merge.columns) == (1500, 17_031)
+    with open(built.merge.staged.info.uri, "rb") as f:
+        assert sha256(f.read()) == FULL_EURUSD
+    output.discard(built.merge.staged)
+    assert hidden(tmp_path / "out") == []

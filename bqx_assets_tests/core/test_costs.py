@@ -1,0 +1,86 @@
+"""Step usage, the Cloud Run cost estimate and the cost report's lines and totals."""
+
+import hashlib
+
+import pytest
+
+from bqx_assets.core.costs import (
+    METADATA_KEYS,
+    Container,
+    CostLine,
+    Prices,
+    StepUsage,
+    Usage,
+    estimate,
+    format_report,
+    total,
+)
+
+
+def test_estimate_prices_the_container_for_its_wall_time_plus_bytes_read() -> None:
+    prices = Prices(vcpu_second=0.00001, gib_second=0.000001, storage_read_tib=5.0)
+    cloud_run, bigquery = estimate(1000.0, 2**40 // 2, prices, Container(vcpus=2, memory_gib=4))
+    assert cloud_run == pytest.approx(1000 * (2 * 0.00001 + 4 * 0.000001))
+    assert bigquery == pytest.approx(2.5)
+
+
+def test_default_prices_put_a_96_minute_pair_near_the_first_teams_bill() -> None:
+    # The first team paid $0.60-0.71 per pair for 77-96 min on Cloud Run (4 vCPU, 16 GiB).
+    cloud_run, _ = estimate(96 * 60, 0, container=Container(vcpus=4, memory_gib=16))
+    assert 0.4 < cloud_run < 0.8
+    # The job now runs at 2 vCPU / 4 GiB: the same time costs 0.44/1.04 (42%) of that.
+    assert estimate(96 * 60, 0)[0] == pytest.approx(cloud_run * 0.44 / 1.04)
+
+
+def test_storage_read_bytes_are_priced_at_the_data_extraction_rate() -> None:
+    # $1.10 per TiB read (BigQuery "Data extraction pricing"), not the $6.25 query rate: a
+    # pair's ~12 GB of checkpoints read from the warehouse costs about 1.2 cents.
+    _, bigquery = estimate(0.0, 12 * 10**9)
+    assert bigquery == pytest.approx(12e9 / 2**40 * 1.10)
+    assert Prices().storage_read_free_tib_per_month == 300.0
+
+
+def test_step_usage_measures_cpu_wall_memory_and_bytes() -> None:
+    with StepUsage(container=Container(vcpus=1, memory_gib=1)) as usage:
+        digest = b""
+        for _ in range(20_000):
+            digest = hashlib.sha256(digest).digest()  # some CPU to measure
+        usage.add_bytes_read(3 * 2**30)
+    measured = usage.finish()
+    assert measured.wall_seconds > 0
+    assert measured.cpu_seconds > 0
+    assert measured.peak_rss_bytes > 10 * 2**20
+    assert measured.bytes_read == 3 * 2**30
+    assert measured.bigquery_usd == pytest.approx(3 / 1024 * 1.10)
+    assert usage.finish() is measured  # fixed once finished
+    metadata = usage.metadata()
+    assert tuple(metadata) == METADATA_KEYS
+    assert metadata["step_estimated_cost_usd"] == pytest.approx(
+        measured.cloud_run_usd + measured.bigquery_usd, abs=1e-6
+    )
+    assert Usage.from_metadata(metadata) == Usage(
+        cpu_seconds=metadata["step_cpu_seconds"],
+        peak_rss_bytes=metadata["step_peak_rss_bytes"],
+        wall_seconds=metadata["step_wall_seconds"],
+        bytes_read=metadata["step_bytes_read"],
+        cloud_run_usd=metadata["step_cloud_run_usd"],
+        bigquery_usd=metadata["step_bigquery_usd"],
+    )
+
+
+def test_finish_before_start_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="before start"):
+        StepUsage().finish()
+
+
+def test_totals_add_time_and_cost_and_keep_the_peak() -> None:
+    a = CostLine("eurusd", 2, Usage(10, 2**30, 60, 100, 0.01, 0.001))
+    b = CostLine("gbpusd", 2, Usage(5, 3 * 2**30, 30, 50, 0.02, 0.002))
+    summed = total([a, b])
+    assert summed.steps == 4
+    assert summed.usage.cpu_seconds == 15 and summed.usage.wall_seconds == 90
+    assert summed.usage.peak_rss_bytes == 3 * 2**30
+    assert summed.usage.estimated_cost_usd == pytest.approx(0.033)
+    report = format_report([a, b])
+    assert report.splitlines()[-1].startswith("total")
+    assert "eurusd" in report and "gbpusd" in report

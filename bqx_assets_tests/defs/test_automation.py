@@ -1,0 +1,292 @@
+"""Automation: Declarative Automation rebuilds what changed warehouse tables feed; gate-failure
+alerts."""
+
+from collections.abc import Iterator, Sequence
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+
+from bqx_assets.core.catalog import Catalog, SchemaRow
+from bqx_assets.core.errors import WarehouseError
+from bqx_assets.core.warehouse import (
+    DateRange,
+    PartitionState,
+    SourceState,
+    TableRead,
+    Warehouse,
+)
+from bqx_assets.defs import automation as auto
+from bqx_assets.defs.assets import (
+    PAIR_FAMILIES,
+    SHARED_FAMILIES,
+    TARGETS,
+    TRAINING_FILE,
+    all_assets,
+    checkpoint_asset_key,
+    pair_sources,
+    shared_sources,
+    warehouse_key,
+)
+from bqx_assets.defs.checks import training_check_specs
+from bqx_assets.defs.environment import resources_for
+from bqx_assets.defs.partitions import pairs_partitions
+from bqx_assets.defs.resources import PipelineSettings, WarehouseResource
+
+T0 = datetime(2026, 3, 2, 5, 0)
+"""An hour before a 6-hourly observation tick (06:00 UTC)."""
+STAGES = {"warehouse", "checkpoints", *TRAINING_FILE.path}
+DAY = date(2025, 12, 31)
+"""The one day partition every table of the state warehouse has."""
+
+
+class _StateWarehouse(Warehouse):
+    """Answers only `state()` and `partition_states()` (one day a table), from a dict of
+    `dataset.table` -> last modified."""
+
+    name = "states"
+
+    def __init__(self, states: dict[str, str]) -> None:
+        self._states = states
+
+    def information_schema(self) -> list[SchemaRow]:
+        return []
+
+    def state(self, dataset: str, table: str) -> SourceState:
+        modified = self._states.get(f"{dataset}.{table}")
+        if modified is None:
+            raise WarehouseError(f"table {dataset}.{table} does not exist")
+        return SourceState(dataset, table, 100, modified, 1000)
+
+    def partition_states(
+        self, dataset: str, tables: Sequence[str]
+    ) -> dict[str, tuple[PartitionState, ...]]:
+        return {
+            table: (PartitionState(DAY, 100, self._states[f"{dataset}.{table}"]),)
+            for table in tables
+            if f"{dataset}.{table}" in self._states
+        }
+
+    def read(
+        self, dataset: str, table: str, columns: Sequence[str], window: DateRange
+    ) -> TableRead:
+        return TableRead(pa.table({}), 0)
+
+
+class StateWarehouseResource(WarehouseResource):
+    states: dict[str, str]
+
+    def open(self) -> Warehouse:
+        return _StateWarehouse(dict(self.states))
+
+    def describe(self) -> str:
+        return "states"
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    # In memory: the runs and evaluations here write hundreds of events, each a SQLite commit
+    # (seconds in all) on a persistent test instance.
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+def _catalog() -> Catalog:
+    return PipelineSettings().catalog()
+
+
+def _states(pairs: Sequence[str], modified: str = "2026-01-01T00:00:00+00:00") -> dict[str, str]:
+    """Every table of `pairs` (their own, their targets, the shared ones) last modified then."""
+    catalog = _catalog()
+    out = {}
+    for pair in pairs:
+        for table in catalog.tables_for(pair):
+            out[f"{table.dataset}.{table.name}"] = modified
+        out[f"{catalog.targets_dataset}.{catalog.targets[pair].name}"] = modified
+    return out
+
+
+class Graph:
+    """The real assets with a warehouse that answers table states, observed by jobs."""
+
+    def __init__(self, instance: dg.DagsterInstance, states: dict[str, str]) -> None:
+        self.instance = instance
+        self.states = states
+        self.cursor: Any = None
+
+    def defs(self) -> dg.Definitions:
+        resources = {
+            **resources_for("local"),
+            "warehouse": StateWarehouseResource(states=dict(self.states)),
+        }
+        return dg.Definitions(
+            assets=all_assets,
+            jobs=[
+                dg.define_asset_job("observe_pair", dg.AssetSelection.assets(pair_sources)),
+                dg.define_asset_job("observe_shared", dg.AssetSelection.assets(shared_sources)),
+            ],
+            resources=resources,
+        )
+
+    def observe(self, pairs: Sequence[str]) -> None:
+        defs = self.defs()
+        for pair in pairs:
+            result = defs.resolve_job_def("observe_pair").execute_in_process(
+                instance=self.instance, partition_key=pair
+            )
+            assert result.success
+        assert (
+            defs.resolve_job_def("observe_shared")
+            .execute_in_process(instance=self.instance)
+            .success
+        )
+
+    def evaluate(self, at: datetime) -> dict[str, set[str | None]]:
+        """Asset (user string) -> partitions the automation requests at `at`."""
+        result = dg.evaluate_automation_conditions(
+            defs=self.defs(), instance=self.instance, cursor=self.cursor, evaluation_time=at
+        )
+        self.cursor = result.cursor
+        requested: dict[str, set[str | None]] = {}
+        for entry in result.results:
+            # Only the stages here; assets downstream of the training file have their own tests.
+            if entry.true_subset.size and entry.key.path[0] in STAGES:
+                keys = (
+                    entry.true_subset.expensively_compute_partition_keys()
+                    if entry.true_subset.is_partitioned
+                    else {None}
+                )
+                requested[entry.key.to_user_string()] = set(keys)
+        return requested
+
+
+def _checkpoints(families: Sequence[str]) -> set[str]:
+    return {checkpoint_asset_key(f).to_user_string() for f in families}
+
+
+def test_sensors_are_off_by_default() -> None:
+    for sensor in auto.automation:
+        assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+
+
+def test_warehouse_families_are_observed_every_six_hours(instance: dg.DagsterInstance) -> None:
+    graph = Graph(instance, _states(["eurusd"]))
+    assert graph.evaluate(T0) == {}
+    ticked = graph.evaluate(T0 + timedelta(hours=1, minutes=1))
+    sources = {warehouse_key(f).to_user_string() for f in (*PAIR_FAMILIES, TARGETS)}
+    assert set(ticked) == sources | {warehouse_key(f).to_user_string() for f in SHARED_FAMILIES}
+    assert ticked["warehouse/agg"] == set(pairs_partitions.get_partition_keys())
+    assert graph.evaluate(T0 + timedelta(hours=1, minutes=2)) == {}
+
+
+def test_a_changed_family_rebuilds_only_its_checkpoints_and_the_pair(
+    instance: dg.DagsterInstance,
+) -> None:
+    graph = Graph(instance, _states(["eurusd", "gbpusd"]))
+    graph.evaluate(T0)
+    graph.observe(["eurusd", "gbpusd"])
+    first = graph.evaluate(T0 + timedelta(minutes=1))
+    # A source's first observation counts as a change: every checkpoint is requested (and reused
+    # by extraction where its table did not change); training files wait for their checkpoints.
+    assert set(first) == _checkpoints((*PAIR_FAMILIES, TARGETS, *SHARED_FAMILIES))
+    assert first["checkpoints/agg"] == {"eurusd", "gbpusd"}
+    for key in first:
+        for pair in first[key]:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(dg.AssetKey.from_user_string(key), partition=pair)
+            )
+    built = graph.evaluate(T0 + timedelta(minutes=2))
+    assert built == {TRAINING_FILE.to_user_string(): {"eurusd", "gbpusd"}}
+
+    graph.observe(["eurusd", "gbpusd"])  # nothing changed in the warehouse
+    assert graph.evaluate(T0 + timedelta(minutes=3)) == {}
+
+    agg = next(t for t in _catalog().tables_for("gbpusd") if t.family == "agg")
+    graph.states[f"{agg.dataset}.{agg.name}"] = "2026-01-02T00:00:00+00:00"
+    graph.observe(["eurusd", "gbpusd"])
+    changed = graph.evaluate(T0 + timedelta(minutes=4))
+    assert changed == {"checkpoints/agg": {"gbpusd"}, TRAINING_FILE.to_user_string(): {"gbpusd"}}
+
+
+def test_re_extracted_shared_checkpoints_rebuild_every_built_pair(
+    instance: dg.DagsterInstance,
+) -> None:
+    graph = Graph(instance, _states(["eurusd"]))
+    graph.evaluate(T0)
+    for family in (*PAIR_FAMILIES, TARGETS):
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(checkpoint_asset_key(family), partition="eurusd")
+        )
+    for family in SHARED_FAMILIES:
+        instance.report_runless_asset_event(dg.AssetMaterialization(checkpoint_asset_key(family)))
+    assert graph.evaluate(T0 + timedelta(minutes=1)) == {TRAINING_FILE.to_user_string(): {"eurusd"}}
+    instance.report_runless_asset_event(dg.AssetMaterialization(TRAINING_FILE, partition="eurusd"))
+    assert graph.evaluate(T0 + timedelta(minutes=2)) == {}
+
+    instance.report_runless_asset_event(dg.AssetMaterialization(checkpoint_asset_key("tri")))
+    after = graph.evaluate(T0 + timedelta(minutes=3))
+    # gbpusd has no checkpoints: it stays unbuilt until a backfill builds it.
+    assert after == {TRAINING_FILE.to_user_string(): {"eurusd"}}
+
+
+def _record_gate(instance: dg.DagsterInstance, failing: dict[str, list[str]]) -> None:
+    """Materialize a stand-in training file per pair whose gate checks fail as given."""
+    specs = training_check_specs(TRAINING_FILE, pairs_partitions)
+
+    @dg.asset(key=TRAINING_FILE, partitions_def=pairs_partitions, check_specs=specs)
+    def training_file(
+        context: dg.AssetExecutionContext,
+    ) -> Iterator[dg.Output[None] | dg.AssetCheckResult]:
+        yield dg.Output(None)
+        for spec in specs:
+            yield dg.AssetCheckResult(
+                check_name=spec.name,
+                passed=spec.name not in failing.get(context.partition_key, []),
+                severity=dg.AssetCheckSeverity.ERROR,
+            )
+
+    for pair in failing:
+        dg.materialize(
+            [training_file],
+            instance=instance,
+            partition_key=pair,
+            raise_on_error=False,
+            resources={"io_manager": dg.mem_io_manager},
+        )
+
+
+def test_gate_failure_sensor_alerts_once_per_failed_check(
+    instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alerts: list[auto.GateFailure] = []
+    monkeypatch.setattr(auto, "alert_hooks", [alerts.append])
+    _record_gate(instance, {"eurusd": [], "gbpusd": ["row_count", "no_target_leakage"]})
+
+    first = auto.gate_failure_sensor(dg.build_sensor_context(instance=instance))
+    assert sorted((a.pair, a.check_name) for a in alerts) == [
+        ("gbpusd", "no_target_leakage"),
+        ("gbpusd", "row_count"),
+    ]
+    assert "gbpusd" in first.skip_reason.skip_message
+
+    again = auto.gate_failure_sensor(
+        dg.build_sensor_context(instance=instance, cursor=first.cursor)
+    )
+    assert len(alerts) == 2 and "no new failures" in again.skip_reason.skip_message
+
+    _record_gate(instance, {"usdjpy": ["null_completeness"]})
+    auto.gate_failure_sensor(dg.build_sensor_context(instance=instance, cursor=again.cursor))
+    assert [(a.pair, a.check_name) for a in alerts[2:]] == [("usdjpy", "null_completeness")]
+
+
+def test_sensors_load_with_the_definitions() -> None:
+    """The automation sensor targets the real graph, sources included."""
+    from bqx_assets.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    repository = defs.get_repository_def()
+    assert {s.name for s in repository.sensor_defs} == {s.name for s in auto.automation}
+    graph = defs.resolve_asset_graph()
+    assert all(graph.get(k).automation_condition is not None for k in graph.get_all_asset_keys())
