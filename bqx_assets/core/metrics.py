@@ -49,7 +49,9 @@ step must hold (an upper bound: the two peaks need not coincide)."""
 FOOTPRINT_KEYS: tuple[str, ...] = (STEP_PEAK_LOCAL_BYTES, STEP_FOOTPRINT_BYTES)
 
 LOCAL_SAMPLE_SECONDS = 0.1
-"""How often local folders are measured; a file that lives for less may be missed."""
+"""How often local folders are measured, at most; a file that lives for less may be missed."""
+WALK_SHARE = 10
+"""The sampler waits at least this many times as long as its last walk of the folders took."""
 
 
 def folder_bytes(folder: Path) -> int:
@@ -105,8 +107,14 @@ class LocalBytes:
         return held
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        wait = self.interval
+        while not self._stop.wait(wait):
+            watch = Stopwatch()
             self.sample()
+            # A folder shared with other processes (a developer's /tmp with thousands of
+            # files) makes a walk slow: waiting ten walks' time keeps the sampler under a tenth
+            # of a core, whatever the folders hold.
+            wait = max(self.interval, WALK_SHARE * watch.seconds)
 
     def start(self) -> Self:
         self._baseline = self._now()

@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from bqx_assets import cli
+from bqx_assets.cli.commands.validate import thresholds_from_args
+from bqx_assets.core.errors import ValidationError
 from bqx_assets.core.gate.profile import Profile
 from bqx_assets.core.gate.report import Expectation
+from bqx_assets.core.gate.thresholds import DEFAULTS, THRESHOLD_FIELDS, Thresholds
 from bqx_assets.core.gate.validate import CHECK_NAMES
 from bqx_assets.core.layout import KEY
 from bqx_assets_tests.core.gate import handmade, merged
@@ -121,3 +124,80 @@ def test_command_judges_drift_against_a_profile_file(
     )
     assert cli.main([*argv[:-1], str(other)]) == 1
     assert f"is the profile of gbpusd, not {PAIR}" in capsys.readouterr().err
+
+
+# -- the flags, derived from the thresholds ------------------------------------------------
+def _argv(th: Thresholds) -> list[str]:
+    """The `bqx validate` flags that ask for `th`."""
+    argv: list[str] = []
+    for f in THRESHOLD_FIELDS:
+        value = getattr(th, f.name)
+        if f.kind == "bool":
+            argv.append(f.flag if value else f"--no-{f.flag[2:]}")
+        elif f.kind == "per_family":
+            argv += [a for k, v in value.items() for a in (f.flag, f"{k}={v}")]
+        elif f.kind == "names":
+            argv += [a for name in value for a in (f.flag, name)]
+        elif f.kind == "time":
+            argv += [f.flag, value.isoformat()]
+        else:
+            argv += [f.flag, str(value / f.knob.scale if f.knob.scale != 1 else value)]
+    return argv
+
+
+def _parse(*argv: str) -> Thresholds:
+    args = cli.build_parser().parse_args(["validate", "f.parquet", "--pair", "eurusd", *argv])
+    return thresholds_from_args(args)
+
+
+def _validate_help() -> dict[str, str]:
+    """Each option of `bqx validate` -> its help text."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["validate"]  # type: ignore[union-attr]
+    return {o: a.help or "" for a in sub._actions for o in a.option_strings}
+
+
+def test_the_flags_bqx_validate_had_are_kept_and_every_field_has_one() -> None:
+    options = set(_validate_help())
+    kept = {"--min-rows", "--max-rows", "--target-null-share", "--feature-null-share",
+            "--family-null-share", "--null-tolerance", "--no-require-coverage", "--min-coverage",
+            "--tail-tolerance-rows", "--newest-null-tolerance", "--allow-leak", "--key-start",
+            "--key-end", "--no-value-leak", "--max-footer-mb"}  # fmt: skip
+    assert kept <= options
+    assert {f.flag for f in THRESHOLD_FIELDS} <= options
+
+
+def test_no_flag_gives_the_defaults_and_every_flag_reaches_its_field() -> None:
+    assert _parse() == DEFAULTS
+    assert _parse(*_argv(handmade.OTHER)) == handmade.OTHER
+    assert _parse(*_argv(DEFAULTS)) == DEFAULTS
+    assert _parse("--max-footer-mb", "0.5").max_footer_bytes == 2**19
+    # A per-family flag replaces the defaults: families not given fall back to the general one.
+    assert _parse("--family-null-share", "corr=0.5").family_null_share == {"corr": 0.5}
+
+
+def test_the_help_shows_each_default_from_the_dataclass() -> None:
+    help_of = _validate_help()
+    assert f"default {DEFAULTS.min_rows:,})" in help_of["--min-rows"]
+    assert f"default {DEFAULTS.null_share_tolerance:g})" in help_of["--null-tolerance"]
+    family = " ".join(f"{k}={v:g}" for k, v in DEFAULTS.family_null_share.items())
+    assert f"default {family};" in help_of["--family-null-share"]
+    assert f"default {DEFAULTS.max_footer_bytes / 2**20:g})" in help_of["--max-footer-mb"]
+    assert "default 2000-01-01)" in help_of["--key-start"]
+    # Other fields are named by their flags.
+    assert "--family-null-share" in help_of["--feature-null-share"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--family-null-share", "corr"], "--family-null-share 'corr': expected FAMILY=SHARE"),
+        (["--family-min-coverage", "=0.1"], "--family-min-coverage '=0.1': expected FAMILY="),
+        (["--key-start", "monday"], "--key-start 'monday': Invalid isoformat"),
+        (["--min-rows", "300", "--max-rows", "200"], "min_rows 300 > max_rows 200"),
+        (["--newest-null-tolerance", "2"], "newest_null_tolerance 2.0 is not from 0 to 1"),
+    ],
+)
+def test_a_bad_flag_value_is_refused_by_name(argv: list[str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _parse(*argv)

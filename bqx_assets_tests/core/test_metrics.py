@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from bqx_assets.core.metrics import (
     STEP_FOOTPRINT_BYTES,
     STEP_PEAK_LOCAL_BYTES,
@@ -46,3 +48,22 @@ def test_peak_rss_is_this_process_own_not_its_parents() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 0 < int(out.stdout.split()[-1]) < 300 * 2**20
+
+
+def test_a_slow_walk_of_the_folders_makes_the_sampler_wait_longer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared folder that takes long to walk (a developer's /tmp) costs the step a bounded
+    share of a core: the sampler waits ten walks' time between walks."""
+    walks: list[float] = []
+
+    def slow_walk(self: LocalBytes) -> int:
+        walks.append(time.perf_counter())
+        time.sleep(0.02)
+        return 0
+
+    monkeypatch.setattr(LocalBytes, "_now", slow_walk)
+    with LocalBytes([tmp_path], interval=0.01):
+        time.sleep(1.0)
+    # 0.02 s walks every 0.01 s would be ~33 walks; waiting 10 x 0.02 s between them, ~5.
+    assert 3 <= len(walks) <= 10, len(walks)

@@ -88,3 +88,30 @@ def build(
 
 def run(path: Path, exp: Expectation, th: Thresholds = TH) -> ValidationReport:
     return validate_training_file(path, exp, th)
+
+
+OTHER = Thresholds(
+    min_rows=10,
+    max_rows=20,
+    target_null_share=0.2,
+    feature_null_share=0.3,
+    family_null_share={"x": 0.4, "y": 0.5},
+    null_share_tolerance=0.06,
+    family_null_tolerance={"x": 0.07},
+    require_coverage=False,
+    min_coverage=0.8,
+    family_min_coverage={"y": 0.9},
+    tail_tolerance_rows=3,
+    newest_null_tolerance=0.11,
+    drift_family_null_share=0.012,
+    drift_column_null_share=0.013,
+    drift_relative=0.5,
+    drift_range_factor=3.0,
+    leak_allow=("a__target_1", "b__target_2"),
+    key_start=datetime(2024, 1, 1, tzinfo=UTC),
+    key_end=datetime(2024, 2, 1, 12, tzinfo=UTC),
+    value_leak=False,
+    max_footer_bytes=3 * 2**20,
+    max_names=5,
+)
+"""Every field away from its default."""

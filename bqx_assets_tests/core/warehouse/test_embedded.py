@@ -132,8 +132,6 @@ def test_per_day_partition_states(mini: tuple[Catalog, Path], mini_warehouse: Pa
 def test_append_adds_the_next_minutes_everywhere_and_updates_only_their_days(
     tmp_path: Path, mini: tuple[Catalog, Path], warehouses: Warehouses
 ) -> None:
-    from bqx_assets.cli import main
-
     catalog, _ = mini
     path = warehouses.copy(
         tmp_path / "w.duckdb", catalog, pairs=["eurusd"], rows=1_500, faults=["stale:tmp_eurusd"]
@@ -145,7 +143,10 @@ def test_append_adds_the_next_minutes_everywhere_and_updates_only_their_days(
         catalog.features_dataset, "agg_eurusd", ["interval_time", "agg_mean_45"], DateRange()
     ).data
     before.close()
-    assert main(["warehouse", "append", "--minutes", "120", "--path", str(path)]) == 0
+    writer = EmbeddedWarehouse(path, read_only=False)
+    added = writer.append(120)
+    writer.close()
+    assert added["agg_eurusd"] == 120 and added["tmp_eurusd"] == 0  # a stale source stays
     wh = EmbeddedWarehouse(path)
     assert wh.params()["rows"] == "1620"
     agg = wh.state(catalog.features_dataset, "agg_eurusd")
