@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['step_footprint_bytes'] / 2**20:>9.1f} {r['step_wall_seconds']:>8.1f}"
         )
     results = REPO / "bench" / "out" / "footprint.csv"
+    results.parent.mkdir(parents=True, exist_ok=True)
     new = not results.exists()
     with open(results, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["when", *rows[0]], extrasaction="ignore")

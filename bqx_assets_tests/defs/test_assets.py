@@ -30,11 +30,11 @@ from bqx_assets.defs.assets import (
     training_profile,
     warehouse_key,
 )
+from bqx_assets_tests.builders import correct_day
 from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses
 from bqx_assets_tests.core.checkpoints.conftest import (
     START,
     assert_same,
-    correct_day,
     days_of,
     utc,
 )

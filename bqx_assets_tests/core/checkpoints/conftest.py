@@ -19,7 +19,7 @@ from bqx_assets.core.layout import KEY
 from bqx_assets.core.merge import merge_checkpoints, pair_inputs
 from bqx_assets.core.storage import LocalStorage, Storage
 from bqx_assets.core.warehouse import DateRange, TableRead
-from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, connect
+from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses
 
 PAIR = "eurusd"
@@ -98,27 +98,6 @@ def assert_same(a: pa.Table, b: pa.Table) -> None:
 
 def days_of(table: pa.Table) -> set[date]:
     return {k.date() for k in table.column(KEY).to_pylist()}
-
-
-def correct_day(path: Path, catalog: Catalog, table: str, day: date) -> None:
-    """A correction upstream: one day of one table rewritten, its partition's time updated.
-    The only connection to the file while it is written (close the others first)."""
-    source = catalog.table(table)
-    column = next(c.name for c in source.columns if c.dtype == "FLOAT64")
-    con = connect(path, read_only=False)
-    try:
-        con.execute(
-            f'UPDATE "{source.dataset}"."{table}" SET "{column}" = "{column}" + 1 '
-            f'WHERE CAST("{KEY}" AS DATE) = ?',
-            [day],
-        )
-        con.execute(
-            'UPDATE "_bqx_meta"."partitions" SET last_modified = now() '
-            "WHERE dataset = ? AND table_name = ? AND day = ?",
-            [source.dataset, table, day],
-        )
-    finally:
-        con.close()
 
 
 def stamps(storage: LocalStorage) -> dict[str, tuple[int, int]]:

@@ -37,13 +37,13 @@ from bqx_assets.core.merge import pair_inputs
 from bqx_assets.core.storage import LocalStorage, open_storage
 from bqx_assets.core.warehouse import DateRange, TableRead
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, connect
+from bqx_assets_tests.builders import correct_day
 from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses
 from bqx_assets_tests.core.checkpoints.conftest import (
     DAY,
     PAIR,
     CountingWarehouse,
     assert_same,
-    correct_day,
     counts,
     merged,
     pair_sources,

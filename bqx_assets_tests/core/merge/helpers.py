@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,7 +26,6 @@ from bqx_assets.core.merge import (
 )
 from bqx_assets.core.storage import LocalFile, LocalStorage, Storage, StoredFile, open_storage
 from bqx_assets.core.warehouse import Warehouse
-from bqx_assets.core.warehouse.embedded import connect
 
 START = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
 TARGETS = ("target_a", "target_b")
@@ -164,23 +163,3 @@ def copy_tree(src: Path, dest: Path) -> Path:
     """A private copy of a checkpoint root (its files' checksum records come along)."""
     shutil.copytree(src, dest)
     return dest
-
-
-def correct_day(path: Path, catalog: Catalog, table: str, day: date) -> None:
-    """A correction upstream: one day of one table rewritten, its partition's time updated."""
-    source = catalog.table(table)
-    column = next(c.name for c in source.columns if c.dtype == "FLOAT64")
-    con = connect(path, read_only=False)
-    try:
-        con.execute(
-            f'UPDATE "{source.dataset}"."{table}" SET "{column}" = "{column}" + 1 '
-            f'WHERE CAST("{KEY}" AS DATE) = ?',
-            [day],
-        )
-        con.execute(
-            'UPDATE "_bqx_meta"."partitions" SET last_modified = now() '
-            "WHERE dataset = ? AND table_name = ? AND day = ?",
-            [source.dataset, table, day],
-        )
-    finally:
-        con.close()

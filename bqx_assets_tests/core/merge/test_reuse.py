@@ -23,6 +23,7 @@ from bqx_assets.core.merge.reuse import ROW_GROUPS_KEY
 from bqx_assets.core.storage import LocalFile, LocalStorage, open_storage
 from bqx_assets.core.storage.gcs_sink import SEGMENTS_FOLDER
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
+from bqx_assets_tests.builders import correct_day, root_with_xattrs
 from bqx_assets_tests.conftest import Warehouses
 from bqx_assets_tests.core.merge.conftest import Appended, four_days
 from bqx_assets_tests.core.merge.helpers import (
@@ -30,7 +31,6 @@ from bqx_assets_tests.core.merge.helpers import (
     PAIR,
     build,
     copy_tree,
-    correct_day,
     flip_byte,
     merge_pair,
     merge_to,
@@ -160,25 +160,13 @@ def test_a_damaged_previous_file_is_an_error_naming_it_and_writes_nothing(
     assert temporaries(out.parent) == []
 
 
-def _root_with_xattrs(tmp_path: Path) -> Path:
-    """A folder whose filesystem keeps user xattrs; the test is skipped where it does not."""
-    probe = tmp_path / "probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.probe", b"1")
-    except (AttributeError, OSError) as exc:
-        pytest.skip(f"no user xattrs here: {exc}")
-    probe.unlink()
-    return tmp_path / "root"
-
-
 def test_a_published_file_is_copied_unread_while_its_checksum_record_holds(
     appended: Appended, tmp_path: Path
 ) -> None:
     """A local root vouches for its published file while the checksum recorded when it was
     published holds: a refresh copies its row groups unread. Once the file is written to, it
     is read and checked again, and damage is found."""
-    out_root = LocalStorage(_root_with_xattrs(tmp_path))
+    out_root = LocalStorage(root_with_xattrs(tmp_path))
     key = training_file_key(PAIR)
     out_root.put_file(appended.first, key)
     previous = out_root.find_file(key)

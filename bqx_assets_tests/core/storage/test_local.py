@@ -10,6 +10,7 @@ import pytest
 
 from bqx_assets.core.errors import StorageError
 from bqx_assets.core.storage import LocalFile, LocalStorage, bytes_crc32c, open_storage
+from bqx_assets_tests.builders import root_with_xattrs
 
 
 def _put(root: Path, key: str, data: bytes = b"x") -> None:
@@ -82,18 +83,6 @@ def test_a_replaced_file_is_checksummed_again(tmp_path: Path) -> None:
     assert storage.read_bytes("t/a.manifest.json") is None
 
 
-def _root_with_xattrs(tmp_path: Path) -> Path:
-    """A folder whose filesystem keeps user xattrs; the test is skipped where it does not."""
-    probe = tmp_path / "probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.probe", b"1")
-    except (AttributeError, OSError) as exc:
-        pytest.skip(f"no user xattrs here: {exc}")
-    probe.unlink()
-    return tmp_path / "root"
-
-
 def _rewrite_in_place(path: Path, data: bytes, mtime_ns: int) -> None:
     """New bytes into the same inode, its mtime then set to `mtime_ns`."""
     with open(path, "r+b") as f:
@@ -105,7 +94,7 @@ def _rewrite_in_place(path: Path, data: bytes, mtime_ns: int) -> None:
 def test_a_written_files_checksum_is_kept_with_it_until_its_size_or_mtime_changes(
     tmp_path: Path,
 ) -> None:
-    root = _root_with_xattrs(tmp_path)
+    root = root_with_xattrs(tmp_path)
     local = tmp_path / "chunk.parquet"
     local.write_bytes(b"first bytes")
     storage = LocalStorage(root)
@@ -145,7 +134,7 @@ def test_a_written_files_checksum_is_kept_with_it_until_its_size_or_mtime_change
 
 
 def test_a_root_vouches_for_a_file_while_its_checksum_record_holds(tmp_path: Path) -> None:
-    root = _root_with_xattrs(tmp_path)
+    root = root_with_xattrs(tmp_path)
     storage = LocalStorage(root)
     local = tmp_path / "training.parquet"
     local.write_bytes(b"training file")
@@ -174,7 +163,7 @@ def test_a_root_vouches_for_a_file_while_its_checksum_record_holds(tmp_path: Pat
     ],
 )
 def test_a_stale_or_malformed_record_is_ignored_and_replaced(tmp_path: Path, record: str) -> None:
-    root = _root_with_xattrs(tmp_path)
+    root = root_with_xattrs(tmp_path)
     _put(root, "t/chunk.parquet", b"chunk bytes")
     path = root / "t" / "chunk.parquet"
     st = os.stat(path)
@@ -351,7 +340,7 @@ def test_stored_files_are_read_in_place(tmp_path: Path) -> None:
 
 
 def test_a_found_file_is_vouched_for_while_its_checksum_record_holds(tmp_path: Path) -> None:
-    root = _root_with_xattrs(tmp_path)
+    root = root_with_xattrs(tmp_path)
     storage = LocalStorage(root)
     storage.write_bytes("written.parquet", b"written here")
     _put(root, "copied.parquet", b"copied in by hand")

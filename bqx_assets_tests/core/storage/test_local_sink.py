@@ -25,6 +25,7 @@ from bqx_assets.core.storage import (
     local_sink,
 )
 from bqx_assets.core.storage.local_sink import LocalSink
+from bqx_assets_tests.builders import root_with_xattrs
 
 MAGIC = b"PAR1"
 RNG = random.Random(11)
@@ -60,18 +61,6 @@ class BytesFile(StoredFile):
 
     def reader(self, blocks: Sequence[tuple[int, bytes]] = ()) -> object:  # type: ignore[override]
         raise NotImplementedError
-
-
-def _xattrs(tmp_path: Path) -> None:
-    """Skip where the filesystem keeps no user xattrs (a root vouches for nothing there)."""
-    probe = tmp_path / "probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.probe", b"1")
-    except (AttributeError, OSError) as exc:
-        pytest.skip(f"no user xattrs here: {exc}")
-    finally:
-        probe.unlink()
 
 
 @pytest.fixture
@@ -177,7 +166,7 @@ def test_a_sink_and_its_publish_make_the_folders_of_their_keys(root: LocalStorag
 def test_publish_renames_the_file_onto_its_key_with_its_checksum_recorded(
     tmp_path: Path, durable: bool
 ) -> None:
-    _xattrs(tmp_path)
+    root_with_xattrs(tmp_path)
     root = LocalStorage(tmp_path / "root", durable=durable)
     root.write_bytes("training.parquet", b"the previous version")
     sink = root.stage("training.parquet")
