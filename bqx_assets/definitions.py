@@ -4,7 +4,7 @@ Each stage is an asset in `defs/assets.py` (first name) whose body calls a core 
 `bqx_assets/core/` (after the arrow):
 - warehouse tables observed, a data version per family and pair: `pair_sources`,
   `shared_sources` (assets `warehouse/<family>`) -> `warehouse.Warehouse.partition_states`
-  (`warehouse/bigquery.py`, `warehouse/embedded.py`), `checkpoints.select.partitions_version`.
+  (`warehouse/bigquery.py`, `warehouse/embedded.py`), `checkpoints.versions.family_versions`.
 - the 411 tables every pair uses, extracted once: `shared_checkpoints`
   (`checkpoints/<tri|mkt|var|csi>`) -> `checkpoints.refresh.refresh_checkpoints` (date-range
   chunks; only changed or new days are read).

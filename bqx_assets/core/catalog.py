@@ -27,6 +27,8 @@ WINDOWS: tuple[int, ...] = (45, 90, 180, 360, 720, 1440, 2880)
 HORIZONS: tuple[int, ...] = (15, 30, 45, 60, 75, 90, 105)
 TARGET_COLUMNS: tuple[str, ...] = tuple(f"target_bqx{w}_h{h}" for w in WINDOWS for h in HORIZONS)
 
+TARGETS_FAMILY = "targets"
+"""The family a pair's targets table stands in when tables are counted by family."""
 FAMILY_ORDER: tuple[str, ...] = (
     "agg", "align", "der", "div", "mom", "mrt", "reg", "rev", "vol", "base", "ext", "cyc", "tmp",
     "lag", "regime", "corr", "cov", "tri", "mkt", "var", "csi",

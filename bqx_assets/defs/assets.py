@@ -2,22 +2,26 @@
 
 import hashlib
 import tempfile
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
 import dagster as dg
 import polars as pl
 
 from bqx_assets.core.build import build_training_file
-from bqx_assets.core.catalog import FAMILY_ORDER, SHARED_PREFIXES, Catalog, TargetsTable
+from bqx_assets.core.catalog import (
+    FAMILY_ORDER,
+    SHARED_PREFIXES,
+    TARGETS_FAMILY,
+    Catalog,
+    TargetsTable,
+)
 from bqx_assets.core.checkpoints.refresh import (
     ChunkedCheckpoint,
     RefreshProgress,
     refresh_checkpoints,
 )
 from bqx_assets.core.checkpoints.schema import Source
-from bqx_assets.core.checkpoints.select import partitions_version
-from bqx_assets.core.checkpoints.window import resolve_window
+from bqx_assets.core.checkpoints.versions import family_versions
 from bqx_assets.core.costs import Prices, StepUsage
 from bqx_assets.core.gate.profile import promote_profile
 from bqx_assets.core.metrics import LocalBytes, footprint_metadata, peak_rss_bytes
@@ -31,7 +35,7 @@ from bqx_assets.defs.resources import CheckpointStore, PipelineSettings, Warehou
 SHARED_FAMILIES: tuple[str, ...] = tuple(p.removesuffix("_") for p in SHARED_PREFIXES)
 """The families every pair uses (tri, mkt, var, csi): the catalog's shared prefixes."""
 PAIR_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILY_ORDER if f not in SHARED_FAMILIES)
-TARGETS = "targets"
+TARGETS = TARGETS_FAMILY
 TRAINING_GROUP = "training"
 TRAINING_FILE = dg.AssetKey("training_file")
 TRAINING_PROFILE = dg.AssetKey("training_profile")
@@ -111,36 +115,19 @@ def _observe(context: dg.AssetExecutionContext, pair: str | None) -> Iterator[dg
     it, one outside the window does not). A rolling window is resolved from the targets tables'
     partitions as the checkpoint step would."""
     settings: PipelineSettings = context.resources.settings
-    cat: Catalog = settings.catalog()
     families = sorted(k.path[-1] for k in context.selected_asset_keys)
-    pool = cat.tables_for(pair) if pair else cat.shared_tables()
-    names = {f: [t.name for t in pool if t.family == f] for f in families if f != TARGETS}
-    datasets = {n: cat.features_dataset for ns in names.values() for n in ns}
-    if pair and TARGETS in families:
-        names[TARGETS] = [cat.targets[pair].name]
-        datasets[cat.targets[pair].name] = cat.targets_dataset
     wh = context.resources.warehouse.open()
     try:
-        by_dataset: dict[str, list[str]] = defaultdict(list)
-        for name, dataset in datasets.items():
-            by_dataset[dataset].append(name)
-        spines = [cat.targets[pair]] if pair else [cat.targets[p] for p in cat.pairs]
-        window = resolve_window(wh, spines, settings.training_window())
-        found: dict[str, tuple] = {}
-        for dataset, tables in sorted(by_dataset.items()):
-            found.update(wh.partition_states(dataset, sorted(tables)))
-        versions: dict[str, str] = {}
-        for family in families:
-            mine = {n: found[n] for n in names[family] if n in found}
-            chunks = window.for_table(spine=family == TARGETS)
-            versions[family] = partitions_version(mine, len(names[family]), chunks)
+        versions = family_versions(
+            wh, settings.catalog(), pair, families, settings.training_window()
+        )
     finally:
         wh.close()
     for family in families:
         yield dg.ObserveResult(
             asset_key=warehouse_key(family),
-            data_version=dg.DataVersion(versions[family]),
-            metadata={"tables": len(names[family])},
+            data_version=dg.DataVersion(versions[family][0]),
+            metadata={"tables": versions[family][1]},
         )
 
 

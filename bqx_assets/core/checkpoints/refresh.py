@@ -11,7 +11,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from bqx_assets.core.catalog import TargetsTable
+from bqx_assets.core.catalog import TARGETS_FAMILY, TargetsTable
 from bqx_assets.core.checkpoints.extract import (
     ChunkPlan,
     ChunkStatus,
@@ -71,7 +71,7 @@ class ChunkedCheckpoint:
 
     @property
     def family(self) -> str:
-        return getattr(self.source, "family", "targets")
+        return getattr(self.source, "family", TARGETS_FAMILY)
 
     def count(self, status: ChunkStatus) -> int:
         return sum(c.status == status for c in self.chunks)

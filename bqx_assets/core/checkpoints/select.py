@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 
@@ -12,17 +11,13 @@ from bqx_assets.core.catalog import TargetsTable
 from bqx_assets.core.checkpoints.manifest import ChunkManifest, stored_manifests
 from bqx_assets.core.checkpoints.schema import Source
 from bqx_assets.core.checkpoints.window import (
-    ALL_TIME,
     DEFAULT_GRAIN,
     ONE_DAY,
     ChunkGrain,
     ResolvedWindow,
-    TableWindow,
     TrainingWindow,
     Window,
-    chunk_ranges,
     day_start,
-    in_window,
     newest_days_start,
     table_window,
     utc,
@@ -30,7 +25,7 @@ from bqx_assets.core.checkpoints.window import (
 )
 from bqx_assets.core.errors import ExtractionError
 from bqx_assets.core.storage import Storage
-from bqx_assets.core.warehouse import DateRange, PartitionState
+from bqx_assets.core.warehouse import DateRange
 
 
 def current_chunks(
@@ -142,32 +137,3 @@ def stored_window(storage: Storage, spine: TargetsTable, window: TrainingWindow)
             "targets checkpoint"
         )
     return ResolvedWindow(DateRange(start, window.end), rolling=True)
-
-
-def partitions_version(
-    states: dict[str, Sequence[PartitionState]],
-    expected: int,
-    window: DateRange | TableWindow = ALL_TIME,
-) -> str:
-    """A data version of a set of tables from their day partitions inside `window`: it changes
-    when a day a checkpoint would be made from changes (rows or last-modified time), not when a
-    day outside the window does; "missing-N-..." while N of the `expected` tables are absent.
-    With a `TableWindow`, the days are those its chunks would hold (a rolling window's first
-    month chunk holds days before the window, and its chunks that end before it none)."""
-
-    def counted(days: Sequence[PartitionState]) -> Iterator[PartitionState]:
-        if isinstance(window, DateRange):
-            yield from (p for p in days if in_window(p.day, window))
-            return
-        ranges = chunk_ranges([p.day for p in days], window.window, window.grain, window.after)
-        yield from (p for p in days if any(r.holds(p.day) for r in ranges))
-
-    text = "\n".join(
-        sorted(
-            f"{table}:{p.day.isoformat()}:{p.rows}:{p.last_modified}"
-            for table, days in states.items()
-            for p in counted(days)
-        )
-    )
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return digest if len(states) == expected else f"missing-{expected - len(states)}-{digest}"

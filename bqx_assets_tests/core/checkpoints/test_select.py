@@ -1,5 +1,5 @@
 """The stored chunks a merge reads: each table's current, verified chunks inside the window; the
-window a pair's stored spine was made for; the data version of a set of tables."""
+window a pair's stored spine was made for."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.checkpoints.refresh import refresh_tables
 from bqx_assets.core.checkpoints.select import (
     current_chunks,
-    partitions_version,
     require_chunks,
     stored_window,
 )
@@ -27,7 +26,7 @@ from bqx_assets.core.checkpoints.window import (
 from bqx_assets.core.errors import ExtractionError, MergeError
 from bqx_assets.core.merge import InputTable, merge_checkpoints, pair_inputs
 from bqx_assets.core.storage import LocalStorage
-from bqx_assets.core.warehouse import DateRange, PartitionState
+from bqx_assets.core.warehouse import DateRange
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 from bqx_assets_tests.core.checkpoints.conftest import PAIR, pair_sources, utc
 
@@ -210,39 +209,3 @@ def test_a_chunk_listed_twice_is_refused_by_the_merge_naming_the_table(
     with pytest.raises(MergeError, match=rf"table tmp_{PAIR}.*duplicate"):
         merge_checkpoints(inputs.spine, [twice], out.stage("out.parquet"))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-
-
-# -- partitions_version -----------------------------------------------------------------------
-def _states(*changed: date) -> dict[str, tuple[PartitionState, ...]]:
-    """Two tables' January 29 to 31, the `changed` days of the first one modified later."""
-
-    def day(d: date, table: int) -> PartitionState:
-        late = table == 0 and d in changed
-        return PartitionState(d, 1440, f"2024-02-0{2 if late else 1}T00:00:00+00:00")
-
-    return {name: tuple(day(d, i) for d in JAN) for i, name in enumerate(("agg", "mom"))}
-
-
-def test_the_data_version_follows_the_days_a_window_reads(mini: tuple[Catalog, Path]) -> None:
-    catalog, _ = mini
-    base = partitions_version(_states(), expected=2)
-    assert partitions_version(_states(), expected=2) == base
-    assert partitions_version(_states(JAN[0]), expected=2) != base
-    # A fixed window: a change outside it changes nothing.
-    tuesday_on = DateRange(utc(JAN[1]))
-    assert partitions_version(_states(JAN[0]), 2, tuesday_on) == partitions_version(
-        _states(), 2, tuesday_on
-    )
-    assert partitions_version(_states(JAN[1]), 2, tuesday_on) != partitions_version(
-        _states(), 2, tuesday_on
-    )
-    # The last two days, as the feature tables' chunks would hold them: a corrected Monday
-    # (no chunk of the window holds it) changes nothing, a corrected Tuesday does.
-    rolling = ResolvedWindow(DateRange(utc(JAN[1])), rolling=True)
-    chunks = table_window(rolling, catalog.table(f"agg_{PAIR}"))
-    unchanged = partitions_version(_states(), 2, chunks)
-    assert partitions_version(_states(JAN[0]), 2, chunks) == unchanged
-    assert partitions_version(_states(JAN[1]), 2, chunks) != unchanged
-    # Tables missing: said in the version, which changes when they come.
-    assert partitions_version(_states(), expected=3).startswith("missing-1-")
-    assert partitions_version(_states(), expected=3) != base
