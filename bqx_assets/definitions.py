@@ -1,23 +1,5 @@
-"""The one Definitions object of bqx_assets, and where each stage's code is.
-
-Each stage is an asset in `defs/assets.py` (first name) whose body calls a core function in
-`bqx_assets/core/` (after the arrow):
-- warehouse tables observed, a data version per family and pair: `pair_sources`,
-  `shared_sources` (assets `warehouse/<family>`) -> `warehouse.Warehouse.partition_states`
-  (`warehouse/bigquery.py`, `warehouse/embedded.py`), `checkpoints.versions.family_versions`.
-- the 411 tables every pair uses, extracted once: `shared_checkpoints`
-  (`checkpoints/<tri|mkt|var|csi>`) -> `checkpoints.refresh.refresh_checkpoints` (date-range
-  chunks; only changed or new days are read).
-- one pair's own tables and targets, extracted: `pair_checkpoints` (`checkpoints/<family>`,
-  `checkpoints/targets`) -> `checkpoints.refresh.refresh_checkpoints`.
-- merged, gate-checked, published: `training_file` -> `build.build_training_file` (the
-  window's verified chunks, `merge.merge_checkpoints` into a sink of the output root,
-  `gate.validate.validate_training_file`); its checks come from `defs/checks.py`, and
-  `defs/io_managers.py` publishes it with `publish.publish_training_file`.
-- the published file's profile: `training_profile` -> `gate.profile.promote_profile`.
-Jobs are in `defs/jobs.py`, automation in `defs/automation.py`, and each deployment's resources
-in `defs/environment.py` (the only reader of the environment).
-"""
+"""The one Definitions object of bqx_assets: the assets, jobs and sensors of `defs/` with a
+deployment's resources. Which core function each asset calls: docs/ARCHITECTURE.md."""
 
 from __future__ import annotations
 

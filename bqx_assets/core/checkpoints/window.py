@@ -1,40 +1,8 @@
 """The training window, and the chunks a table is cut into: a month per closed month, a day per
 day of the newest month."""
 
-# Grain, and why
-# --------------
-# Production tables are partitioned by DATE(interval_time) and grow by a trading day at a time;
-# BigQuery reports each day's rows and last change (INFORMATION_SCHEMA.PARTITIONS). A chunk is a
-# run of days of one table with a manifest of the partition states it was made from; it is reused
-# while those states are unchanged, else read again with the read restricted to its range.
-#
-# Grain "month" (the default) cuts the days of closed months into one chunk per calendar month
-# and the newest month of the table (the one still filling) into one chunk per day. An appended
-# day therefore costs one day of reading (plus the day it continues, when the previous load
-# ended mid-day), while a table holds one file per month plus the newest month's days (~30 files
-# at production's 177,748 rows instead of ~125 per-day files): every file costs the merge a
-# footer and a key-column read, and GCS a request each. When a month closes, its day chunks are
-# concatenated into the month's chunk from the checkpoints themselves, without reading the
-# warehouse (`extract.compact`). Grain "day" keeps one chunk per day everywhere (same refresh
-# cost, more files).
-#
-# A run of neighbouring chunks to (re-)extract is read in one warehouse read and split by chunk:
-# a from-scratch build costs one read per table, not one per day; a wide table's run is cut into
-# reads of at most `schema.READ_BYTES` (a chunk at least) so that memory per extraction thread is
-# bounded by a read, not by the table.
-#
-# The training window is fixed (start/end: chunks are cut to it) or rolling, the newest N
-# trading days (days with rows in the pair's targets table). A rolling window moves a day at a
-# time, so cutting chunks at its start would re-read the cut month of every table every day.
-# Instead a feature table's chunks are planned from the start of the chunk holding the window's
-# first day (a month start, or that day in a table's newest month) and those that end before it
-# are left out: the first chunk stays whole, its rows before the window are read once and
-# dropped by the merge's join on the spine. The spine (targets) is cut into day chunks, so that
-# it holds exactly the window's days and a moved window reuses every day it kept. The window is
-# resolved from the warehouse's partitions once per checkpoint step (every table of a pair, or
-# every shared table, with the same window), and the merge takes it from the spine's stored
-# chunks (`select.stored_window`), i.e. the window those checkpoints were made for, not the
-# warehouse's newer state.
+# Why a month per closed month and a day per day of the newest, and how a rolling window is
+# planned: docs/design/checkpoints.md.
 
 from __future__ import annotations
 
@@ -223,7 +191,7 @@ class ResolvedWindow:
     """A training window as one run uses it: `training` bounds the training file's rows. A
     fixed window cuts every table's chunks to it; a rolling one (`rolling`) cuts the spine into
     day chunks and plans feature tables' chunks from the start of the chunk holding its first
-    day (see the notes at the top)."""
+    day (docs/design/checkpoints.md)."""
 
     training: DateRange
     rolling: bool = False

@@ -1,12 +1,6 @@
 """A training file's profile: per column nulls and range, per family and table, from its footer."""
 
-# A profile is what the gate remembers of a published file, to judge the next build of the same
-# pair against it (TFDV's statistics per span, Deequ's metrics repository): per column the null
-# share and the footer min/max, per family the null share split into nulls the merge made (spine
-# keys a table has no row for) and nulls the source had, and each table's coverage. It is built
-# from the footer only (validation has already walked it), stored beside the published file as
-# `training_{pair}.profile.parquet` (one row per column; families, tables and the coverage record
-# in the file's key-value metadata), and is a few hundred KB at 17K columns.
+# Why: docs/design/gate.md.
 
 from __future__ import annotations
 

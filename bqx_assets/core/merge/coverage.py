@@ -1,11 +1,6 @@
 """Which spine rows each feature table covered, recorded by the merge in the file's footer."""
 
-# Only the merge knows why a cell of the training file is null: the table had no row for that
-# minute (a late-starting source, a table cut at its own LIMIT, keys in the wrong unit), or the
-# table's own value was null (a rolling window warming up, an ETF closed). It records, per table,
-# which spine keys it matched and how many nulls the table's checkpoint held, and the nulls of the
-# newest rows it wrote; the record travels in the parquet footer's key-value metadata, so a gate
-# that reads only the footer can tell the two apart and name the table at fault.
+# Why: docs/design/gate.md.
 
 from __future__ import annotations
 
