@@ -18,7 +18,7 @@ from bqx_assets.core.checkpoints.schema import expected_schema
 from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.layout import KEY, KEY_TYPE, PAIR_COLUMN
 from bqx_assets.core.warehouse import DateRange, PartitionState, SourceState
-from bqx_assets.core.warehouse.bigquery import BigQueryWarehouse, RetrySettings
+from bqx_assets.core.warehouse.bigquery import BigQueryWarehouse, RetrySettings, partitions
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 from bqx_assets_tests.conftest import MINI_PAIRS
 from bqx_assets_tests.core.warehouse.conftest import SUMMARY_TABLE, BigQueryMini
@@ -342,11 +342,11 @@ def test_partition_states_take_each_day_s_own_time_where_bigquery_reports_it(
     }  # fmt: skip
     queried: list[tuple[str, tuple[str, ...], str]] = []
 
-    def query(dataset: str, names: list[str], modified: str) -> pa.Table:
+    def query(_: object, dataset: str, names: list[str], modified: str) -> pa.Table:
         queried.append((dataset, tuple(names), modified))
         return answers[dataset]
 
-    monkeypatch.setattr(wh, "_partitions_query", query)
+    monkeypatch.setattr(partitions, "_partitions_query", query)
     try:
         states = wh.partition_states("ok", ["tmp", "agg", "agg"])
         assert queried == [("ok", ("agg", "tmp"), "last_modified_time")]
@@ -373,7 +373,7 @@ def test_partition_states_without_day_times_take_the_table_s_and_ask_once(
     wh = _offline_warehouse()
     asked: list[str] = []
 
-    def query(dataset: str, names: list[str], modified: str) -> pa.Table:
+    def query(_: object, dataset: str, names: list[str], modified: str) -> pa.Table:
         asked.append(modified)
         if modified == "last_modified_time":
             refused = gexc.BadRequest('Column "last_modified_time" cannot be referenced')
@@ -386,7 +386,7 @@ def test_partition_states_without_day_times_take_the_table_s_and_ask_once(
         })  # fmt: skip
 
     changed = "2024-02-03T04:05:06+00:00"
-    monkeypatch.setattr(wh, "_partitions_query", query)
+    monkeypatch.setattr(partitions, "_partitions_query", query)
     monkeypatch.setattr(
         wh, "states", lambda dataset, names: {"agg": SourceState(dataset, "agg", 1500, changed, 9)}
     )
@@ -409,7 +409,7 @@ def test_partition_states_without_day_times_take_the_table_s_and_ask_once(
         def refuse(*_: object) -> pa.Table:
             raise refusal
 
-        monkeypatch.setattr(other, "_partitions_query", refuse)
+        monkeypatch.setattr(partitions, "_partitions_query", refuse)
         with pytest.raises(WarehouseError, match="Syntax error"):
             other.partition_states("features", ["agg"])
         other.close()
