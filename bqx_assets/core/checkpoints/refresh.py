@@ -292,13 +292,18 @@ def refresh_tables(
     (`ResolvedWindow.for_table`); a date range cuts every table alike."""
     clock = Stopwatch()
     states: dict[tuple[str, str], tuple[PartitionState, ...]] = {}
+    undescribed: dict[tuple[str, str], str] = {}
     for dataset in sorted({s.dataset for s in sources}):
         names = [s.name for s in sources if s.dataset == dataset]
         found = warehouse.partition_states(dataset, names)
         states.update({(dataset, n): st for n, st in found.items()})
+        undescribed.update({(dataset, n): why for n, why in found.errors.items()})
     counts = {"extracted": 0, "reused": 0, "bytes": 0}
 
     def one(source: Source) -> ChunkedCheckpoint:
+        why = undescribed.get((source.dataset, source.name))
+        if why is not None:  # this table fails on its own; the others go on
+            raise ExtractionError(f"{source.dataset}.{source.name}: {why}")
         found = states.get((source.dataset, source.name))
         if found is None:
             raise ExtractionError(

@@ -242,7 +242,8 @@ def resolve_window(
     for dataset in sorted({t.dataset for t in spines}):
         names = sorted(t.name for t in spines if t.dataset == dataset)
         found = warehouse.partition_states(dataset, names)
-        missing += [f"{dataset}.{n}" for n in names if n not in found]
+        missing += [f"{dataset}.{n}" for n in names if n not in found and n not in found.errors]
+        missing += [f"{dataset}.{n} ({why})" for n, why in found.errors.items()]
         for name in (n for n in names if n in found):
             days = [p.day for p in found[name] if p.rows > 0]
             starts.append(newest_days_start(days, window, f"{dataset}.{name}"))

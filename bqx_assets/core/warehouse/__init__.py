@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from bqx_assets.core.warehouse.base import (
+    Cut,
     DateRange,
     PartitionState,
+    PartitionStates,
     SourceState,
     TableRead,
     Warehouse,
 )
 
-__all__ = ["DateRange", "PartitionState", "SourceState", "TableRead", "Warehouse"]
+__all__ = [
+    "Cut",
+    "DateRange",
+    "PartitionState",
+    "PartitionStates",
+    "SourceState",
+    "TableRead",
+    "Warehouse",
+]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import pyarrow as pa
 
@@ -40,6 +40,29 @@ class PartitionState:
     last_modified: str
 
 
+class PartitionStates(dict[str, tuple[PartitionState, ...]]):
+    """Per-day states of the tables a look-up described, by name, each ordered by day; `errors`
+    names the tables it could not describe (not partitioned by day, rows in no day) and why. A
+    table that does not exist is in neither."""
+
+    def __init__(
+        self,
+        states: Mapping[str, tuple[PartitionState, ...]] | None = None,
+        errors: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(states or {})
+        self.errors: dict[str, str] = dict(errors or {})
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The moment a run reads the warehouse as of: each table is read as it was then, whatever
+    upstream jobs write while the run reads."""
+
+    at: datetime
+    """UTC."""
+
+
 @dataclass(frozen=True)
 class DateRange:
     """The training window: rows with `start <= interval_time < end` (either side open if None)."""
@@ -54,6 +77,8 @@ class TableRead:
 
     data: pa.Table
     bytes_read: int
+    bytes_estimated: bool = False
+    """`bytes_read` is the warehouse's estimate (a read session's), not what it billed."""
 
 
 class Warehouse(ABC):
@@ -79,24 +104,42 @@ class Warehouse(ABC):
                 continue
         return out
 
+    def cut(self) -> Cut:
+        """A cut at this moment, for a run to read every table as of."""
+        return Cut(datetime.now(UTC))
+
     @abstractmethod
     def partition_states(
-        self, dataset: str, tables: Sequence[str]
-    ) -> dict[str, tuple[PartitionState, ...]]:
+        self, dataset: str, tables: Sequence[str], *, cut: Cut | None = None
+    ) -> PartitionStates:
         """Per-day states (DATE(interval_time)) of the tables that exist, by name, each ordered
-        by day: one look-up for the whole dataset (a missing table is left out)."""
+        by day, as of `cut` where given: one look-up for the whole dataset (a missing table is
+        left out; a table it cannot describe is in `errors`)."""
 
     @abstractmethod
     def read(
-        self, dataset: str, table: str, columns: Sequence[str], window: DateRange
+        self,
+        dataset: str,
+        table: str,
+        columns: Sequence[str],
+        window: DateRange,
+        *,
+        cut: Cut | None = None,
     ) -> TableRead:
-        """`columns` of a table (key first), rows within `window`, ordered by the key.
+        """`columns` of a table (key first), rows within `window`, ordered by the key, as of
+        `cut` where given.
 
         Raises WarehouseError naming the table when it cannot be read.
         """
 
     def export_table(
-        self, dataset: str, table: str, columns: Sequence[str], staging_uri: str
+        self,
+        dataset: str,
+        table: str,
+        columns: Sequence[str],
+        staging_uri: str,
+        *,
+        cut: Cut | None = None,
     ) -> TableRead | None:
         """The whole table, as `read()` with an unbounded window returns it, made by an export to
         files under `staging_uri` that the warehouse does not bill as a scan (`bytes_read` 0).

@@ -24,8 +24,10 @@ from bqx_assets.core.keys import by_key, key_text
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.memory import release_free_memory
 from bqx_assets.core.warehouse.base import (
+    Cut,
     DateRange,
     PartitionState,
+    PartitionStates,
     SourceState,
     TableRead,
     Warehouse,
@@ -192,8 +194,8 @@ class EmbeddedWarehouse(Warehouse):
         }
 
     def partition_states(
-        self, dataset: str, tables: Sequence[str]
-    ) -> dict[str, tuple[PartitionState, ...]]:
+        self, dataset: str, tables: Sequence[str], *, cut: Cut | None = None
+    ) -> PartitionStates:
         rows = (
             self._cursor()
             .execute(
@@ -213,10 +215,16 @@ class EmbeddedWarehouse(Warehouse):
             if iso is None:
                 iso = text[modified] = key_text(modified)
             out.setdefault(name, []).append(PartitionState(day, int(n), iso))
-        return {name: tuple(states) for name, states in out.items()}
+        return PartitionStates({name: tuple(states) for name, states in out.items()})
 
     def read(
-        self, dataset: str, table: str, columns: Sequence[str], window: DateRange
+        self,
+        dataset: str,
+        table: str,
+        columns: Sequence[str],
+        window: DateRange,
+        *,
+        cut: Cut | None = None,
     ) -> TableRead:
         # The bounds as literals (ISO text of datetimes): binding a parameter makes DuckDB's
         # Python client import pandas (56 MB, and seconds on a busy machine).

@@ -26,7 +26,7 @@ from bqx_assets.core.checkpoints.window import (
 from bqx_assets.core.errors import ExtractionError, WindowError
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.storage import LocalStorage
-from bqx_assets.core.warehouse import DateRange, PartitionState
+from bqx_assets.core.warehouse import Cut, DateRange, PartitionStates
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 from bqx_assets_tests.conftest import MINI_PAIRS
 from bqx_assets_tests.core.checkpoints.conftest import (
@@ -124,9 +124,9 @@ class NoDays(EmbeddedWarehouse):
     """A warehouse that knows the tables but reports no day partition of them."""
 
     def partition_states(
-        self, dataset: str, tables: Sequence[str]
-    ) -> dict[str, tuple[PartitionState, ...]]:
-        return {name: () for name in super().partition_states(dataset, tables)}
+        self, dataset: str, tables: Sequence[str], *, cut: Cut | None = None
+    ) -> PartitionStates:
+        return PartitionStates({name: () for name in super().partition_states(dataset, tables)})
 
 
 def test_the_rolling_start_is_the_earliest_of_the_pairs_found_or_one_clear_error(

@@ -12,7 +12,7 @@ from google.api_core import exceptions as gexc
 
 from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.layout import KEY
-from bqx_assets.core.warehouse.base import PartitionState
+from bqx_assets.core.warehouse.base import PartitionState, PartitionStates
 
 if TYPE_CHECKING:
     from bqx_assets.core.warehouse.bigquery.warehouse import BigQueryWarehouse
@@ -20,9 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def partition_states(
-    wh: BigQueryWarehouse, dataset: str, tables: Sequence[str]
-) -> dict[str, tuple[PartitionState, ...]]:
+def partition_states(wh: BigQueryWarehouse, dataset: str, tables: Sequence[str]) -> PartitionStates:
     """Per-day partitions of the tables from `INFORMATION_SCHEMA.PARTITIONS`: one metadata
     query for the dataset (not one per table), `partition_id` YYYYMMDD of DATE(interval_time).
 
@@ -65,7 +63,7 @@ def partition_states(
             stamp = table_times.get(name, "")
         day = datetime.strptime(partition, "%Y%m%d").replace(tzinfo=UTC).date()
         out.setdefault(name, []).append(PartitionState(day, int(rows or 0), stamp))
-    return {name: tuple(states) for name, states in out.items()}
+    return PartitionStates({name: tuple(states) for name, states in out.items()})
 
 
 def _partitions_query(

@@ -15,8 +15,9 @@ from google.cloud import bigquery
 from bqx_assets.core.catalog import SchemaRow
 from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.warehouse.base import (
+    Cut,
     DateRange,
-    PartitionState,
+    PartitionStates,
     SourceState,
     TableRead,
     Warehouse,
@@ -198,12 +199,18 @@ class BigQueryWarehouse(Warehouse):
         )
 
     def partition_states(
-        self, dataset: str, tables: Sequence[str]
-    ) -> dict[str, tuple[PartitionState, ...]]:
+        self, dataset: str, tables: Sequence[str], *, cut: Cut | None = None
+    ) -> PartitionStates:
         return partitions.partition_states(self, dataset, tables)
 
     def read(
-        self, dataset: str, table: str, columns: Sequence[str], window: DateRange
+        self,
+        dataset: str,
+        table: str,
+        columns: Sequence[str],
+        window: DateRange,
+        *,
+        cut: Cut | None = None,
     ) -> TableRead:
         return read.read_table(self, dataset, table, columns, window)
 
@@ -221,7 +228,13 @@ class BigQueryWarehouse(Warehouse):
         return export.export(self, dataset, table, destination_uri, compression=compression)
 
     def export_table(
-        self, dataset: str, table: str, columns: Sequence[str], staging_uri: str
+        self,
+        dataset: str,
+        table: str,
+        columns: Sequence[str],
+        staging_uri: str,
+        *,
+        cut: Cut | None = None,
     ) -> TableRead:
         return export.export_table(self, dataset, table, columns, staging_uri)
 
