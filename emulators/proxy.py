@@ -1,13 +1,17 @@
 """Proxies between a Google client and an emulator that answer as the real service would where
-the emulator cannot: transient HTTP errors, connections cut mid-stream."""
+the emulator cannot: transient HTTP errors, limits and states the emulator does not have,
+connections cut mid-stream."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
 import http.server
+import json
 import socket
 import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -104,6 +108,149 @@ class HttpFaultProxy(_Server):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class Exchange:
+    """One request through an `HttpAnswerProxy`, and the upstream's response once forwarded."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int | None = None
+    response: bytes = b""
+
+    @property
+    def route(self) -> str:
+        """The path without its query string."""
+        return self.path.partition("?")[0]
+
+    def json(self) -> Any:
+        """The request's JSON body (None without one)."""
+        return json.loads(self.body) if self.body else None
+
+    def response_json(self) -> Any:
+        return json.loads(self.response) if self.response else None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the proxy answers instead of the upstream's response."""
+
+    status: int
+    body: Any
+    """JSON-able."""
+
+
+Rule = Callable[[Exchange], "Reply | None"]
+"""Looks at an exchange; returns the reply to send instead, or None to leave it as it is."""
+
+
+def bigquery_error(status: int, reason: str, message: str) -> Reply:
+    """An error as the BigQuery REST API answers one: `{"error": {"code", "message", "errors":
+    [{"reason", "message"}], "status"}}` (https://cloud.google.com/bigquery/docs/error-messages)."""
+    statuses = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+                503: "UNAVAILABLE"}  # fmt: skip
+    error = {"reason": reason, "message": message, "domain": "global"}
+    return Reply(
+        status,
+        {"error": {"code": status, "message": message, "errors": [error],
+                   "status": statuses.get(status, "UNKNOWN")}},
+    )  # fmt: skip
+
+
+class HttpAnswerProxy(_Server):
+    """An HTTP reverse proxy that answers some requests itself, as the real service would where
+    the emulator behind it cannot: each `before` rule may answer a request instead of forwarding
+    it (a refusal, a limit); each `after` rule may replace the upstream's response (a field the
+    emulator does not report, a state it does not have). The first rule that answers wins.
+    Every exchange is kept in `exchanges`, to count what the client sent."""
+
+    def __init__(
+        self, upstream: str, *, before: Sequence[Rule] = (), after: Sequence[Rule] = ()
+    ) -> None:
+        super().__init__()
+        self.upstream = upstream.removeprefix("http://")
+        self.before = list(before)
+        self.after = list(after)
+        self.exchanges: list[Exchange] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, data: bytes, headers: list[tuple[str, str]]) -> None:
+                self.send_response(status)
+                for key, value in headers:
+                    if key.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                exchange = Exchange(
+                    self.command, self.path, dict(self.headers.items()),
+                    self.rfile.read(length) if length else b"",
+                )  # fmt: skip
+                with proxy.lock:
+                    proxy.exchanges.append(exchange)
+                reply = _first(proxy.before, exchange)
+                headers = [("Content-Type", "application/json")]
+                if reply is None:
+                    conn = http.client.HTTPConnection(proxy.upstream, timeout=120)
+                    sent = {k: v for k, v in exchange.headers.items() if k.lower() != "host"}
+                    conn.request(self.command, self.path, body=exchange.body or None, headers=sent)
+                    response = conn.getresponse()
+                    exchange.status, exchange.response = response.status, response.read()
+                    headers = response.getheaders()
+                    conn.close()
+                    reply = _first(proxy.after, exchange)
+                if reply is None:
+                    self._send(exchange.status or 502, exchange.response, headers)
+                    return
+                data = json.dumps(reply.body).encode()
+                exchange.status, exchange.response = reply.status, data
+                self._send(reply.status, data, [("Content-Type", "application/json")])
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def sent(self, method: str, path_contains: str) -> list[Exchange]:
+        """The exchanges of requests with this method whose path contains `path_contains`."""
+        with self.lock:
+            return [e for e in self.exchanges if e.method == method and path_contains in e.path]
+
+    def run(self) -> None:
+        self.server.serve_forever(poll_interval=0.05)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> HttpAnswerProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _first(rules: Sequence[Rule], exchange: Exchange) -> Reply | None:
+    for rule in rules:
+        reply = rule(exchange)
+        if reply is not None:
+            return reply
+    return None
 
 
 class TcpFaultProxy(_Server):
