@@ -12,13 +12,16 @@ from bqx_assets.defs.assets import all_assets
 from bqx_assets.defs.automation import automation
 from bqx_assets.defs.environment import require_graph_catalog, resources_for
 from bqx_assets.defs.jobs import jobs
+from bqx_assets.defs.overview import gate_summary
 
 
 def build_definitions(resources: Mapping[str, Any]) -> dg.Definitions:
     """The assets, jobs and sensors with these resources (a deployment's, or the demo's).
     Refuses settings whose catalog is not the one the asset graph was built from."""
     require_graph_catalog(resources["settings"])
-    return dg.Definitions(assets=all_assets, jobs=jobs, sensors=automation, resources=resources)
+    return dg.Definitions(
+        assets=[*all_assets, gate_summary], jobs=jobs, sensors=automation, resources=resources
+    )
 
 
 defs = build_definitions(resources_for())

@@ -44,7 +44,7 @@ def test_graph_is_readable_and_complete() -> None:
     snapshot = _graph_snapshot()
     assets = snapshot["assets"]
     # 21 families: a warehouse node and a checkpoint node each, in the family's group.
-    assert len(assets) == 2 * 21 + 4  # + targets x 2, training_file, training_profile
+    assert len(assets) == 2 * 21 + 4  # + targets x 2, training_file, gate_summary
     groups = {a["group"] for a in assets.values()}
     assert len(groups) == 22 and "training" in groups
     assert assets["checkpoints/tri"] == {
@@ -53,6 +53,12 @@ def test_graph_is_readable_and_complete() -> None:
         "materializable": True,
     }
     assert assets["checkpoints/agg"]["partitioned"] is True
+    # Every pair's gate on one page: one asset, not a partition per pair.
+    assert assets["gate_summary"] == {
+        "group": "training",
+        "partitioned": False,
+        "materializable": True,
+    }
     assert snapshot["checks"] == sorted(f"training_file:{name}" for name in CHECK_NAMES)
 
 
@@ -61,7 +67,8 @@ def test_jobs_and_resources() -> None:
 
     assert defs.resolve_job_def(PAIR_JOB).partitions_def is not None
     assert defs.resolve_job_def(SHARED_JOB).partitions_def is None
-    assert {"warehouse", "checkpoints", "settings", "training_io_manager"} <= set(defs.resources)
+    expected = {"warehouse", "checkpoints", "settings", "training_io_manager", "alerts"}
+    assert expected <= set(defs.resources)
 
 
 HEAVY_AT_LOAD = ("pandas", "duckdb", "google.cloud.bigquery", "google.cloud.storage", "dagster_gcp")

@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("core.merge",),
     ("core.gate",),
     ("core.publish", "core.costs"),
-    ("core.build",),
+    ("core.build", "core.overview"),
     ("defs",),
     ("definitions",),
     ("cli",),

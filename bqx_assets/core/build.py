@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.checkpoints.select import stored_window
 from bqx_assets.core.checkpoints.window import ResolvedWindow, TrainingWindow
-from bqx_assets.core.gate.profile import Profile, candidate_key, load_profile, save_profile
+from bqx_assets.core.gate.profile import Profile, load_profile
 from bqx_assets.core.gate.report import Expectation, ValidationReport
 from bqx_assets.core.gate.thresholds import Thresholds
 from bqx_assets.core.gate.validate import validate_training_file
@@ -36,7 +36,9 @@ class TrainingBuild:
     @property
     def training_file(self) -> TrainingFile:
         """What the output root publishes (`publish.publish_training_file`)."""
-        return TrainingFile(self.pair, self.merge.staged, self.report.passed, self.report.to_dict())
+        report = self.report
+        profile = report.profile if report.passed else None
+        return TrainingFile(self.pair, self.merge.staged, report.passed, report.to_dict(), profile)
 
 
 def build_training_file(
@@ -54,9 +56,10 @@ def build_training_file(
     The window is the one the pair's checkpoints were made for (a rolling one: the days its
     stored spine holds); the chunks inside it are checked against their manifests (in an object
     store, pinned to the version checked and read in place). Row groups whose inputs did not
-    change are copied from the pair's published file. A file that passes leaves its profile as
-    the pair's candidate profile, which becomes the pair's profile when the file is published.
-    On any error nothing is left in `output` but what was there."""
+    change are copied from the pair's published file. Its drift is judged against the profile
+    published with the pair's last file; a file that passes carries its own profile, published
+    with it (`publish.publish_training_file`). On any error nothing is left in `output` but what
+    was there."""
     cleared = tuple(clear_dead_writes(output, pair))
     history = load_profile(output, pair)
     resolved = stored_window(checkpoints, catalog.targets[pair], window)
@@ -79,8 +82,6 @@ def build_training_file(
                 history=history,
                 source=stored,
             )
-        if report.passed and report.profile is not None:
-            save_profile(output, report.profile, candidate_key(pair))
     except BaseException:
         output.discard(merged.staged)
         raise

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from bqx_assets.core.metrics import FOOTPRINT_KEYS, peak_rss_bytes
+from bqx_assets.core.metrics import FOOTPRINT_KEYS, PeakRss, peak_rss_bytes
 
 METADATA_KEYS: tuple[str, ...] = (
     "step_cpu_seconds",
@@ -149,30 +149,42 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _peak_rss_bytes() -> int:
-    # The peak of the process's life: each step of a multiprocess run is its own process, so
-    # there it is the step's peak; in-process runs report the run's. Children too: work done in
-    # subprocesses is held by the step as well.
-    return max(peak_rss_bytes(), peak_rss_bytes(children=True))
-
-
 @dataclass
 class StepUsage:
     """Measures a step: `with StepUsage() as usage: ...; usage.add_bytes_read(n)`, then
-    `usage.metadata()` (or `start()` / `finish()`)."""
+    `usage.metadata()` (or `start()` / `finish()`).
+
+    Its peak memory is the step's own (`metrics.PeakRss`: the process's high-water mark reset
+    at the start where Linux allows it), so steps run one after another in one process, as
+    under `bqx demo`, each report theirs. Children's peaks count when they rose during the
+    step (the kernel keeps only the largest child's peak, which no process can reset)."""
 
     prices: Prices = field(default_factory=Prices)
     container: Container = field(default_factory=Container)
     bytes_read: int = 0
     _started: float | None = None
     _cpu_start: float = 0.0
+    _children_peak: int = 0
+    _peak: PeakRss = field(default_factory=PeakRss, repr=False, compare=False)
     _result: Usage | None = None
 
     def start(self) -> Self:
         self._started = time.perf_counter()
         self._cpu_start = _cpu_seconds()
+        self._children_peak = peak_rss_bytes(children=True)
+        self._peak = PeakRss().start()
         self._result = None
         return self
+
+    @property
+    def own_peak(self) -> bool:
+        """Whether the peak is the step's own, not the process's whole-life peak (where
+        Linux refused the reset; there each step should run in a process of its own)."""
+        return self._peak.own
+
+    def _peak_rss_bytes(self) -> int:
+        children = peak_rss_bytes(children=True)
+        return max(self._peak.stop(), children if children > self._children_peak else 0)
 
     def add_bytes_read(self, count: int) -> None:
         self.bytes_read += int(count)
@@ -187,7 +199,7 @@ class StepUsage:
         cloud_run, bigquery = estimate(wall, self.bytes_read, self.prices, self.container)
         self._result = Usage(
             cpu_seconds=max(0.0, _cpu_seconds() - self._cpu_start),
-            peak_rss_bytes=_peak_rss_bytes(),
+            peak_rss_bytes=self._peak_rss_bytes(),
             wall_seconds=wall,
             bytes_read=self.bytes_read,
             cloud_run_usd=cloud_run,

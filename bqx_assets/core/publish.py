@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from bqx_assets.core.gate.profile import Profile, profile_key, publish_profile
 from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.metrics import Stopwatch
 from bqx_assets.core.storage import ObjectInfo, StagedFile, Storage
@@ -26,19 +28,26 @@ touched."""
 _STAMP = "%Y%m%dT%H%M%S%fZ"
 
 
+def report_key(pair: str) -> str:
+    """Storage key of the gate report of the pair's latest build, published or quarantined."""
+    return f"gate/training_{pair}.report.json"
+
+
 @dataclass(frozen=True)
 class TrainingFile:
     """A finished training file handed from the merge to the output root: the verified
     temporary file its sink committed (`staged`), published under its key or quarantined.
 
     `passed` says whether every gate check passed; `report` is the gate report (JSON-able),
-    written beside a quarantined file.
+    kept as the pair's latest report and beside a quarantined file; `profile` is the file's
+    profile, published with the file: what the pair's next build is judged against.
     """
 
     pair: str
     staged: StagedFile
     passed: bool
     report: dict[str, Any] | None = None
+    profile: Profile | None = None
 
 
 @dataclass(frozen=True)
@@ -76,28 +85,11 @@ class PublishResult:
         )
 
     @property
-    def mb_per_s(self) -> float:
-        return self.size / 1e6 / self.seconds if self.seconds > 0 else 0.0
-
-    def metadata(self) -> dict[str, Any]:
-        """Small, human-readable facts for the materialization."""
-        meta: dict[str, Any] = {
-            "status": "published" if self.published else "quarantined",
-            "uri": self.uri,
-            "size_bytes": self.size,
-            "crc32c": self.crc32c,
-            "upload_seconds": round(self.seconds, 3),
-            "upload_mb_per_s": round(self.mb_per_s, 1),
-        }
-        if self.generation is not None:
-            meta["generation"] = self.generation
-        if self.previous_uri:
-            meta["previous_version_uri"] = self.previous_uri
-        if self.report_uri:
-            meta["report_uri"] = self.report_uri
-        if self.unchanged:
-            meta["unchanged"] = True
-        return meta
+    def status(self) -> str:
+        """`published`, `unchanged` (the same bytes were already published) or `quarantined`."""
+        if not self.published:
+            return "quarantined"
+        return "unchanged" if self.unchanged else "published"
 
 
 def version_key(key: str, info: ObjectInfo) -> str:
@@ -112,15 +104,21 @@ def quarantine_key(pair: str, when: datetime) -> str:
 
 
 def publish_training_file(
-    storage: Storage, training_file: TrainingFile, *, now: datetime | None = None
+    storage: Storage,
+    training_file: TrainingFile,
+    *,
+    now: datetime | None = None,
+    run_id: str | None = None,
 ) -> PublishResult:
     """Publish a training file its sink committed in the output root `storage`.
 
     Passed: it replaces `training_{pair}.parquet`; a different file already published there is
     first copied to `versions/` (see `VERSIONS_PREFIX`); the same bytes already published are
-    left as they are. Failed: the file and its report go to `quarantine/` and the published
-    file stays byte-identical. Each outcome is a rename (local) or a server-side copy (GCS),
-    never a transfer of the file; the temporary file is gone afterwards, failures included.
+    left as they are. Its profile is published with it (`gate.profile.publish_profile`).
+    Failed: the file and its report go to `quarantine/` and the published file and profile
+    stay byte-identical. Each outcome is a rename (local) or a server-side copy (GCS), never a
+    transfer of the file; the temporary file is gone afterwards, failures included. Last, the
+    build's gate report becomes the pair's latest (`report_key`), with `run_id`.
     """
     staged = training_file.staged
     pair = training_file.pair
@@ -137,26 +135,66 @@ def publish_training_file(
             # The file first: a publish that fails leaves no report of a file not there.
             info = storage.publish_staged(staged, key, if_generation_match=0)
             report_uri = _write_report(storage, key, training_file.report)
-            return PublishResult.of(
+            result = PublishResult.of(
                 pair, info, published=False, seconds=seconds(), report_uri=report_uri
             )
-        key = training_file_key(pair)
-        existing = storage.stat(key)
-        previous_uri = None
-        if existing is not None:
-            if existing.size == staged.info.size and existing.crc32c == staged.info.crc32c:
-                return PublishResult.of(pair, existing, published=True, seconds=0.0, unchanged=True)
-            previous_uri = storage.copy(key, version_key(key, existing)).uri
-        info = storage.publish_staged(
-            staged,
-            key,
-            if_generation_match=existing.generation if existing is not None else 0,
-        )
-        return PublishResult.of(
-            pair, info, published=True, seconds=seconds(), previous_uri=previous_uri
-        )
+        else:
+            result = _publish_passed(storage, training_file, seconds)
+            # An unchanged file's profile is already published, unless it never was.
+            profile = training_file.profile
+            if profile is not None and (
+                not result.unchanged or not storage.stat(profile_key(pair))
+            ):
+                publish_profile(storage, profile, now)
     finally:
         storage.discard(staged)
+    _write_latest(storage, training_file, result, now, run_id)
+    return result
+
+
+def _publish_passed(
+    storage: Storage, training_file: TrainingFile, seconds: Callable[[], float]
+) -> PublishResult:
+    staged, pair = training_file.staged, training_file.pair
+    key = training_file_key(pair)
+    existing = storage.stat(key)
+    previous_uri = None
+    if existing is not None:
+        if existing.size == staged.info.size and existing.crc32c == staged.info.crc32c:
+            return PublishResult.of(pair, existing, published=True, seconds=0.0, unchanged=True)
+        previous_uri = storage.copy(key, version_key(key, existing)).uri
+    info = storage.publish_staged(
+        staged, key, if_generation_match=existing.generation if existing is not None else 0
+    )
+    return PublishResult.of(
+        pair, info, published=True, seconds=seconds(), previous_uri=previous_uri
+    )
+
+
+def _write_latest(
+    storage: Storage,
+    training_file: TrainingFile,
+    result: PublishResult,
+    now: datetime,
+    run_id: str | None,
+) -> None:
+    """The build's gate report as the pair's latest: what the gate view and the alerts read."""
+    record = {
+        **(training_file.report or {}),
+        "pair": training_file.pair,
+        "passed": training_file.passed,
+        "status": result.status,
+        "uri": result.uri,
+        "at": now.astimezone(UTC).isoformat(),
+        "run_id": run_id,
+    }
+    storage.write_bytes(report_key(training_file.pair), json.dumps(record, default=str).encode())
+
+
+def latest_report(storage: Storage, pair: str) -> dict[str, Any] | None:
+    """The gate report of the pair's latest build (`publish_training_file`), None before one."""
+    data = storage.read_bytes(report_key(pair))
+    return None if data is None else json.loads(data)
 
 
 def clear_dead_writes(storage: Storage, pair: str) -> list[str]:

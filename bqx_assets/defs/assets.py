@@ -5,7 +5,6 @@ import tempfile
 from collections.abc import Iterator, Sequence
 
 import dagster as dg
-import polars as pl
 
 from bqx_assets.core.build import build_training_file
 from bqx_assets.core.catalog import (
@@ -22,14 +21,15 @@ from bqx_assets.core.checkpoints.refresh import (
 )
 from bqx_assets.core.checkpoints.schema import Source
 from bqx_assets.core.checkpoints.versions import family_versions
-from bqx_assets.core.costs import Prices, StepUsage
-from bqx_assets.core.gate.profile import promote_profile
-from bqx_assets.core.metrics import LocalBytes, footprint_metadata, peak_rss_bytes
+from bqx_assets.core.costs import Prices, StepUsage, Usage
+from bqx_assets.core.metrics import LocalBytes, footprint_metadata
 from bqx_assets.core.publish import TrainingFile
+from bqx_assets.defs import metadata as md
 from bqx_assets.defs.checks import check_results, training_check_specs
 from bqx_assets.defs.environment import graph_catalog
 from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets.defs.partitions import pairs_partitions
+from bqx_assets.defs.previews import allowed_previews
 from bqx_assets.defs.resources import CheckpointStore, PipelineSettings, WarehouseResource
 
 SHARED_FAMILIES: tuple[str, ...] = tuple(p.removesuffix("_") for p in SHARED_PREFIXES)
@@ -38,7 +38,6 @@ PAIR_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILY_ORDER if f not in SHARE
 TARGETS = TARGETS_FAMILY
 TRAINING_GROUP = "training"
 TRAINING_FILE = dg.AssetKey("training_file")
-TRAINING_PROFILE = dg.AssetKey("training_profile")
 BIGQUERY_POOL = "bigquery"
 """Steps that read the warehouse share this pool, so a backfill of many pairs never opens more
 read sessions than the pool allows (dagster.yaml sets its limit)."""
@@ -173,26 +172,28 @@ def _step_folders(
     return [settings.workdir, checkpoints.cache_dir, tempfile.gettempdir(), *more]
 
 
-def _family_metadata(
-    checkpoints: Sequence[ChunkedCheckpoint], price_per_tib: float
-) -> dict[str, dg.MetadataValue]:
-    bytes_read = sum(c.bytes_read for c in checkpoints)
+def _family_metadata(checkpoints: Sequence[ChunkedCheckpoint]) -> dict[str, dg.MetadataValue]:
+    """A family's checkpoints: tables, chunks extracted and reused, size, bytes read."""
     chunks = {s: sum(c.count(s) for c in checkpoints) for s in ("extracted", "reused", "compacted")}
     return {
         "tables": dg.MetadataValue.int(len(checkpoints)),
-        "extracted": dg.MetadataValue.int(sum(c.status == "extracted" for c in checkpoints)),
-        "reused": dg.MetadataValue.int(sum(c.status == "reused" for c in checkpoints)),
         "chunks_extracted": dg.MetadataValue.int(chunks["extracted"]),
-        "chunks_reused": dg.MetadataValue.int(chunks["reused"]),
-        "chunks_compacted": dg.MetadataValue.int(chunks["compacted"]),
-        "rows": dg.MetadataValue.int(sum(c.rows for c in checkpoints)),
-        "megabytes": dg.MetadataValue.float(
-            round(sum(c.bytes for c in checkpoints) / 1e6, 2) * 1.0
-        ),
-        "seconds": dg.MetadataValue.float(round(sum(c.seconds for c in checkpoints), 2) * 1.0),
-        "bytes_read": dg.MetadataValue.int(bytes_read),
-        "estimated_cost_usd": dg.MetadataValue.float(
-            round(bytes_read / 2**40 * price_per_tib, 6) * 1.0
+        "chunks_reused": dg.MetadataValue.int(chunks["reused"] + chunks["compacted"]),
+        "size_mb": md.mb(sum(c.bytes for c in checkpoints)),
+        "read_mb": md.mb(sum(c.bytes_read for c in checkpoints)),
+        "details": dg.MetadataValue.md(
+            md.table(
+                ["tables extracted", "tables reused", "chunks compacted", "rows", "seconds"],
+                [
+                    [
+                        sum(c.status == "extracted" for c in checkpoints),
+                        sum(c.status == "reused" for c in checkpoints),
+                        chunks["compacted"],
+                        sum(c.rows for c in checkpoints),
+                        round(sum(c.seconds for c in checkpoints), 2),
+                    ]
+                ],
+            )
         ),
     }
 
@@ -235,17 +236,25 @@ def _extract(
         wh.close()
     by_family = step_done.by_family()
     usage.add_bytes_read(step_done.bytes_read)
-    # The whole step's usage, repeated on each family it materializes.
-    step = {**usage.metadata(), **footprint_metadata(usage.finish().peak_rss_bytes, local.stop())}
+    step = md.step_usage(
+        usage.finish(), footprint_metadata(usage.finish().peak_rss_bytes, local.stop())
+    )
     start = step_done.window.training.start
     # The first day of the training window the chunks were made for (a rolling one moves).
     step_window = {"window_start": dg.MetadataValue.text(start.isoformat() if start else "none")}
-    for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
-        family = key.path[-1]
-        made = by_family.get(family, [])
+    keys = sorted(context.selected_asset_keys, key=lambda k: k.to_user_string())
+    for key in keys:
+        made = by_family.get(key.path[-1], [])
+        # The step's cost and memory once: on its first family (adding up the families'
+        # metadata then counts the step once).
+        own = (
+            step
+            if key == keys[0]
+            else {"step_usage": dg.MetadataValue.text(f"recorded on {keys[0].to_user_string()}")}
+        )
         yield dg.MaterializeResult(
             asset_key=key,
-            metadata={**_family_metadata(made, settings.bq_price_per_tib), **step, **step_window},
+            metadata={**_family_metadata(made), **own, **step_window},
             # The checkpoints' content: unchanged when every chunk was reused as it was.
             data_version=dg.DataVersion(
                 hashlib.sha256(
@@ -347,54 +356,87 @@ def training_file(
     merged, report, history = built.merge, built.report, built.history
     verdict = "passed every gate check" if report.passed else f"failed {list(report.failed)}"
     context.log.info(f"training file of {pair}: {merged.rows} x {merged.columns}, {verdict}")
+    own = usage.finish()
+    step = md.step_usage(own, footprint_metadata(own.peak_rss_bytes, local.stop()))
+    details = md.table(
+        ["merge s", "validation s", "chunks opened", "of chunks", "MB copied", "judged against"],
+        [
+            [
+                round(merged.seconds, 2),
+                round(built.validation_seconds, 2),
+                merged.chunks_opened,
+                merged.chunks,
+                round(merged.bytes_reused / 1e6, 2),
+                f"the profile of {history.created}" if history else "nothing: a first build",
+            ]
+        ],
+    )
     yield dg.Output(
         built.training_file,
         metadata={
-            "rows": dg.MetadataValue.int(merged.rows),
+            "dagster/row_count": dg.MetadataValue.int(merged.rows),
             "columns": dg.MetadataValue.int(merged.columns),
+            "size_mb": md.mb(merged.bytes_written),
+            "gate": dg.MetadataValue.text(
+                "passed" if report.passed else f"FAILED: {', '.join(report.failed)}"
+            ),
             "row_groups": dg.MetadataValue.int(merged.row_groups),
             "row_groups_reused": dg.MetadataValue.int(merged.row_groups_reused),
-            "bytes_reused": dg.MetadataValue.int(merged.bytes_reused),
-            "chunks_opened": dg.MetadataValue.int(merged.chunks_opened),
-            "chunks": dg.MetadataValue.int(merged.chunks),
-            "bytes": dg.MetadataValue.int(merged.bytes_written),
-            "merge_seconds": dg.MetadataValue.float(round(merged.seconds, 2)),
-            "merge_peak_rss_bytes": dg.MetadataValue.int(merged.peak_rss_bytes),
-            "validation_seconds": dg.MetadataValue.float(round(built.validation_seconds, 2)),
-            "peak_rss_bytes": dg.MetadataValue.int(peak_rss_bytes()),
-            "gate": dg.MetadataValue.text("passed" if report.passed else "failed"),
-            "families": dg.MetadataValue.md(report.family_table_markdown()),
-            "profile_history": dg.MetadataValue.text(
-                history.created if history else "none: first build of the pair"
-            ),
-            **usage.metadata(),
-            **footprint_metadata(usage.finish().peak_rss_bytes, local.stop()),
+            **step,
+            "run_cost_usd": md.usd(own.estimated_cost_usd + _earlier_steps_cost(context, pair)),
+            "details": dg.MetadataValue.md(f"{details}\n\n{report.family_table_markdown()}"),
         },
     )
     yield from check_results(report, TRAINING_FILE)
 
 
-@dg.multi_observable_source_asset(
-    name="pair_sources",
-    specs=[_source_spec(_CATALOG, f) for f in (*PAIR_FAMILIES, TARGETS)],
-    partitions_def=pairs_partitions,
-    can_subset=True,
-    required_resource_keys={"warehouse", "settings"},
-    description="Observes one pair's own warehouse tables (pair, corr, cov) and its targets table.",
-)
-def pair_sources(context: dg.AssetExecutionContext) -> Iterator[dg.ObserveResult]:
-    yield from _observe(context, context.partition_key)
+def _earlier_steps_cost(context: dg.AssetExecutionContext, pair: str) -> float:
+    """The estimated cost of the steps of this run before this one: the checkpoint steps that
+    recorded their usage on a checkpoint of this pair (or on the shared ones) in this run."""
+    total = 0.0
+    keys = [
+        *((checkpoint_asset_key(f), [pair]) for f in (*PAIR_FAMILIES, TARGETS)),
+        *((checkpoint_asset_key(f), None) for f in SHARED_FAMILIES),
+    ]
+    for key, partitions in keys:
+        found = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=partitions), limit=1
+        )
+        for record in found.records:
+            event = record.asset_materialization
+            if record.run_id != context.run.run_id or event is None:
+                continue
+            usage = Usage.from_metadata(md.recorded_usage(event.metadata))
+            if usage is not None and md.USAGE in event.metadata:
+                total += usage.estimated_cost_usd
+    return total
 
 
-@dg.multi_observable_source_asset(
-    name="shared_sources",
-    specs=[_source_spec(_CATALOG, f) for f in SHARED_FAMILIES],
-    can_subset=True,
-    required_resource_keys={"warehouse", "settings"},
-    description="Observes the warehouse tables every pair uses (tri, mkt, var, csi).",
-)
-def shared_sources(context: dg.AssetExecutionContext) -> Iterator[dg.ObserveResult]:
-    yield from _observe(context, None)
+# Observable sources are beta in dagster 1.13 with no stable equivalent (defs/previews.py).
+with allowed_previews():
+
+    @dg.multi_observable_source_asset(
+        name="pair_sources",
+        specs=[_source_spec(_CATALOG, f) for f in (*PAIR_FAMILIES, TARGETS)],
+        partitions_def=pairs_partitions,
+        can_subset=True,
+        required_resource_keys={"warehouse", "settings"},
+        description=(
+            "Observes one pair's own warehouse tables (pair, corr, cov) and its targets table."
+        ),
+    )
+    def pair_sources(context: dg.AssetExecutionContext) -> Iterator[dg.ObserveResult]:
+        yield from _observe(context, context.partition_key)
+
+    @dg.multi_observable_source_asset(
+        name="shared_sources",
+        specs=[_source_spec(_CATALOG, f) for f in SHARED_FAMILIES],
+        can_subset=True,
+        required_resource_keys={"warehouse", "settings"},
+        description="Observes the warehouse tables every pair uses (tri, mkt, var, csi).",
+    )
+    def shared_sources(context: dg.AssetExecutionContext) -> Iterator[dg.ObserveResult]:
+        yield from _observe(context, None)
 
 
 SHARED_CHECKPOINT = checkpoint_asset_key(SHARED_FAMILIES[0])
@@ -402,49 +444,9 @@ SHARED_CHECKPOINT = checkpoint_asset_key(SHARED_FAMILIES[0])
 warehouse_assets = [pair_sources, shared_sources]
 
 
-@dg.asset(
-    key=TRAINING_PROFILE,
-    partitions_def=pairs_partitions,
-    deps=[TRAINING_FILE],
-    io_manager_key="frame_io_manager",
-    group_name=TRAINING_GROUP,
-    kinds={"polars"},
-    automation_condition=REBUILD,
-)
-def training_profile(
-    context: dg.AssetExecutionContext,
-    settings: PipelineSettings,
-    training_io_manager: dg.ResourceParam[TrainingFileIOManager],
-) -> dg.Output[pl.DataFrame]:
-    """The profile of the pair's published training file, one row per feature column: null
-    share (split into nulls the merge made and nulls the source had), newest-day nulls, footer
-    min/max, family and table. Built from the footer by the gate, it is stored beside the
-    published file as `training_{pair}.profile.parquet`, the reference the pair's next build is
-    judged against (profile_drift). Runs only after every gate check of the file passed. A
-    partition is one pair."""
-    pair = context.partition_key
-    profile = promote_profile(training_io_manager.storage(), pair)
-    metadata: dict[str, dg.MetadataValue] = {
-        "rows": dg.MetadataValue.int(profile.rows),
-        "feature_columns": dg.MetadataValue.int(profile.columns.num_rows),
-        "families": dg.MetadataValue.md(profile.family_markdown()),
-        "built": dg.MetadataValue.text(profile.created),
-    }
-    # One float per family, plotted by Dagster across materializations.
-    for family in profile.families:
-        metadata[f"null_share_{family.family}"] = dg.MetadataValue.float(
-            round(family.null_share, 6)
-        )
-    if profile.coverage is not None:
-        metadata["tables"] = dg.MetadataValue.int(len(profile.coverage.tables))
-        metadata["newest_rows"] = dg.MetadataValue.int(profile.coverage.newest_rows)
-    return dg.Output(pl.from_arrow(profile.columns), metadata=metadata)  # type: ignore[arg-type]
-
-
 all_assets = [
     *warehouse_assets,
     shared_checkpoints,
     pair_checkpoints,
     training_file,
-    training_profile,
 ]

@@ -1,19 +1,34 @@
-"""Automation, off by default: Declarative Automation rebuilds from changed warehouse tables; a
-sensor alerts when a gate check fails."""
+"""Automation: Declarative Automation rebuilds from changed warehouse tables (off by default),
+brings the gate view up to date after pairs' builds (on), and a failed run or a failed gate
+sends one alert (on)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import dagster as dg
 
-from bqx_assets.core.gate.validate import CHECK_NAMES
-from bqx_assets.defs.assets import TRAINING_FILE
+from bqx_assets.core.publish import latest_report
+from bqx_assets.core.storage import Storage
+from bqx_assets.defs.alerts import (
+    Alert,
+    AlertChannel,
+    AlertDeliveryError,
+    Problem,
+    alert_sent,
+    gate_alert,
+    one_line,
+    record_alert,
+    run_alert,
+)
+from bqx_assets.defs.assets import warehouse_assets
+from bqx_assets.defs.io_managers import TrainingFileIOManager
+from bqx_assets.defs.overview import GATE_SUMMARY
 
 refresh_sensor = dg.AutomationConditionSensorDefinition(
     "warehouse_refresh_sensor",
-    target=dg.AssetSelection.all(include_sources=True),
+    # Every asset and the observable warehouse sources (`AssetSelection.all()` leaves sources
+    # out; its `include_sources` flag is a beta parameter).
+    target=(dg.AssetSelection.all() | dg.AssetSelection.assets(*warehouse_assets))
+    - dg.AssetSelection.assets(GATE_SUMMARY),
     default_status=dg.DefaultSensorStatus.STOPPED,
     description=(
         "Evaluates the assets' automation conditions (defs/assets.py: OBSERVE_WAREHOUSE, "
@@ -23,74 +38,97 @@ refresh_sensor = dg.AutomationConditionSensorDefinition(
     ),
 )
 
-
-@dataclass(frozen=True)
-class GateFailure:
-    """A failed gate check of one pair's training file."""
-
-    pair: str | None
-    check_name: str
-    run_id: str
-    description: str | None
-
-    def line(self) -> str:
-        text = f" ({self.description})" if self.description else ""
-        return f"gate check {self.check_name} failed for {self.pair} in run {self.run_id}{text}"
-
-
-AlertHook = Callable[[GateFailure], None]
-alert_hooks: list[AlertHook] = []
-"""Called once per gate failure after it is logged: append a Slack, PagerDuty or e-mail notifier
-here (in the code location) to be paged; the sensor stays free of any one vendor."""
-
-
-def gate_failures(
-    instance: dg.DagsterInstance, after_id: int, limit: int = 200
-) -> tuple[list[GateFailure], int]:
-    """Failed gate-check evaluations of the training file newer than record `after_id`, oldest
-    first, and the largest record id seen (the next cursor). Read per check from the check
-    execution records, which every event log (run-sharded SQLite included) serves by id."""
-    found = []
-    newest = after_id
-    for name in CHECK_NAMES:
-        history = instance.event_log_storage.get_asset_check_execution_history(
-            dg.AssetCheckKey(TRAINING_FILE, name), limit=limit
-        )
-        for record in history:
-            if record.id <= after_id:
-                continue
-            newest = max(newest, record.id)
-            evaluation = record.event.asset_check_evaluation if record.event else None
-            if evaluation is None or evaluation.passed:
-                continue
-            found.append(
-                (
-                    record.id,
-                    GateFailure(record.partition, name, record.run_id, evaluation.description),
-                )
-            )
-    return [failure for _, failure in sorted(found, key=lambda item: item[0])], newest
-
-
-@dg.sensor(
-    name="gate_failure_sensor",
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.STOPPED,
+view_sensor = dg.AutomationConditionSensorDefinition(
+    "gate_summary_sensor",
+    target=dg.AssetSelection.assets(GATE_SUMMARY),
+    default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Alerts when a pair's training file fails a gate check: logs each failure at error level "
-        "and calls the notifiers in `bqx_assets.defs.automation.alert_hooks`."
+        "Rebuilds gate_summary (every pair's gate on one page) once pairs' training files were "
+        "built or quarantined and no pair's build is running (defs/overview.py: UPDATE_VIEW). "
+        "On by default: it reads only the output root's gate reports, never the warehouse."
     ),
 )
-def gate_failure_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    after = int(context.cursor) if context.cursor else 0
-    failures, newest = gate_failures(context.instance, after)
-    for failure in failures:
-        context.log.error(failure.line())
-        for hook in alert_hooks:
-            hook(failure)
-    pairs = sorted({f.pair or "?" for f in failures})
-    reason = f"{len(failures)} gate failures: {', '.join(pairs)}" if failures else "no new failures"
-    return dg.SensorResult(skip_reason=reason, cursor=str(newest))
 
 
-automation: list[dg.SensorDefinition] = [refresh_sensor, gate_failure_sensor]
+def failure_alert(
+    context: dg.RunFailureSensorContext, alerts: AlertChannel, storage: Storage
+) -> Alert:
+    """The one alert of a failed run: a gate failure when the run's pair has a latest gate
+    report, written by this run, that did not pass; else the failed steps' errors."""
+    run = context.dagster_run
+    url = alerts.run_url(run.run_id)
+    pair = context.partition_key
+    if pair:
+        try:
+            report = latest_report(storage, pair)
+        except Exception as e:  # any storage or JSON error: the run's own alert still goes
+            context.log.warning(f"the gate report of {pair} could not be read: {e}")
+            report = None
+        if report and report.get("run_id") == run.run_id and not report.get("passed"):
+            return gate_alert(report, run.job_name, url)
+    errors = [
+        Problem(event.step_key or "run", one_line(_innermost(event)))
+        for event in context.get_step_failure_events()
+    ]
+    if not errors:
+        errors = [Problem("run", one_line(context.failure_event.message))]
+    return run_alert(run.run_id, run.job_name, pair, url, errors)
+
+
+def _innermost(event: dg.DagsterEvent) -> str:
+    """A step failure's own error, not the wrappers Dagster puts around user code."""
+    error = getattr(event.event_specific_data, "error", None)
+    if error is None:
+        return event.message or ""
+    while error.cause is not None:
+        error = error.cause
+    # "bqx_assets.core.errors.ExtractionError: pair ..." as "ExtractionError: pair ...".
+    head, sep, rest = error.message.partition(": ")
+    if sep and error.cls_name and head.endswith(error.cls_name):
+        return f"{error.cls_name}: {rest}"
+    return error.message
+
+
+@dg.run_failure_sensor(
+    name="failure_alert_sensor",
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Sends one alert per failed run of this code location through the `alerts` resource "
+        "(a JSON webhook set by BQX_ALERT_WEBHOOK; unset, the alert is only logged): for a "
+        "pair whose gate failed, the failed checks with their reasons; for any other failure, "
+        "the failed steps' errors; and the link to the run (BQX_DAGSTER_URL). Each alert sent "
+        "is kept under `alerts/` of the output root, so no failure is alerted twice."
+    ),
+)
+def failure_alert_sensor(
+    context: dg.RunFailureSensorContext,
+    alerts: AlertChannel,
+    training_io_manager: dg.ResourceParam[TrainingFileIOManager],
+) -> None:
+    # Returns None: the run status sensor then goes on to the next failed run of the same tick.
+    # Nothing here raises: an error would fail the tick, not retry the run (its cursor moves on).
+    run_id = context.dagster_run.run_id
+    storage = training_io_manager.storage()
+    try:
+        if alert_sent(storage, run_id):
+            context.log.info(f"run {run_id}: its alert was already sent")
+            return
+    except Exception as e:  # an unreadable ledger must not keep the alert from going out
+        context.log.warning(f"run {run_id}: could not tell whether its alert was sent: {e}")
+    alert = failure_alert(context, alerts, storage)
+    context.log.error(alert.text())
+    try:
+        channel = alerts.deliver(alert)
+    except AlertDeliveryError as e:
+        # Nothing is recorded: a later evaluation of this run (a retried tick) may still send it.
+        context.log.error(f"run {run_id}: alert not delivered: {e}")
+        return
+    try:
+        record_alert(storage, alert, channel)
+    except Exception as e:  # sent but not recorded: only a retried tick could repeat it
+        context.log.warning(f"run {run_id}: alert sent but not recorded under alerts/: {e}")
+    context.log.info(f"run {run_id}: alert sent to {channel or 'the log only (no webhook set)'}")
+
+
+automation: list[dg.SensorDefinition] = [refresh_sensor, view_sensor, failure_alert_sensor]

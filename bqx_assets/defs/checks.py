@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
 import dagster as dg
 
 from bqx_assets.core.gate.descriptions import CHECK_DESCRIPTIONS
-from bqx_assets.core.gate.report import ValidationReport
+from bqx_assets.core.gate.report import Listing, MetadataValue, ValidationReport
 from bqx_assets.core.gate.validate import CHECK_NAMES
+from bqx_assets.defs.previews import allowed_previews
 
 
 def training_check_specs(
@@ -17,10 +15,7 @@ def training_check_specs(
 ) -> list[dg.AssetCheckSpec]:
     """One blocking spec per gate check; partitioned like the asset so that the UI keeps a result
     per pair instead of only the latest pair's."""
-    with warnings.catch_warnings():
-        # Partitioned check specs are a preview API in dagster 1.13 and the only way the UI shows
-        # a check result per pair; the warning would repeat at every load of the definitions.
-        warnings.simplefilter("ignore", dg.PreviewWarning)
+    with allowed_previews():
         return [
             dg.AssetCheckSpec(
                 name,
@@ -33,20 +28,37 @@ def training_check_specs(
         ]
 
 
-def _metadata_value(value: Any) -> Any:
-    # Lists and dicts become JSON values; None has no metadata type of its own.
+def metadata_value(key: str, value: MetadataValue) -> dg.MetadataValue:
+    """One value of a check's metadata as the UI shows it: numbers as numbers (`actual` and
+    `threshold` are floats, plotted across runs), text as text, lists of names and listings as
+    markdown tables; never JSON."""
+    if isinstance(value, Listing):
+        return dg.MetadataValue.md(value.markdown())
+    if isinstance(value, list) and not value:
+        return dg.MetadataValue.text("none")
+    if isinstance(value, list):
+        return dg.MetadataValue.md(
+            Listing.of((key.replace("_", " "),), [(v,) for v in value]).markdown()
+        )
+    if isinstance(value, bool):
+        return dg.MetadataValue.bool(value)
+    if isinstance(value, int):
+        return dg.MetadataValue.int(value)
+    if isinstance(value, float):
+        return dg.MetadataValue.float(value)
     if value is None:
-        return dg.MetadataValue.text("")
-    if isinstance(value, dict | list | tuple):
-        return dg.MetadataValue.json(value if not isinstance(value, tuple) else list(value))
-    return value
+        return dg.MetadataValue.text("-")
+    if isinstance(value, str):
+        return dg.MetadataValue.text(value)
+    raise TypeError(f"check metadata {key!r}: no rendering for {type(value).__name__}")
 
 
 def check_results(report: ValidationReport, asset_key: dg.AssetKey) -> list[dg.AssetCheckResult]:
-    """The report's outcomes as check results: ERROR severity, so a failure blocks downstream."""
+    """The report's outcomes as check results: ERROR severity, so a failure blocks downstream;
+    the outcome's summary (with the thresholds it applied) is the result's description."""
     results = []
     for outcome in report.outcomes:
-        metadata = {k: _metadata_value(v) for k, v in outcome.metadata.items() if k != "summary"}
+        metadata = {k: metadata_value(k, v) for k, v in outcome.metadata.items() if k != "summary"}
         results.append(
             dg.AssetCheckResult(
                 asset_key=asset_key,
@@ -67,7 +79,7 @@ def report_metadata(report: ValidationReport) -> dict[str, dg.MetadataValue]:
         "columns": dg.MetadataValue.int(report.columns),
         "row_groups": dg.MetadataValue.int(report.row_groups),
         "gate": dg.MetadataValue.text("passed" if report.passed else "failed"),
-        "failed_checks": dg.MetadataValue.json(list(report.failed)),
+        "failed_checks": dg.MetadataValue.text(", ".join(report.failed) or "none"),
         "validation_seconds": dg.MetadataValue.float(round(report.seconds, 2)),
         "validation_peak_rss_bytes": dg.MetadataValue.int(report.peak_rss_bytes),
         "families": dg.MetadataValue.md(report.family_table_markdown()),

@@ -10,6 +10,7 @@ import dagster as dg
 from bqx_assets.core.catalog import FAMILY_ORDER, Catalog
 from bqx_assets.core.errors import CatalogError
 from bqx_assets.core.layout import EMBEDDED_WAREHOUSE_PATH
+from bqx_assets.defs.alerts import WebhookAlerts
 from bqx_assets.defs.frame_io import FrameIOManagerFactory
 from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets.defs.resources import (
@@ -121,6 +122,15 @@ def _settings(staging: str | None = None, **production: Any) -> PipelineSettings
     return settings
 
 
+def _alerts() -> WebhookAlerts:
+    """Failed runs' alerts: POSTed to `BQX_ALERT_WEBHOOK` (unset: only logged), with links to
+    the runs on `BQX_DAGSTER_URL` (the webserver as people reach it)."""
+    return WebhookAlerts(
+        url=_env("BQX_ALERT_WEBHOOK", None),
+        dagster_url=_env("BQX_DAGSTER_URL", "http://localhost:3000"),
+    )
+
+
 def resources_for(which: Deployment | None = None) -> dict[str, Any]:
     """The resources of a deployment: the same assets, other warehouse and roots."""
     if (which or deployment()) == "prod":
@@ -142,6 +152,7 @@ def resources_for(which: Deployment | None = None) -> dict[str, Any]:
             "frame_io_manager": FrameIOManagerFactory(
                 base_dir=_env("BQX_FRAME_DIR", "/tmp/bqx/frames")
             ),
+            "alerts": _alerts(),
         }
     # The embedded warehouse holds a few thousand minutes per pair, not production's 177K:
     # the row-count gate checks equality with the spine and these looser bounds.
@@ -159,4 +170,5 @@ def resources_for(which: Deployment | None = None) -> dict[str, Any]:
             cache_dir=_env("BQX_OUTPUT_CACHE_DIR", "data/cache/output"),
         ),
         "frame_io_manager": FrameIOManagerFactory(base_dir=_env("BQX_FRAME_DIR", "data/frames")),
+        "alerts": _alerts(),
     }

@@ -11,6 +11,7 @@ import polars as pl
 from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.publish import TrainingFile, publish_training_file
 from bqx_assets.core.storage import Storage, open_storage
+from bqx_assets.defs import metadata as md
 
 
 class TrainingFileIOManager(dg.ConfigurableIOManager):
@@ -45,13 +46,25 @@ class TrainingFileIOManager(dg.ConfigurableIOManager):
             raise dg.DagsterInvariantViolationError(
                 f"partition {context.asset_partition_key} returned the training file of {obj.pair}"
             )
-        result = publish_training_file(self.storage(), obj)
+        result = publish_training_file(self.storage(), obj, run_id=context.run_id)
         if not result.published:
             context.log.warning(
                 f"training file of {obj.pair} failed its gate checks: quarantined at "
                 f"{result.uri}; the published file is unchanged"
             )
-        context.add_output_metadata(result.metadata())
+        published: dict[str, dg.MetadataValue] = {
+            "status": dg.MetadataValue.text(result.status),
+            "dagster/uri": md.uri(result.uri),
+            "publish_seconds": md.seconds(result.seconds),
+            "crc32c": dg.MetadataValue.text(result.crc32c),
+        }
+        if result.generation is not None:
+            published["generation"] = dg.MetadataValue.int(result.generation)
+        if result.previous_uri:
+            published["previous_version"] = md.uri(result.previous_uri)
+        if result.report_uri:
+            published["report"] = md.uri(result.report_uri)
+        context.add_output_metadata(published)
 
     def load_input(self, context: dg.InputContext) -> pl.LazyFrame | dict[str, pl.LazyFrame]:
         pairs = _pairs_of(context)

@@ -12,12 +12,12 @@ import dagster as dg
 import pytest
 
 from bqx_assets.cli import main
-from bqx_assets.cli.commands.costs import cost_lines
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.costs import Container, Prices, Usage, format_report
 from bqx_assets.core.metrics import STEP_PEAK_LOCAL_BYTES
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 from bqx_assets.defs.assets import pair_checkpoints, shared_checkpoints, training_file
+from bqx_assets.defs.costs import cost_lines
 from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets.defs.partitions import pairs_partitions
 from bqx_assets.defs.resources import CheckpointStore, EmbeddedWarehouseResource, PipelineSettings

@@ -1,5 +1,6 @@
 """`bqx extract`: a pair's chunked checkpoints refreshed from the warehouse, in the layout the
-Dagster assets write and `bqx merge --checkpoints` reads."""
+Dagster assets write and `bqx merge --checkpoints` reads; nothing else under the root touched,
+and a refused extraction or a failed merge leaves what was there byte for byte."""
 
 from __future__ import annotations
 
@@ -79,8 +80,14 @@ def test_bqx_extract_and_merge_build_the_file_dagster_builds_from_the_same_check
     assert dg.materialize([training_file], partition_key=PAIR, resources=res).success
     assert_same(data, pq.read_table(tmp_path / "out" / f"training_{PAIR}.parquet"))
 
+    # A merge that fails (a table's chunk gone) leaves the training file at --out as it was.
+    next(root.glob(f"{PAIR}/*/*.parquet")).unlink()
+    code, _, err = bqx(capsys, *merge)
+    assert code == 1 and "have no verified checkpoint" in err
+    assert out.read_bytes() == before and list(tmp_path.glob(".*.tmp")) == []
 
-def test_bqx_extract_refuses_bad_windows_and_pairs_writing_nothing(
+
+def test_bqx_extract_refuses_bad_windows_and_pairs_leaving_the_root_as_it_was(
     mini: tuple[Catalog, Path],
     warehouses: Warehouses,
     tmp_path: Path,
@@ -90,6 +97,11 @@ def test_bqx_extract_refuses_bad_windows_and_pairs_writing_nothing(
     root = tmp_path / "ckpt"
     extract = ["extract", "--warehouse", str(three_days(warehouses, catalog))]
     extract += ["--checkpoints", str(root), "--catalog", str(catalog_path)]
+    # An earlier extraction, and a file of the user's under the root that is no checkpoint.
+    assert bqx(capsys, *extract, "--pair", PAIR, "--window-days", "1")[0] == 0
+    (root / "notes.txt").write_text("mine")
+    (root / PAIR / "notes.txt").write_text("mine too")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     both = ["--window-start", "2024-01-30", "--window-days", "2"]
     code, _, err = bqx(capsys, *extract, "--pair", PAIR, *both)
     assert code == 1 and "bqx extract: error:" in err and "both a start" in err
@@ -102,4 +114,13 @@ def test_bqx_extract_refuses_bad_windows_and_pairs_writing_nothing(
         "--checkpoints", str(root), "--catalog", str(catalog_path),
     )  # fmt: skip
     assert code == 1 and "missing.duckdb" in err
-    assert not root.exists() or not any(root.rglob("*.parquet"))
+    code, _, err = bqx(
+        capsys, "extract", "--pair", PAIR, "--checkpoints", str(root / "notes.txt"),
+        "--catalog", str(catalog_path),
+    )  # fmt: skip
+    assert code == 1 and f"--checkpoints {root / 'notes.txt'} is a file, not a folder" in err
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    # Extracted again, for another window: the user's files are left alone.
+    assert bqx(capsys, *extract, "--pair", PAIR, "--window-days", "2")[0] == 0
+    assert (root / "notes.txt").read_text() == "mine"
+    assert (root / PAIR / "notes.txt").read_text() == "mine too"

@@ -1,5 +1,6 @@
 """`bqx merge`: a targets file and a folder of feature files, or a pair's chunked checkpoints,
-merged into one training file; bad arguments and bad inputs refused, the output untouched."""
+merged into one training file; bad arguments and bad inputs refused, the output untouched; an
+earlier training file at --out replaced (and said), anything else there only when asked."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def test_cli_merges_a_folder_and_prints_json_last(
     )
     assert code == 0 and len(lines) > 1
     result = json.loads(lines[-1])
-    assert result["rows"] == 10 and result["columns"] == 7
+    assert result["rows"] == 10 and result["columns"] == 7 and result["replaced"] is False
     assert result["seconds"] >= 0 and result["peak_rss_bytes"] > 0
     assert result["out"] == str(out) and result["bytes_written"] == out.stat().st_size
     assert pq.read_schema(out).names == [
@@ -162,3 +163,42 @@ def test_bad_arguments_and_inputs_are_refused_by_name(
     )  # fmt: skip
     assert code == 1 and "bad.parquet: not a readable parquet file" in err
     assert not out.exists() and not root.exists()
+
+
+def test_an_earlier_training_file_at_out_is_replaced_and_said_anything_else_only_when_asked(
+    tmp_path: Path, spine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "features"
+    folder.mkdir()
+    feature(folder, "a_table", range(10))
+    merge = ["merge", "--targets", str(spine), "--features", str(folder)]
+    out = tmp_path / "out.parquet"
+    assert bqx(capsys, *merge, "--out", str(out))[0] == 0
+    code, lines, _ = bqx(capsys, *merge, "--out", str(out))  # what a merge wrote: replaced
+    assert code == 0 and json.loads(lines[-1])["replaced"] is True
+    said = f"{out}: replacing the training file there (10 rows x 5 columns) once the merge is"
+    assert f"{said} complete" in lines
+
+    notes = tmp_path / "notes.parquet"
+    notes.write_text("not parquet")
+    other = write(tmp_path / "other.parquet", {"a": [1, 2]})  # parquet that no merge wrote
+    folder_out = tmp_path / "folder.parquet"
+    folder_out.mkdir()
+    refusals = [
+        (notes, f"{notes} exists and is not a training file (not a readable parquet file: "),
+        (other, f"{other} exists and is not a training file (a parquet file no merge wrote): "
+                "not replaced; add --replace to replace it, or choose another --out"),
+        (folder_out, f"--out {folder_out} is a folder: name the training file to write"),
+    ]  # fmt: skip
+    before = {notes: notes.read_bytes(), other: other.read_bytes()}
+    for path, message in refusals:
+        code, _, err = bqx(capsys, *merge, "--out", str(path))
+        assert code == 1 and "bqx merge: error:" in err and message in err, (path, err)
+    assert {p: p.read_bytes() for p in before} == before and list(folder_out.iterdir()) == []
+    code, _, err = bqx(capsys, *merge, "--out", str(folder_out), "--replace")
+    assert code == 1 and "is a folder" in err  # never, even when asked
+    code, lines, _ = bqx(capsys, *merge, "--out", str(other), "--replace")
+    assert code == 0 and json.loads(lines[-1])["replaced"] is True
+    assert any(line.startswith(f"{other}: replacing what is there (a parquet") for line in lines)
+    assert pq.read_table(other).equals(pq.read_table(out))
+    assert list(tmp_path.glob(".*.tmp")) == []

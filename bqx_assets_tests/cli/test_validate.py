@@ -45,7 +45,7 @@ def test_command_passes_with_exit_0_and_a_json_line(
     assert result["passed"] is True and result["rows"] == handmade.ROWS
     assert result["row_groups"] == 4  # 200 rows in groups of 64
     assert set(result["checks"]) == set(CHECK_NAMES)
-    assert result["checks"]["row_count"]["metadata"]["threshold"]["min_rows"] == 100
+    assert result["checks"]["row_count"]["metadata"]["min_rows"] == 100
 
 
 def test_command_fails_with_exit_1_and_names_the_check(
@@ -66,8 +66,9 @@ def test_command_fails_with_exit_1_and_names_the_check(
     result = json.loads(out.splitlines()[-1])
     assert result["failed"] == ["column_count", "target_horizons"]
     assert result["checks"]["target_horizons"]["metadata"]["missing"] == ["target_bqx45_h15"]
-    threshold = result["checks"]["null_completeness"]["metadata"]["threshold"]
-    assert threshold["expected_null_share"]["corr"] == 0.5
+    families = result["checks"]["null_completeness"]["metadata"]["families"]
+    corr = next(f for f in families if f["family"] == "corr")
+    assert corr["allowed (expected + tolerance)"].startswith("80.0% (50.0% + 30 points)")
 
 
 def test_command_needs_the_spine_and_well_formed_thresholds(

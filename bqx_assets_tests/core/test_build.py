@@ -17,7 +17,7 @@ from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.checkpoints.refresh import refresh_tables
 from bqx_assets.core.checkpoints.window import ALL_TIME, TrainingWindow
 from bqx_assets.core.errors import MergeError
-from bqx_assets.core.gate.profile import candidate_key, load_profile, profile_key, promote_profile
+from bqx_assets.core.gate.profile import load_profile, profile_key
 from bqx_assets.core.gate.thresholds import Thresholds
 from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.publish import publish_training_file
@@ -65,7 +65,6 @@ def build_and_publish(
     assert built.report.passed, built.report.failed
     result = publish_training_file(output, built.training_file)
     assert result.published
-    promote_profile(output, pair)
     data = output.read_bytes(training_file_key(pair))
     assert data is not None
     return built, sha256(data)
@@ -109,16 +108,20 @@ def test_a_pair_is_merged_and_checked_in_its_output_root(
     assert (built.report.rows, built.report.columns) == (built.merge.rows, built.merge.columns)
     assert built.merge.columns == len(catalog.training_columns(PAIR))
     assert pq.read_schema(staged.info.uri).names == list(catalog.training_columns(PAIR))
-    # The candidate profile is saved; it becomes the pair's once the file is published.
-    assert output.read_bytes(candidate_key(PAIR)) is not None
-    assert load_profile(output, PAIR) is None
+    # The file carries its profile; it becomes the pair's when the file is published.
     training = built.training_file
     assert (training.pair, training.staged, training.passed) == (PAIR, staged, True)
+    assert training.profile is not None and training.profile.pair == PAIR
+    assert load_profile(output, PAIR) is None
     assert training.report == built.report.to_dict()
 
     result = publish_training_file(output, training)
     assert result.published and hidden(tmp_path / "out") == []
-    promote_profile(output, PAIR)
+    published = load_profile(output, PAIR)
+    assert published is not None and training.profile is not None
+    assert [f.to_json() for f in published.families] == [
+        f.to_json() for f in training.profile.families
+    ]  # as stored: shares rounded to 6 places
     # The next build is judged against it; nothing changed: the same file.
     again = build(LocalStorage(checkpoints), output, catalog)
     assert again.history is not None and again.history == load_profile(output, PAIR)
@@ -127,7 +130,7 @@ def test_a_pair_is_merged_and_checked_in_its_output_root(
     assert hidden(tmp_path / "out") == []
 
 
-def test_a_failing_gate_leaves_the_candidate_profile_unsaved(
+def test_a_failing_gate_publishes_neither_file_nor_profile(
     mini: tuple[Catalog, Path], checkpoints: Path, tmp_path: Path
 ) -> None:
     output = LocalStorage(tmp_path / "out")
@@ -136,8 +139,7 @@ def test_a_failing_gate_leaves_the_candidate_profile_unsaved(
         LocalStorage(checkpoints), output, mini[0], PAIR, TrainingWindow(), strict
     )
     assert not built.report.passed and "row_count" in built.report.failed
-    assert not built.training_file.passed
-    assert output.read_bytes(candidate_key(PAIR)) is None
+    assert not built.training_file.passed and built.training_file.profile is None
     # What the IO manager does with it: quarantined, with its report; nothing published.
     result = publish_training_file(output, built.training_file)
     assert not result.published and result.report_uri is not None
@@ -208,19 +210,23 @@ recorded = pytest.mark.skipif(
 START = datetime(2024, 1, 22, tzinfo=UTC)
 ROWS, APPENDED = 12_600, 3_000
 BUILT = {
-    "eurusd": "1616d72361e043a39cb15dca3a4eff029bfaf2ab98d86bc9f2585fd8e0a5a60d",
-    "gbpusd": "ecfb50bef7ff4d85bda117c2f5ff931bf3eab968ff9ff0cc1b0fb006a042597b",
+    "eurusd": "1793d230db3592995f224b038319a6811056d0eb66377f6e2750d28e92f4ef68",
+    "gbpusd": "262ea2f4b590cd0800114c5985d7b9ad506c5324882b64797a1430e1426c5211",
 }
 """SHA-256 of each pair's training file as main (095153a) built it: the mini catalog, 12,600
-minutes from Monday, January 22, 2024, every table refreshed into a local checkpoint root."""
+minutes from Monday, January 22, 2024, every table refreshed into a local checkpoint root.
+Recorded again for issue 29 when the coverage record (version 4) gained the newest day's
+reference minutes: the row groups' bytes are main's, only the footer's `bqx:coverage` value
+differs (main's digests: eurusd 1616d723..., gbpusd ecfb50be...)."""
 REFRESHED = {
-    "eurusd": "06e107d00a828baa7ab8115868fda66aba973253d92f91bcdcf877989f0fadd2",
-    "gbpusd": "13080cfbbbe86700c6894c33dc3f86b0615ad08c703d14b4067f32b69ea3e76f",
+    "eurusd": "b32e57d65d998b94ec19085b1aa8c639660925c0d266a0ffe628d7e066ed5f09",
+    "gbpusd": "17892b5d961df036beeb3e3ae77ff34f978c284098ad623bf757e14ffad60304",
 }
 """The same after 3,000 minutes appended, the chunks refreshed and the file merged with the
 published one as previous (3 row groups, 1 copied; 69 chunks, 55 opened)."""
-FULL_EURUSD = "6ac197edc3e7d7cb9737d4777cd47075884de2480105f2e1ca5a4566a2ddfdf1"
-"""The full catalog's eurusd (17,031 columns), 1,500 minutes from the default start."""
+FULL_EURUSD = "63797a27ea6f633a296c623a76ba8a4254f5d8a0210f53dd5ac0c2a25ce33c35"
+"""The full catalog's eurusd (17,031 columns), 1,500 minutes from the default start (main's,
+before the coverage record's version 4: 6ac197ed...)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Step usage, the Cloud Run cost estimate and the cost report's lines and totals."""
+"""Step usage, the Cloud Run cost estimate and the cost report's lines and totals; each step's
+own peak memory when several run in one process."""
 
 import hashlib
 
@@ -15,6 +16,7 @@ from bqx_assets.core.costs import (
     format_report,
     total,
 )
+from bqx_assets.core.metrics import peak_rss_bytes
 
 
 def test_estimate_prices_the_container_for_its_wall_time_plus_bytes_read() -> None:
@@ -66,6 +68,24 @@ def test_step_usage_measures_cpu_wall_memory_and_bytes() -> None:
         cloud_run_usd=metadata["step_cloud_run_usd"],
         bigquery_usd=metadata["step_bigquery_usd"],
     )
+
+
+def test_steps_run_one_after_another_in_one_process_each_report_their_own_peak() -> None:
+    """`bqx demo` runs every step in its one process: the step that held 300 MiB and the one
+    that held 30 MiB report different peaks, not both the process's (issue 29)."""
+    with StepUsage() as first:
+        ballast = bytearray(300 * 2**20)
+        del ballast
+    with StepUsage() as second:
+        ballast = bytearray(30 * 2**20)
+        del ballast
+    if not (first.own_peak and second.own_peak):
+        pytest.skip("this kernel refuses to reset the peak (/proc/self/clear_refs)")
+    large, small = first.finish().peak_rss_bytes, second.finish().peak_rss_bytes
+    assert large - small > 200 * 2**20
+    assert small > 10 * 2**20  # what the process held when the step started counts
+    assert first.metadata()["step_peak_rss_bytes"] == large
+    assert peak_rss_bytes() >= large
 
 
 def test_finish_before_start_is_an_error() -> None:

@@ -1,4 +1,5 @@
-"""Step measurements: the local bytes a step holds at its peak, above what was there before."""
+"""Step measurements: the local bytes a step holds at its peak, above what was there before; a
+step's own peak memory in a process that runs several."""
 
 from __future__ import annotations
 
@@ -7,13 +8,24 @@ from pathlib import Path
 
 import pytest
 
+from bqx_assets.core import metrics
 from bqx_assets.core.metrics import (
     STEP_FOOTPRINT_BYTES,
     STEP_PEAK_LOCAL_BYTES,
     LocalBytes,
+    PeakRss,
     folder_bytes,
     footprint_metadata,
+    peak_rss_bytes,
 )
+
+MiB = 2**20
+
+
+def _hold(size: int) -> None:
+    """Touch `size` bytes, then hand them back (an allocation this large is its own mapping)."""
+    ballast = bytearray(size)
+    del ballast
 
 
 def test_peak_local_bytes_counts_a_file_that_came_and_went(tmp_path: Path) -> None:
@@ -67,3 +79,41 @@ def test_a_slow_walk_of_the_folders_makes_the_sampler_wait_longer(
         time.sleep(1.0)
     # 0.02 s walks every 0.01 s would be ~33 walks; waiting 10 x 0.02 s between them, ~5.
     assert 3 <= len(walks) <= 10, len(walks)
+
+
+def test_a_window_reports_the_peak_since_its_start_and_the_process_keeps_its_whole_life_peak() -> (
+    None
+):
+    with PeakRss() as large:
+        _hold(300 * MiB)
+    with PeakRss() as small:
+        _hold(30 * MiB)
+    if not (large.own and small.own):
+        pytest.skip("this kernel refuses to reset the peak (/proc/self/clear_refs)")
+    # Without the reset both would be the process's peak, the same figure.
+    assert large.bytes - small.bytes > 200 * MiB
+    assert peak_rss_bytes() >= large.bytes  # what `bqx demo` prints last is the whole run's
+
+
+def test_a_window_started_inside_another_hides_none_of_the_outer_windows_peak() -> None:
+    with PeakRss() as outer:
+        _hold(200 * MiB)
+        with PeakRss() as inner:
+            _hold(20 * MiB)
+    if not inner.own:
+        pytest.skip("this kernel refuses to reset the peak (/proc/self/clear_refs)")
+    assert outer.bytes - inner.bytes > 150 * MiB
+    assert outer.stop() == outer.bytes  # fixed once stopped
+
+
+def test_where_the_reset_is_refused_a_window_reports_the_process_whole_life_peak(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only /proc (a hardened container) or a sandbox without clear_refs: no error, the
+    process's peak, the step's own where each step is a process of its own."""
+    monkeypatch.setattr(metrics, "_CLEAR_REFS", tmp_path)  # a folder: the write fails
+    before = peak_rss_bytes()
+    with PeakRss() as peak:
+        _hold(10 * MiB)
+    assert not peak.own
+    assert before <= peak.bytes <= peak_rss_bytes()

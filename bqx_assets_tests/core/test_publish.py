@@ -9,17 +9,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from google.api_core import exceptions as api_exceptions
 from google.cloud.storage import Blob
 
 from bqx_assets.core.errors import StorageError
+from bqx_assets.core.gate.profile import (
+    Profile,
+    build_profile,
+    history_key,
+    load_history,
+    load_profile,
+    profile_key,
+    publish_profile,
+)
 from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.publish import (
     TrainingFile,
     clear_dead_writes,
+    latest_report,
     publish_training_file,
     quarantine_key,
+    report_key,
     version_key,
 )
 from bqx_assets.core.storage import (
@@ -102,11 +115,7 @@ def test_a_passed_file_is_published_and_the_previous_one_kept_under_versions(
     if published_v1.generation is not None:
         assert second.generation != published_v1.generation
     assert _temporaries(output) == []
-    meta = second.metadata()
-    assert meta["status"] == "published" and meta["uri"] == output.uri_of(KEY)
-    assert meta["size_bytes"] == len(v2) and meta["crc32c"] == bytes_crc32c(v2)
-    assert meta["previous_version_uri"] == second.previous_uri
-    assert "report_uri" not in meta and "unchanged" not in meta
+    assert second.status == "published" and second.report_uri is None
 
 
 def test_the_same_bytes_again_leave_the_published_file_as_it_is(output: Storage) -> None:
@@ -117,7 +126,7 @@ def test_the_same_bytes_again_leave_the_published_file_as_it_is(output: Storage)
     again = publish_training_file(output, TrainingFile("eurusd", _staged(output, data), True))
 
     assert again.published and again.unchanged and again.previous_uri is None
-    assert again.seconds == 0.0 and again.metadata()["unchanged"] is True
+    assert again.seconds == 0.0 and again.status == "unchanged"
     assert _identity(output.stat(KEY)) == _identity(before)
     assert list(output.list("versions")) == []
     assert _temporaries(output) == []
@@ -148,12 +157,104 @@ def test_a_failed_file_is_quarantined_and_the_published_one_untouched(
         assert held.report_uri == output.uri_of(report_key)
         assert list(output.list("quarantine")) == [key, report_key]
         assert json.loads(output.read_bytes(report_key) or b"") == report
-        assert held.metadata()["report_uri"] == held.report_uri
-    assert held.metadata()["status"] == "quarantined"
+    assert held.status == "quarantined"
     assert output.read_bytes(KEY) == good
     assert _identity(output.stat(KEY)) == _identity(before)
     assert list(output.list("versions")) == []
     assert _temporaries(output) == []
+
+
+def _profile(rows: int) -> Profile:
+    """The profile of a file of `rows` rows and one feature column, a fifth of it null."""
+    return build_profile(
+        "eurusd",
+        rows,
+        ["interval_time", "agg_bqx__agg_mean_45"],
+        [pa.timestamp("us", "UTC"), pa.float64()],
+        np.array([0, rows // 5]),
+        np.array([np.nan, -1.0]),
+        np.array([np.nan, 1.0]),
+        [1],
+        {"agg_bqx__agg_mean_45": "agg"},
+        ["agg"],
+        None,
+    )
+
+
+def test_the_profile_is_published_with_its_file_and_kept_in_the_history(
+    output: Storage,
+) -> None:
+    times = [NOW.replace(hour=h) for h in (12, 13, 14)]
+    for rows, now in zip((100, 200, 200), times, strict=True):
+        data = _file(CHUNK + rows)
+        staged = _staged(output, data if rows == 100 else _file(CHUNK + 7))
+        built = TrainingFile("eurusd", staged, True, profile=_profile(rows))
+        publish_training_file(output, built, now=now, run_id=f"run-{now.hour}")
+
+    current = load_profile(output, "eurusd")
+    assert current is not None and current.rows == 200
+    assert current.family("agg") is not None and current.family("agg").null_share == 0.2
+    history = load_history(output, "eurusd")
+    assert [p.rows for p in history] == [200, 200, 100]  # newest first, one per publish
+    assert sorted(output.list("profiles/training_eurusd")) == [
+        history_key("eurusd", t) for t in times
+    ]
+    assert latest_report(output, "eurusd") == {
+        "pair": "eurusd",
+        "passed": True,
+        "status": "published",
+        "uri": output.uri_of(KEY),
+        "at": times[-1].isoformat(),
+        "run_id": "run-14",
+    }
+
+
+def test_the_history_keeps_the_newest_profiles(tmp_path: Path) -> None:
+    output = LocalStorage(tmp_path / "output")
+    for minute in range(5):
+        staged = _staged(output, _file(1000 + minute))
+        built = TrainingFile("eurusd", staged, True, profile=_profile(10 + minute))
+        publish_training_file(output, built, now=NOW.replace(minute=minute))
+        assert len(list(output.list("profiles/training_eurusd"))) == min(minute + 1, 30)
+    kept = [p.rows for p in load_history(output, "eurusd", limit=3)]
+    assert kept == [14, 13, 12]
+    publish_profile(output, _profile(99), NOW.replace(hour=20), keep=2)
+    assert [p.rows for p in load_history(output, "eurusd")] == [99, 14]
+
+
+def test_a_failed_file_leaves_the_published_profile_and_becomes_the_latest_report(
+    output: Storage,
+) -> None:
+    good = TrainingFile("eurusd", _staged(output, _file(2000)), True, profile=_profile(100))
+    publish_training_file(output, good, now=NOW, run_id="good")
+    published = output.read_bytes(profile_key("eurusd"))
+
+    bad = TrainingFile("eurusd", _staged(output, _file(1500)), False, REPORT, profile=_profile(50))
+    held = publish_training_file(output, bad, now=NOW.replace(hour=13), run_id="bad")
+
+    assert output.read_bytes(profile_key("eurusd")) == published
+    assert len(load_history(output, "eurusd")) == 1
+    latest = latest_report(output, "eurusd")
+    assert latest is not None and latest["row_count"] == REPORT["row_count"]
+    assert (latest["passed"], latest["status"], latest["run_id"]) == (False, "quarantined", "bad")
+    assert latest["uri"] == held.uri
+    assert list(output.list("gate")) == [report_key("eurusd")]
+    assert latest_report(output, "gbpusd") is None
+
+
+def test_an_unchanged_file_publishes_a_profile_it_never_had(tmp_path: Path) -> None:
+    output = LocalStorage(tmp_path / "output")
+    data = _file(1000)
+    publish_training_file(output, TrainingFile("eurusd", _staged(output, data), True))
+    assert load_profile(output, "eurusd") is None  # published without one
+
+    again = TrainingFile("eurusd", _staged(output, data), True, profile=_profile(100))
+    assert publish_training_file(output, again, now=NOW).unchanged
+    assert load_profile(output, "eurusd") is not None
+
+    third = TrainingFile("eurusd", _staged(output, data), True, profile=_profile(100))
+    publish_training_file(output, third, now=NOW.replace(hour=13))
+    assert len(load_history(output, "eurusd")) == 1  # unchanged with its profile: no new entry
 
 
 def test_a_publish_that_fails_leaves_the_published_file_and_no_temporary(

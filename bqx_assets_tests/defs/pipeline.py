@@ -22,15 +22,22 @@ DAY = 1440
 """Minutes (rows) in a day."""
 
 
-def resources(root: Path, catalog_path: Path, warehouse: Path, **settings: Any) -> dict[str, Any]:
-    """The local deployment's resources on `warehouse`, every root under `root`."""
+def resources(
+    root: Path,
+    catalog_path: Path,
+    warehouse: Path,
+    gate: dict[str, Any] | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """The local deployment's resources on `warehouse`, every root under `root` (`gate`: the
+    thresholds that differ from the local deployment's)."""
     return {
         "warehouse": EmbeddedWarehouseResource(path=str(warehouse)),
         "checkpoints": CheckpointStore(root=str(root / "ckpt"), cache_dir=str(root / "cache")),
         "settings": PipelineSettings(
             catalog_path=str(catalog_path),
             workdir=str(root / "work"),
-            gate={"min_rows": 100},
+            gate={"min_rows": 100, **(gate or {})},
             **settings,
         ),
         "training_io_manager": TrainingFileIOManager(output_root=str(root / "out")),

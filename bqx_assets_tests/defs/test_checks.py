@@ -16,7 +16,12 @@ from bqx_assets.core.gate.report import Expectation
 from bqx_assets.core.gate.thresholds import Thresholds
 from bqx_assets.core.gate.validate import CHECK_NAMES, validate_training_file
 from bqx_assets.core.layout import KEY
-from bqx_assets.defs.checks import check_results, report_metadata, training_check_specs
+from bqx_assets.defs.checks import (
+    check_results,
+    metadata_value,
+    report_metadata,
+    training_check_specs,
+)
 
 GOOD, BAD = "eurusd", "gbpusd"
 ROWS = 120
@@ -149,15 +154,57 @@ def test_failed_results_carry_actual_expected_threshold_and_offenders(
     evaluation = record.evaluation
     assert evaluation is not None and not evaluation.passed
     assert evaluation.severity == dg.AssetCheckSeverity.ERROR
-    metadata = {k: v.value for k, v in evaluation.metadata.items()}
-    assert metadata["families_over_threshold"] == {"corr": 1.0}
-    assert metadata["all_null_columns"] == ["corr_etf_idx_spy__corr_45"]
-    assert metadata["threshold"] == {
-        "expected_null_share": {"agg": 0.024, "corr": 0.53},
-        "tolerance": {"agg": 0.05, "corr": 0.3},
-    }
-    assert {"actual", "expected", "threshold"} <= set(metadata)
+    metadata = evaluation.metadata
+    # The numbers the UI plots across runs: the worst family's excess over its allowed share
+    # (corr: 100% null, 83% allowed) against 0.
+    assert isinstance(metadata["actual"], dg.FloatMetadataValue)
+    assert metadata["actual"].value == pytest.approx(0.17)
+    assert metadata["threshold"] == dg.MetadataValue.float(0.0)
+    assert metadata["families_over"] == dg.MetadataValue.int(1)
+    # Offenders and families as markdown tables, never JSON.
+    assert not any(isinstance(v, dg.JsonMetadataValue) for v in metadata.values())
+    assert metadata["all_null"] == dg.MetadataValue.md(
+        "| column | family |\n|---|---|\n| corr_etf_idx_spy__corr_45 | corr |"
+    )
+    families = metadata["families"]
+    assert isinstance(families, dg.MarkdownMetadataValue)
+    assert "| no row for the key (merge-made) | null in the source's rows |" in families.value
+    assert "| corr | 1 | 100.00% | 0.00% | 100.00% | - | 1 | 83.0% (53.0% + 30 points) | NO |" in (
+        families.value
+    )
+    # The result's description is the summary, with the thresholds it applied.
+    assert "corr 100.0% > 83.0% (53.0% + 30 points)" in (evaluation.description or "")
     assert "100% null" in (evaluation.description or "")
+
+
+def test_every_check_result_has_a_float_actual_and_threshold_and_no_json(
+    materialized: tuple[dg.DagsterInstance, Path],
+) -> None:
+    instance, _ = materialized
+    keys = [dg.AssetCheckKey(TRAINING, name) for name in CHECK_NAMES]
+    for pair in (GOOD, BAD):
+        latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            keys, partition_filter=PartitionKeyFilter(key=pair)
+        )
+        for key, record in latest.items():
+            assert record.evaluation is not None
+            metadata = record.evaluation.metadata
+            assert isinstance(metadata["actual"], dg.FloatMetadataValue), (pair, key.name)
+            assert isinstance(metadata["threshold"], dg.FloatMetadataValue), (pair, key.name)
+            assert not any(isinstance(v, dg.JsonMetadataValue) for v in metadata.values())
+
+
+def test_metadata_values_render_as_numbers_text_and_markdown() -> None:
+    assert metadata_value("actual", 0.5) == dg.MetadataValue.float(0.5)
+    assert metadata_value("rows", 3) == dg.MetadataValue.int(3)
+    assert metadata_value("in_catalog_order", False) == dg.MetadataValue.bool(False)
+    assert metadata_value("first_key", None) == dg.MetadataValue.text("-")
+    assert metadata_value("missing", []) == dg.MetadataValue.text("none")
+    assert metadata_value("missing", ["a", "b"]) == dg.MetadataValue.md(
+        "| missing |\n|---|\n| a |\n| b |"
+    )
+    with pytest.raises(TypeError, match=r"check metadata 'odd': no rendering for dict"):
+        metadata_value("odd", {"a": 1})  # type: ignore[arg-type]
 
 
 def test_a_failed_gate_publishes_nothing_and_blocks_downstream(
@@ -173,7 +220,9 @@ def test_a_failed_gate_publishes_nothing_and_blocks_downstream(
     assert event is not None and event.asset_materialization is not None
     assert event.asset_materialization.partition == BAD
     families = event.asset_materialization.metadata["families"].value
-    assert "| corr | 1 | 100.00% | 0.00% | 100.00% | - | 1 | 83.0% | NO |" in families
+    assert "| corr | 1 | 100.00% | 0.00% | 100.00% | - | 1 | 83.0% (53.0% + 30 points) | NO |" in (
+        families
+    )
 
 
 def test_rematerializing_after_the_fix_passes_and_publishes(

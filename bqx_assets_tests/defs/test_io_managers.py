@@ -111,10 +111,10 @@ def test_training_file_to_a_local_root(tmp_path: Path) -> None:
     assert _temporaries(str(output)) == []  # the committed file was renamed into place
     meta = _published_metadata(result)
     assert meta["status"] == "published"
-    assert meta["uri"] == str(published)
-    assert meta["size_bytes"] == published.stat().st_size
+    assert meta["dagster/uri"] == str(published)
     assert meta["crc32c"] == file_crc32c(published)
-    assert meta["upload_seconds"] >= 0 and meta["upload_mb_per_s"] >= 0
+    assert meta["publish_seconds"] >= 0
+    assert "generation" not in meta  # a local file has none
     assert _sample(tmp_path, "eurusd")["target_bqx45_h15"].to_list() == [0.2, 0.3, 0.4]
 
 
@@ -128,13 +128,9 @@ def test_training_file_to_gcs(gcs_bucket: str, tmp_path: Path) -> None:
     info = storage.stat("training_gbpusd.parquet")
     assert info is not None
     meta = _published_metadata(result)
-    assert meta["uri"] == f"{root}/training_gbpusd.parquet"
-    assert (meta["size_bytes"], meta["crc32c"], meta["generation"]) == (
-        info.size,
-        info.crc32c,
-        info.generation,
-    )
-    assert meta["upload_seconds"] > 0 and meta["upload_mb_per_s"] > 0
+    assert meta["dagster/uri"] == f"{root}/training_gbpusd.parquet"
+    assert (meta["crc32c"], meta["generation"]) == (info.crc32c, info.generation)
+    assert meta["publish_seconds"] > 0
     assert _temporaries(root) == []  # the committed object was copied into place and deleted
     # Loaded from a verified local copy of the object, not through Polars' gs:// reader.
     cached = tmp_path / "cache" / "training_gbpusd.parquet"
@@ -160,13 +156,13 @@ def test_failed_gate_is_quarantined_and_published_file_kept(
     assert result.success
     meta = _published_metadata(result)
     assert meta["status"] == "quarantined"
-    assert meta["uri"].startswith(f"{root}/quarantine/training_eurusd.")
+    assert meta["dagster/uri"].startswith(f"{root}/quarantine/training_eurusd.")
     assert storage.stat("training_eurusd.parquet") == good
     assert storage.read_bytes("training_eurusd.parquet") == good_bytes
-    report_key = meta["report_uri"].removeprefix(f"{root}/")
+    report_key = meta["report"].removeprefix(f"{root}/")
     assert json.loads(storage.read_bytes(report_key) or b"")["row_count"]["actual"] == 5
     quarantined = storage.get_file(
-        meta["uri"].removeprefix(f"{root}/"), tmp_path / "quarantined.parquet"
+        meta["dagster/uri"].removeprefix(f"{root}/"), tmp_path / "quarantined.parquet"
     )
     assert pl.read_parquet(quarantined)["target_bqx45_h15"][0] == 100.0
     assert _temporaries(root) == []
@@ -179,8 +175,8 @@ def test_new_version_keeps_the_previous_one(tmp_path: Path) -> None:
     result = _materialize(tmp_path, str(output), offset=1.0)
     assert result.success
     meta = _published_metadata(result)
-    assert Path(meta["previous_version_uri"]).read_bytes() == first
-    assert Path(meta["previous_version_uri"]).parent == output / "versions"
+    assert Path(meta["previous_version"]).read_bytes() == first
+    assert Path(meta["previous_version"]).parent == output / "versions"
     assert pl.read_parquet(output / "training_eurusd.parquet").equals(_frame(5, 1.0))
 
 
@@ -373,22 +369,28 @@ def test_whole_pair_with_both_roots_in_gcs(
         assert any(key.endswith(".manifest.json") for key in mine), table.name
     outputs = open_storage(f"gs://{output}")
     meta = _published_metadata(pair)
-    key = meta["uri"].removeprefix(f"gs://{output}/")  # published, or quarantined by the gate
+    key = meta["dagster/uri"].removeprefix(
+        f"gs://{output}/"
+    )  # published, or quarantined by the gate
     published = outputs.stat(key)
     assert published is not None
-    assert (meta["crc32c"], meta["size_bytes"]) == (published.crc32c, published.size)
+    assert meta["crc32c"] == published.crc32c
     # No local copy of a checkpoint or of the training file was ever made.
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
     names = [b.name for b in gcs_emulator.client().list_blobs(output)]
     assert not [n for n in names if n.endswith(".tmp")]  # the temporary object was deleted
-    assert meta[STEP_FOOTPRINT_BYTES] == meta["step_peak_rss_bytes"] + meta[STEP_PEAK_LOCAL_BYTES]
+    usage = meta["usage"]  # the step's record: its memory is its RSS plus what it held on disk
+    assert (
+        usage[STEP_FOOTPRINT_BYTES] == usage["step_peak_rss_bytes"] + usage[STEP_PEAK_LOCAL_BYTES]
+    )
+    assert meta["step_peak_memory_mib"] == round(usage[STEP_FOOTPRINT_BYTES] / 2**20, 1)
 
     local = tmp_path.parent / f"{tmp_path.name}-local"
     built = _build_pair(
         every_family, str(local / "checkpoints"), str(local / "out"), local / "scratch"
     )
     assert _published_metadata(built)["status"] == meta["status"]
-    expected = pq.read_table(_published_metadata(built)["uri"])
+    expected = pq.read_table(_published_metadata(built)["dagster/uri"])
     from_gcs = outputs.open_file(key, size=published.size, crc32c=published.crc32c)
     assert from_gcs.remote  # read in place, by ranged reads of the object
     got = pq.ParquetFile(from_gcs.reader()).read()

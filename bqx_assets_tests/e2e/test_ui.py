@@ -1,6 +1,8 @@
-"""The Dagster UI in headless Chromium: asset graph, the training file's partitions and checks."""
+"""The Dagster UI in headless Chromium: asset graph, the training file's partitions and checks,
+and the gate view of every pair after one pair's build failed its gate."""
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -8,7 +10,7 @@ from typing import Any
 import pytest
 
 from bqx_assets.core.gate.validate import CHECK_NAMES
-from bqx_assets_tests.e2e.conftest import ARTIFACTS, PAIRS, Backfill, Deployment
+from bqx_assets_tests.e2e.conftest import ARTIFACTS, BIN, PAIRS, Backfill, Deployment
 
 # Setup (warehouse, shared checkpoints, servers, backfill) runs inside the first test's limit.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -111,3 +113,83 @@ def test_checks_tab_lists_every_gate_check(
     for pair in PAIRS:
         assert pair in per_pair
     assert f"Passed ({len(PAIRS)})" in per_pair and "Failed (0)" in per_pair
+
+
+# -- the gate view: runs last, after the pages above saw every pair pass ----------------------
+FAULTY_PAIR = "usdjpy"
+FAULT = f"leak:regime_bqx_{FAULTY_PAIR}_45"
+"""A target of usdjpy written under a feature's name in one of its tables: no_target_leakage
+fails for usdjpy alone."""
+VIEW_TIMEOUT_S = 600
+
+LATEST_VIEW = """{ assetOrError(assetKey: {path: ["gate_summary"]}) {
+  ... on Asset { assetMaterializations(limit: 1) { runId timestamp } } } }"""
+
+
+def _latest_view(deployment: Deployment) -> dict[str, Any] | None:
+    found = deployment.graphql(LATEST_VIEW)["assetOrError"]["assetMaterializations"]
+    return found[0] if found else None
+
+
+@pytest.fixture(scope="module")
+def faulty_build(deployment: Deployment, backfill: Backfill) -> dict[str, Any]:
+    """The three pairs built; then usdjpy rebuilt from a warehouse with a target leaked into one
+    of its tables (the same warehouse, seed and rows otherwise), as the materialize button or a
+    one-pair backfill would; then the gate view as the daemon's view sensor rebuilt it."""
+    from bqx_assets_tests.e2e.conftest import ROWS, launch_backfill, wait_for_backfill
+
+    warehouse = Path(deployment.env["BQX_WAREHOUSE_PATH"])
+    faulty = deployment.root / "faulty.duckdb"
+    deployment.run(
+        str(BIN / "bqx"), "warehouse", "create", "--rows", str(ROWS),
+        "--pairs", ",".join(PAIRS), "--path", str(faulty),
+        "--start", "2024-01-01T08:00", "--fault", FAULT,
+    )  # fmt: skip
+    shutil.copy(faulty, warehouse)  # no run is reading it: the backfill is over
+    state = wait_for_backfill(deployment, launch_backfill(deployment, [FAULTY_PAIR]))
+    (run,) = state["runs"]
+    assert run["status"] == "FAILURE", state  # its blocking gate check failed the run
+    deadline = time.monotonic() + VIEW_TIMEOUT_S
+    while time.monotonic() < deadline:
+        view = _latest_view(deployment)
+        if view and int(view["timestamp"]) / 1000 > float(run["endTime"]):
+            return {"run": run, "view": view}
+        time.sleep(5)
+    raise AssertionError(f"gate_summary was not rebuilt after {FAULTY_PAIR}'s run: {view}")
+
+
+def test_the_gate_view_shows_the_failing_pair_first_with_its_check_and_reason(
+    deployment: Deployment, faulty_build: dict[str, Any], page: Any
+) -> None:
+    body = _open(
+        page,
+        f"{deployment.url}/assets/gate_summary",
+        "ui-gate-summary.png",
+        ["gate_summary", "pairs_failing"],
+    )
+    assert "pairs_failing" in body
+    markdown = page.get_by_text("[Show Markdown]")
+    if markdown.count():  # a long markdown value opens in a dialog
+        markdown.first.click()
+    view = _shoot(page, "ui-gate-summary-table.png", ["no_target_leakage", FAULTY_PAIR])
+    rows = [line for line in view.splitlines() if line.strip().startswith(PAIRS)]
+    assert rows, view
+    first = rows[0]
+    assert first.startswith(FAULTY_PAIR) and "FAILED" in first, rows
+    assert "no_target_leakage" in first and "target_bqx" in first, first  # the check, the why
+    assert all("passed" in row for row in rows[1:]), rows
+
+
+def test_the_training_file_page_of_the_failing_pair_shows_its_gate(
+    deployment: Deployment, faulty_build: dict[str, Any], page: Any
+) -> None:
+    _open(
+        page,
+        f"{deployment.url}/assets/training_file?view=partitions",
+        "ui-training-file-partitions-after-fault.png",
+        list(PAIRS),
+    )
+    page.get_by_text(FAULTY_PAIR, exact=True).first.click()
+    body = _shoot(page, "ui-training-file-failing-pair.png", ["quarantined"])
+    # The materialization's few keys: its status and the gate's verdict naming the check.
+    assert "quarantined" in body and "FAILED: no_target_leakage" in body

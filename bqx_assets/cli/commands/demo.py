@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bqx_assets.core.errors import BqxError
+from bqx_assets.core.errors import BqxError, WarehouseError
 
 if TYPE_CHECKING:
     from bqx_assets.core.catalog import Catalog
@@ -21,30 +21,84 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="materialize one pair from the embedded warehouse to a validated training file",
         description=(
-            "Creates the embedded warehouse if it is missing (or holds other rows or pairs), "
+            "Creates the embedded warehouse if there is none (--rows minutes of the pair), "
             "then materializes the shared checkpoints and the pair's partition through Dagster "
             "in the local instance (DAGSTER_HOME, default: the current folder with its "
-            "dagster.yaml), so `dagster dev` shows the runs afterwards. A run that was killed "
-            "resumes: completed checkpoints are verified and reused."
+            "dagster.yaml), so `dagster dev` shows the runs afterwards. A warehouse that exists "
+            "is used as it is, never recreated (after `bqx warehouse append`, the demo builds "
+            "from the grown warehouse): one that lacks the pair or the catalog's tables, or "
+            "whose rows differ from a --rows given, stops the demo with an error naming it. A "
+            "run that was killed resumes: completed checkpoints are verified and reused."
         ),
     )
     parser.add_argument("--pair", default="eurusd")
-    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="minutes per table")
-    parser.add_argument("--warehouse", default=None, help="DuckDB file (default: deployment's)")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help=f"minutes per table of a warehouse the demo creates (default {DEFAULT_ROWS:,}); "
+        "an existing warehouse is used as it is, and a --rows that differs from its rows is "
+        "refused",
+    )
+    parser.add_argument(
+        "--warehouse",
+        default=None,
+        help="DuckDB file, used as it is if it exists, else created (default: the "
+        "deployment's, BQX_WAREHOUSE_PATH or data/warehouse.duckdb)",
+    )
     parser.set_defaults(handler=_demo)
 
 
-def _ensure_warehouse(path: str, catalog: Catalog, pair: str, rows: int) -> None:
-    """The embedded warehouse of `catalog` (the one the runs read) for `pair`, made unless it
-    is there with these rows and the pair."""
-    from bqx_assets.core.warehouse.embedded import create_warehouse, warehouse_params
+def ensure_warehouse(path: str, catalog: Catalog, pair: str, rows: int | None) -> tuple[int, bool]:
+    """The embedded warehouse the runs read, for `pair` of `catalog`: created at `rows` (default
+    DEFAULT_ROWS) when there is none; an existing one used as it is, or an error naming it and
+    what does not fit. Never replaces a file. Returns (its rows, whether it was created)."""
+    from bqx_assets.cli.commands.warehouse import existing_warehouse
+    from bqx_assets.core.warehouse.embedded import create_warehouse
 
-    params = warehouse_params(path)
-    if params and int(params["rows"]) == rows and pair in params["pairs"].split(","):
-        print(f"warehouse {path}: reusing ({rows} rows, pairs {params['pairs']})", flush=True)
-        return
-    print(f"warehouse {path}: creating {rows} rows for {pair}", flush=True)
-    create_warehouse(path, catalog, pairs=[pair], rows=rows, progress=print).close()
+    there = existing_warehouse(path)
+    if there is None:
+        rows = DEFAULT_ROWS if rows is None else rows
+        print(f"warehouse {path}: creating {rows:,} rows for {pair}", flush=True)
+        create_warehouse(path, catalog, pairs=[pair], rows=rows, progress=print).close()
+        return rows, True
+    mismatch = []
+    if pair not in there.pairs:
+        mismatch.append(f"it holds pairs {','.join(there.pairs)}, not {pair}")
+    else:
+        missing = _missing_tables(there.catalog, catalog, pair)
+        if missing:
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            mismatch.append(
+                f"it lacks {len(missing):,} of the tables the catalog gives {pair} ({shown}): "
+                "it was made from another catalog"
+            )
+    if mismatch:
+        remedy = (
+            f"replace it with `bqx warehouse create --replace --path {path} --pairs {pair} "
+            "--rows N`"
+        )
+    else:
+        remedy = "leave out --rows to build from it as it is"
+    if rows is not None and rows != there.rows:
+        mismatch.append(f"it holds {there.rows:,} rows, not the {rows:,} of --rows")
+    if mismatch:
+        raise WarehouseError(
+            f"warehouse {path} does not fit this demo: {'; '.join(mismatch)}. An existing "
+            f"warehouse is used as it is, never recreated: {remedy}, or name a --warehouse "
+            "that does not exist yet for the demo to create"
+        )
+    print(f"warehouse {path}: using it as it is ({there.describe()})", flush=True)
+    return there.rows, False
+
+
+def _missing_tables(held: Catalog, wanted: Catalog, pair: str) -> list[str]:
+    """The tables `wanted` reads for `pair` that a warehouse made from `held` does not have."""
+    have = {(held.features_dataset, name) for name in held.tables}
+    have |= {(held.targets_dataset, t.name) for t in held.targets.values()}
+    need = [(wanted.targets_dataset, wanted.targets[pair].name)]
+    need += [(wanted.features_dataset, t.name) for t in wanted.tables_for(pair)]
+    return [f"{dataset}.{name}" for dataset, name in need if (dataset, name) not in have]
 
 
 def published_shape(output: Storage, key: str) -> tuple[int, int] | None:
@@ -90,10 +144,11 @@ def _demo(args: argparse.Namespace) -> int:
     clock = Stopwatch()
     os.environ.setdefault("DAGSTER_HOME", str(Path.cwd()))
     resources = demo_resources(args.warehouse)
-    defs = build_definitions(resources)
     catalog = Catalog.load(resolved(resources["settings"].catalog_path))
     catalog.check_pair(args.pair)
-    _ensure_warehouse(str(resolved(resources["warehouse"].path)), catalog, args.pair, args.rows)
+    warehouse = str(resolved(resources["warehouse"].path))
+    warehouse_rows, created = ensure_warehouse(warehouse, catalog, args.pair, args.rows)
+    defs = build_definitions(resources)
 
     instance = dg.DagsterInstance.get()
     print("materializing the shared checkpoints", flush=True)
@@ -118,6 +173,7 @@ def _demo(args: argparse.Namespace) -> int:
         "rows": shape[0] if shape else None,
         "columns": shape[1] if shape else None,
         "checks": checks,
+        "warehouse": {"path": warehouse, "rows": warehouse_rows, "created": created},
         "run_id": run.run_id,
         "seconds": round(clock.seconds, 2),
         "peak_rss_bytes": peak_rss_bytes(),

@@ -38,13 +38,19 @@ def register(subparsers: Any) -> None:
             "Brings the chunks of every table a pair's training file is made from up to date "
             "with the warehouse's day partitions, in the layout the Dagster checkpoint assets "
             "write and `bqx merge --checkpoints` reads: unchanged chunks are reused after "
-            "verification, changed or new days read, restricted to their range. Prints "
-            "progress, then one JSON line with chunks extracted, reused and compacted, bytes "
-            "read and seconds."
+            "verification, changed or new days read, restricted to their range. It writes "
+            "only that layout under the root (<pair>/<table>/ and shared/<table>/: chunks, "
+            "their manifests and chunks.index.json) and leaves every other file there alone: a "
+            "chunk is replaced only once its new version is complete, and chunks a new layout "
+            "supersedes are deleted last, so a run that fails leaves the complete chunks for "
+            "the next to reuse. Prints progress, then one JSON line with chunks extracted, "
+            "reused and compacted, bytes read and seconds."
         ),
     )
     parser.add_argument("--pair", required=True)
-    parser.add_argument("--checkpoints", required=True, help="checkpoint root: folder or gs://")
+    parser.add_argument(
+        "--checkpoints", required=True, help="checkpoint root: folder (made if missing) or gs://"
+    )
     parser.add_argument(
         "--warehouse",
         default=EMBEDDED_WAREHOUSE_PATH,
@@ -77,11 +83,14 @@ def _run(args: argparse.Namespace) -> int:
     from bqx_assets.cli.output import emit
     from bqx_assets.core.catalog import Catalog
     from bqx_assets.core.checkpoints.refresh import RefreshProgress, refresh_checkpoints
+    from bqx_assets.core.errors import ExtractionError
     from bqx_assets.core.metrics import Stopwatch
     from bqx_assets.core.storage import open_storage
 
     clock = Stopwatch()
     window = training_window(args)  # a bad window is refused before anything is opened
+    if "://" not in args.checkpoints and Path(args.checkpoints).is_file():
+        raise ExtractionError(f"--checkpoints {args.checkpoints} is a file, not a folder")
     catalog = Catalog.load(args.catalog)
     catalog.check_pair(args.pair)
     spine = catalog.targets[args.pair]

@@ -20,9 +20,12 @@ def register(subparsers: Any) -> None:
             "checkpoint in a folder on interval_time, streaming, in bounded memory; or, with "
             "--checkpoints and --pair, the pair's chunked checkpoints under a checkpoint root "
             "(what `bqx extract` and the Dagster assets write) for the training window, as the "
-            "training_file asset does; an --out file already there from an earlier run gives "
-            "its unchanged row groups (copied, not encoded again). Prints progress, then one "
-            "JSON line with rows, columns, seconds and peak_rss_bytes."
+            "training_file asset does. The file is written beside --out and renamed onto it "
+            "only once complete: a failed merge leaves --out as it was. A training file "
+            "already at --out (one a merge wrote) is replaced, which the output says, and with "
+            "--checkpoints gives its unchanged row groups (copied, not encoded again); anything "
+            "else there is refused unless --replace. Prints progress, then one JSON line with "
+            "rows, columns, seconds and peak_rss_bytes."
         ),
     )
     parser.add_argument("--targets", type=Path, help="targets parquet (spine)")
@@ -33,6 +36,11 @@ def register(subparsers: Any) -> None:
         "of --targets and --features",
     )
     parser.add_argument("--out", required=True, type=Path, help="output parquet file")
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace a file at --out that is not a training file (its data is lost)",
+    )
     parser.add_argument(
         "--pair",
         help="use the catalog's tables, order and names for this pair (default: every file in "
@@ -69,7 +77,6 @@ def _run(args: argparse.Namespace) -> int:
         catalog = Catalog.load(args.catalog)
         catalog.check_pair(args.pair)
         spine, tables = _chunked(args, catalog)
-        previous = root.find_file(out.name)
     elif args.window_start or args.window_end or args.window_days:
         raise MergeError(
             "--window-start, --window-end and --window-days choose --checkpoints' chunks"
@@ -98,6 +105,10 @@ def _run(args: argparse.Namespace) -> int:
             raise MergeError(f"spine {args.targets}: not a readable parquet file: {exc}") from exc
         targets = tuple((n, n) for n in names if n.startswith("target_"))
         spine = InputTable.of_files(Path(args.targets).stem, args.targets, columns=targets)
+    out_existed = out.exists()
+    there = _training_file_at(out, replace=args.replace)
+    if there is not None and args.checkpoints:
+        previous = root.find_file(out.name)
     report = merge_checkpoints(
         spine,
         tables,
@@ -121,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
             "row_groups": report.row_groups,
             "row_groups_reused": report.row_groups_reused,
             "out": str(out),
+            "replaced": out_existed,
         }
     )
     return 0
@@ -137,3 +149,38 @@ def _chunked(args: argparse.Namespace, catalog: Any) -> tuple[Any, list[Any]]:
     window = stored_window(storage, catalog.targets[args.pair], training_window(args))
     inputs = pair_inputs(storage, catalog, args.pair, window)
     return inputs.spine, inputs.tables
+
+
+def _training_file_at(out: Path, *, replace: bool) -> tuple[int, int] | None:
+    """(rows, columns) of the training file at `out`, which the merge will replace (said
+    here); None when there is none. Anything else there is refused unless `replace`; a folder
+    always."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bqx_assets.core.errors import MergeError
+    from bqx_assets.core.merge.reuse import ROW_GROUPS_KEY
+
+    if not out.exists():
+        return None
+    if out.is_dir():
+        raise MergeError(f"--out {out} is a folder: name the training file to write")
+    try:
+        meta = pq.read_metadata(out)
+        written = ROW_GROUPS_KEY.encode() in (meta.metadata or {})
+        why = "a parquet file no merge wrote"
+    except (OSError, pa.ArrowException) as exc:
+        written = False
+        why = f"not a readable parquet file: {exc}"
+    if written:
+        print(f"{out}: replacing the training file there ({meta.num_rows:,} rows x "
+              f"{meta.num_columns:,} columns) once the merge is complete", flush=True)  # fmt: skip
+        return meta.num_rows, meta.num_columns
+    if not replace:
+        raise MergeError(
+            f"{out} exists and is not a training file ({why}): not replaced; add --replace to "
+            "replace it, or choose another --out"
+        )
+    print(f"{out}: replacing what is there ({why}) once the merge is complete, as --replace "
+          "asks", flush=True)  # fmt: skip
+    return None

@@ -49,10 +49,10 @@ def describe_checks(th: Thresholds) -> dict[str, str]:
             f"target's null share is under its threshold (production {_pct(th.target_null_share)})."
         ),
         "null_completeness": (
-            "Null share per feature family at most its expected share plus a tolerance "
-            f"(production: {_null_expectations(th)}) and no feature column 100% null; reports per "
-            "family the nulls the merge made (keys a table has no row for) and the nulls the "
-            "sources had."
+            "Null share per feature family (every null cell of its columns over the whole file) "
+            f"at most its expected share plus a tolerance (production: {_null_expectations(th)}) "
+            "and no feature column 100% null; reports per family the nulls the merge made (keys "
+            "a table has no row for), the nulls the sources had, and the newest day's."
         ),
         "key_integrity": (
             "interval_time is timestamp[us, tz=UTC], has no nulls, is unique and strictly "
@@ -67,15 +67,18 @@ def describe_checks(th: Thresholds) -> dict[str, str]:
             "From the coverage the merge records in the footer: every feature table covers at "
             f"least its family's expected share of the spine's keys (production: "
             f"{_coverage_floors(th)}; catches 1970 keys, keys in the wrong unit) and misses at "
-            f"most {th.tail_tolerance_rows} of the spine's last minutes that it had the day "
-            "before (catches tables cut at their own LIMIT, stale sources); names the tables and "
-            "the newest minutes they miss."
+            f"most {th.tail_tolerance_rows} of the spine's last minutes that it had on the "
+            "previous trading day (the same minute of the latest earlier day that has it: a "
+            "table with trading hours may stop at its close; catches tables cut at their own "
+            "LIMIT, stale sources); names the tables and the newest minutes they miss."
         ),
         "newest_rows": (
-            "The newest day of the file (its last trading day) is not more null than the whole "
-            "file: per family, the null share of the values the tables have in the newest rows "
-            f"stays within {_points(th.newest_null_tolerance)} of the whole file's (the first "
-            "team's tail was 67% null)."
+            "The newest day of the file (its last trading day, however far it goes) is not more "
+            "null than the same minutes of the previous trading day: per family, the share of "
+            "null values in the rows the tables have stays within "
+            f"{_points(th.newest_null_tolerance)} of that share at those minutes (nulls that "
+            "follow the clock, such as an ETF's hours, are expected; the first team's tail was "
+            "67% null)."
         ),
         "profile_drift": (
             "Against the pair's last published profile: no family's null share moves by more "

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bqx_assets.core.gate.descriptions import CHECK_DESCRIPTIONS
-from bqx_assets.core.gate.report import CheckOutcome, Expectation, cap
+from bqx_assets.core.gate.report import CheckOutcome, Expectation, Listing, MetadataValue
 from bqx_assets.core.gate.stats import ColumnStats
 from bqx_assets.core.gate.thresholds import Thresholds
 from bqx_assets.core.layout import PREFIX_SEPARATOR
@@ -74,17 +74,21 @@ def no_target_leakage(
         if offenders
         else f"no target-like feature among {len(features):,}"
     )
+    how = [(c, "named like a target") for c in by_name]
+    how += [(c, f"equals {t} row by row") for c, t in by_value.items() if c not in by_name]
+    metadata: dict[str, MetadataValue] = {
+        "summary": summary
+        + (f" (allow-listed: {', '.join(th.leak_allow)})" if th.leak_allow else ""),
+        "actual": float(len(offenders)),
+        "threshold": 0.0,
+        "expected": "no feature named like a target or equal to one, but the allow-listed",
+        "by_name": len(by_name),
+        "by_value": len(by_value),
+        "value_comparisons": compared,
+        "allow_list": ", ".join(th.leak_allow) or "none",
+    }
+    if how:
+        metadata["leaked"] = Listing.of(("column", "why"), how, th.max_names)
     return CheckOutcome(
-        "no_target_leakage",
-        not offenders,
-        CHECK_DESCRIPTIONS["no_target_leakage"],
-        {
-            "summary": summary,
-            "actual": len(offenders),
-            "expected": 0,
-            "threshold": {"allow_list": list(th.leak_allow), "value_based": th.value_leak},
-            "by_name": cap(by_name, th.max_names),
-            "by_value": dict(list(by_value.items())[: th.max_names]),
-            "value_comparisons": compared,
-        },
+        "no_target_leakage", not offenders, CHECK_DESCRIPTIONS["no_target_leakage"], metadata
     )

@@ -1,16 +1,30 @@
-"""Nulls: each family within its expected share, and the newest day no more null than the file."""
+"""Nulls: each family within its expected share; the newest day as null as its minutes were."""
+
+# Why the newest day is judged against its reference minutes: docs/design/gate.md.
 
 from __future__ import annotations
 
 import numpy as np
 
 from bqx_assets.core.gate.descriptions import CHECK_DESCRIPTIONS
-from bqx_assets.core.gate.profile import Profile
-from bqx_assets.core.gate.report import CheckOutcome, Expectation, FamilyNulls, cap, iso, share
+from bqx_assets.core.gate.profile import FamilyProfile, Profile
+from bqx_assets.core.gate.report import (
+    CheckOutcome,
+    Expectation,
+    FamilyNulls,
+    Listing,
+    MetadataValue,
+    family_listing,
+    iso,
+    share,
+)
 from bqx_assets.core.gate.stats import ColumnStats
 from bqx_assets.core.gate.tables import no_coverage
 from bqx_assets.core.gate.thresholds import Thresholds
 from bqx_assets.core.merge.coverage import Coverage
+
+WORST_COLUMNS = 10
+"""Columns listed by null share in null_completeness's metadata."""
 
 
 def null_completeness(
@@ -24,7 +38,13 @@ def null_completeness(
     features = exp.features(stats.names)
     families = tuple(
         FamilyNulls(
-            f.family, f.columns, f.null_share, f.all_null_columns, th.null_threshold(f.family)
+            f.family,
+            f.columns,
+            f.null_share,
+            f.all_null_columns,
+            th.null_threshold(f.family),
+            th.expected_null_share(f.family),
+            th.null_tolerance(f.family),
         )
         for f in profile.families
     )
@@ -35,27 +55,23 @@ def null_completeness(
     dead = np.flatnonzero(nulls >= rows) if rows else np.zeros(0, dtype=np.int64)
     all_null = [column_names[i] for i in dead]
     feature_idx = np.asarray(features, dtype=np.int64)
-    total = int(nulls.sum())
-    overall = share(total, rows * len(feature_idx))
-    worst: list[tuple[str, float]] = []
-    if len(nulls) and rows:
-        top = np.argsort(-nulls, kind="stable")[:10]
-        worst = [(column_names[i], round(int(nulls[i]) / rows, 6)) for i in top]
-    last = stats.last_group_nulls[feature_idx].sum() if len(feature_idx) else 0
-    tail_share = share(int(last), stats.last_group_rows * len(feature_idx))
-    over = {f.family: round(f.null_share, 6) for f in families if f.null_share > f.threshold}
+    overall = share(int(nulls.sum()), rows * len(feature_idx))
+    over = [f for f in families if f.null_share > f.threshold]
     by_family_dead: dict[str, int] = {}
     for i in dead:
         by_family_dead[column_families[i]] = by_family_dead.get(column_families[i], 0) + 1
     passed = not over and not all_null
+    worst = max(families, key=lambda f: f.null_share - f.threshold, default=None)
     parts = [f"{len(feature_idx):,} features, {overall:.2%} null"]
     if over:
         parts.append(
-            "families over expectation: "
-            + ", ".join(
-                f"{k} {v:.1%} > {th.expected_null_share(k):.1%} + {th.null_tolerance(k):.0%}"
-                for k, v in over.items()
-            )
+            "families over their allowed share: "
+            + ", ".join(f"{f.family} {f.null_share:.1%} > {f.allowed}" for f in over)
+        )
+    elif worst is not None:
+        parts.append(
+            "every family within its allowed share (closest: "
+            f"{worst.family} {worst.null_share:.1%} of {worst.allowed})"
         )
     if all_null:
         parts.append(
@@ -63,37 +79,43 @@ def null_completeness(
             + ", ".join(f"{k} {v}" for k, v in by_family_dead.items())
             + f", e.g. {', '.join(all_null[:3])})"
         )
-    metadata = {
+    metadata: dict[str, MetadataValue] = {
         "summary": "; ".join(parts),
-        "actual": round(overall, 6),
-        "expected": "every family's null share <= its expected share + tolerance; no feature "
-        "column 100% null",
-        "threshold": {
-            "expected_null_share": {f.family: th.expected_null_share(f.family) for f in families},
-            "tolerance": {f.family: th.null_tolerance(f.family) for f in families},
-        },
-        "families": {
-            f.family: {
-                "columns": f.columns,
-                "null_share": round(f.null_share, 6),
-                "merge_null_share": round(f.merge_null_share, 6),
-                "source_null_share": round(f.source_null_share, 6),
-            }
-            for f in profile.families
-        },
-        "families_over_threshold": over,
-        "all_null_count": len(all_null),
-        "all_null_by_family": by_family_dead,
-        "all_null_columns": cap(all_null, th.max_names),
-        "worst_columns": dict(worst),
-        "last_row_group_null_share": round(tail_share, 6),
-        "null_counts_from": "footer statistics"
-        if not read_columns
-        else f"footer statistics; {read_columns} columns without statistics read",
-        "merge_vs_source": "from the merge's coverage record"
-        if profile.coverage is not None
-        else "no coverage record: every null counted as the source's",
+        # The worst family's null share over its allowed share: above 0 fails.
+        "actual": round(worst.null_share - worst.threshold, 6) if worst else 0.0,
+        "threshold": 0.0,
+        "expected": "every family's null share at most its expected share + tolerance; no "
+        "feature column 100% null",
+        "null_share": round(overall, 6),
+        "families_over": len(over),
+        "all_null_columns": len(all_null),
+        "families": family_listing(families, profile),
     }
+    if all_null:
+        metadata["all_null"] = Listing.of(
+            ("column", "family"),
+            [(column_names[i], column_families[i]) for i in dead],
+            th.max_names,
+        )
+    if len(nulls) and rows:
+        top = np.argsort(-nulls, kind="stable")[:WORST_COLUMNS]
+        metadata["worst_columns"] = Listing.of(
+            ("column", "family", "null share", "nulls"),
+            [
+                (column_names[i], column_families[i], f"{nulls[i] / rows:.2%}", int(nulls[i]))
+                for i in top
+            ],
+        )
+    metadata["null_counts_from"] = (
+        "footer statistics"
+        if not read_columns
+        else f"footer statistics; {read_columns} columns without statistics read"
+    )
+    metadata["merge_vs_source"] = (
+        "from the merge's coverage record"
+        if profile.coverage is not None
+        else "no coverage record: every null counted as the source's"
+    )
     return (
         CheckOutcome(
             "null_completeness", passed, CHECK_DESCRIPTIONS["null_completeness"], metadata
@@ -106,10 +128,11 @@ def newest_rows(
     profile: Profile, stats: ColumnStats, exp: Expectation, th: Thresholds
 ) -> CheckOutcome:
     name = "newest_rows"
+    tolerance = th.newest_null_tolerance
     coverage = profile.coverage
     if coverage is None:
         # Without the merge's record, the last row group stands for the newest rows when the
-        # file has more than one.
+        # file has more than one, and the whole file for their reference.
         if stats.last_group_rows and stats.sample_group > 0:
             feature_idx = np.asarray(exp.features(stats.names), dtype=np.int64)
             cells = stats.last_group_rows * len(feature_idx)
@@ -118,65 +141,109 @@ def newest_rows(
                 int(np.maximum(stats.nulls[feature_idx], 0).sum()),
                 profile.rows * len(feature_idx),
             )
-            passed = tail <= whole + th.newest_null_tolerance
             return CheckOutcome(
                 name,
-                passed,
+                tail <= whole + tolerance,
                 CHECK_DESCRIPTIONS[name],
                 {
-                    "summary": f"last row group {tail:.2%} null vs {whole:.2%} in the whole file"
-                    " (no coverage record)",
-                    "actual": round(tail, 6),
-                    "expected": round(whole, 6),
-                    "threshold": th.newest_null_tolerance,
+                    "summary": f"last row group {tail:.2%} null vs {whole:.2%} in the whole file, "
+                    f"at most {tolerance * 100:g} points more allowed (no coverage record)",
+                    "actual": round(tail - whole, 6),
+                    "threshold": tolerance,
+                    "expected": "the last row group at most the tolerance more null than the "
+                    "whole file",
+                    "newest_null_share": round(tail, 6),
+                    "reference_null_share": round(whole, 6),
                 },
             )
         return no_coverage(name, th, "the newest rows cannot be told from the footer")
-    over: dict[str, dict[str, float]] = {}
-    shares: dict[str, dict[str, float]] = {}
-    for f in profile.families:
-        newest = f.newest_source_null_share or 0.0
-        whole = f.whole_source_null_share or 0.0
-        shares[f.family] = {
-            "newest": round(newest, 6),
-            "whole": round(whole, 6),
-            "newest_all_nulls": round(f.newest_null_share or 0.0, 6),
-        }
-        if newest > whole + th.newest_null_tolerance:
-            over[f.family] = shares[f.family]
-    worst_tables = _newest_worst_tables(profile, coverage, set(over))
-    if over:
+    judged = [f for f in profile.families if _judged(f)]
+    over = [f for f in judged if _excess(f) > tolerance]
+    worst = max(judged, key=_excess, default=None)
+    newest = f"the newest day ({coverage.newest_rows:,} rows from {iso(coverage.newest_from)})"
+    if not coverage.reference_rows:
         summary = (
-            f"the newest day ({coverage.newest_rows:,} rows from {iso(coverage.newest_from)}) is "
-            "more null than the whole file: "
-            + ", ".join(f"{k} {v['newest']:.1%} vs {v['whole']:.1%}" for k, v in over.items())
-            + (f"; worst tables {', '.join(worst_tables[:3])}" if worst_tables else "")
+            f"{newest}: no earlier day of the spine has its minutes; nothing to judge it against"
         )
+    elif over:
+        summary = (
+            f"{newest} has more null values than the same minutes of the previous trading "
+            f"day, by more than {tolerance * 100:g} points: "
+            + ", ".join(
+                f"{f.family} {f.newest_source_null_share:.1%} vs "
+                f"{f.reference_source_null_share:.1%}"
+                for f in over
+            )
+        )
+        worst_tables = _worst_tables(profile, coverage, {f.family for f in over})
+        if worst_tables:
+            summary += "; worst tables " + ", ".join(
+                f"{t[0]} {t[2]} vs {t[3]}" for t in worst_tables[:3]
+            )
     else:
         summary = (
-            f"newest day ({coverage.newest_rows:,} rows from {iso(coverage.newest_from)}) within "
-            f"{th.newest_null_tolerance:.0%} of the whole file in every family"
+            f"{newest} within {tolerance * 100:g} points of the null values of the same minutes "
+            f"of the previous trading day ({coverage.reference_rows:,} rows) in every family"
+            + (f" (closest: {worst.family} {_excess(worst) * 100:+.1f} points)" if worst else "")
         )
-    return CheckOutcome(
-        name,
-        not over,
-        CHECK_DESCRIPTIONS[name],
-        {
-            "summary": summary,
-            "actual": {k: v["newest"] for k, v in shares.items()},
-            "expected": {k: v["whole"] for k, v in shares.items()},
-            "threshold": th.newest_null_tolerance,
-            "families_over": over,
-            "tables": worst_tables[: th.max_names],
-            "newest_rows": coverage.newest_rows,
-        },
-    )
+    metadata: dict[str, MetadataValue] = {
+        "summary": summary,
+        # The worst family's excess of null values over the reference minutes (a share).
+        "actual": round(_excess(worst), 6) if worst else 0.0,
+        "threshold": tolerance,
+        "expected": "per family, the share of null values in the newest day's rows at most "
+        f"{tolerance * 100:g} points over that of the same minutes of the previous trading day",
+        "newest_rows": coverage.newest_rows,
+        "newest_from": iso(coverage.newest_from),
+        "reference_rows": coverage.reference_rows,
+        "families_over": len(over),
+        "families": Listing.of(
+            (
+                "family",
+                "newest day: null values",
+                "same minutes, previous trading day: null values",
+                "excess",
+                "ok",
+            ),
+            [
+                (
+                    f.family,
+                    _pct(f.newest_source_null_share, f.newest_cells),
+                    _pct(f.reference_source_null_share, f.reference_cells),
+                    f"{_excess(f) * 100:+.2f} points" if _judged(f) else "not judged",
+                    "NO" if f in over else "yes",
+                )
+                for f in profile.families
+            ],
+        ),
+    }
+    if over:
+        metadata["worst_tables"] = Listing.of(
+            ("table", "family", "newest day: null values", "same minutes, previous trading day"),
+            _worst_tables(profile, coverage, {f.family for f in over}),
+            th.max_names,
+        )
+    return CheckOutcome(name, not over, CHECK_DESCRIPTIONS[name], metadata)
 
 
-def _newest_worst_tables(profile: Profile, coverage: Coverage, families: set[str]) -> list[str]:
-    """Tables of `families` ordered by the null share of their values in the newest day."""
-    if not families:
-        return []
+def _judged(f: FamilyProfile) -> bool:
+    """Whether the family has values both in the newest day's rows and in their reference's."""
+    return bool(f.newest_cells) and bool(f.reference_cells)
+
+
+def _excess(f: FamilyProfile) -> float:
+    return (f.newest_source_null_share or 0.0) - (f.reference_source_null_share or 0.0)
+
+
+def _pct(value: float | None, cells: int | None) -> str:
+    return "no rows" if not cells or value is None else f"{value:.2%}"
+
+
+def _worst_tables(
+    profile: Profile, coverage: Coverage, families: set[str]
+) -> list[tuple[str, str, str, str]]:
+    """Tables of `families` by how much more null their values are in the newest day than in
+    its reference minutes."""
     family_of_table = dict(
         zip(
             profile.columns.column("table").to_pylist(),
@@ -186,10 +253,13 @@ def _newest_worst_tables(profile: Profile, coverage: Coverage, families: set[str
     )
     scored = []
     for t in coverage.tables:
-        if family_of_table.get(t.table) not in families or not t.newest_matched:
+        family = family_of_table.get(t.table)
+        if family not in families or not t.newest_matched or not t.reference_matched:
             continue
         made = (coverage.newest_rows - t.newest_matched) * t.columns
-        scored.append(
-            (share(max(sum(t.newest_nulls) - made, 0), t.newest_matched * t.columns), t.table)
-        )
-    return [f"{name} {s:.0%}" for s, name in sorted(scored, reverse=True) if s > 0]
+        newest = share(max(sum(t.newest_nulls) - made, 0), t.newest_matched * t.columns)
+        made = (coverage.reference_rows - t.reference_matched) * t.columns
+        before = share(max(sum(t.reference_nulls) - made, 0), t.reference_matched * t.columns)
+        if newest > before:
+            scored.append((newest - before, (t.table, family, f"{newest:.0%}", f"{before:.0%}")))
+    return [row for _, row in sorted(scored, key=lambda s: -s[0])]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bqx_assets.core.errors import ValidationError
-from bqx_assets.core.merge.coverage import COVERAGE_KEY, Coverage
+from bqx_assets.core.merge.coverage import COVERAGE_KEY, Coverage, CoverageVersionError
 from bqx_assets.core.storage import Storage
 
 PROFILE_KEY = "bqx:profile"
@@ -50,11 +50,18 @@ def profile_key(pair: str) -> str:
     return f"training_{pair}.profile.parquet"
 
 
-def candidate_key(pair: str) -> str:
-    """Storage key of the profile of a file that passed the gate but is not published yet: it
-    becomes the pair's profile (`promote_profile`) once the file is published, so a file that
-    fails, or whose upload fails, never becomes the reference of the next build."""
-    return f"profiles/candidate/training_{pair}.profile.parquet"
+HISTORY_KEEP = 30
+"""Profiles of published files kept per pair, newest first: the series the gate shows drift in."""
+_STAMP = "%Y%m%dT%H%M%S%fZ"
+
+
+def history_prefix(pair: str) -> str:
+    """Folder of the pair's published profiles, one per publication, named by its time."""
+    return f"profiles/training_{pair}"
+
+
+def history_key(pair: str, published_at: datetime) -> str:
+    return f"{history_prefix(pair)}/{published_at.astimezone(UTC).strftime(_STAMP)}.profile.parquet"
 
 
 @dataclass(frozen=True)
@@ -74,14 +81,24 @@ class FamilyProfile:
     newest_source_null_share: float | None = None
     """Share of null values among the newest day's rows that the tables have."""
     whole_source_null_share: float | None = None
-    """Share of null values among all the rows the tables have (the newest day's reference)."""
+    """Share of null values among all the rows the tables have."""
+    reference_source_null_share: float | None = None
+    """Share of null values among the rows the tables have at the newest day's reference minutes
+    (the same minutes of the latest earlier day that has them): what the newest day is judged
+    against. None without a record of them (a profile of an older gate)."""
+    reference_cells: int | None = None
+    """Cells (rows the tables have x their columns) behind `reference_source_null_share`; 0: no
+    earlier day has the newest day's minutes, or no table of the family a row at them."""
+    newest_cells: int | None = None
+    """Cells behind `newest_source_null_share`."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FamilyProfile:
-        return cls(**data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -119,7 +136,12 @@ class Profile:
             table = pq.read_table(io.BytesIO(data))
             metadata = table.schema.metadata or {}
             summary = json.loads(metadata[PROFILE_KEY.encode()])
-            coverage = Coverage.from_metadata(metadata)
+            try:
+                coverage = Coverage.from_metadata(metadata)
+            except CoverageVersionError:
+                # A record of another merge version: drift, all a history profile is read for,
+                # does not use it.
+                coverage = None
             return cls(
                 pair=str(summary["pair"]),
                 rows=int(summary["rows"]),
@@ -169,6 +191,9 @@ def build_profile(
     newest = np.full(n, -1, dtype=np.int64)
     newest_merge = np.zeros(n, dtype=np.int64)
     newest_rows_had = np.zeros(n, dtype=np.int64)  # newest-day rows the column's table has
+    reference = np.zeros(n, dtype=np.int64)  # nulls in the newest day's reference minutes
+    reference_merge = np.zeros(n, dtype=np.int64)
+    reference_rows_had = np.zeros(n, dtype=np.int64)
     rows_had = np.full(n, rows, dtype=np.int64)  # rows the column's table has
     tables: list[str] = []
     for i, j in enumerate(idx):
@@ -182,6 +207,9 @@ def build_profile(
         newest[i] = t.newest_nulls[int(j) - t.first_column]
         newest_merge[i] = coverage.newest_rows - t.newest_matched if coverage else 0
         newest_rows_had[i] = t.newest_matched
+        reference[i] = t.reference_nulls[int(j) - t.first_column]
+        reference_merge[i] = coverage.reference_rows - t.reference_matched if coverage else 0
+        reference_rows_had[i] = t.reference_matched
     col_nulls = nulls[idx] if n else np.zeros(0, dtype=np.int64)
     source = np.maximum(col_nulls - merge, 0)
     families = [family_of.get(names[j], UNEXPECTED_FAMILY) for j in idx]
@@ -223,6 +251,7 @@ def build_profile(
         if coverage is not None:
             newest_cells = coverage.newest_rows * int(m.sum())
             had = int(newest_rows_had[m].sum())
+            reference_had = int(reference_rows_had[m].sum())
             summary["newest_null_share"] = _share(int(newest[m].sum()), newest_cells)
             summary["newest_source_null_share"] = _share(
                 int((newest[m] - newest_merge[m]).clip(min=0).sum()), had
@@ -230,6 +259,11 @@ def build_profile(
             summary["whole_source_null_share"] = _share(
                 int(source[m].sum()), int(rows_had[m].sum())
             )
+            summary["reference_source_null_share"] = _share(
+                int((reference[m] - reference_merge[m]).clip(min=0).sum()), reference_had
+            )
+            summary["reference_cells"] = reference_had
+            summary["newest_cells"] = had
         summaries.append(FamilyProfile(**summary))
     return Profile(
         pair=pair,
@@ -245,23 +279,18 @@ def _share(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
-def save_profile(storage: Storage, profile: Profile, key: str | None = None) -> str:
-    """Store a profile under `key` (default: beside the pair's published training file);
-    returns its URI."""
-    return storage.write_bytes(key or profile_key(profile.pair), profile.to_bytes()).uri
-
-
-def promote_profile(storage: Storage, pair: str) -> Profile:
-    """Make the candidate profile of the pair's just-published file its published profile."""
-    data = storage.read_bytes(candidate_key(pair))
-    if data is None:
-        raise ValidationError(
-            f"pair {pair}: no candidate profile at {storage.uri_of(candidate_key(pair))}; "
-            "the training file's gate did not pass in this build"
-        )
-    profile = Profile.from_bytes(data, storage.uri_of(candidate_key(pair)))
-    save_profile(storage, profile)
-    return profile
+def publish_profile(
+    storage: Storage, profile: Profile, published_at: datetime, *, keep: int = HISTORY_KEEP
+) -> str:
+    """Make `profile` the pair's published profile (beside its training file: what the next
+    build is judged against) and one more entry of its history, of which the newest `keep` are
+    kept; returns the published profile's URI."""
+    data = profile.to_bytes()
+    storage.write_bytes(history_key(profile.pair, published_at), data)
+    uri = storage.write_bytes(profile_key(profile.pair), data).uri
+    for key in sorted(storage.list(history_prefix(profile.pair)))[:-keep]:
+        storage.delete(key)
+    return uri
 
 
 def load_profile(storage: Storage, pair: str) -> Profile | None:
@@ -270,3 +299,14 @@ def load_profile(storage: Storage, pair: str) -> Profile | None:
     if data is None:
         return None
     return Profile.from_bytes(data, storage.uri_of(profile_key(pair)))
+
+
+def load_history(storage: Storage, pair: str, limit: int = HISTORY_KEEP) -> list[Profile]:
+    """The profiles of the pair's last `limit` published files, newest first."""
+    keys = sorted(storage.list(history_prefix(pair)), reverse=True)[:limit]
+    out = []
+    for key in keys:
+        data = storage.read_bytes(key)
+        if data is not None:
+            out.append(Profile.from_bytes(data, storage.uri_of(key)))
+    return out

@@ -44,13 +44,63 @@ class Expectation:
 
 
 @dataclass(frozen=True)
+class Listing:
+    """Offending (or summarised) items of a check as a small table for people: a header and
+    rows of text or whole numbers (numbers with a unit are text: "53.80%")."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str | int, ...], ...]
+    total: int
+    """Rows before the cap: `rows` holds the first few of them."""
+
+    @classmethod
+    def of(
+        cls, columns: Sequence[str], rows: Sequence[Sequence[str | int]], limit: int | None = None
+    ) -> Listing:
+        kept = rows if limit is None else rows[:limit]
+        return cls(tuple(columns), tuple(tuple(r) for r in kept), len(rows))
+
+    def markdown(self) -> str:
+        def cell(value: str | int) -> str:
+            text = f"{value:,}" if isinstance(value, int) else str(value)
+            return text.replace("|", "\\|").replace("\n", " ")
+
+        numeric = [
+            bool(self.rows) and all(isinstance(r[i], int) for r in self.rows)
+            for i in range(len(self.columns))
+        ]
+        lines = [
+            "| " + " | ".join(self.columns) + " |",
+            "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
+            *("| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows),
+        ]
+        if self.total > len(self.rows):
+            lines.append(f"\n{len(self.rows)} of {self.total:,} shown")
+        return "\n".join(lines)
+
+    def to_json(self) -> list[dict[str, str | int]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+MetadataValue = str | int | float | bool | None | list[str] | Listing
+"""What a check's metadata holds: numbers and text, lists of names, and listings; no nested
+mappings, so that every value has a plain rendering in the UI."""
+
+
+@dataclass(frozen=True)
 class CheckOutcome:
-    """The result of one gate check: small, JSON-able metadata for people."""
+    """The result of one gate check and its metadata for people: `summary` (one line with the
+    thresholds it applied), `actual` and `threshold` (one float each, so that the UI can plot
+    them across builds), a few readable numbers and texts, and listings of what offends."""
 
     name: str
     passed: bool
     description: str
-    metadata: dict[str, Any]
+    metadata: dict[str, MetadataValue]
+
+    def plain_metadata(self) -> dict[str, Any]:
+        """The metadata as plain JSON (listings as lists of rows)."""
+        return {k: v.to_json() if isinstance(v, Listing) else v for k, v in self.metadata.items()}
 
 
 @dataclass(frozen=True)
@@ -62,6 +112,16 @@ class FamilyNulls:
     null_share: float
     all_null_columns: int
     threshold: float
+    """The share allowed: `expected` + `tolerance`."""
+    expected: float | None = None
+    tolerance: float | None = None
+
+    @property
+    def allowed(self) -> str:
+        """The share allowed as people read it, with what it is made of where known."""
+        if self.expected is None or self.tolerance is None:
+            return f"{self.threshold:.1%}"
+        return f"{self.threshold:.1%} ({self.expected:.1%} + {self.tolerance * 100:g} points)"
 
     @property
     def passed(self) -> bool:
@@ -104,23 +164,7 @@ class ValidationReport:
     def family_table_markdown(self) -> str:
         """Per family: columns, null share (split into nulls the merge made and nulls the
         sources had), the newest day's null share, all-null columns, threshold and verdict."""
-        lines = [
-            "| family | columns | null share | merge-made | in source | newest day "
-            "| all-null columns | threshold | ok |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-        ]
-        profiles = {f.family: f for f in self.profile.families} if self.profile else {}
-        for f in self.families:
-            p = profiles.get(f.family)
-            made = f"{p.merge_null_share:.2%}" if p else "-"
-            source = f"{p.source_null_share:.2%}" if p else "-"
-            newest = f"{p.newest_null_share:.2%}" if p and p.newest_null_share is not None else "-"
-            lines.append(
-                f"| {f.family} | {f.columns:,} | {f.null_share:.2%} | {made} | {source} "
-                f"| {newest} | {f.all_null_columns} | {f.threshold:.1%} "
-                f"| {'yes' if f.passed else 'NO'} |"
-            )
-        return "\n".join(lines)
+        return family_listing(self.families, self.profile).markdown()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -133,8 +177,18 @@ class ValidationReport:
             "failed": list(self.failed),
             "seconds": round(self.seconds, 3),
             "peak_rss_bytes": self.peak_rss_bytes,
-            "checks": {o.name: {"passed": o.passed, "metadata": o.metadata} for o in self.outcomes},
+            "checks": {
+                o.name: {"passed": o.passed, "metadata": o.plain_metadata()} for o in self.outcomes
+            },
+            **self._keys(),
         }
+
+    def _keys(self) -> dict[str, str | None]:
+        """The spine's first and last key (ISO, UTC), from the merge's coverage record."""
+        coverage = self.profile.coverage if self.profile is not None else None
+        if coverage is None:
+            return {"first_key": None, "last_key": None}
+        return {"first_key": iso(coverage.first_key), "last_key": iso(coverage.last_key)}
 
     def summary(self) -> str:
         """A readable report: one line per check, the reasons of failures, the family table."""
@@ -149,6 +203,45 @@ class ValidationReport:
         if self.families:
             lines += ["", self.family_table_markdown()]
         return "\n".join(lines)
+
+
+FAMILY_COLUMNS = (
+    "family",
+    "columns",
+    "null share (all nulls)",
+    "no row for the key (merge-made)",
+    "null in the source's rows",
+    "newest day (all nulls)",
+    "all-null columns",
+    "allowed (expected + tolerance)",
+    "ok",
+)
+"""The families table; its header says which nulls each column counts (shares of the family's
+cells in the whole file, or in the newest day's rows)."""
+
+
+def family_listing(families: Sequence[FamilyNulls], profile: Profile | None) -> Listing:
+    """Per family: columns, null share (split into nulls the merge made and nulls the sources
+    had), the newest day's null share, all-null columns, the share allowed and the verdict."""
+    profiles = {f.family: f for f in profile.families} if profile else {}
+    rows: list[tuple[str | int, ...]] = []
+    for f in families:
+        p = profiles.get(f.family)
+        newest = f"{p.newest_null_share:.2%}" if p and p.newest_null_share is not None else "-"
+        rows.append(
+            (
+                f.family,
+                f.columns,
+                f"{f.null_share:.2%}",
+                f"{p.merge_null_share:.2%}" if p else "-",
+                f"{p.source_null_share:.2%}" if p else "-",
+                newest,
+                f.all_null_columns,
+                f.allowed,
+                "yes" if f.passed else "NO",
+            )
+        )
+    return Listing.of(FAMILY_COLUMNS, rows)
 
 
 def cap(names: Sequence[str], limit: int) -> list[str]:

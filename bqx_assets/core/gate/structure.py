@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -11,7 +10,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bqx_assets.core.gate.descriptions import CHECK_DESCRIPTIONS
-from bqx_assets.core.gate.report import CheckOutcome, Expectation, cap, iso, share
+from bqx_assets.core.gate.report import (
+    CheckOutcome,
+    Expectation,
+    Listing,
+    MetadataValue,
+    cap,
+    iso,
+    share,
+)
 from bqx_assets.core.gate.stats import ColumnStats
 from bqx_assets.core.gate.thresholds import Thresholds
 from bqx_assets.core.keys import EXAMPLES, duplicated
@@ -31,18 +38,23 @@ def row_count(rows: int, exp: Expectation, th: Thresholds) -> CheckOutcome:
         why = f"{rows:,} rows, {extra:,} more than the spine's {exp.spine_rows:,} (fan-out)"
     else:
         why = f"{rows:,} rows, {exp.spine_rows - rows:,} fewer than the spine's {exp.spine_rows:,}"
-    if not in_bounds:
-        why += f"; outside the bounds {th.min_rows:,}-{th.max_rows:,}"
+    why += (
+        f"; within the bounds {th.min_rows:,}-{th.max_rows:,}"
+        if in_bounds
+        else f"; outside the bounds {th.min_rows:,}-{th.max_rows:,}"
+    )
     return CheckOutcome(
         "row_count",
         passed,
         CHECK_DESCRIPTIONS["row_count"],
         {
             "summary": why,
-            "actual": rows,
-            "expected": exp.spine_rows,
-            "threshold": {"min_rows": th.min_rows, "max_rows": th.max_rows},
+            "actual": float(rows),
+            "threshold": float(exp.spine_rows),
+            "expected": "rows = the spine's rows, within min_rows..max_rows",
             "difference": rows - exp.spine_rows,
+            "min_rows": th.min_rows,
+            "max_rows": th.max_rows,
         },
     )
 
@@ -65,24 +77,28 @@ def column_count(names: list[str], exp: Expectation, th: Thresholds) -> CheckOut
         parts.append(f"{len(duplicates)} duplicated (e.g. {', '.join(duplicates[:3])})")
     if passed and not in_order:
         parts.append("not in catalog order")
-    return CheckOutcome(
-        "column_count",
-        passed,
-        CHECK_DESCRIPTIONS["column_count"],
-        {
-            "summary": "; ".join(parts),
-            "actual": len(names),
-            "expected": len(exp.columns),
-            "threshold": "exact set of names",
-            "missing_count": len(missing),
-            "missing": cap(missing, th.max_names),
-            "unexpected_count": len(unexpected),
-            "unexpected": cap(unexpected, th.max_names),
-            "duplicate_count": len(duplicates),
-            "duplicates": cap(duplicates, th.max_names),
-            "in_catalog_order": in_order,
-        },
-    )
+    offending = [
+        *((c, "missing") for c in missing[: th.max_names]),
+        *((c, "unexpected") for c in unexpected[: th.max_names]),
+        *((c, "duplicated") for c in duplicates[: th.max_names]),
+    ]
+    metadata: dict[str, MetadataValue] = {
+        "summary": "; ".join(parts),
+        "actual": float(len(names)),
+        "threshold": float(len(exp.columns)),
+        "expected": "exactly the catalog's columns, each once",
+        "missing_count": len(missing),
+        "unexpected_count": len(unexpected),
+        "duplicate_count": len(duplicates),
+        "in_catalog_order": in_order,
+    }
+    if offending:  # at most max_names of each kind
+        metadata["columns"] = Listing(
+            ("column", "problem"),
+            tuple(offending),
+            len(missing) + len(unexpected) + len(duplicates),
+        )
+    return CheckOutcome("column_count", passed, CHECK_DESCRIPTIONS["column_count"], metadata)
 
 
 def target_horizons(
@@ -108,38 +124,47 @@ def target_horizons(
     if over:
         parts.append(f"{len(over)} over {th.target_null_share:.1%} null")
     worst = max(shares.values(), default=0.0)
-    parts.append(f"worst null share {worst:.2%}")
-    return CheckOutcome(
-        "target_horizons",
-        passed,
-        CHECK_DESCRIPTIONS["target_horizons"],
-        {
-            "summary": "; ".join(parts),
-            "actual": ok,
-            "expected": len(exp.targets),
-            "threshold": th.target_null_share,
-            "missing": cap(missing, th.max_names),
-            "missing_horizons": missing_horizons,
-            "missing_windows": missing_windows,
-            "not_float": dict(list(not_float.items())[: th.max_names]),
-            "over_threshold": dict(sorted(over.items(), key=lambda kv: -kv[1])[: th.max_names]),
-            "worst_null_share": round(worst, 6),
-        },
-    )
+    parts.append(f"worst null share {worst:.2%} (at most {th.target_null_share:.1%})")
+    problems: list[tuple[str, str]] = [(t, "missing") for t in missing]
+    problems += [(t, f"type {d}, not float") for t, d in not_float.items()]
+    problems += [
+        (t, f"{v:.2%} null > {th.target_null_share:.1%}")
+        for t, v in sorted(over.items(), key=lambda kv: -kv[1])
+    ]
+    metadata: dict[str, MetadataValue] = {
+        "summary": "; ".join(parts),
+        "actual": round(worst, 6),
+        "threshold": th.target_null_share,
+        "expected": f"all {len(exp.targets)} targets present, float, each at most "
+        f"{th.target_null_share:.1%} null",
+        "targets_ok": ok,
+        "targets_expected": len(exp.targets),
+        "missing": cap(missing, th.max_names),
+    }
+    if missing_horizons:
+        metadata["missing_horizons"] = ", ".join(map(str, missing_horizons))
+        metadata["missing_windows"] = ", ".join(map(str, missing_windows))
+    if problems:
+        metadata["targets"] = Listing.of(("target", "problem"), problems, th.max_names)
+    return CheckOutcome("target_horizons", passed, CHECK_DESCRIPTIONS["target_horizons"], metadata)
 
 
 def key_integrity(pf: pq.ParquetFile, names: list[str], th: Thresholds) -> CheckOutcome:
-    expected = f"timestamp[{KEY_UNIT}, tz={KEY_TZ}], unique, strictly increasing, in key_range"
-    threshold = {"key_range": [th.key_start.isoformat(), th.key_end.isoformat()]}
+    key_range = f"{th.key_start.isoformat()} .. {th.key_end.isoformat()}"
+    expected = (
+        f"timestamp[{KEY_UNIT}, tz={KEY_TZ}], no nulls, unique, strictly increasing, in "
+        f"[{key_range})"
+    )
 
-    def failed(summary: str, actual: str) -> CheckOutcome:
-        metadata = {"summary": summary, "actual": actual, "expected": expected}
-        return CheckOutcome(
-            "key_integrity",
-            False,
-            CHECK_DESCRIPTIONS["key_integrity"],
-            {**metadata, "threshold": threshold},
-        )
+    def failed(summary: str, problem: str) -> CheckOutcome:
+        metadata: dict[str, MetadataValue] = {
+            "summary": summary,
+            "actual": 1.0,
+            "threshold": 0.0,
+            "expected": expected,
+            "problem": problem,
+        }
+        return CheckOutcome("key_integrity", False, CHECK_DESCRIPTIONS["key_integrity"], metadata)
 
     if KEY not in names:
         return failed(f"no {KEY} column", "missing")
@@ -183,29 +208,41 @@ def key_integrity(pf: pq.ParquetFile, names: list[str], th: Thresholds) -> Check
             f"{out_of_range:,} keys outside {th.key_start.date()}..{th.key_end.date()} "
             f"(e.g. {iso(int(keys[outside][0]))})"
         )
-    actual = {
-        "type": str(dtype),
-        "rows": len(column),
-        "distinct": distinct,
-        "duplicates": duplicates,
-        "non_increasing": non_increasing,
-        "nulls": nulls,
-        "out_of_range": out_of_range,
-        "min": iso(int(keys.min())) if len(keys) else None,
-        "max": iso(int(keys.max())) if len(keys) else None,
-    }
-    metadata: dict[str, Any] = {
+    first = iso(int(keys.min())) if len(keys) else None
+    last = iso(int(keys.max())) if len(keys) else None
+    metadata: dict[str, MetadataValue] = {
         "summary": "; ".join(problems)
         if problems
-        else f"{len(keys):,} unique increasing keys {actual['min']} .. {actual['max']}",
-        "actual": actual,
+        else f"{len(keys):,} unique increasing keys {first} .. {last}, inside [{key_range})",
+        # Keys at fault: nulls, repeats, steps back and keys out of range (a wrong type counts
+        # one).
+        "actual": float(nulls + duplicates + non_increasing + out_of_range + (not type_ok)),
+        "threshold": 0.0,
         "expected": expected,
-        "threshold": threshold,
+        "key_type": str(dtype),
+        "key_range": f"[{key_range})",
+        "rows": len(column),
+        "distinct": distinct,
+        "first_key": first,
+        "last_key": last,
     }
-    if duplicates:
-        metadata["duplicate_examples"] = [iso(int(v)) for v in duplicated(keys)[1][:EXAMPLES]]
-    if out_of_range:
-        metadata["out_of_range_examples"] = [iso(int(v)) for v in np.unique(keys[outside])[:5]]
+    faults = [
+        ("null keys", nulls, ""),
+        (
+            "duplicate keys",
+            duplicates,
+            ", ".join(iso(int(v)) for v in duplicated(keys)[1][:EXAMPLES]) if duplicates else "",
+        ),
+        ("keys not after the previous one", non_increasing, ""),
+        (
+            "keys outside the range",
+            out_of_range,
+            ", ".join(iso(int(v)) for v in np.unique(keys[outside])[:5]) if out_of_range else "",
+        ),
+    ]
+    rows = [(what, n, examples) for what, n, examples in faults if n]
+    if rows:
+        metadata["problems"] = Listing.of(("problem", "keys", "examples"), rows)
     return CheckOutcome(
         "key_integrity", not problems, CHECK_DESCRIPTIONS["key_integrity"], metadata
     )

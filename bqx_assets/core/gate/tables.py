@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from bqx_assets.core.gate.descriptions import CHECK_DESCRIPTIONS
 from bqx_assets.core.gate.profile import UNEXPECTED_FAMILY
-from bqx_assets.core.gate.report import CheckOutcome, Expectation, iso, share
+from bqx_assets.core.gate.report import (
+    CheckOutcome,
+    Expectation,
+    Listing,
+    MetadataValue,
+    iso,
+    share,
+)
 from bqx_assets.core.gate.thresholds import Thresholds
-from bqx_assets.core.merge.coverage import Coverage, TableCoverage
+from bqx_assets.core.merge.coverage import Coverage
 
 
 def no_coverage(name: str, th: Thresholds, why: str) -> CheckOutcome:
@@ -21,9 +26,11 @@ def no_coverage(name: str, th: Thresholds, why: str) -> CheckOutcome:
         {
             "summary": f"no coverage record in the footer ({why})"
             + ("" if th.require_coverage else "; not required"),
-            "actual": "no record",
+            # Records missing against records allowed to be missing.
+            "actual": 1.0,
+            "threshold": 0.0 if th.require_coverage else 1.0,
             "expected": "the merge's coverage record",
-            "threshold": {"require_coverage": th.require_coverage},
+            "require_coverage": th.require_coverage,
         },
     )
 
@@ -34,75 +41,99 @@ def table_coverage(
     name = "table_coverage"
     if coverage is None:
         return no_coverage(name, th, "the file was not written by bqx merge")
-    problems: dict[str, dict[str, Any]] = {}
-    short: list[TableCoverage] = []
-    stopped: list[TableCoverage] = []
+    short: list[tuple[int, tuple[str | int, ...]]] = []  # (newest minutes missed, row)
+    low = stopped = 0
+    by_family: dict[str, int] = {}
     for t in coverage.tables:
         family = exp.table_family.get(t.table, UNEXPECTED_FAMILY)
         covered = share(t.matched, coverage.spine_rows)
         floor = th.coverage_floor(family)
         reasons = []
         if covered < floor:
-            short.append(t)
+            low += 1
             reasons.append(f"covers {covered:.1%} of the spine < {floor:.0%}")
         if t.tail_expected > th.tail_tolerance_rows:
-            stopped.append(t)
+            stopped += 1
             reasons.append(
                 f"stops {t.tail_missing:,} rows before the spine's end, {t.tail_expected:,} of "
-                f"them minutes it had the day before (tolerance {th.tail_tolerance_rows})"
+                f"them minutes it had the previous trading day (tolerance {th.tail_tolerance_rows})"
             )
         if reasons:
-            problems[t.table] = {
-                "family": family,
-                "why": "; ".join(reasons),
-                "coverage": round(covered, 6),
-                "last_key": iso(t.last_key) if t.last_key is not None else None,
-                "newest_minutes_missed": coverage.newest_rows - t.newest_matched,
-            }
-    if rows != coverage.spine_rows:
-        problems["(spine)"] = {
-            "why": f"coverage record for {coverage.spine_rows:,} rows, file has {rows:,}"
-        }
-    worst = sorted(problems.items(), key=lambda kv: -kv[1].get("newest_minutes_missed", 0))
-    if problems:
-        by_family: dict[str, int] = {}
-        for info in problems.values():
-            by_family[info.get("family", "-")] = by_family.get(info.get("family", "-"), 0) + 1
-        summary = (
-            f"{len(problems)} of {len(coverage.tables)} tables short ("
-            + ", ".join(f"{k} {v}" for k, v in by_family.items())
-            + "): "
-            + "; ".join(
-                f"{k} misses {v.get('newest_minutes_missed', 0):,} of the "
-                f"{coverage.newest_rows:,} newest minutes ({v['why']})"
-                for k, v in worst[:3]
+            by_family[family] = by_family.get(family, 0) + 1
+            missed = coverage.newest_rows - t.newest_matched
+            short.append(
+                (
+                    missed,
+                    (
+                        t.table,
+                        family,
+                        f"{covered:.1%}",
+                        f"{floor:.0%}",
+                        iso(t.last_key) if t.last_key is not None else "-",
+                        t.tail_expected,
+                        missed,
+                        "; ".join(reasons),
+                    ),
+                )
             )
-        )
+    short.sort(key=lambda item: -item[0])
+    spine_ok = rows == coverage.spine_rows
+    worst_due = max((t.tail_expected for t in coverage.tables), default=0)
+    if short or not spine_ok:
+        parts = []
+        if not spine_ok:
+            parts.append(f"coverage record for {coverage.spine_rows:,} rows, file has {rows:,}")
+        if short:
+            parts.append(
+                f"{len(short)} of {len(coverage.tables)} tables short ("
+                + ", ".join(f"{k} {v}" for k, v in by_family.items())
+                + "): "
+                + "; ".join(
+                    f"{row[0]} misses {missed:,} of the {coverage.newest_rows:,} newest minutes "
+                    f"({row[-1]})"
+                    for missed, row in short[:3]
+                )
+            )
+        summary = "; ".join(parts)
     else:
         summary = (
             f"{len(coverage.tables)} tables cover the spine "
-            f"{iso(coverage.first_key)} .. {iso(coverage.last_key)} as expected"
+            f"{iso(coverage.first_key)} .. {iso(coverage.last_key)} as expected: each at least "
+            f"its family's share ({_floors(th)}), none missing more than "
+            f"{th.tail_tolerance_rows} of the last minutes it had the previous trading day"
         )
-    return CheckOutcome(
-        name,
-        not problems,
-        CHECK_DESCRIPTIONS[name],
-        {
-            "summary": summary,
-            "actual": {
-                "tables": len(coverage.tables),
-                "short_tables": len(problems),
-                "low_coverage": len(short),
-                "stopped_early": len(stopped),
-            },
-            "expected": "every table covers its family's share and reaches the spine's end",
-            "threshold": {
-                "min_coverage": th.min_coverage,
-                "family_min_coverage": dict(th.family_min_coverage),
-                "tail_tolerance_rows": th.tail_tolerance_rows,
-            },
-            "newest_rows": coverage.newest_rows,
-            "newest_from": iso(coverage.newest_from),
-            "tables": dict(worst[: th.max_names]),
-        },
-    )
+    metadata: dict[str, MetadataValue] = {
+        "summary": summary,
+        "actual": float(len(short) + (not spine_ok)),
+        "threshold": 0.0,
+        "expected": "every table covers its family's share of the spine and misses at most "
+        f"{th.tail_tolerance_rows} of the last minutes it had the previous trading day",
+        "tables": len(coverage.tables),
+        "low_coverage": low,
+        "stopped_early": stopped,
+        "most_minutes_due": worst_due,
+        "tail_tolerance_rows": th.tail_tolerance_rows,
+        "newest_rows": coverage.newest_rows,
+        "newest_from": iso(coverage.newest_from),
+    }
+    if short:
+        metadata["short_tables"] = Listing.of(
+            (
+                "table",
+                "family",
+                "covers",
+                "floor",
+                "last key",
+                "tail minutes due",
+                "newest minutes missed",
+                "why",
+            ),
+            [row for _, row in short],
+            th.max_names,
+        )
+    return CheckOutcome(name, not short and spine_ok, CHECK_DESCRIPTIONS[name], metadata)
+
+
+def _floors(th: Thresholds) -> str:
+    named = ", ".join(f"{f} {v:.0%}" for f, v in th.family_min_coverage.items())
+    return f"{named}, others {th.min_coverage:.0%}" if named else f"{th.min_coverage:.0%}"

@@ -120,13 +120,14 @@ class Thresholds:
         "per-family overrides of min_coverage; given, they replace the defaults",
     )
     tail_tolerance_rows: int = _knob(
-        2, "rows", "last spine minutes a table may miss that it had the day before"
+        2, "rows", "last spine minutes a table may miss that it had on the previous trading day"
     )
     """A table with trading hours is not expected to have rows after they close."""
     newest_null_tolerance: float = _knob(
         0.10,
         "share",
-        "allowed excess null share of the newest day over the whole file, per family",
+        "allowed excess null share of the newest day over the same minutes of the previous "
+        "trading day, per family",
     )
     """Of the values the tables have (absolute)."""
     drift_family_null_share: float = _knob(

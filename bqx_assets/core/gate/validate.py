@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,12 +35,15 @@ def validate_training_file(
     history: Profile | None = None,
     *,
     source: BinaryIO | None = None,
+    series: Sequence[Profile] = (),
 ) -> ValidationReport:
     """Run every gate check on a training file without loading it: footer statistics, the merge's
     coverage record and the key column only. `history` is the profile of the pair's last
-    published file (None for a first build). Raises ValidationError only when the file cannot be
-    read as parquet or its coverage record is corrupt. `source`: the file already opened (a
-    stored object read by ranges), `path` then only names it."""
+    published file (None for a first build); `series` the pair's last published profiles, newest
+    first (`profile.load_history`), whose families' null shares profile_drift shows beside this
+    file's. Raises ValidationError only when the file cannot be read as parquet or its coverage
+    record is corrupt. `source`: the file already opened (a stored object read by ranges),
+    `path` then only names it."""
     th = thresholds or DEFAULTS
     clock = Stopwatch()
     path = Path(path) if source is None else path
@@ -87,7 +91,7 @@ def validate_training_file(
         no_target_leakage(pf, stats, index, expectation, th),
         table_coverage(coverage, rows, expectation, th),
         newest_rows(profile, stats, expectation, th),
-        profile_drift(profile, history, th),
+        profile_drift(profile, history, th, series),
     )
     return ValidationReport(
         pair=expectation.pair,

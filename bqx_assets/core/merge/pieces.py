@@ -62,21 +62,31 @@ def table_piece(
     plan: TablePlan,
     keys: np.ndarray,
     s: slice,
-    newest_from: int,
+    counted: tuple[int, np.ndarray] | None = None,
     blocks: dict[int, Blocks] | None = None,
 ) -> pa.Buffer:
     """Columns `s` of one table for the spine rows whose keys are `keys` (`blocks`: the piece's
-    byte ranges of remote chunks, fetched ahead, by chunk).
+    byte ranges of remote chunks, fetched ahead, by chunk), their nulls counted in the rows
+    `counted` names (`CountedRows.within`).
 
     The alignment is recomputed for each piece of a wide table from its key column (~1 MB):
     cheaper than holding a table's decoded columns, and it keeps one piece the unit of memory."""
+    columns = aligned_columns(plan, keys, s, blocks)
+    if counted is not None:
+        count_nulls(plan, s, columns, *counted)
+    return encode_piece(columns, plan.names[s])
+
+
+def aligned_columns(
+    plan: TablePlan, keys: np.ndarray, s: slice, blocks: dict[int, Blocks] | None = None
+) -> list[pa.Array | pa.ChunkedArray]:
+    """Columns `s` of one table aligned to `keys` (sorted spine keys), null where it has no row,
+    cast to the output types."""
     rows = len(keys)
-    names, types = plan.names[s], plan.types[s]
+    types = plan.types[s]
     wanted = wanted_groups(plan, keys)
     if not wanted:
-        empty = [pa.nulls(rows, t) for t in types]
-        _count_newest(plan, keys, s, empty, newest_from)
-        return encode_piece(empty, names)
+        return [pa.nulls(rows, t) for t in types]
     try:
         reads = []
         for index, groups in by_chunk(plan, wanted).items():
@@ -93,29 +103,32 @@ def table_piece(
             aligned = read.slice(int(pos[0]), rows)  # same keys in the same order: no copy
         else:
             aligned = read.take(_indices(pos, found))
-        columns = [
+        return [
             c if c.type == t else pc.cast(c, t) for c, t in zip(aligned.columns, types, strict=True)
         ]
-        _count_newest(plan, keys, s, columns, newest_from)
-        return encode_piece(columns, names)
     except StorageError as exc:
         raise MergeError(f"{plan.where}: {exc}") from exc
     except (OSError, pa.ArrowException) as exc:
         raise MergeError(f"{plan.where}: not a readable parquet file: {exc}") from exc
 
 
-def _count_newest(
+def count_nulls(
     plan: TablePlan,
-    keys: np.ndarray,
     s: slice,
     columns: Sequence[pa.Array | pa.ChunkedArray],
-    newest_from: int,
+    newest: int,
+    reference: np.ndarray,
 ) -> None:
-    """Add the nulls that a piece writes into the newest day's rows to the table's record."""
-    if plan.newest_nulls is None or not len(keys) or int(keys[-1]) < newest_from:
-        return
-    start = int(np.searchsorted(keys, newest_from))
-    plan.count_newest(s, [c.slice(start).null_count for c in columns])
+    """Add the nulls a piece of columns `s` holds from row `newest` on (the newest day's rows)
+    and at rows `reference` (its reference minutes') to the table's record."""
+    rows = len(columns[0]) if columns else 0
+    at_newest = [c.slice(newest).null_count for c in columns] if newest < rows else None
+    at_reference = None
+    if len(reference):
+        picked = pa.array(reference, pa.int64())
+        at_reference = [c.take(picked).null_count for c in columns]
+    if at_newest is not None or at_reference is not None:
+        plan.count_nulls(s, at_newest, at_reference)
 
 
 def _align(file_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

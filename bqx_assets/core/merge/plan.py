@@ -52,6 +52,9 @@ class TablePlan:
     coverage: TableCoverage | None = None
     newest_nulls: np.ndarray | None = None
     """Nulls per column written into the newest day's rows, added up piece by piece."""
+    reference_nulls: np.ndarray | None = None
+    """Nulls per column in the rows of the newest day's reference minutes, added up likewise
+    (`coverage.CountedRows`)."""
     metadata: list[pq.FileMetaData | None] = field(default_factory=list)
     """Each chunk's footer where it is kept for the pieces' reads (None: read it again)."""
     unopened: set[int] = field(default_factory=set)
@@ -70,11 +73,16 @@ class TablePlan:
     def where(self) -> str:
         return self.table.where()
 
-    def count_newest(self, s: slice, counts: Sequence[int]) -> None:
-        """Add the nulls a piece of columns `s` wrote into the newest day's rows."""
-        with self._lock:  # two pieces of one slice meet when the newest day spans row groups
-            assert self.newest_nulls is not None
-            self.newest_nulls[s] += counts
+    def count_nulls(
+        self, s: slice, newest: Sequence[int] | None, reference: Sequence[int] | None
+    ) -> None:
+        """Add the nulls of columns `s` in a piece's newest-day rows and reference rows."""
+        with self._lock:  # two pieces of one slice meet when the counted rows span row groups
+            assert self.newest_nulls is not None and self.reference_nulls is not None
+            if newest is not None:
+                self.newest_nulls[s] += newest
+            if reference is not None:
+                self.reference_nulls[s] += reference
 
 
 def plan_tables(
@@ -135,6 +143,7 @@ def _plan(table: InputTable, spine: SpineIndex, newest_from: int) -> TablePlan:
         plan.source_nulls,
     )  # fmt: skip
     plan.newest_nulls = np.zeros(len(plan.columns), dtype=np.int64)
+    plan.reference_nulls = np.zeros(len(plan.columns), dtype=np.int64)
     return plan
 
 

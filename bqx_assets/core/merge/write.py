@@ -14,11 +14,18 @@ import numpy as np
 import pyarrow as pa
 
 from bqx_assets.core.errors import MergeError
-from bqx_assets.core.merge.coverage import COVERAGE_KEY, Coverage
+from bqx_assets.core.merge.coverage import COVERAGE_KEY, CountedRows, Coverage, SpineIndex
 from bqx_assets.core.merge.files import Blocks, fetch
 from bqx_assets.core.merge.footer import MAGIC, FooterAssembler, Piece
-from bqx_assets.core.merge.pieces import piece_slices, spine_piece, table_piece
-from bqx_assets.core.merge.plan import IO_THREADS, WORKERS, Reads, TablePlan, piece_reads
+from bqx_assets.core.merge.pieces import aligned_columns, piece_slices, spine_piece, table_piece
+from bqx_assets.core.merge.plan import (
+    IO_THREADS,
+    WORKERS,
+    Reads,
+    TablePlan,
+    open_needed,
+    piece_reads,
+)
 from bqx_assets.core.merge.reuse import Reuse, row_groups_record
 from bqx_assets.core.merge.rowgroups import Layout
 from bqx_assets.core.storage import CopyMismatch, Sink, StorageError
@@ -103,19 +110,27 @@ def write_file(
                 raise MergeError(f"previous training file {reuse.source}: {exc}") from exc
             adopt(index, begin)
 
+    # The nulls of the newest day and of its reference minutes are counted in the pieces that
+    # hold them; reference minutes in a copied row group are read from the chunks to be counted.
+    counted = CountedRows.of(SpineIndex.of(keys), newest_from)
+    copied_references = counted.spans([groups[r] for r in copied])
+    if copied_references:
+        progress(f"counting the nulls of {len(copied_references)} copied span(s) of reference rows")
+        _count_from_chunks(plans, keys, copied_references)
     tasks: list[_Task] = []
     for r, (a, b) in enumerate(groups):
         if r in copied:
             continue
         for s in piece_slices(1 + spine.num_columns, b - a):
             tasks.append(_Task(r, lambda _, a=a, b=b, s=s: spine_piece(keys, spine, a, b, s)))
+        within = counted.within(a, b)
         for plan in plans:
             for s in piece_slices(len(plan.columns), b - a):
                 tasks.append(
                     _Task(
                         r,
-                        lambda blocks, p=plan, a=a, b=b, s=s: table_piece(
-                            p, keys[a:b], s, newest_from, blocks
+                        lambda blocks, p=plan, a=a, b=b, s=s, w=within: table_piece(
+                            p, keys[a:b], s, w, blocks
                         ),
                         piece_reads(plan, keys[a:b], s),
                         plan.where,
@@ -203,12 +218,19 @@ def write_file(
         first_key=int(keys[0]),
         last_key=int(keys[-1]),
         newest_from=newest_from,
-        newest_rows=len(keys) - int(np.searchsorted(keys, newest_from)),
+        newest_rows=len(keys) - counted.newest_start,
         tables=tuple(
-            replace(p.coverage, newest_nulls=tuple(int(v) for v in p.newest_nulls))
+            replace(
+                p.coverage,
+                newest_nulls=tuple(int(v) for v in p.newest_nulls),
+                reference_nulls=tuple(int(v) for v in p.reference_nulls),
+            )
             for p in plans
-            if p.coverage is not None and p.newest_nulls is not None
+            if p.coverage is not None
+            and p.newest_nulls is not None
+            and p.reference_nulls is not None
         ),
+        reference_rows=len(counted.reference),
     )
     if building >= 0:
         close_group(building, start)
@@ -221,3 +243,21 @@ def write_file(
         )
     )
     return coverage
+
+
+def _count_from_chunks(
+    plans: Sequence[TablePlan], keys: np.ndarray, spans: Sequence[tuple[int, int]]
+) -> None:
+    """Count each table's nulls in the spine rows `spans` (reference minutes inside copied row
+    groups, which are not encoded) from its chunks, a piece of columns at a time, WORKERS at
+    once; the chunks read are checked first as an encoded row group's are."""
+    open_needed(plans, keys, spans)
+    wanted = keys[np.concatenate([np.arange(a, b) for a, b in spans])]
+
+    def count(job: tuple[TablePlan, slice]) -> None:
+        plan, s = job
+        plan.count_nulls(s, None, [c.null_count for c in aligned_columns(plan, wanted, s)])
+
+    jobs = [(p, s) for p in plans for s in piece_slices(len(p.columns), len(wanted))]
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(count, jobs))

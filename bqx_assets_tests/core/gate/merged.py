@@ -52,11 +52,12 @@ EXPECTATION = Expectation(
 )
 
 
-def clean_data() -> Data:
+def clean_data(spine: np.ndarray = SPINE) -> Data:
     """Production's structural nulls in miniature: agg warms up for 45 minutes, corr has rows
-    only while its ETF quotes (08:00-20:00 UTC), tri starts a fifth of the way in."""
+    only while its ETF quotes (08:00-20:00 UTC), tri starts a fifth of the way in (`spine`: the
+    ROWS keys, by default two UTC days)."""
     rng = np.random.default_rng(3)
-    minute_of_day = (SPINE // MINUTE) % 1440
+    minute_of_day = (spine // MINUTE) % 1440
     agg_mean = rng.normal(0, 1, ROWS)
     agg_mean[:45] = np.nan
     agg_std = np.abs(rng.normal(0, 1, ROWS))
@@ -64,9 +65,9 @@ def clean_data() -> Data:
     etf = (minute_of_day >= 8 * 60) & (minute_of_day < 20 * 60)
     late = ROWS // 5
     return {
-        "agg_bqx_eurusd": (SPINE, {"agg_mean_45": agg_mean, "agg_std_45": agg_std}),
-        "corr_etf_idx_eurusd_spy": (SPINE[etf], {"corr_45": rng.uniform(-1, 1, int(etf.sum()))}),
-        "tri_agg_bqx_eur_usd_gbp": (SPINE[late:], {"tri_mean_45": rng.normal(0, 1, ROWS - late)}),
+        "agg_bqx_eurusd": (spine, {"agg_mean_45": agg_mean, "agg_std_45": agg_std}),
+        "corr_etf_idx_eurusd_spy": (spine[etf], {"corr_45": rng.uniform(-1, 1, int(etf.sum()))}),
+        "tri_agg_bqx_eur_usd_gbp": (spine[late:], {"tri_mean_45": rng.normal(0, 1, ROWS - late)}),
     }
 
 
@@ -77,9 +78,11 @@ def write_checkpoint(path: Path, keys: np.ndarray, columns: dict[str, np.ndarray
     return path
 
 
-def merged(tmp_path: Path, data: Data, name: str = "training_eurusd.parquet") -> Path:
-    """The training file the merge writes from `data` (with its coverage record), published
-    as `tmp_path / name`."""
+def merged(
+    tmp_path: Path, data: Data, name: str = "training_eurusd.parquet", spine: np.ndarray = SPINE
+) -> Path:
+    """The training file the merge writes from `data` (with its coverage record) on `spine`
+    (ROWS keys), published as `tmp_path / name`."""
     folder = tmp_path / name.replace(".parquet", "")
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(9)
@@ -87,7 +90,7 @@ def merged(tmp_path: Path, data: Data, name: str = "training_eurusd.parquet") ->
     targets[-15:] = np.nan
     spine = InputTable.of_files(
         "targets_eurusd",
-        write_checkpoint(folder / "targets.parquet", SPINE, {TARGET: targets}),
+        write_checkpoint(folder / "targets.parquet", spine, {TARGET: targets}),
         columns=((TARGET, TARGET),),
     )
     tables = [

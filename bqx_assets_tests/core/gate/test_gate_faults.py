@@ -3,10 +3,10 @@ nothing is published; a clean production-shaped warehouse passes every check at 
 
 The pair's file is built as its job builds it, through the core: its checkpoints refreshed from
 the warehouse (`refresh_checkpoints`), merged into the output root and gate-checked
-(`build_training_file`), published or quarantined (`publish_training_file`), its profile
-promoted when it passed. The warehouse is the mini catalog's (every family and scope, 16 tables
-a pair) over 3,000 minutes: two days and a morning, so the ETF's trading hours, late tri sources
-and warm-ups shape the nulls as in production. Duplicate timestamps, a dropped and a retyped
+(`build_training_file`), published with its profile or quarantined (`publish_training_file`).
+The warehouse is the mini catalog's (every family and scope, 16 tables a pair) over 3,000
+minutes: two days and a morning, so the ETF's trading hours, late tri sources and warm-ups shape
+the nulls as in production. Duplicate timestamps, a dropped and a retyped
 column are extraction errors before any gate (core/checkpoints tests show each on its own; the
 merge refuses duplicate keys too); here they are shown on the injected faults.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -25,15 +26,16 @@ from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.checkpoints.refresh import refresh_checkpoints
 from bqx_assets.core.checkpoints.window import TrainingWindow
 from bqx_assets.core.errors import ExtractionError
-from bqx_assets.core.gate.profile import load_profile, profile_key, promote_profile
+from bqx_assets.core.gate.profile import load_profile, profile_key
 from bqx_assets.core.gate.report import CheckOutcome
 from bqx_assets.core.gate.thresholds import Thresholds
 from bqx_assets.core.gate.validate import CHECK_NAMES
 from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.publish import publish_training_file
 from bqx_assets.core.storage import LocalStorage
-from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
+from bqx_assets.core.warehouse.embedded import DEFAULT_START, EmbeddedWarehouse
 from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses
+from bqx_assets_tests.core.gate.listings import column, listed
 
 PAIR = "eurusd"
 ROWS = 3_000
@@ -83,15 +85,13 @@ def checkpoint(root: Path, catalog: Catalog, warehouse: Path) -> LocalStorage:
 
 
 def build(root: Path, catalog: Catalog, warehouse: Path) -> Build:
-    """Checkpoint the pair, build and gate its file, publish it (or quarantine it) and promote
-    its profile when it passed, as its job does. The output root (published files and profiles)
-    is kept from earlier builds under the same root."""
+    """Checkpoint the pair, build and gate its file, publish it with its profile (or quarantine
+    it), as its job does. The output root (published files and profiles) is kept from earlier
+    builds under the same root."""
     checkpoints = checkpoint(root, catalog, warehouse)
     output = LocalStorage(root / "out")
     built = build_training_file(checkpoints, output, catalog, PAIR, TrainingWindow(), GATE)
     publish_training_file(output, built.training_file)
-    if built.report.passed:
-        promote_profile(output, PAIR)
     return Build(root, built)
 
 
@@ -114,6 +114,11 @@ def faulty(warehouses: Warehouses, mini_catalog: Catalog) -> Faulty:
     return make
 
 
+def short_tables(b: Build) -> dict[str, dict[str, str | int]]:
+    """table_coverage's short tables by name."""
+    return {str(r["table"]): r for r in listed(b.checks["table_coverage"], "short_tables")}
+
+
 def assert_clean(b: Build) -> None:
     assert set(b.checks) == set(CHECK_NAMES) and not b.failed, b.failed
     assert b.published and not b.quarantined
@@ -122,7 +127,7 @@ def assert_clean(b: Build) -> None:
 
 def assert_caught(b: Build, checks: set[str], also: frozenset[str] = frozenset()) -> None:
     """The build failed `checks` (and perhaps `also`, nothing else), published nothing, kept the
-    file and its report in quarantine and promoted no profile."""
+    file and its report in quarantine and published no profile."""
     assert checks <= b.failed <= checks | also, {n: b.meta(n)["summary"] for n in b.failed}
     assert not b.published and len(b.quarantined) == 1
     assert len(list((b.root / "out").glob("quarantine/*.report.json"))) == 1
@@ -135,10 +140,11 @@ def test_a_clean_realistic_warehouse_passes_every_check_and_publishes_a_profile(
 ) -> None:
     b = build(tmp_path, mini_catalog, faulty())
     assert_clean(b)
-    families = b.meta("null_completeness")["families"]
-    assert families["corr"]["merge_null_share"] > 0.3  # the ETF's closed hours: no rows
-    assert families["tri"]["merge_null_share"] > 0.0  # a late-starting source
     profile = load_profile(LocalStorage(tmp_path / "out"), PAIR)
+    assert profile is not None
+    corr, tri = profile.family("corr"), profile.family("tri")
+    assert corr is not None and corr.merge_null_share > 0.3  # the ETF's closed hours: no rows
+    assert tri is not None and tri.merge_null_share > 0.0  # a late-starting source
     assert profile is not None and profile.family("corr") is not None
     assert "| corr |" in profile.family_markdown()
     # Built again from the same data: judged against the profile just published, no drift.
@@ -148,15 +154,35 @@ def test_a_clean_realistic_warehouse_passes_every_check_and_publishes_a_profile(
     assert "within tolerance" in again.meta("profile_drift")["summary"]
 
 
+# The issue's false failures: at 1,500 rows from Monday 00:00 the corr tables' ETF had closed
+# before the spine's end with no earlier day to excuse it; a newest day that ends before the
+# ETF opens. Whatever hour the spine ends, each newest minute is judged against the same minute
+# of the previous trading day.
+@pytest.mark.parametrize("hour", [0, 5, 8, 14, 21])
+def test_a_clean_warehouse_passes_every_check_whatever_hour_its_spine_ends(
+    tmp_path: Path, warehouses: Warehouses, mini_catalog: Catalog, hour: int
+) -> None:
+    rows = 1_500  # from Monday `hour`:00 to Tuesday `hour`:59
+    start = DEFAULT_START + timedelta(hours=hour)
+    warehouse = warehouses.path(mini_catalog, pairs=(PAIR,), rows=rows, start=start)
+    b = build(tmp_path, mini_catalog, warehouse)
+    assert_clean(b)
+    coverage = b.built.merge.coverage
+    assert coverage is not None and coverage.newest_rows == (hour + 1) * 60
+    # Monday's same minutes, those of them the spine has: from `hour`:00 on.
+    assert coverage.reference_rows == 60
+    assert b.meta("table_coverage")["actual"] == 0.0
+
+
 # -- injected faults, each caught by the check that names it ---------------------------------
 def test_a_ragged_tail_fails_table_coverage_naming_the_tables(
     tmp_path: Path, mini_catalog: Catalog, faulty: Faulty
 ) -> None:
     b = build(tmp_path, mini_catalog, faulty("ragged=1:agg+lag+tmp"))
     assert_caught(b, {"table_coverage"})
-    tables = b.meta("table_coverage")["tables"]
-    assert set(tables) <= {f"agg_{PAIR}", f"lag_{PAIR}_45", f"tmp_{PAIR}"} and tables
-    assert all(t["newest_minutes_missed"] > 0 for t in tables.values())
+    short = short_tables(b)
+    assert set(short) <= {f"agg_{PAIR}", f"lag_{PAIR}_45", f"tmp_{PAIR}"} and short
+    assert all(t["newest minutes missed"] > 0 for t in short.values())
 
 
 def test_a_stale_source_fails_table_coverage(
@@ -166,8 +192,8 @@ def test_a_stale_source_fails_table_coverage(
     # The mini catalog's one tri source starts 37% of the way in: 3% more takes the family
     # over its expected share too.
     assert_caught(b, {"table_coverage"}, also=frozenset({"null_completeness"}))
-    info = b.meta("table_coverage")["tables"]["tri_agg_bqx_eur_usd_gbp"]
-    assert info["newest_minutes_missed"] == 90 and "stops 90 rows" in info["why"]
+    info = short_tables(b)["tri_agg_bqx_eur_usd_gbp"]
+    assert info["newest minutes missed"] == 90 and "stops 90 rows" in str(info["why"])
 
 
 def test_1970_keys_fail_table_coverage_and_null_completeness(
@@ -175,8 +201,9 @@ def test_1970_keys_fail_table_coverage_and_null_completeness(
 ) -> None:
     b = build(tmp_path, mini_catalog, faulty(f"unit:corr_etf_idx_{PAIR}_spy"))
     assert_caught(b, {"table_coverage", "null_completeness"})
-    assert list(b.meta("table_coverage")["tables"]) == [f"corr_etf_idx_{PAIR}_spy"]
-    assert b.meta("null_completeness")["all_null_by_family"] == {"corr": 7}
+    assert list(short_tables(b)) == [f"corr_etf_idx_{PAIR}_spy"]
+    dead = listed(b.checks["null_completeness"], "all_null")
+    assert {r["family"] for r in dead} == {"corr"} and len(dead) == 7
 
 
 def test_an_all_null_family_fails_null_completeness(
@@ -185,8 +212,11 @@ def test_an_all_null_family_fails_null_completeness(
     b = build(tmp_path, mini_catalog, faulty("allnull:regime"))
     assert_caught(b, {"null_completeness"})
     meta = b.meta("null_completeness")
-    assert meta["all_null_by_family"] == {"regime": 13}
-    assert meta["families_over_threshold"] == {"regime": 1.0}
+    dead = listed(b.checks["null_completeness"], "all_null")
+    assert {r["family"] for r in dead} == {"regime"} and meta["all_null_columns"] == 13
+    over = [r for r in listed(b.checks["null_completeness"], "families") if r["ok"] == "NO"]
+    assert [(r["family"], r["null share (all nulls)"]) for r in over] == [("regime", "100.00%")]
+    assert meta["families_over"] == 1 and meta["actual"] > meta["threshold"] == 0.0
 
 
 def test_a_target_leaked_under_an_innocent_name_fails_no_target_leakage(
@@ -194,9 +224,9 @@ def test_a_target_leaked_under_an_innocent_name_fails_no_target_leakage(
 ) -> None:
     b = build(tmp_path, mini_catalog, faulty(f"leak:agg_{PAIR}"))
     assert_caught(b, {"no_target_leakage"})
-    leaked = b.meta("no_target_leakage")["by_value"]
-    assert list(leaked.values()) == ["target_bqx45_h15"]
-    assert next(iter(leaked)).startswith("agg__")
+    (leaked,) = listed(b.checks["no_target_leakage"], "leaked")
+    assert leaked["why"] == "equals target_bqx45_h15 row by row"
+    assert str(leaked["column"]).startswith("agg__")
 
 
 @pytest.mark.parametrize(
@@ -225,8 +255,12 @@ def test_a_doubled_null_share_fails_profile_drift_against_the_last_build(
     b = build(tmp_path, mini_catalog, faulty("nulls=2:agg+csi"))
     assert "profile_drift" in b.failed and not b.built.report.passed
     meta = b.meta("profile_drift")
-    assert set(meta["families"]) == {"agg", "csi"}
-    assert meta["actual"]["null_share_moved"] > 0
+    assert {r["family"] for r in listed(b.checks["profile_drift"], "drifted_families")} == {
+        "agg",
+        "csi",
+    }
+    assert meta["columns_drifted"] > 0 and meta["actual"] > meta["threshold"] == 0.0
+    assert "null share moved" in column(b.checks["profile_drift"], "drifted_columns", "problem")
     # The published file and its profile are still the clean build's.
     assert (tmp_path / "out" / training_file_key(PAIR)).read_bytes() == published
     assert (tmp_path / "out" / profile_key(PAIR)).read_bytes() == profile

@@ -10,6 +10,7 @@ import pyarrow as pa
 from bqx_assets.core.gate.report import Expectation
 from bqx_assets.core.gate.thresholds import Thresholds
 from bqx_assets_tests.core.gate.handmade import PAIR, ROWS, Columns, build, run
+from bqx_assets_tests.core.gate.listings import listed
 
 
 def test_no_target_leakage_fails_on_a_leaked_target_column(
@@ -32,13 +33,20 @@ def test_no_target_leakage_fails_on_a_leaked_target_column(
     report = run(path, leaky)
     leak = report.outcome("no_target_leakage")
     assert not leak.passed
-    assert leak.metadata["by_name"] == ["base_bqx__target_45", "base_bqx_target_90"]
-    assert leak.metadata["actual"] == 2 and leak.metadata["expected"] == 0
+    assert listed(leak, "leaked") == [
+        {"column": "base_bqx__target_45", "why": "named like a target"},
+        {"column": "base_bqx_target_90", "why": "named like a target"},
+    ]
+    assert leak.metadata["actual"] == 2.0 and leak.metadata["threshold"] == 0.0
+    assert leak.metadata["by_name"] == 2 and leak.metadata["by_value"] == 0
     assert report.outcome("column_count").passed  # only the leak check catches it
     allowed = Thresholds(min_rows=1, leak_allow=("base_bqx__target_45", "base_bqx_target_90"))
     outcome = run(path, leaky, allowed).outcome("no_target_leakage")
-    assert outcome.passed
-    assert outcome.metadata["threshold"]["allow_list"] == list(allowed.leak_allow)
+    assert outcome.passed and outcome.metadata["actual"] == 0.0
+    assert outcome.metadata["allow_list"] == "base_bqx__target_45, base_bqx_target_90"
+    assert "(allow-listed: base_bqx__target_45, base_bqx_target_90)" in str(
+        outcome.metadata["summary"]
+    )
 
 
 def test_no_target_leakage_finds_a_target_copied_under_a_feature_name(
@@ -50,7 +58,9 @@ def test_no_target_leakage_finds_a_target_copied_under_a_feature_name(
     path = build(tmp_path, expectation, change)
     leak = run(path, expectation).outcome("no_target_leakage")
     assert not leak.passed
-    assert leak.metadata["by_value"] == {"agg_bqx__agg_mean_45": "target_bqx90_h15"}
+    assert listed(leak, "leaked") == [
+        {"column": "agg_bqx__agg_mean_45", "why": "equals target_bqx90_h15 row by row"}
+    ]
     no_values = Thresholds(min_rows=1, value_leak=False)
     outcome = run(path, expectation, no_values).outcome("no_target_leakage")
     assert outcome.passed and outcome.metadata["value_comparisons"] == 0

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.gate.report import Expectation, FamilyNulls
+from bqx_assets.core.gate.report import Expectation, FamilyNulls, Listing
 from bqx_assets.core.gate.thresholds import Thresholds
 from bqx_assets.core.layout import KEY
 from bqx_assets_tests.core.gate.handmade import (
@@ -46,9 +46,13 @@ def test_expectation_of_the_production_catalog(tmp_path: Path, catalog: Catalog)
     keys = pa.array(START_US + np.arange(3) * 60_000_000, pa.timestamp("us", tz="UTC"))
     cols: Columns = {KEY: keys, **{t: pa.array([0.1, 0.2, 0.3]) for t in exp.targets}}
     report = run(write(tmp_path / "t.parquet", cols), exp, Thresholds(min_rows=1))
-    column = report.outcome("column_count").metadata
-    assert not report.outcome("column_count").passed
-    assert column["missing_count"] == 16_981 and len(column["missing"]) == 20
+    column = report.outcome("column_count")
+    assert not column.passed
+    # Counts are full; the listing names the first max_names (20) of them.
+    assert column.metadata["missing_count"] == 16_981
+    listing = column.metadata["columns"]
+    assert isinstance(listing, Listing) and len(listing.rows) == 20
+    assert listing.total == 16_981 and "20 of 16,981 shown" in listing.markdown()
     assert report.outcome("target_horizons").passed
 
 
@@ -64,10 +68,32 @@ def test_a_report_lists_each_check_and_why_it_failed(
     assert any(line.startswith("  [FAIL] target_horizons: 3 of 4 targets") for line in lines)
     as_dict = report.to_dict()
     assert as_dict["failed"] == ["column_count", "target_horizons"]
-    assert as_dict["checks"]["target_horizons"]["metadata"]["missing"] == ["target_bqx45_h15"]
+    target = as_dict["checks"]["target_horizons"]["metadata"]
+    assert target["missing"] == ["target_bqx45_h15"]
+    assert target["targets"] == [{"target": "target_bqx45_h15", "problem": "missing"}]
 
 
 def test_a_family_passes_under_its_threshold_with_no_dead_column() -> None:
     assert FamilyNulls("agg", 2, 0.07, 0, 0.074).passed
     assert not FamilyNulls("agg", 2, 0.08, 0, 0.074).passed
     assert not FamilyNulls("agg", 2, 0.01, 1, 0.074).passed
+
+
+def test_a_listing_is_a_markdown_table_that_says_what_it_left_out() -> None:
+    listing = Listing.of(
+        ("table", "rows", "why"),
+        [("a", 1_200, "stops | early"), ("b", 3, "x"), ("c", 4, "y")],
+        limit=2,
+    )
+    assert listing.markdown().splitlines() == [
+        "| table | rows | why |",
+        "|---|---:|---|",
+        "| a | 1,200 | stops \\| early |",
+        "| b | 3 | x |",
+        "",
+        "2 of 3 shown",
+    ]
+    assert listing.to_json() == [
+        {"table": "a", "rows": 1_200, "why": "stops | early"},
+        {"table": "b", "rows": 3, "why": "x"},
+    ]

@@ -16,6 +16,7 @@ from bqx_assets.core.gate.validate import CHECK_NAMES, validate_training_file
 from bqx_assets.core.merge.coverage import COVERAGE_KEY
 from bqx_assets_tests.core.gate import merged
 from bqx_assets_tests.core.gate.handmade import ROWS, build, run
+from bqx_assets_tests.core.gate.listings import listed
 
 
 def test_good_file_passes_every_check(tmp_path: Path, expectation: Expectation) -> None:
@@ -28,19 +29,23 @@ def test_good_file_passes_every_check(tmp_path: Path, expectation: Expectation) 
         len(expectation.columns),
         4,  # 200 rows in groups of 64
     )
-    assert report.outcome("row_count").metadata["actual"] == ROWS
-    nulls = report.outcome("null_completeness").metadata
-    none = {"null_share": 0.0, "merge_null_share": 0.0, "source_null_share": 0.0}
-    assert nulls["families"] == {
-        "agg": {"columns": 2, **none},
-        "base": {"columns": 1, **none},
-        "corr": {"columns": 2, **none},
-    }
+    assert report.outcome("row_count").metadata["actual"] == float(ROWS)
+    nulls = report.outcome("null_completeness")
+    assert [
+        (r["family"], r["columns"], r["null share (all nulls)"]) for r in listed(nulls, "families")
+    ] == [("agg", 2, "0.00%"), ("base", 1, "0.00%"), ("corr", 2, "0.00%")]
     target = report.outcome("target_horizons").metadata
-    assert target["actual"] == 4 and target["worst_null_share"] == pytest.approx(1 / ROWS)
+    assert target["targets_ok"] == 4 and target["actual"] == pytest.approx(1 / ROWS)
     table = report.family_table_markdown()
     # agg expects production's 2.4% for "other" families, plus the 5-point tolerance.
-    assert table.splitlines()[2] == "| agg | 2 | 0.00% | 0.00% | 0.00% | - | 0 | 7.4% | yes |"
+    assert table.splitlines()[2] == (
+        "| agg | 2 | 0.00% | 0.00% | 0.00% | - | 0 | 7.4% (2.4% + 5 points) | yes |"
+    )
+    # Every check has one float for what it measured and one for its bound: what the UI plots.
+    for outcome in report.outcomes:
+        assert isinstance(outcome.metadata["actual"], float), outcome.name
+        assert isinstance(outcome.metadata["threshold"], float), outcome.name
+        assert not any(isinstance(v, dict) for v in outcome.metadata.values()), outcome.name
     json.dumps(report.to_dict())  # metadata is JSON-able
     with pytest.raises(KeyError):
         report.outcome("no_such_check")
@@ -52,15 +57,16 @@ def test_a_clean_merged_file_passes_every_check_and_splits_merge_and_source_null
     report = merged.build(tmp_path)
     assert [o.name for o in report.outcomes] == list(CHECK_NAMES)
     assert report.passed, report.summary()
-    families = report.outcome("null_completeness").metadata["families"]
+    families = {
+        r["family"]: (r["no row for the key (merge-made)"], r["null in the source's rows"])
+        for r in listed(report.outcome("null_completeness"), "families")
+    }
     # corr: half the minutes have no ETF row (merge-made); agg: warm-up nulls (the source's).
-    assert families["corr"]["merge_null_share"] == pytest.approx(0.5)
-    assert families["corr"]["source_null_share"] == 0.0
-    assert families["agg"]["merge_null_share"] == 0.0
-    assert families["agg"]["source_null_share"] == pytest.approx(45 / merged.ROWS)
-    assert families["tri"]["merge_null_share"] == pytest.approx(0.2, abs=1e-3)
+    assert families["corr"] == ("50.00%", "0.00%")
+    assert families["agg"] == ("0.00%", f"{45 / merged.ROWS:.2%}")
+    assert families["tri"][0] == "20.00%"
     coverage = report.outcome("table_coverage").metadata
-    assert coverage["actual"]["short_tables"] == 0
+    assert coverage["actual"] == 0.0 and coverage["tables"] == 3
     assert report.profile is not None and report.profile.family("corr") is not None
     assert "| corr | 1 | 50.00% | 50.00% | 0.00% | 50.00% |" in report.family_table_markdown()
     json.dumps(report.to_dict())
@@ -94,4 +100,15 @@ def test_a_corrupt_coverage_record_raises_naming_the_file(tmp_path: Path) -> Non
     metadata = {**table.schema.metadata, COVERAGE_KEY.encode(): b"zstd+base64:garbage"}
     pq.write_table(table.replace_schema_metadata(metadata), path)
     with pytest.raises(ValidationError, match=r"eurusd: .*training_eurusd\.parquet has a corrupt"):
+        merged.validate(path)
+
+
+def test_a_coverage_record_of_another_merge_version_raises_saying_so(tmp_path: Path) -> None:
+    path = merged.merged(tmp_path, merged.clean_data())
+    table = pq.read_table(path)
+    old = json.dumps({"version": 3, "tables": []}).encode()
+    pq.write_table(table.replace_schema_metadata({COVERAGE_KEY.encode(): old}), path)
+    with pytest.raises(
+        ValidationError, match=r"coverage record version 3, expected 4 \(.*build it again\)"
+    ):
         merged.validate(path)
