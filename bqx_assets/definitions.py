@@ -13,6 +13,7 @@ from bqx_assets.defs.automation import automation
 from bqx_assets.defs.environment import require_graph_catalog, resources_for
 from bqx_assets.defs.jobs import jobs
 from bqx_assets.defs.overview import gate_summary
+from bqx_assets.defs.preflight import preflight_checks, preflight_job
 
 
 def build_definitions(resources: Mapping[str, Any]) -> dg.Definitions:
@@ -20,7 +21,11 @@ def build_definitions(resources: Mapping[str, Any]) -> dg.Definitions:
     Refuses settings whose catalog is not the one the asset graph was built from."""
     require_graph_catalog(resources["settings"])
     return dg.Definitions(
-        assets=[*all_assets, gate_summary], jobs=jobs, sensors=automation, resources=resources
+        assets=[*all_assets, gate_summary],
+        asset_checks=[preflight_checks],
+        jobs=[*jobs, preflight_job],
+        sensors=automation,
+        resources=resources,
     )
 
 

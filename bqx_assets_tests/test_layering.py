@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("core.merge",),
     ("core.gate",),
     ("core.publish", "core.costs"),
-    ("core.build", "core.overview"),
+    ("core.build", "core.overview", "core.preflight"),
     ("defs",),
     ("definitions",),
     ("cli",),

@@ -5,14 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from types import MappingProxyType
+from typing import Literal, get_args
 
 from bqx_assets.core.errors import CatalogError
-from bqx_assets.core.layout import ARROW_TYPES, KEY, PAIR_COLUMN, PREFIX_SEPARATOR, SHARED_OWNER
+from bqx_assets.core.layout import (
+    ARROW_TYPES,
+    KEY,
+    PAIR_COLUMN,
+    PREFIX_SEPARATOR,
+    SHARED_OWNER,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,34 @@ Role = Literal["feature", "leak"]
 
 _LEAK = re.compile(r"^target_")
 _DEFAULT_PATH = Path(__file__).with_name("catalog.json")
+
+# -- names ------------------------------------------------------------------------------------
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""A name the catalog accepts for a pair, dataset, table or column: an unquoted GoogleSQL
+identifier (letters, digits and underscores, not starting with a digit:
+https://cloud.google.com/bigquery/docs/reference/standard-sql/lexical#identifiers). Every such
+name is a valid dataset name (https://cloud.google.com/bigquery/docs/datasets#dataset-naming),
+table name (https://cloud.google.com/bigquery/docs/tables#table_naming) and column name
+(https://cloud.google.com/bigquery/docs/schemas#column_names), a subset of each; and, with no
+`.`, `/`, `\\` or space, a safe folder and object name, since chunks are stored under
+`{pair}/{table}/` (`layout.chunk_folder`) and a catalog file is user input."""
+PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{0,28}[a-z0-9]|[a-z]")
+"""The characters of a Google Cloud project ID: lowercase letters, digits and hyphens, starting
+with a letter, not ending with a hyphen, at most 30
+(https://cloud.google.com/resource-manager/docs/creating-managing-projects#before_you_begin;
+the rule's minimum of 6 is left to Google, which refuses a shorter ID itself)."""
+NAME_BYTES: Mapping[str, int] = MappingProxyType(
+    {"dataset": 1024, "table": 255, "pair": 255, "family": 255, "column": 300}
+)
+"""Longest name of each kind, in bytes: BigQuery's limits (datasets 1,024 characters, columns
+300), and 255 for the names that are folders of the checkpoint root (a table's chunks, a pair's
+tables: NAME_MAX on Linux), below BigQuery's 1,024 for tables."""
+RESERVED_COLUMN_PREFIXES: tuple[str, ...] = (
+    "_TABLE_", "_FILE_", "_PARTITION", "_ROW_TIMESTAMP", "__ROOT__", "_COLIDENTIFIER",
+)  # fmt: skip
+"""Column-name prefixes BigQuery reserves, in any case
+(https://cloud.google.com/bigquery/docs/schemas#column_names)."""
+SCOPES: tuple[str, ...] = get_args(Scope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +164,7 @@ class Catalog:
     """Warehouse tables left out of the catalog, with the reason."""
 
     def __post_init__(self) -> None:
+        _check_names(self)
         unknown = sorted({p for t in self.tables.values() for p in t.pairs} - set(self.pairs))
         if unknown:
             raise CatalogError(f"catalog tables name pairs that are not in the catalog: {unknown}")
@@ -327,6 +363,100 @@ class Catalog:
             tables,
             {p: self.targets[p] for p in keep},
             dict(self.excluded),
+        )
+
+
+_RULE = "not letters, digits and underscores starting with a letter or underscore"
+_SHOWN_FAULTS = 10
+
+
+def _name_fault(kind: str, name: object) -> str | None:
+    """Why `name` cannot be the name of a `kind` (a key of NAME_BYTES), or None."""
+    if not isinstance(name, str) or not IDENTIFIER.fullmatch(name):
+        return _RULE
+    if len(name.encode()) > NAME_BYTES[kind]:
+        return f"longer than {NAME_BYTES[kind]} bytes"
+    return None
+
+
+def _column_faults(columns: Sequence[Column], owner: str) -> Iterator[str]:
+    seen: dict[str, str] = {}
+    for column in columns:
+        what = f"column {column.name!r} of {owner}"
+        if why := _name_fault("column", column.name):
+            yield f"{what}: {why}"
+            continue
+        upper = column.name.upper()
+        if upper.startswith(RESERVED_COLUMN_PREFIXES):
+            yield f"{what}: BigQuery reserves the prefixes {', '.join(RESERVED_COLUMN_PREFIXES)}"
+        if upper in seen:
+            # Column names are case-insensitive: no two may differ only by case.
+            yield f"{what}: the same name as column {seen[upper]!r}"
+        seen.setdefault(upper, column.name)
+        if column.dtype not in DTYPES:
+            yield f"{what}: type {column.dtype!r} is not one of {', '.join(sorted(DTYPES))}"
+
+
+def _name_faults(catalog: Catalog) -> Iterator[str]:
+    """Each entry of the catalog that BigQuery or a storage path cannot take, named."""
+    if not isinstance(catalog.project, str) or not PROJECT_ID.fullmatch(catalog.project):
+        yield (
+            f"project {catalog.project!r}: not a project ID (up to 30 lowercase letters, digits "
+            "or hyphens, starting with a letter, not ending with a hyphen)"
+        )
+    # Each dataset once, named where it is first found.
+    datasets = {
+        catalog.features_dataset: "features dataset",
+        catalog.targets_dataset: "targets dataset",
+    }
+    for t in [*catalog.tables.values(), *catalog.targets.values()]:
+        datasets.setdefault(t.dataset, f"dataset of table {t.name!r}")
+    for name, what in datasets.items():
+        if why := _name_fault("dataset", name):
+            yield f"{what} {name!r}: {why}"
+    for pair in catalog.pairs:
+        if why := _name_fault("pair", pair):
+            yield f"pair {pair!r}: {why}"
+        elif pair == SHARED_OWNER:
+            yield f"pair {pair!r}: the name of the checkpoints' folder of shared tables"
+    schemas: dict[int, str] = {}
+    for table in catalog.tables.values():
+        what = f"table {table.name!r}"
+        if why := _name_fault("table", table.name):
+            yield f"{what}: {why}"
+            continue
+        if PREFIX_SEPARATOR in table.name:
+            # Training-file columns are `{stem}__{column}`, split at the first separator.
+            yield f"{what}: holds {PREFIX_SEPARATOR!r}, which separates a table from its columns"
+        if why := _name_fault("family", table.family):
+            yield f"family {table.family!r} of {what}: {why}"
+        if table.scope not in SCOPES:
+            yield f"scope {table.scope!r} of {what}: not one of {', '.join(SCOPES)}"
+        schemas.setdefault(id(table.columns), what)
+    for pair, target in catalog.targets.items():
+        what = f"targets table {target.name!r} of pair {pair!r}"
+        if why := _name_fault("table", target.name):
+            yield f"{what}: {why}"
+        schemas.setdefault(id(target.columns), what)
+    # Tables share their column tuples (one per schema of the catalog file): each checked once.
+    columns = {
+        id(t.columns): t.columns for t in [*catalog.tables.values(), *catalog.targets.values()]
+    }
+    for ident, owner in schemas.items():
+        yield from _column_faults(columns[ident], owner)
+
+
+def _check_names(catalog: Catalog) -> None:
+    """Refuses a catalog with a name BigQuery or a storage path cannot take, naming each entry
+    (up to ten). The names of the warehouse tables the catalog leaves out (`excluded`) are not
+    checked: nothing reads them or stores anything under them."""
+    faults = list(_name_faults(catalog))
+    if faults:
+        more = len(faults) - _SHOWN_FAULTS
+        raise CatalogError(
+            "catalog entries that are not safe BigQuery names: "
+            + "; ".join(faults[:_SHOWN_FAULTS])
+            + (f"; and {more} more" if more > 0 else "")
         )
 
 

@@ -10,6 +10,8 @@ import pyarrow as pa
 
 KEY = "interval_time"
 """The join key of every table: BigQuery TIMESTAMP, parquet timestamp[us, tz=UTC]."""
+KEY_DTYPE = "TIMESTAMP"
+"""The key's BigQuery type."""
 
 KEY_UNIT = "us"
 KEY_TZ = "UTC"

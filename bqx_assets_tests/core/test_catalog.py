@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bqx_assets.core.catalog import (
+    IDENTIFIER,
     PAIRS,
+    PROJECT_ID,
     TARGET_COLUMNS,
     Catalog,
     Column,
@@ -18,6 +23,7 @@ from bqx_assets.core.catalog import (
     catalog_from_schema,
 )
 from bqx_assets.core.errors import CatalogError
+from bqx_assets_tests.conftest import mini_catalog
 
 FAMILY_COLUMNS = {
     "tri": 6460, "csi": 5232, "cov": 2364, "var": 973, "reg": 696, "corr": 240, "agg": 192,
@@ -173,3 +179,103 @@ def test_subset_keeps_scopes_and_owners(catalog: Catalog) -> None:
     assert sub.table("cov_agg_eurgbp_eurusd").owner == "shared"
     assert sub.table("cov_agg_eurusd_gbpusd").pairs == ("eurusd", "gbpusd")
     assert len(sub.tables_for("eurusd")) == 667
+
+
+# -- safe names ------------------------------------------------------------------------------
+def _file_with(tmp_path: Path, catalog: Catalog, change: Callable[[dict], None]) -> Path:
+    """The catalog's file with `change` applied to its JSON data."""
+    data = catalog.to_dict()
+    change(data)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _rename_table(data: dict, old: str, new: str) -> None:
+    (entry,) = [t for t in data["tables"] if t["name"] == old]
+    entry["name"] = new
+
+
+def test_every_name_of_the_packaged_catalog_is_a_safe_identifier(catalog: Catalog) -> None:
+    names = [*catalog.pairs, catalog.features_dataset, catalog.targets_dataset]
+    names += [t.name for t in [*catalog.tables.values(), *catalog.targets.values()]]
+    names += [c.name for t in catalog.tables.values() for c in t.columns]
+    assert all(IDENTIFIER.fullmatch(n) for n in names)
+    assert len(catalog.tables) == 5_059 and len(catalog.targets) == 28
+    assert PROJECT_ID.fullmatch(catalog.project)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda d: _rename_table(d, "agg_eurusd", "../x"), "table '../x'"),
+        (lambda d: _rename_table(d, "agg_eurusd", "agg/eurusd"), "table 'agg/eurusd'"),
+        (lambda d: _rename_table(d, "agg_eurusd", "agg eurusd"), "table 'agg eurusd'"),
+        (lambda d: _rename_table(d, "agg_eurusd", "1agg_eurusd"), "table '1agg_eurusd'"),
+        (lambda d: _rename_table(d, "agg_eurusd", "agg__eurusd"), "table 'agg__eurusd'"),
+        (lambda d: _rename_table(d, "agg_eurusd", "a" * 256), f"table '{'a' * 256}'"),
+        (lambda d: d.update(features_dataset="../features"), "features dataset '../features'"),
+        (lambda d: d.update(targets_dataset="a.b"), "targets dataset 'a.b'"),
+        (lambda d: d.update(project="../bqx"), "project '../bqx'"),
+        (lambda d: d["targets"]["eurusd"].update(name="targets/eurusd"),
+         "targets table 'targets/eurusd' of pair 'eurusd'"),
+        (lambda d: d["schemas"][0].append(["x/y", "FLOAT64"]), "column 'x/y' of table"),
+        (lambda d: d["schemas"][0].append(["_PARTITIONTIME", "INT64"]),
+         "column '_PARTITIONTIME' of table"),
+        (lambda d: d["schemas"][0].append([d["schemas"][0][0][0].upper(), "INT64"]),
+         "the same name as column"),
+        (lambda d: d["schemas"][0].append(["x", "ARRAY<INT64>"]), "type 'ARRAY<INT64>'"),
+        (lambda d: d["tables"][0].update(family="a-b"), "family 'a-b' of table"),
+        (lambda d: d["tables"][0].update(scope="all"), "scope 'all' of table"),
+    ],
+)  # fmt: skip
+def test_a_catalog_file_with_an_unsafe_name_is_refused_naming_the_entry(
+    tmp_path: Path, change: Callable[[dict], None], named: str
+) -> None:
+    catalog = mini_catalog()
+    path = _file_with(tmp_path, catalog, change)
+    with pytest.raises(CatalogError, match="not safe BigQuery names") as raised:
+        Catalog.load(path)
+    assert named in str(raised.value)
+    assert str(raised.value).count(";") == 0  # one entry, one error
+
+
+def test_a_pair_that_is_a_path_or_the_shared_folder_is_refused(tmp_path: Path) -> None:
+    catalog = mini_catalog()
+
+    def rename_pair(new: str) -> Callable[[dict], None]:
+        def change(data: dict) -> None:
+            data["pairs"] = [new if p == "gbpusd" else p for p in data["pairs"]]
+            data["targets"][new] = data["targets"].pop("gbpusd")
+            for table in data["tables"]:
+                table["pairs"] = [new if p == "gbpusd" else p for p in table["pairs"]]
+
+        return change
+
+    for bad, why in (("../gbpusd", "letters, digits"), ("shared", "shared tables")):
+        with pytest.raises(CatalogError, match=rf"pair '{re.escape(bad)}': .*{why}"):
+            Catalog.load(_file_with(tmp_path, catalog, rename_pair(bad)))
+
+
+def test_every_unsafe_name_is_named_in_one_error(tmp_path: Path) -> None:
+    def change(data: dict) -> None:
+        for i, table in enumerate(data["tables"][:12]):
+            table["name"] = f"../t{i}"
+
+    with pytest.raises(CatalogError) as raised:
+        Catalog.load(_file_with(tmp_path, mini_catalog(), change))
+    text = str(raised.value)
+    assert "table '../t0'" in text and "table '../t9'" in text and "and 2 more" in text
+
+
+def test_the_refresh_refuses_a_warehouse_table_with_an_unsafe_name() -> None:
+    key = ("interval_time", "TIMESTAMP")
+    rows = _rows("agg_eurusd_a b", [key, ("agg_mean_45", "FLOAT64")])
+    rows += _rows("agg_eurusd", [key, ("agg-mean", "FLOAT64")])
+    rows += _rows("targets_eurusd", [key], "t")
+    with pytest.raises(CatalogError) as raised:
+        catalog_from_schema(
+            rows, project="p", features_dataset="f", targets_dataset="t", pairs=["eurusd"]
+        )
+    assert "table 'agg_eurusd_a b'" in str(raised.value)
+    assert "column 'agg-mean' of table 'agg_eurusd'" in str(raised.value)
