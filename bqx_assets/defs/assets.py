@@ -14,6 +14,7 @@ from bqx_assets.core.catalog import (
     Catalog,
     TargetsTable,
 )
+from bqx_assets.core.checkpoints.recover import recover_pair_chunks
 from bqx_assets.core.checkpoints.refresh import (
     ChunkedCheckpoint,
     RefreshProgress,
@@ -323,6 +324,7 @@ def pair_checkpoints(
 )
 def training_file(
     context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
     checkpoints: CheckpointStore,
     settings: PipelineSettings,
     training_io_manager: dg.ResourceParam[TrainingFileIOManager],
@@ -336,9 +338,29 @@ def training_file(
     The file is written straight into a temporary file of the output root, checked there and
     then renamed (local) or copied server-side (gs://) into place; with gs:// roots nothing
     passes through local disk, the checkpoints being read in place by ranged reads."""
-    usage = StepUsage().start()
+    usage = StepUsage(prices=Prices(storage_read_tib=settings.bq_price_per_tib)).start()
     local = LocalBytes(_step_folders(settings, checkpoints, training_io_manager.cache_dir)).start()
     pair = context.partition_key
+    # Chunks gone or unverifiable since the checkpoint steps (a lifecycle rule, a person) are
+    # extracted again first; the warehouse is opened only then.
+    recovered = recover_pair_chunks(
+        warehouse.open,
+        checkpoints.storage(),
+        settings.catalog(),
+        pair,
+        settings.training_window(),
+        threads=settings.extract_threads,
+        workdir=settings.work_path("extract"),
+        mode=settings.mode(),
+        staging_uri=settings.export_staging_uri,
+    )
+    if recovered is not None and recovered.missing:
+        usage.add_bytes_read(recovered.bytes_read)
+        context.log.warning(
+            f"{len(recovered.missing)} table(s) of {pair} extracted again before the merge "
+            f"({recovered.chunks_extracted} chunks): "
+            + "; ".join(f"{k}: {v}" for k, v in list(recovered.missing.items())[:3])
+        )
     built = build_training_file(
         checkpoints.storage(),
         training_io_manager.storage(),
@@ -359,13 +381,22 @@ def training_file(
     own = usage.finish()
     step = md.step_usage(own, footprint_metadata(own.peak_rss_bytes, local.stop()))
     details = md.table(
-        ["merge s", "validation s", "chunks opened", "of chunks", "MB copied", "judged against"],
+        [
+            "merge s",
+            "validation s",
+            "chunks opened",
+            "of chunks",
+            "chunks extracted again",
+            "MB copied",
+            "judged against",
+        ],
         [
             [
                 round(merged.seconds, 2),
                 round(built.validation_seconds, 2),
                 merged.chunks_opened,
                 merged.chunks,
+                recovered.chunks_extracted if recovered else 0,
                 round(merged.bytes_reused / 1e6, 2),
                 f"the profile of {history.created}" if history else "nothing: a first build",
             ]

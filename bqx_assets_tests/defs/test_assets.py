@@ -452,3 +452,30 @@ def _chunks_opened(details: str) -> tuple[int, int]:
     cells = dict(zip(header.strip("|").split(" | "), row.strip("|").split(" | "), strict=True))
     number = lambda text: int(text.strip().replace(",", ""))  # noqa: E731
     return number(cells["chunks opened"]), number(cells["of chunks"])
+
+
+def test_a_chunk_deleted_after_its_checkpoint_step_is_extracted_again_by_the_training_step(
+    tmp_path: Path, mini: tuple[Catalog, Path], mini_warehouse: Path, materialized: dict
+) -> None:
+    """A lifecycle rule or a person deleted a chunk between the checkpoint step and the merge:
+    the training step extracts that table again and publishes the same file."""
+    import shutil
+
+    _, catalog_path = mini
+    built = materialized["root"]
+    shutil.copytree(built / "ckpt", tmp_path / "ckpt")
+    shutil.copytree(built / "out", tmp_path / "out")
+    published = (built / "out" / training_file_key(PAIR)).read_bytes()
+    lost = sorted((tmp_path / "ckpt" / PAIR).glob("lag_*/*.parquet"))[0]
+    lost.unlink()
+    res = resources(tmp_path, catalog_path, mini_warehouse)
+    run = dg.materialize(
+        [training_file], partition_key=PAIR, resources=res,
+        instance=dg.DagsterInstance.ephemeral(),
+    )  # fmt: skip
+    assert run.success and lost.exists()
+    assert (tmp_path / "out" / training_file_key(PAIR)).read_bytes() == published
+    details = str(training_metadata(run)["details"])
+    header, _, row = details.splitlines()[:3]
+    cells = dict(zip(header.split("|"), row.split("|"), strict=True))
+    assert cells[" chunks extracted again "].strip() == "1"

@@ -1,0 +1,157 @@
+"""Before a merge: a pair's chunks that are missing or unverifiable since its checkpoint steps
+(deleted by a lifecycle rule or by hand, changed, never finished) re-extracted through the
+refresh, so that the merge reads what a run where nothing was deleted would have read."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.checkpoints.manifest import MANIFEST_SUFFIX, stored_manifests
+from bqx_assets.core.checkpoints.refresh import ChunkedCheckpoint, refresh_tables
+from bqx_assets.core.checkpoints.schema import Source
+from bqx_assets.core.checkpoints.select import current_chunks, require_chunks, stored_window
+from bqx_assets.core.checkpoints.window import (
+    DEFAULT_GRAIN,
+    ChunkGrain,
+    ResolvedWindow,
+    TrainingWindow,
+    Window,
+    resolve_window,
+    table_window,
+)
+from bqx_assets.core.errors import ExtractionError
+from bqx_assets.core.storage import Storage
+from bqx_assets.core.warehouse import Warehouse
+
+_DAYS = re.compile(r"(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})$")
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What the step before a merge found missing, and the refresh that re-made it."""
+
+    window: ResolvedWindow
+    """The window the pair's checkpoints were made for, which the merge reads."""
+    missing: dict[str, str]
+    """Why each table was refreshed again, by table name (none: nothing was missing)."""
+    checkpoints: tuple[ChunkedCheckpoint, ...] = ()
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(self.missing)
+
+    @property
+    def chunks_extracted(self) -> int:
+        return sum(c.count("extracted") for c in self.checkpoints)
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(c.bytes_read for c in self.checkpoints)
+
+
+def gone_chunks(storage: Storage, source: Source) -> list[str]:
+    """The day ranges (`first_last`) of chunks whose manifest the table's chunk index lists but
+    its folder no longer holds: deleted with their manifest since the refresh that wrote the
+    index (which lists only the manifests present then). A merge cannot tell such a chunk from
+    one never made, so it is looked for here, whatever the window."""
+    found = stored_manifests(storage, source)
+    out = []
+    for key in sorted(k for k in found.index if k not in found.infos):
+        days = _DAYS.search(key.rsplit("/", 1)[-1].removesuffix(MANIFEST_SUFFIX))
+        out.append(f"{days[1]}_{days[2]}" if days else key)
+    return out
+
+
+def missing_chunks(
+    storage: Storage, sources: Sequence[Source], window: Window, grain: ChunkGrain = DEFAULT_GRAIN
+) -> dict[str, str]:
+    """Why each of `sources` cannot be merged as extracted for `window`, by table name: a chunk
+    that does not match its manifest, no chunk, overlapping chunks (`select.current_chunks`),
+    or chunks gone with their manifests (`gone_chunks`). Empty when every table is whole."""
+
+    def why(source: Source) -> str | None:
+        gone = gone_chunks(storage, source)
+        if gone:
+            return (
+                f"{source.dataset}.{source.name}: chunk(s) {', '.join(gone[:5])}"
+                f"{' ...' if len(gone) > 5 else ''} listed in its chunk index are gone"
+            )
+        try:
+            mine = table_window(window, source, grain)
+            current_chunks(storage, source, mine.window, mine.after)
+        except ExtractionError as exc:
+            return str(exc)
+        return None
+
+    # As `require_chunks`: a few tables at a time, each two or three requests.
+    with ThreadPoolExecutor(storage.concurrency) as pool:
+        found = zip(sources, pool.map(why, sources), strict=True)
+    return {source.name: reason for source, reason in found if reason is not None}
+
+
+def recover_chunks(
+    open_warehouse: Callable[[], Warehouse],
+    storage: Storage,
+    sources: Sequence[Source],
+    window: ResolvedWindow,
+    what: str,
+    **options: Any,
+) -> Recovery:
+    """Every table of `sources` whose chunks for `window` are missing or unverifiable refreshed
+    again (`refresh.refresh_tables` with `options`: its verified chunks reused, the others read
+    again), then checked as the merge will check them. The warehouse is opened (and closed)
+    only when something is missing. Raises ExtractionError naming each table that the refresh
+    could not make whole."""
+    grain = options.get("grain", DEFAULT_GRAIN)
+    missing = missing_chunks(storage, sources, window, grain)
+    if not missing:
+        return Recovery(window, {})
+    redo = [s for s in sources if s.name in missing]
+    warehouse = open_warehouse()
+    try:
+        done = refresh_tables(warehouse, redo, storage, window=window, **options)
+    finally:
+        warehouse.close()
+    require_chunks(storage, redo, window, what, grain)
+    return Recovery(window, missing, tuple(done))
+
+
+def recover_pair_chunks(
+    open_warehouse: Callable[[], Warehouse],
+    storage: Storage,
+    catalog: Catalog,
+    pair: str,
+    window: TrainingWindow,
+    **options: Any,
+) -> Recovery | None:
+    """`recover_chunks` for the tables a pair's merge reads (its targets table, its feature
+    tables and the shared ones it uses), in the window its checkpoints were made for: the one
+    its stored spine holds (`select.stored_window`, as the merge takes it), or, for a rolling
+    window whose stored spine is itself damaged, the one resolved from the warehouse as its
+    checkpoint step did (`window.resolve_window`). None when the pair's spine was never
+    extracted (no chunk, no manifest, no index): that is no loss to recover, and the merge
+    fails naming the tables, as a training file built before its checkpoints should."""
+    spine = catalog.targets[pair]
+    stored = stored_manifests(storage, spine)
+    if not stored.infos and not stored.index:
+        return None
+    sources: list[Source] = [spine, *catalog.tables_for(pair)]
+    what = f"pair {pair}"
+    resolved: ResolvedWindow | None = None
+    if not window.rolling or not gone_chunks(storage, spine):
+        try:
+            resolved = stored_window(storage, spine, window)
+        except ExtractionError:
+            resolved = None
+    if resolved is None:
+        warehouse = open_warehouse()
+        try:
+            resolved = resolve_window(warehouse, [spine], window)
+        finally:
+            warehouse.close()
+    return recover_chunks(open_warehouse, storage, sources, resolved, what, **options)
