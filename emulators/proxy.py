@@ -146,6 +146,11 @@ class Reply:
 Rule = Callable[[Exchange], "Reply | None"]
 """Looks at an exchange; returns the reply to send instead, or None to leave it as it is."""
 
+Rewrite = Callable[[Exchange], "bytes | None"]
+"""Looks at a request before it is forwarded; returns the body to forward instead (so that
+the emulator answers a request it cannot take as sent), or None to forward it as it is. The
+exchange keeps the body the client sent."""
+
 
 def bigquery_error(status: int, reason: str, message: str) -> Reply:
     """An error as the BigQuery REST API answers one: `{"error": {"code", "message", "errors":
@@ -169,12 +174,18 @@ class HttpAnswerProxy(_Server):
     Every exchange is kept in `exchanges`, to count what the client sent."""
 
     def __init__(
-        self, upstream: str, *, before: Sequence[Rule] = (), after: Sequence[Rule] = ()
+        self,
+        upstream: str,
+        *,
+        before: Sequence[Rule] = (),
+        after: Sequence[Rule] = (),
+        rewrite: Sequence[Rewrite] = (),
     ) -> None:
         super().__init__()
         self.upstream = upstream.removeprefix("http://")
         self.before = list(before)
         self.after = list(after)
+        self.rewrite = list(rewrite)
         self.exchanges: list[Exchange] = []
         proxy = self
 
@@ -204,9 +215,13 @@ class HttpAnswerProxy(_Server):
                 reply = _first(proxy.before, exchange)
                 headers = [("Content-Type", "application/json")]
                 if reply is None:
+                    body = exchange.body
+                    for rewrite in proxy.rewrite:
+                        body = rewrite(exchange) or body
                     conn = http.client.HTTPConnection(proxy.upstream, timeout=120)
-                    sent = {k: v for k, v in exchange.headers.items() if k.lower() != "host"}
-                    conn.request(self.command, self.path, body=exchange.body or None, headers=sent)
+                    sent = {k: v for k, v in exchange.headers.items()
+                            if k.lower() not in ("host", "content-length")}  # fmt: skip
+                    conn.request(self.command, self.path, body=body or None, headers=sent)
                     response = conn.getresponse()
                     exchange.status, exchange.response = response.status, response.read()
                     headers = response.getheaders()

@@ -3,6 +3,7 @@
 import hashlib
 import tempfile
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -25,6 +26,7 @@ from bqx_assets.core.checkpoints.versions import family_versions
 from bqx_assets.core.costs import Prices, StepUsage, Usage
 from bqx_assets.core.metrics import LocalBytes, footprint_metadata
 from bqx_assets.core.publish import TrainingFile
+from bqx_assets.core.warehouse import Cut
 from bqx_assets.defs import metadata as md
 from bqx_assets.defs.checks import check_results, training_check_specs
 from bqx_assets.defs.environment import graph_catalog
@@ -34,6 +36,8 @@ from bqx_assets.defs.previews import allowed_previews
 from bqx_assets.defs.resources import CheckpointStore, PipelineSettings, WarehouseResource
 
 SHARED_FAMILIES: tuple[str, ...] = tuple(p.removesuffix("_") for p in SHARED_PREFIXES)
+CUT_KEY = "cut"
+"""Checkpoint metadata: the moment (ISO, UTC) the step read every table as of."""
 """The families every pair uses (tri, mkt, var, csi): the catalog's shared prefixes."""
 PAIR_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILY_ORDER if f not in SHARED_FAMILIES)
 TARGETS = TARGETS_FAMILY
@@ -207,6 +211,7 @@ def _extract(
     sources: Sequence[Source],
     spines: Sequence[TargetsTable],
     what: str,
+    cut: Cut | None = None,
 ) -> Iterator[dg.MaterializeResult]:
     usage = StepUsage(prices=Prices(storage_read_tib=settings.bq_price_per_tib)).start()
     local = LocalBytes(_step_folders(settings, checkpoints)).start()
@@ -232,9 +237,12 @@ def _extract(
             progress=report,
             mode=settings.mode(),
             staging_uri=settings.export_staging_uri,
+            cut=cut,
         )
     finally:
         wh.close()
+    if cut is not None:
+        context.log.info(f"{what}: read as of the shared checkpoints' cut {cut.at.isoformat()}")
     by_family = step_done.by_family()
     usage.add_bytes_read(step_done.bytes_read)
     step = md.step_usage(
@@ -242,7 +250,11 @@ def _extract(
     )
     start = step_done.window.training.start
     # The first day of the training window the chunks were made for (a rolling one moves).
-    step_window = {"window_start": dg.MetadataValue.text(start.isoformat() if start else "none")}
+    step_window = {
+        "window_start": dg.MetadataValue.text(start.isoformat() if start else "none"),
+        # The moment every table of the step was read as of.
+        CUT_KEY: dg.MetadataValue.text(step_done.cut.at.isoformat()),
+    }
     keys = sorted(context.selected_asset_keys, key=lambda k: k.to_user_string())
     for key in keys:
         made = by_family.get(key.path[-1], [])
@@ -307,9 +319,31 @@ def pair_checkpoints(
     ]
     if TARGETS in families:
         sources.append(catalog.targets[pair])
+    # Read as of the shared checkpoints' cut, so that the file mixing both is of one moment
+    # (a pair step reading later would see minutes the shared tables do not have yet).
+    cut = Cut.common(_shared_cuts(context), datetime.now(UTC))
     yield from _extract(
-        context, warehouse, checkpoints, settings, sources, [catalog.targets[pair]], f"pair {pair}"
+        context,
+        warehouse,
+        checkpoints,
+        settings,
+        sources,
+        [catalog.targets[pair]],
+        f"pair {pair}",
+        cut=cut,
     )
+
+
+def _shared_cuts(context: dg.AssetExecutionContext) -> list[datetime]:
+    """The cut each shared checkpoint's latest materialization recorded."""
+    cuts = []
+    for family in SHARED_FAMILIES:
+        event = context.instance.get_latest_materialization_event(checkpoint_asset_key(family))
+        materialization = event.asset_materialization if event else None
+        value = materialization.metadata.get(CUT_KEY) if materialization else None
+        if value is not None:
+            cuts.append(datetime.fromisoformat(str(value.value)))
+    return cuts
 
 
 @dg.asset(

@@ -137,7 +137,7 @@ def resources_for(which: Deployment | None = None) -> dict[str, Any]:
         return {
             "warehouse": BigQueryWarehouseResource(
                 project=_env("BQX_BQ_PROJECT", "bqx-ml"),
-                location=_env("BQX_BQ_LOCATION", "us-central1"),
+                location=_env("BQX_BQ_LOCATION", None),
                 max_read_streams=_env_int("BQX_BQ_READ_STREAMS", 4),
             ),
             "checkpoints": CheckpointStore(

@@ -48,7 +48,10 @@ class BigQueryWarehouseResource(WarehouseResource):
     """BigQuery through the official clients: table reads over the Storage Read API."""
 
     project: str = "bqx-ml"
-    location: str = "us-central1"
+    location: str | None = Field(
+        default=None,
+        description="BigQuery location of the datasets; unset: each dataset's own (datasets.get)",
+    )
     features_dataset: str = "bqx_ml_v3_features_v2"
     targets_dataset: str = "bqx_ml_v3_analytics_v2"
     api_endpoint: str | None = Field(default=None, description="REST endpoint (emulator only)")

@@ -479,3 +479,41 @@ def test_a_chunk_deleted_after_its_checkpoint_step_is_extracted_again_by_the_tra
     header, _, row = details.splitlines()[:3]
     cells = dict(zip(header.split("|"), row.split("|"), strict=True))
     assert cells[" chunks extracted again "].strip() == "1"
+
+
+def test_a_pair_step_reads_as_of_the_shared_checkpoints_cut(
+    tmp_path: Path, mini: tuple[Catalog, Path], warehouses: Warehouses
+) -> None:
+    """Minutes appended between the shared step and a pair's step: the pair reads as of the
+    shared step's cut (recorded in the checkpoints' metadata), so its spine does not run past
+    the shared tables and the gate passes; the next shared step moves the cut on."""
+    catalog, catalog_path = mini
+    path = warehouses.copy(tmp_path / "w.duckdb", catalog, pairs=MINI_PAIRS, rows=3 * DAY)
+    res = resources(tmp_path, catalog_path, path)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def cut_of(run: dg.ExecuteInProcessResult, node: str) -> set[str]:
+        return {str(m.metadata["cut"].value) for m in run.asset_materializations_for_node(node)}
+
+    shared = dg.materialize([shared_checkpoints], resources=res, instance=instance)
+    assert shared.success
+    (shared_cut,) = cut_of(shared, "shared_checkpoints")
+    grown = EmbeddedWarehouse(path, read_only=False)
+    try:
+        grown.append(30)
+    finally:
+        grown.close()
+    run = dg.materialize(
+        [pair_checkpoints, training_file], partition_key=PAIR, resources=res, instance=instance
+    )
+    assert run.success  # every gate check passed: no ragged tail against the shared tables
+    assert cut_of(run, "pair_checkpoints") == {shared_cut}
+    rows = pq.read_metadata(tmp_path / "out" / training_file_key(PAIR)).num_rows
+    again = dg.materialize([shared_checkpoints], resources=res, instance=instance)
+    (later,) = cut_of(again, "shared_checkpoints")
+    assert later > shared_cut
+    run = dg.materialize(
+        [pair_checkpoints, training_file], partition_key=PAIR, resources=res, instance=instance
+    )
+    assert run.success and cut_of(run, "pair_checkpoints") == {later}
+    assert pq.read_metadata(tmp_path / "out" / training_file_key(PAIR)).num_rows > rows

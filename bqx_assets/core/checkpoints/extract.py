@@ -32,7 +32,7 @@ from bqx_assets.core.errors import BqxError, ExtractionError
 from bqx_assets.core.keys import key_text, keys_us
 from bqx_assets.core.layout import KEY, chunk_folder, chunk_key, chunk_manifest_key
 from bqx_assets.core.storage import ObjectInfo, Storage
-from bqx_assets.core.warehouse import DateRange, TableRead, Warehouse
+from bqx_assets.core.warehouse import Cut, DateRange, TableRead, Warehouse
 
 log = logging.getLogger(__name__)
 ChunkStatus = Literal["extracted", "reused", "compacted"]
@@ -104,7 +104,12 @@ def _writer_alive(path: Path) -> bool:
 
 
 def compact(
-    storage: Storage, source: Source, plan: ChunkPlan, work: Path, row_group_rows: int
+    storage: Storage,
+    source: Source,
+    plan: ChunkPlan,
+    work: Path,
+    row_group_rows: int,
+    cut: Cut | None = None,
 ) -> RefreshedChunk | None:
     """This chunk made by concatenating its stored parts (verified as they are read back), or
     None when a part cannot be read (the chunk is then read from the warehouse)."""
@@ -126,7 +131,7 @@ def compact(
                 local.unlink(missing_ok=True)
     fingerprint = schema_fingerprint(data.schema)
     return write_chunk(
-        storage, source, plan, data, fingerprint, 0, work, row_group_rows, "compacted"
+        storage, source, plan, data, fingerprint, 0, work, row_group_rows, "compacted", cut=cut
     )
 
 
@@ -139,15 +144,17 @@ def extract_run(
     work: Path,
     row_group_rows: int,
     exported: TableRead | None = None,
+    cut: Cut | None = None,
 ) -> None:
-    """Read neighbouring chunks in one restricted read, or take the chunks from the table's
-    `exported` rows, and publish each chunk's rows."""
+    """Read neighbouring chunks in one restricted read as of `cut`, or take the chunks from the
+    table's `exported` rows (an export as of the same cut), and publish each chunk's rows."""
     where = f"{source.dataset}.{source.name}"
     method: Literal["read", "export"] = "read" if exported is None else "export"
     read = exported
     if read is None:
         window = DateRange(run[0].chunk.start, run[-1].chunk.end)
-        read = warehouse.read(source.dataset, source.name, expected_schema(source).names, window)
+        names = expected_schema(source).names
+        read = warehouse.read(source.dataset, source.name, names, window, cut=cut)
     data = conform(read.data, source)
     if schema_fingerprint(data.schema) != fingerprint:
         raise ExtractionError(f"{where}: schema differs from the catalog after conform")
@@ -165,14 +172,14 @@ def extract_run(
             raise ExtractionError(
                 f"{where}: days {chunk.first}..{chunk.last} have {hi - lo} rows, their partitions "
                 f"say {expected}: the table changed while it was read; run the refresh again"
-            )
+            )  # read as of the states' cut, only a warehouse that ignores the cut gets here
         part = read.bytes_read * (hi - lo) // total
         if i == len(run) - 1:
             part = read.bytes_read - shared
         shared += part
         plan.done = write_chunk(
             storage, source, plan, data.slice(lo, hi - lo), fingerprint, part, work,
-            row_group_rows, method, keys[lo:hi],
+            row_group_rows, method, keys[lo:hi], cut=cut,
         )  # fmt: skip
 
 
@@ -187,9 +194,12 @@ def write_chunk(
     row_group_rows: int,
     method: Literal["read", "export", "compacted"],
     keys: np.ndarray | None = None,
+    *,
+    cut: Cut | None = None,
 ) -> RefreshedChunk:
     """Write and store one chunk's rows `data` (whose schema's fingerprint is `fingerprint`;
-    `keys`: its keys in microseconds where the caller has them), then its manifest."""
+    `keys`: its keys in microseconds where the caller has them; `cut`: the moment they are as
+    of), then its manifest."""
     owner = owner_of(source)
     chunk = plan.chunk
     where = f"{source.dataset}.{source.name}"
@@ -220,6 +230,7 @@ def write_chunk(
         key_min=key_text(column[0].value) if len(column) else None,
         key_max=key_text(column[-1].value) if len(column) else None,
         method=method,
+        cut=cut.at.isoformat() if cut is not None else None,
         facts=ChunkFacts.of(written, data, key_us).to_json(),
     )
     stored = storage.write_bytes(

@@ -80,6 +80,11 @@ class ChunkManifest(JsonRecord):
     method: str = "read"
     """"read" (a restricted read), "export" (from an export of the whole table, not billed)
     or "compacted" (concatenated from day chunks)."""
+    cut: str | None = None
+    """ISO-8601 UTC moment the chunk's rows are as of (the run's `Cut`; None in manifests
+    written before runs had one): a chunk whose last day ends after it (`complete_at_cut`
+    False) was made from a day still being written, and is current only while that day's
+    partition state is the one recorded."""
     facts: dict[str, Any] | None = None
     """What the merge plans the chunk from without opening it (`facts.ChunkFacts`): its row
     groups' rows, its columns' types and null cells, its keys. None in manifests written
@@ -105,6 +110,13 @@ class ChunkManifest(JsonRecord):
         except (TypeError, ValueError, IndexError, KeyError, AttributeError):
             return None
         return manifest if valid else None
+
+    @property
+    def complete_at_cut(self) -> bool:
+        """Whether its days had all ended at the cut it was made at (unknown: assumed so)."""
+        if self.cut is None:
+            return True
+        return self.range.end <= datetime.fromisoformat(self.cut)
 
     @property
     def range(self) -> ChunkRange:

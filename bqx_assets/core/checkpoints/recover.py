@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.checkpoints.manifest import MANIFEST_SUFFIX, stored_manifests
+from bqx_assets.core.checkpoints.manifest import MANIFEST_SUFFIX, StoredChunks, stored_manifests
 from bqx_assets.core.checkpoints.refresh import ChunkedCheckpoint, refresh_tables
 from bqx_assets.core.checkpoints.schema import Source
 from bqx_assets.core.checkpoints.select import current_chunks, require_chunks, stored_window
@@ -54,12 +54,13 @@ class Recovery:
         return sum(c.bytes_read for c in self.checkpoints)
 
 
-def gone_chunks(storage: Storage, source: Source) -> list[str]:
+def gone_chunks(storage: Storage, source: Source, found: StoredChunks | None = None) -> list[str]:
     """The day ranges (`first_last`) of chunks whose manifest the table's chunk index lists but
     its folder no longer holds: deleted with their manifest since the refresh that wrote the
     index (which lists only the manifests present then). A merge cannot tell such a chunk from
-    one never made, so it is looked for here, whatever the window."""
-    found = stored_manifests(storage, source)
+    one never made, so it is looked for here, whatever the window. `found`: the table's stored
+    manifests where the caller listed them already."""
+    found = found or stored_manifests(storage, source)
     out = []
     for key in sorted(k for k in found.index if k not in found.infos):
         days = _DAYS.search(key.rsplit("/", 1)[-1].removesuffix(MANIFEST_SUFFIX))
@@ -75,7 +76,8 @@ def missing_chunks(
     or chunks gone with their manifests (`gone_chunks`). Empty when every table is whole."""
 
     def why(source: Source) -> str | None:
-        gone = gone_chunks(storage, source)
+        found = stored_manifests(storage, source)  # one listing for both checks
+        gone = gone_chunks(storage, source, found)
         if gone:
             return (
                 f"{source.dataset}.{source.name}: chunk(s) {', '.join(gone[:5])}"
@@ -83,7 +85,7 @@ def missing_chunks(
             )
         try:
             mine = table_window(window, source, grain)
-            current_chunks(storage, source, mine.window, mine.after)
+            current_chunks(storage, source, mine.window, mine.after, found)
         except ExtractionError as exc:
             return str(exc)
         return None

@@ -58,7 +58,7 @@ from bqx_assets.core.errors import ExtractionError
 from bqx_assets.core.layout import CHECKPOINT_ROW_GROUP_ROWS, chunk_key
 from bqx_assets.core.metrics import Stopwatch
 from bqx_assets.core.storage import Storage
-from bqx_assets.core.warehouse import DateRange, PartitionState, Warehouse
+from bqx_assets.core.warehouse import Cut, DateRange, PartitionState, Warehouse
 
 
 @dataclass(frozen=True)
@@ -123,10 +123,13 @@ def refresh_table(
     row_group_rows: int = CHECKPOINT_ROW_GROUP_ROWS,
     mode: ExtractMode = "read",
     staging_uri: str | None = None,
+    cut: Cut | None = None,
 ) -> ChunkedCheckpoint:
     """Bring a table's chunks for `window` up to date with its `partitions` (the table's
-    per-day states): chunks made from the same states are reused after verification (size and
-    CRC32C against their manifest), the others read again, the read restricted to their range.
+    per-day states as of `cut`, where given: every read and export is then as of it too, so
+    that an upstream write while the run reads changes neither): chunks made from the same
+    states are reused after verification (size and CRC32C against their manifest), the others
+    read again, the read restricted to their range.
     With `after` (a rolling window's first day), chunks ending at or before it are not made.
 
     Each chunk's file is published before its manifest: a run killed in between redoes only
@@ -168,18 +171,20 @@ def refresh_table(
 
     for plan in plans:
         if plan.done is None and plan.parts:
-            plan.done = compact(storage, source, plan, work, row_group_rows)
+            plan.done = compact(storage, source, plan, work, row_group_rows, cut)
     todo = [p for p in plans if p.done is None]
     exported = None
     if mode == "export" and staging_uri and todo:
         # An export is of the whole table: one for every chunk to redo, however far apart.
         names = expected_schema(source).names
-        exported = warehouse.export_table(source.dataset, source.name, names, staging_uri)
+        exported = warehouse.export_table(source.dataset, source.name, names, staging_uri, cut=cut)
     if exported is not None:
-        extract_run(warehouse, source, storage, todo, fingerprint, work, row_group_rows, exported)
+        extract_run(
+            warehouse, source, storage, todo, fingerprint, work, row_group_rows, exported, cut
+        )
     else:
         for run in _runs(plans, rows_per_read(source)):
-            extract_run(warehouse, source, storage, run, fingerprint, work, row_group_rows)
+            extract_run(warehouse, source, storage, run, fingerprint, work, row_group_rows, cut=cut)
 
     # Chunks of this table that the new layout replaced (days now in a month chunk, chunks of
     # another grain or window) go, once every planned chunk is in place.
@@ -285,17 +290,20 @@ def refresh_tables(
     progress_every: int = 50,
     mode: ExtractMode = "read",
     staging_uri: str | None = None,
+    cut: Cut | None = None,
 ) -> list[ChunkedCheckpoint]:
     """Refresh many tables' chunks on a bounded thread pool, with one partition look-up per
-    dataset. A table that fails does not stop the others; then one ExtractionError names every
-    failed table and its reason. A `ResolvedWindow` gives each table its chunk window
+    dataset, every table's states and rows as of one `cut` (the warehouse's `cut()` now, where
+    none is given). A table that fails does not stop the others; then one ExtractionError names
+    every failed table and its reason. A `ResolvedWindow` gives each table its chunk window
     (`ResolvedWindow.for_table`); a date range cuts every table alike."""
     clock = Stopwatch()
+    cut = cut if cut is not None else warehouse.cut()
     states: dict[tuple[str, str], tuple[PartitionState, ...]] = {}
     undescribed: dict[tuple[str, str], str] = {}
     for dataset in sorted({s.dataset for s in sources}):
         names = [s.name for s in sources if s.dataset == dataset]
-        found = warehouse.partition_states(dataset, names)
+        found = warehouse.partition_states(dataset, names, cut=cut)
         states.update({(dataset, n): st for n, st in found.items()})
         undescribed.update({(dataset, n): why for n, why in found.errors.items()})
     counts = {"extracted": 0, "reused": 0, "bytes": 0}
@@ -313,7 +321,7 @@ def refresh_tables(
         return refresh_table(
             warehouse, source, storage, found, window=mine.window, grain=mine.grain,
             after=mine.after, workdir=workdir, row_group_rows=row_group_rows, mode=mode,
-            staging_uri=staging_uri,
+            staging_uri=staging_uri, cut=cut,
         )  # fmt: skip
 
     def count(done: ChunkedCheckpoint) -> None:
@@ -332,10 +340,12 @@ def refresh_tables(
 
 @dataclass(frozen=True)
 class CheckpointStep:
-    """One checkpoint step's outcome: the window it resolved and each table's chunks."""
+    """One checkpoint step's outcome: the window it resolved and each table's chunks, every
+    one as of `cut`."""
 
     window: ResolvedWindow
     checkpoints: list[ChunkedCheckpoint]
+    cut: Cut
 
     @property
     def bytes_read(self) -> int:
@@ -355,13 +365,21 @@ def refresh_checkpoints(
     spines: Sequence[TargetsTable],
     window: TrainingWindow,
     what: str,
+    *,
+    cut: Cut | None = None,
     **options: Any,
 ) -> CheckpointStep:
     """A checkpoint step: the window resolved once for all of its tables (a rolling one counts
     the trading days of `spines`: the pair's targets table, or every pair's for the shared
     tables), every table refreshed (`refresh_tables`, with `options`), then success only with
-    verified chunks for every table the catalog lists, never fewer."""
-    resolved = resolve_window(warehouse, spines, window)
-    done = refresh_tables(warehouse, sources, storage, window=resolved, **options)
+    verified chunks for every table the catalog lists, never fewer.
+
+    One cut for the step, taken first (the warehouse's `cut()`, or `cut` where given: a pair's
+    step given the shared step's cut reads as of the same moment, so that its spine ends
+    where the shared tables do): the window, every table's partition states and every read
+    are as of it, whatever upstream jobs write while the step reads."""
+    cut = cut if cut is not None else warehouse.cut()
+    resolved = resolve_window(warehouse, spines, window, cut=cut)
+    done = refresh_tables(warehouse, sources, storage, window=resolved, cut=cut, **options)
     require_chunks(storage, sources, resolved, what)
-    return CheckpointStep(resolved, done)
+    return CheckpointStep(resolved, done, cut)

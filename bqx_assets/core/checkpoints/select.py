@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 
 from bqx_assets.core.catalog import TargetsTable
-from bqx_assets.core.checkpoints.manifest import ChunkManifest, stored_manifests
+from bqx_assets.core.checkpoints.manifest import ChunkManifest, StoredChunks, stored_manifests
 from bqx_assets.core.checkpoints.schema import Source
 from bqx_assets.core.checkpoints.window import (
     DEFAULT_GRAIN,
@@ -29,18 +29,23 @@ from bqx_assets.core.warehouse import DateRange
 
 
 def current_chunks(
-    storage: Storage, source: Source, window: DateRange, after: datetime | None = None
+    storage: Storage,
+    source: Source,
+    window: DateRange,
+    after: datetime | None = None,
+    found: StoredChunks | None = None,
 ) -> list[tuple[str, ChunkManifest]]:
     """The table's stored chunks inside `window` whose files match their manifests, in key
     order: what the merge reads for it. Chunks outside the window, or ending at or before
-    `after` (a rolling window's first day), are not listed (not read).
+    `after` (a rolling window's first day), are not listed (not read). `found`: the table's
+    stored manifests where the caller listed them already.
 
     Raises ExtractionError naming the table when there are none, or when two overlap."""
     where = f"{source.dataset}.{source.name}"
     lo = utc(window.start) if window.start else None
     hi = utc(window.end) if window.end else None
     chosen = []
-    found = stored_manifests(storage, source)
+    found = found or stored_manifests(storage, source)
     for key, manifest in found.manifests.items():
         r = manifest.range
         if (lo is not None and utc(r.start) < lo) or (hi is not None and utc(r.end) > hi):

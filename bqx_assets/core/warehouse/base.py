@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 
@@ -57,10 +57,32 @@ class PartitionStates(dict[str, tuple[PartitionState, ...]]):
 @dataclass(frozen=True)
 class Cut:
     """The moment a run reads the warehouse as of: each table is read as it was then, whatever
-    upstream jobs write while the run reads."""
+    upstream jobs write while the run reads. A checkpoint step takes one (`Warehouse.cut()`)
+    before anything else and passes it to every look-up, read and export of the step
+    (`checkpoints.refresh.refresh_checkpoints`), so its partition states and rows agree; a
+    pair's step may be given the shared step's, so that a file mixing both is of one moment.
+
+    BigQuery: a read session's and query's snapshot time (time travel). The embedded warehouse:
+    the rows and day states of the appends committed by `at` (its append log), none after."""
 
     at: datetime
     """UTC."""
+
+    @classmethod
+    def common(cls, ats: Iterable[datetime], now: datetime) -> Cut | None:
+        """The cut a step reads as of to agree with the steps that took `ats` (the shared
+        checkpoints' latest steps): the oldest of them, or None (the step takes its own) when
+        there is none or it is older than a snapshot time BigQuery can still read."""
+        oldest = min(ats, default=None)
+        if oldest is None or now - oldest > CUT_MAX_AGE:
+            return None
+        return cls(oldest.astimezone(UTC))
+
+
+CUT_MAX_AGE = timedelta(days=6)
+"""The oldest cut a step is given: BigQuery reads a table as of at most 7 days ago (its default
+time travel window, https://cloud.google.com/bigquery/docs/time-travel), less a day for the
+step to finish its reads."""
 
 
 @dataclass(frozen=True)

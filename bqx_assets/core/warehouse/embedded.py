@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -95,13 +96,42 @@ _FROM_DUCK = {
 }
 
 
-def connect(path: Path | str, *, read_only: bool) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with bounded memory and threads (every connection the project opens)."""
+LOCK_WAIT_S = 600.0
+"""How long opening the file waits for another process's lock on it: DuckDB lets one process
+hold a file read-write, or any number hold it read-only, never both
+(https://duckdb.org/docs/stable/connect/concurrency). A `bqx warehouse append` started while a
+run extracts therefore waits for the run's step to release the file (the run reads as of its
+cut, so it does not see the append either way), and a run started during an append waits for
+the append to finish; past this wait, the opener fails naming the file and the lock's holder."""
+_LOCK_RETRY_S = (0.05, 1.0)
+"""First and longest pause between tries to open a locked file (doubling in between)."""
+_COMMITS = threading.Lock()
+"""Held by an append from the time it stamps a batch until the batch commits, and by `cut()`:
+in the appending process (the only one that can read the file meanwhile), a cut is either
+before a batch's stamp, which it then does not see, or after its commit."""
+
+
+def connect(
+    path: Path | str, *, read_only: bool, lock_wait: float = LOCK_WAIT_S
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with bounded memory and threads (every connection the project opens),
+    waiting up to `lock_wait` seconds while another process holds the file (`LOCK_WAIT_S`)."""
     limit = DUCKDB_READ_MEMORY_LIMIT if read_only else DUCKDB_MEMORY_LIMIT
     threads = DUCKDB_READ_THREADS if read_only else DUCKDB_THREADS
-    con = duckdb.connect(
-        str(path), read_only=read_only, config={"memory_limit": limit, "threads": threads}
-    )
+    deadline = time.monotonic() + lock_wait
+    pause = _LOCK_RETRY_S[0]
+    while True:
+        try:
+            con = duckdb.connect(
+                str(path), read_only=read_only, config={"memory_limit": limit, "threads": threads}
+            )
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() + pause > deadline:
+                raise
+            log.info("embedded warehouse %s is locked by another process: waiting", path)
+            time.sleep(pause)
+            pause = min(2 * pause, _LOCK_RETRY_S[1])
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
     return con
@@ -128,11 +158,16 @@ def _timestamp(value: datetime) -> str:
 
 
 class EmbeddedWarehouse(Warehouse):
-    """A DuckDB file with one schema per BigQuery dataset; reads are concurrent cursors."""
+    """A DuckDB file with one schema per BigQuery dataset; reads are concurrent cursors. Reads
+    and day states as of a cut leave out what appends committed after it (the append log in the
+    meta schema, `_create_log`), as BigQuery's snapshot time does; a file made before the log
+    existed is read as it is now until its first append creates the log."""
 
     name = "embedded"
 
-    def __init__(self, path: Path | str, *, read_only: bool = True) -> None:
+    def __init__(
+        self, path: Path | str, *, read_only: bool = True, lock_wait: float = LOCK_WAIT_S
+    ) -> None:
         self.path = Path(path)
         self.read_only = read_only
         if read_only and not self.path.exists():
@@ -141,10 +176,24 @@ class EmbeddedWarehouse(Warehouse):
                 "`bqx warehouse create --rows N`"
             )
         try:
-            self._con = connect(self.path, read_only=read_only)
+            self._con = connect(self.path, read_only=read_only, lock_wait=lock_wait)
         except duckdb.Error as exc:
             raise WarehouseError(f"cannot open embedded warehouse {self.path}: {exc}") from exc
         self._local = threading.local()
+        if not read_only:
+            _create_log(self._con)
+        self._logged = bool(
+            self._con.execute(
+                "SELECT count(*) FROM information_schema.tables "
+                f"WHERE table_schema = {_text(META)} AND table_name = 'appends'"
+            ).fetchone()[0]
+        )
+
+    def cut(self) -> Cut:
+        """A cut at this moment: every append committed by now is in it, none after it (each
+        append batch is stamped with its commit time in the append log, `_create_log`)."""
+        with _COMMITS:
+            return Cut(datetime.now(UTC))
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         # One cursor per thread: DuckDB connections are not safe to share across threads.
@@ -196,15 +245,28 @@ class EmbeddedWarehouse(Warehouse):
     def partition_states(
         self, dataset: str, tables: Sequence[str], *, cut: Cut | None = None
     ) -> PartitionStates:
-        rows = (
-            self._cursor()
-            .execute(
-                f"SELECT table_name, day, rows, epoch_us(last_modified) "
-                f"FROM {_ident(META, 'partitions')} "
-                f"WHERE {_among(dataset, tables)} ORDER BY table_name, day"
-            )
-            .fetchall()
+        sql = (
+            f"SELECT table_name, day, rows, epoch_us(last_modified) "
+            f"FROM {_ident(META, 'partitions')} "
+            f"WHERE {_among(dataset, tables)} ORDER BY table_name, day"
         )
+        if cut is not None and self._logged:
+            # Each day as it was at the cut: the state an append replaced after the cut (the
+            # earliest such), else the current one; a day first written after the cut is left
+            # out, as BigQuery's partitions at a snapshot time would be.
+            at = _timestamp(cut.at)
+            sql = (
+                "SELECT table_name, day, rows, epoch_us(last_modified) FROM ("
+                "SELECT table_name, day, rows, last_modified, until "
+                f"FROM {_ident(META, 'partition_history')} "
+                f"WHERE {_among(dataset, tables)} AND until > {at} UNION ALL "
+                "SELECT table_name, day, rows, last_modified, NULL AS until "
+                f"FROM {_ident(META, 'partitions')} WHERE {_among(dataset, tables)}) "
+                "QUALIFY row_number() OVER (PARTITION BY table_name, day "
+                "ORDER BY until ASC NULLS LAST) = 1 AND last_modified <= "
+                f"{at} ORDER BY table_name, day"
+            )
+        rows = self._cursor().execute(sql).fetchall()
         # Times as epoch microseconds, each distinct one formatted once: a table has a day per
         # trading day (~150 at production length) and most share their write's time, while
         # DuckDB's time-zone-aware datetimes cost ~25 us each (5 s for one pair's 36K days).
@@ -237,6 +299,9 @@ class EmbeddedWarehouse(Warehouse):
         # 177,748 rows) and in its buffer pool (0.44 GiB), while the rows come back in insertion
         # order, which is key order (creation and appends write in key order); the order is
         # checked, and restored where needed, in Arrow, as the BigQuery read does.
+        later = self._first_append_after(dataset, table, cut)
+        if later is not None:  # the table as it was at the cut: its rows before that append
+            where.append(f"{_ident(KEY)} < make_timestamp({later[0]})::TIMESTAMPTZ")
         sql = f"SELECT {', '.join(_ident(c) for c in columns)} FROM {_ident(dataset, table)}" + (
             f" WHERE {' AND '.join(where)}" if where else ""
         )
@@ -246,8 +311,30 @@ class EmbeddedWarehouse(Warehouse):
             raise WarehouseError(f"cannot read {dataset}.{table}: {exc}") from exc
         except duckdb.BinderException as exc:
             raise WarehouseError(f"cannot read columns of {dataset}.{table}: {exc}") from exc
+        if later is not None and later[1] is not None:
+            # ... and the rows it rewrote, as they were (a targets table's look-ahead rows).
+            data = pa.concat_tables([data, _replaced(later[1], columns, window, data.schema)])
         data, _ = by_key(data, f"{dataset}.{table}", WarehouseError)
         return TableRead(data, logical_bytes(data))
+
+    def _first_append_after(
+        self, dataset: str, table: str, cut: Cut | None
+    ) -> tuple[int, bytes | None] | None:
+        """(first key written, in epoch microseconds; rows it replaced, as Arrow IPC, or None)
+        of the table's first append committed after `cut`, or None when none was: rows before
+        that key are as they were at the cut (an append writes only from its first key on, and
+        each append's first key is at or after the one before)."""
+        if cut is None or not self._logged:
+            return None
+        return (
+            self._cursor()
+            .execute(
+                f"SELECT epoch_us(from_key), replaced FROM {_ident(META, 'appends')} "
+                f"WHERE dataset = {_text(dataset)} AND table_name = {_text(table)} "
+                f"AND committed_at > {_timestamp(cut.at)} ORDER BY committed_at LIMIT 1"
+            )
+            .fetchone()
+        )
 
     # -- embedded-only ---------------------------------------------------------------------------
     def export_parquet(self, dataset: str, table: str, path: Path) -> int:
@@ -431,6 +518,12 @@ class _Writer:
         self.days: dict[str, list] = {"dataset": [], "table_name": [], "day": [], "rows": []}
         self.pending = 0
         self.open = False
+        self.log: dict[str, list] = {
+            "dataset": [],
+            "table_name": [],
+            "from_key": [],
+            "replaced": [],
+        }
 
     def write(
         self,
@@ -452,6 +545,12 @@ class _Writer:
             where = f"WHERE {_ident(KEY)} >= {_timestamp(replace_from)}"
             removed = self.con.execute(f"SELECT * FROM {name} {where}").to_arrow_table()
             self.con.execute(f"DELETE FROM {name} {where}")
+        if append and data.num_rows:
+            first = _day_keys(data)[0] if replace_from is None else _us(replace_from)
+            self.log["dataset"].append(dataset)
+            self.log["table_name"].append(table)
+            self.log["from_key"].append(first)
+            self.log["replaced"].append(_ipc(removed) if removed.num_rows else None)
         self.con.register("_new", data)
         if append:
             self.con.execute(f"INSERT INTO {name} SELECT * FROM _new")
@@ -496,23 +595,83 @@ class _Writer:
         self.con.register("_days", days)
         meta_tables, meta_days = _ident(META, "tables"), _ident(META, "partitions")
         if append:
-            self.con.execute(
-                f"UPDATE {meta_tables} AS m SET rows = m.rows + t.rows, bytes = m.bytes + t.bytes,"
-                " last_modified = now() FROM _tables AS t "
-                "WHERE m.dataset = t.dataset AND m.table_name = t.table_name"
-            )
-            self.con.execute(
-                f"INSERT OR REPLACE INTO {meta_days} SELECT d.dataset, d.table_name, d.day, "
-                "coalesce(p.rows, 0) + d.rows, now() FROM _days AS d "
-                f"LEFT JOIN {meta_days} AS p USING (dataset, table_name, day)"
-            )
+            with _COMMITS:
+                self._append_states(meta_tables, meta_days)
+                self._commit()
         else:
             self.con.execute(f"INSERT INTO {meta_tables} SELECT *, now() FROM _tables")
             self.con.execute(f"INSERT INTO {meta_days} SELECT *, now() FROM _days")
+            self._commit()
+
+    def _commit(self) -> None:
         self.con.unregister("_tables")
         self.con.unregister("_days")
         self.con.execute("COMMIT")
         self.__init__(self.con)
+
+    def _append_states(self, meta_tables: str, meta_days: str) -> None:
+        """An append batch's states: its tables' and days' (rows added, a new last-modified
+        time), the days' states it replaces (`partition_history`) and its tables' entries in
+        the append log, all stamped with one time taken just before the batch commits (under
+        `_COMMITS`: a cut is either before it or after the commit)."""
+        stamp = _timestamp(datetime.now(UTC))
+        log_rows = pa.table(
+            {
+                "dataset": pa.array(self.log["dataset"], pa.string()),
+                "table_name": pa.array(self.log["table_name"], pa.string()),
+                "from_key": pa.array(self.log["from_key"], pa.int64()).cast(
+                    pa.timestamp("us", tz="UTC")
+                ),
+                "replaced": pa.array(self.log["replaced"], pa.binary()),
+            }
+        )
+        self.con.register("_log", log_rows)
+        self.con.execute(f"INSERT INTO {_ident(META, 'appends')} SELECT {stamp}, * FROM _log")
+        self.con.unregister("_log")
+        self.con.execute(
+            f"UPDATE {meta_tables} AS m SET rows = m.rows + t.rows, bytes = m.bytes + t.bytes,"
+            f" last_modified = {stamp} FROM _tables AS t "
+            "WHERE m.dataset = t.dataset AND m.table_name = t.table_name"
+        )
+        # The days' states this batch replaces, kept for reads as of an earlier cut.
+        self.con.execute(
+            f"INSERT INTO {_ident(META, 'partition_history')} SELECT p.dataset, "
+            f"p.table_name, p.day, p.rows, p.last_modified, {stamp} FROM {meta_days} AS p "
+            "SEMI JOIN _days AS d USING (dataset, table_name, day)"
+        )
+        self.con.execute(
+            f"INSERT OR REPLACE INTO {meta_days} SELECT d.dataset, d.table_name, d.day, "
+            f"coalesce(p.rows, 0) + d.rows, {stamp} FROM _days AS d "
+            f"LEFT JOIN {meta_days} AS p USING (dataset, table_name, day)"
+        )
+
+
+def _us(value: datetime) -> int:
+    """Epoch microseconds (a naive datetime is UTC, as the connection's time zone)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def _ipc(data: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        writer.write_table(data)
+    return sink.getvalue().to_pybytes()
+
+
+def _replaced(
+    blob: bytes, columns: Sequence[str], window: DateRange, schema: pa.Schema
+) -> pa.Table:
+    """`columns` of rows an append replaced (its log's Arrow IPC), within `window`."""
+    rows = pa.ipc.open_stream(blob).read_all()
+    keys = _day_keys(rows)
+    keep = np.ones(len(keys), dtype=bool)
+    if window.start is not None:
+        keep &= keys >= _us(window.start)
+    if window.end is not None:
+        keep &= keys < _us(window.end)
+    return rows.filter(pa.array(keep)).select(list(columns)).cast(schema)
 
 
 def _day_keys(data: pa.Table) -> np.ndarray:
@@ -709,6 +868,23 @@ def _create_meta(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
         "value VARCHAR, column_name VARCHAR, counts VARCHAR)"
     )
     con.execute(f"CREATE TABLE {_ident(META, 'params')} (name VARCHAR PRIMARY KEY, value VARCHAR)")
+    _create_log(con)
+
+
+def _create_log(con: duckdb.DuckDBPyConnection) -> None:
+    """The append log that reads as of a cut use (created in a file made before it had one): per
+    table appended, when the append committed, its first key written and the rows it replaced
+    (Arrow IPC; a targets table's rewritten look-ahead rows); and each day state an append
+    replaced, with when (`until`)."""
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS {_ident(META, 'appends')} (committed_at TIMESTAMPTZ, "
+        "dataset VARCHAR, table_name VARCHAR, from_key TIMESTAMPTZ, replaced BLOB)"
+    )
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS {_ident(META, 'partition_history')} (dataset VARCHAR, "
+        "table_name VARCHAR, day DATE, rows BIGINT, last_modified TIMESTAMPTZ, "
+        "until TIMESTAMPTZ)"
+    )
 
 
 def warehouse_params(path: Path | str) -> dict[str, str] | None:

@@ -18,7 +18,7 @@ from bqx_assets.core.checkpoints.window import ALL_TIME, Window
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.merge import merge_checkpoints, pair_inputs
 from bqx_assets.core.storage import LocalStorage, Storage
-from bqx_assets.core.warehouse import DateRange, TableRead
+from bqx_assets.core.warehouse import Cut, DateRange, TableRead
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses
 
@@ -41,9 +41,15 @@ class CountingWarehouse(EmbeddedWarehouse):
         self.reads: list[tuple[str, DateRange, int, int]] = []
 
     def read(
-        self, dataset: str, table: str, columns: Sequence[str], window: DateRange
+        self,
+        dataset: str,
+        table: str,
+        columns: Sequence[str],
+        window: DateRange,
+        *,
+        cut: Cut | None = None,
     ) -> TableRead:
-        done = super().read(dataset, table, columns, window)
+        done = super().read(dataset, table, columns, window, cut=cut)
         self.reads.append((table, window, done.bytes_read, done.data.num_rows))
         return done
 

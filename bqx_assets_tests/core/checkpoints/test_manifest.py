@@ -4,6 +4,7 @@ index, which stands in for its manifests while they are unchanged."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -56,6 +57,21 @@ def test_a_manifest_is_stored_as_json_and_read_back_as_it_was() -> None:
 
 def _edited(**fields: object) -> bytes:
     return json.dumps({**json.loads(MANIFEST.to_json()), **fields}).encode()
+
+
+def test_a_manifest_records_the_cut_and_whether_its_days_had_ended_then() -> None:
+    """A chunk read at a cut inside its last day (the day still being written) is told from a
+    complete one; a manifest written before runs had a cut reads as complete. The window ends
+    2024-01-30 12:00."""
+    made = {at: replace(MANIFEST, cut=at) for at in ("2024-01-30T11:00:00+00:00",
+                                                      "2024-01-30T12:00:00+00:00")}  # fmt: skip
+    assert [m.complete_at_cut for m in made.values()] == [False, True]
+    again = ChunkManifest.from_json(made["2024-01-30T11:00:00+00:00"].to_json())
+    assert again is not None and again.cut == "2024-01-30T11:00:00+00:00"
+    old = json.loads(MANIFEST.to_json())
+    del old["cut"]
+    legacy = ChunkManifest.from_record(old)
+    assert legacy is not None and legacy.cut is None and legacy.complete_at_cut
 
 
 @pytest.mark.parametrize(

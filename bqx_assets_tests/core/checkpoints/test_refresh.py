@@ -35,7 +35,7 @@ from bqx_assets.core.errors import ExtractionError
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.merge import pair_inputs
 from bqx_assets.core.storage import LocalStorage, open_storage
-from bqx_assets.core.warehouse import DateRange, TableRead
+from bqx_assets.core.warehouse import Cut, DateRange, TableRead
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, connect
 from bqx_assets_tests.builders import correct_day
 from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses
@@ -423,10 +423,17 @@ class ExportingWarehouse(CountingWarehouse):
         self.exports: list[str] = []
 
     def export_table(
-        self, dataset: str, table: str, columns: Sequence[str], staging_uri: str
+        self,
+        dataset: str,
+        table: str,
+        columns: Sequence[str],
+        staging_uri: str,
+        *,
+        cut: Cut | None = None,
     ) -> TableRead:
         self.exports.append(table)
-        return TableRead(EmbeddedWarehouse.read(self, dataset, table, columns, ALL_TIME).data, 0)
+        read = EmbeddedWarehouse.read(self, dataset, table, columns, ALL_TIME, cut=cut)
+        return TableRead(read.data, 0)
 
 
 def test_export_mode_takes_chunks_far_apart_from_one_export_of_their_table(
@@ -711,9 +718,10 @@ def test_chunks_in_gcs_clear_a_dead_writers_objects_and_are_read_in_place(
     assert list(storage.temporaries(f"{PAIR}/agg_{PAIR}")) == [dead.removeprefix("checkpoints/")]
     wh = EmbeddedWarehouse(three_days)
     try:
-        refresh_tables(wh, sources, storage, threads=2)
+        cut = wh.cut()  # both as of one moment: their manifests record it
+        refresh_tables(wh, sources, storage, threads=2, cut=cut)
         local = LocalStorage(tmp_path / "local")
-        refresh_tables(wh, sources, local, threads=2)
+        refresh_tables(wh, sources, local, threads=2, cut=cut)
     finally:
         wh.close()
     assert not list(storage.temporaries(f"{PAIR}/agg_{PAIR}"))

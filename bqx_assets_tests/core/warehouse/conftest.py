@@ -22,6 +22,7 @@ from bqx_assets.core.merge.inputs import pair_inputs
 from bqx_assets.core.merge.join import merge_checkpoints
 from bqx_assets.core.storage import LocalStorage
 from bqx_assets.core.warehouse import DateRange, TableRead
+from bqx_assets.core.warehouse.base import Cut
 from bqx_assets.core.warehouse.bigquery import BigQueryWarehouse, RetrySettings
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses
@@ -48,9 +49,15 @@ class RecordingWarehouse(BigQueryWarehouse):
         self.reads: list[tuple[str, DateRange, int]] = []
 
     def read(
-        self, dataset: str, table: str, columns: Sequence[str], window: DateRange
+        self,
+        dataset: str,
+        table: str,
+        columns: Sequence[str],
+        window: DateRange,
+        *,
+        cut: Cut | None = None,
     ) -> TableRead:
-        done = super().read(dataset, table, columns, window)
+        done = super().read(dataset, table, columns, window, cut=cut)
         self.reads.append((table, window, done.data.num_rows))
         return done
 
@@ -62,9 +69,10 @@ def open_warehouse(
     cls: type[BigQueryWarehouse] = BigQueryWarehouse,
     **kwargs: Any,
 ) -> BigQueryWarehouse:
-    """A warehouse of class `cls` on the emulator as production opens it (its region), with
-    quick retries, and an extract job's files read back from the emulator's folder."""
-    kwargs.setdefault("location", "us-central1")
+    """A warehouse of class `cls` on the emulator as production opens it (no location
+    configured: each dataset's own), with quick retries, and an extract job's files read back
+    from the emulator's folder."""
+    kwargs.setdefault("location", None)
     kwargs.setdefault("api_endpoint", emulator.rest_endpoint)
     kwargs.setdefault("read_endpoint", emulator.grpc_endpoint)
     kwargs.setdefault("retry", RetrySettings(attempts=8, initial_s=0.1, maximum_s=1.0))

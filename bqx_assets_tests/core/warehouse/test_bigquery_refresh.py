@@ -53,7 +53,8 @@ from bqx_assets_tests.core.warehouse.conftest import (
     window_rows,
 )
 from emulators.bigquery import BigQueryEmulator, load_tables
-from emulators.proxy import HttpFaultProxy, TcpFaultProxy
+from emulators.bigquery_limits import PartitionsAnswer
+from emulators.proxy import HttpAnswerProxy, HttpFaultProxy, TcpFaultProxy
 
 pytestmark = pytest.mark.emulator
 
@@ -480,6 +481,45 @@ def test_a_missing_table_fails_naming_it_and_the_others_are_kept(
                        mode="export", staging_uri=STAGING)  # fmt: skip
     require_chunks(storage, [present], RANGE, "kept")
     assert not storage.infos(f"{owner_of(missing)}/{missing.name}")
+
+
+def test_tables_the_partitions_view_cannot_describe_fail_alone_and_the_others_are_extracted(
+    bq_mini: BigQueryMini, tmp_path: Path
+) -> None:
+    """BigQuery's PARTITIONS view answered (by the proxy) for three tables as it has them for a
+    table not partitioned, one with rows whose key is NULL, one with rows in the streaming
+    buffer: each fails naming it and why, in one ExtractionError; every other table of the
+    pair is extracted, its chunks equal to the source."""
+    odd = {
+        "mkt_sentiment": [(None, 5)],
+        "csi_agg_eur": [("20240129", 1440), ("__NULL__", 7)],
+        "agg_eurusd": [("20240129", 1440), ("__UNPARTITIONED__", 12)],
+    }
+    sources = bq_mini.sources()
+    names = [s.name for s in sources]
+    assert set(odd) <= set(names) and len(names) > len(odd)
+    storage = LocalStorage(tmp_path)
+    with HttpAnswerProxy(bq_mini.emulator.rest_endpoint, after=[PartitionsAnswer(odd)]) as proxy:
+        wh = bq_mini.warehouse(api_endpoint=proxy.endpoint)
+        try:
+            with pytest.raises(ExtractionError) as err:
+                refresh_tables(wh, sources, storage, window=RANGE, threads=2,
+                               workdir=tmp_path / "work")  # fmt: skip
+        finally:
+            wh.close()
+    message = str(err.value)
+    f = bq_mini.features
+    assert message.startswith(f"3 of {len(names)} tables failed, the other chunks are kept")
+    for name, why in (
+        ("mkt_sentiment", "not partitioned (partition_id NULL)"),
+        ("csi_agg_eur", f"7 rows with a NULL {KEY} (partition __NULL__)"),
+        ("agg_eurusd", "12 rows in the streaming buffer (partition __UNPARTITIONED__)"),
+    ):
+        assert f"{name}: {f}.{name}: {why}; a refresh by day" in message, message
+        assert not storage.infos(f"{owner_of(bq_mini.catalog.table(name))}/{name}")
+    others = [s for s in sources if s.name not in odd]
+    found = require_chunks(storage, others, RANGE, "others")
+    assert sorted(found) == sorted(s.name for s in others)
 
 
 def test_a_table_gone_after_its_partitions_were_listed_fails_naming_it(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +17,7 @@ import pytest
 from bqx_assets.core.catalog import Catalog, catalog_from_schema
 from bqx_assets.core.checkpoints.schema import expected_schema
 from bqx_assets.core.errors import WarehouseError
-from bqx_assets.core.warehouse import DateRange, embedded
+from bqx_assets.core.warehouse import Cut, DateRange, embedded
 from bqx_assets.core.warehouse.embedded import (
     REVISED_ROWS,
     EmbeddedWarehouse,
@@ -340,3 +342,108 @@ def test_tables_made_ahead_come_in_order_within_the_byte_bound_and_stop_at_an_er
     count = len(started)
     time.sleep(0.1)
     assert len(started) == count  # nothing starts once the error is raised
+
+
+# -- as of a cut -----------------------------------------------------------------------------
+def _everything(wh: EmbeddedWarehouse, catalog: Catalog, cut: Cut | None = None) -> dict:
+    """Every table's rows (all columns, whole table) and day states, as of `cut`."""
+    out = {}
+    tables = [(catalog.targets_dataset, catalog.targets["eurusd"].name)]
+    tables += [(t.dataset, t.name) for t in catalog.tables_for("eurusd")]
+    for dataset, name in tables:
+        columns = [c for c in _stored(wh, dataset, name).schema.names]
+        data = wh.read(dataset, name, columns, DateRange(), cut=cut).data
+        days = wh.partition_states(dataset, [name], cut=cut)[name]
+        out[name] = (data, days)
+    return out
+
+
+def test_reads_and_day_states_as_of_a_cut_ignore_appends_committed_after_it(
+    tmp_path: Path, mini: tuple[Catalog, Path], warehouses: Warehouses
+) -> None:
+    """A cut taken before two appends (one of every table, one of a single table) reads every
+    table, and its day states, exactly as they were at the cut: no new minute, a new day left
+    out, and the targets' look-ahead rows that the appends rewrote as they were (nulls); a cut
+    after the first append sees it and not the second; no cut reads the warehouse as it is."""
+    catalog, _ = mini
+    small = catalog.subset(["eurusd"])
+    # 2,940 minutes end on Wednesday at 01:00: the appends rewrite Tuesday's last rows and
+    # add Wednesday's (a day the cut before has 60 minutes of) and no new day, then Thursday.
+    path = warehouses.copy(tmp_path / "w.duckdb", small, pairs=["eurusd"], rows=2_940)
+    wh = EmbeddedWarehouse(path, read_only=False)
+    before, first = _everything(wh, small), wh.cut()
+    wh.append(300)
+    middle, second = _everything(wh, small), wh.cut()
+    targets = small.targets["eurusd"].name
+    wh.append_minutes(small.targets_dataset, targets, 1_500)  # into Thursday
+    now = _everything(wh, small)
+    assert now[targets][0].num_rows == 2_940 + 300 + 1_500
+    assert len(now[targets][1]) == len(before[targets][1]) + 1
+    for name, (data, days) in _everything(wh, small, first).items():
+        assert data.equals(before[name][0]), name
+        assert days == before[name][1], name
+    for name, (data, days) in _everything(wh, small, second).items():
+        assert data.equals(middle[name][0]), name
+        assert days == middle[name][1], name
+    assert _everything(wh, small) == now
+    # A window within the rewritten rows takes only those of them in it, as they were.
+    late = DateRange(datetime(2024, 1, 2, 23, tzinfo=UTC), datetime(2024, 1, 3, 0, 50, tzinfo=UTC))
+    columns = ["interval_time", "target_bqx45_h105"]
+    at_cut = wh.read(small.targets_dataset, targets, columns, late, cut=first).data
+    whole = before[targets][0].select(columns)
+    keys = whole.column("interval_time").cast(pa.int64()).to_numpy()
+    lo, hi = np.searchsorted(keys, [_us(late.start), _us(late.end)])
+    assert at_cut.equals(whole.slice(lo, hi - lo)) and at_cut.num_rows == 110
+    assert at_cut.column(1).null_count > 0
+
+
+def _us(value: datetime) -> int:
+    return int(value.timestamp() * 1_000_000)
+
+
+_HOLD = """
+import sys, time
+from bqx_assets.core.warehouse.embedded import connect
+con = connect(sys.argv[1], read_only=sys.argv[2] == "ro")
+print("held", flush=True)
+time.sleep(float(sys.argv[3]))
+con.close()
+"""
+
+
+def _holder(path: Path, mode: str, seconds: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(path), mode, str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_an_append_waits_for_a_run_holding_the_file_or_fails_naming_it(
+    tmp_path: Path, mini: tuple[Catalog, Path], warehouses: Warehouses
+) -> None:
+    """DuckDB lets one process write a file or many read it, never both: an append (as `bqx
+    warehouse append` opens it) while another process reads waits for the file, then appends;
+    past its wait it fails naming the file and the lock, having changed nothing."""
+    catalog, _ = mini
+    small = catalog.subset(["eurusd"])
+    path = warehouses.copy(tmp_path / "w.duckdb", small, pairs=["eurusd"], rows=50)
+    run = _holder(path, "ro", 30)
+    try:
+        with pytest.raises(
+            WarehouseError, match=r"cannot open embedded warehouse .*w\.duckdb.*lock"
+        ):
+            EmbeddedWarehouse(path, read_only=False, lock_wait=0.3)
+    finally:
+        run.kill()
+        run.wait()
+    run = _holder(path, "ro", 0.5)
+    try:
+        wh = EmbeddedWarehouse(path, read_only=False, lock_wait=30)
+        wh.append(10)
+        wh.close()
+    finally:
+        run.wait()
+    assert EmbeddedWarehouse(path).state(small.features_dataset, "agg_eurusd").rows == 60

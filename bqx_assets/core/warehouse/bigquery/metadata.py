@@ -13,7 +13,7 @@ from google.cloud import bigquery
 
 from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.layout import KEY
-from bqx_assets.core.warehouse.bigquery.warehouse import _STANDARD_TYPES
+from bqx_assets.core.warehouse.bigquery.warehouse import STANDARD_TYPES
 from bqx_assets.core.warehouse.metadata import Access, TableFacts, WarehouseFacts
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def _table(wh: BigQueryWarehouse, dataset: str, name: str) -> TableFacts | None:
         name=name,
         kind=info.table_type or "TABLE",
         partitioning=(partitioning.type_, partitioning.field) if partitioning else None,
-        columns={f.name: _STANDARD_TYPES.get(f.field_type, f.field_type) for f in info.schema},
+        columns={f.name: STANDARD_TYPES.get(f.field_type, f.field_type) for f in info.schema},
         bytes=int(info.num_bytes or 0),
         rows=int(info.num_rows or 0),
         streaming_rows=int(buffer.estimated_rows or 0) if buffer else 0,

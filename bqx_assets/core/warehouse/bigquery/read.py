@@ -14,7 +14,7 @@ import pyarrow as pa
 from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.keys import by_key
 from bqx_assets.core.layout import KEY
-from bqx_assets.core.warehouse.base import DateRange, TableRead
+from bqx_assets.core.warehouse.base import Cut, DateRange, TableRead
 
 if TYPE_CHECKING:
     from bqx_assets.core.warehouse.bigquery.warehouse import BigQueryWarehouse
@@ -23,12 +23,24 @@ log = logging.getLogger(__name__)
 
 
 def read_table(
-    wh: BigQueryWarehouse, dataset: str, table: str, columns: Sequence[str], window: DateRange
+    wh: BigQueryWarehouse,
+    dataset: str,
+    table: str,
+    columns: Sequence[str],
+    window: DateRange,
+    *,
+    cut: Cut | None = None,
 ) -> TableRead:
     """One Storage Read session: only `columns` and the window's rows leave BigQuery (column
     projection and the row restriction are applied server-side, so the bytes billed are those
     of the selected columns); streams are read in parallel and sorted by the key in Arrow,
-    since Storage Read does not order rows."""
+    since Storage Read does not order rows.
+
+    With a `cut`, the session reads the table as it was at `cut.at`
+    (`ReadSession.TableModifiers.snapshot_time`: "The snapshot time of the table. If not set,
+    interpreted as now.",
+    https://cloud.google.com/bigquery/docs/reference/storage/rpc/google.cloud.bigquery.storage.v1#tablemodifiers):
+    every table of a run as of one moment, whatever upstream jobs write meanwhile."""
     from google.cloud.bigquery_storage_v1 import types
 
     what = f"{dataset}.{table}"
@@ -42,6 +54,8 @@ def read_table(
             selected_fields=columns, row_restriction=row_restriction(window)
         ),
     )
+    if cut is not None:
+        request.table_modifiers = types.ReadSession.TableModifiers(snapshot_time=cut.at)
     session = wh._call(
         what,
         lambda: wh.read_client.create_read_session(
@@ -69,11 +83,14 @@ def read_table(
     batches = [b for stream_batches, _ in results for b in stream_batches]
     data = pa.Table.from_batches(batches, schema=schema).select(columns)
     data, _ = by_key(data, what, WarehouseError)
+    # A session reports an estimate of the bytes it will scan, "based on metadata from the
+    # table which might be incomplete or stale" (ReadSession.estimated_total_bytes_scanned,
+    # https://cloud.google.com/bigquery/docs/reference/storage/rpc/google.cloud.bigquery.storage.v1#readsession),
+    # not what it bills; where none is reported (an emulator), the Arrow bytes received stand
+    # in for it, also an estimate.
     scanned = int(session.estimated_total_bytes_scanned or 0)
-    # Sessions report the bytes they bill; where none is reported (an emulator), the Arrow
-    # bytes received stand in for it.
     bytes_read = scanned or sum(n for _, n in results)
-    return TableRead(data=data.combine_chunks(), bytes_read=bytes_read)
+    return TableRead(data=data.combine_chunks(), bytes_read=bytes_read, bytes_estimated=True)
 
 
 def _read_stream(
@@ -92,6 +109,7 @@ def _read_stream(
             with wh._lock:
                 wh._resumes.append((stream, offset))
             log.info("bigquery: %s: resuming stream %s at row %d", what, stream, offset)
+        # This attempt's deadline: a resumed stream has its whole `stream_timeout_s` again.
         responses = wh.read_client.read_rows(
             read_stream=stream, offset=offset, retry=None, timeout=wh.stream_timeout_s
         )
@@ -104,7 +122,9 @@ def _read_stream(
             received += len(payload)
         return batches, received
 
-    return wh._call(what, attempt)
+    # Each attempt has its own deadline (`stream_timeout_s`): a stream that dropped after
+    # twenty minutes of reading is resumed, not refused for the time its first attempt took.
+    return wh._call(what, attempt, overall_deadline=False)
 
 
 def row_restriction(window: DateRange) -> str:

@@ -23,7 +23,7 @@ from bqx_assets.core.warehouse.base import (
     Warehouse,
 )
 from bqx_assets.core.warehouse.bigquery import export, partitions, read
-from bqx_assets.core.warehouse.bigquery.retry import Retrier, RetrySettings
+from bqx_assets.core.warehouse.bigquery.retry import Retrier, RetrySettings, is_transient
 
 if TYPE_CHECKING:
     import google.auth.credentials
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # The API's schema reports legacy names; INFORMATION_SCHEMA and the catalog use standard SQL names.
-_STANDARD_TYPES = {
+STANDARD_TYPES = {
     "FLOAT": "FLOAT64",
     "INTEGER": "INT64",
     "BOOLEAN": "BOOL",
@@ -70,6 +70,9 @@ class BigQueryWarehouse(Warehouse):
         rpc_timeout_s: float = 300.0,
         stream_timeout_s: float = 1800.0,
         gcs_local_root: str | None = None,
+        partitions_batch: int = partitions.PARTITIONS_TABLE_LIMIT,
+        poll_timeout_s: float = 300.0,
+        export_timeout_s: float = 6 * 3600.0,
     ) -> None:
         # The generated client, not the package's wrapper: the wrapper's read_rows resumes some
         # dropped streams on its own, out of sight of the retry budget and its count; here
@@ -80,6 +83,9 @@ class BigQueryWarehouse(Warehouse):
         self.features_dataset = features_dataset
         self.targets_dataset = targets_dataset
         self.location = location
+        """The configured location; None takes each dataset's own (`location_of`)."""
+        self._locations: dict[str, str] = {}
+        self._billed: list[tuple[str, int]] = []
         self.max_read_streams = max(1, max_read_streams)
         self.retry_settings = retry or RetrySettings()
         self.rpc_timeout_s = rpc_timeout_s
@@ -87,6 +93,16 @@ class BigQueryWarehouse(Warehouse):
         # still end (the client's own default is a day).
         self.stream_timeout_s = stream_timeout_s
         self.gcs_local_root = gcs_local_root
+        # An extract job is polled for `poll_timeout_s` at a time, by id, until it is done or
+        # `export_timeout_s` has passed.
+        self.poll_timeout_s = poll_timeout_s
+        self.export_timeout_s = export_timeout_s
+        if not 1 <= partitions_batch <= partitions.PARTITIONS_TABLE_LIMIT:
+            raise WarehouseError(
+                f"partitions_batch {partitions_batch}: must be 1 to "
+                f"{partitions.PARTITIONS_TABLE_LIMIT} (BigQuery's limit)"
+            )
+        self._partitions_batch = partitions_batch
         self._retrier = Retrier(project, self.retry_settings)
         self._resumes: list[tuple[str, int]] = []
         # False once the PARTITIONS view was found without `last_modified_time` (an emulator):
@@ -133,8 +149,62 @@ class BigQueryWarehouse(Warehouse):
         """Transient failures retried so far (for run metadata)."""
         return self._retrier.retries
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        return self._retrier.call(what, fn)
+    @property
+    def waited_s(self) -> float:
+        """Seconds slept between retries so far (a server's RetryInfo delay, or back-off)."""
+        return self._retrier.waited_s
+
+    def _call(
+        self,
+        what: str,
+        fn: Callable[[], T],
+        *,
+        transient: Callable[[BaseException], bool] = is_transient,
+        overall_deadline: bool = True,
+    ) -> T:
+        return self._retrier.call(what, fn, transient=transient, overall_deadline=overall_deadline)
+
+    # -- location --------------------------------------------------------------------------
+    def location_of(self, dataset: str) -> str:
+        """Where `dataset` lives (datasets.get, once per dataset): the location its query and
+        extract jobs name. A job must run where its dataset is; a job that names another
+        location is answered "not found" (https://cloud.google.com/bigquery/docs/locations),
+        so a configured location that differs is one clear error here, before any job."""
+        with self._lock:
+            known = self._locations.get(dataset)
+        if known is not None:
+            return known
+        ref = bigquery.DatasetReference(self.project, dataset)
+        info = self._call(dataset, lambda: self.client.get_dataset(ref, retry=None))
+        actual = info.location or self.location or ""
+        if self.location and actual and actual.lower() != self.location.lower():
+            raise WarehouseError(
+                f"dataset {self.project}.{dataset} is in location {actual}, but the warehouse "
+                f"is configured for location {self.location}: configure {actual} (or no "
+                "location, to take each dataset's own)"
+            )
+        with self._lock:
+            self._locations[dataset] = actual
+        return actual
+
+    # -- bytes billed ----------------------------------------------------------------------
+    def _bill(self, what: str, job: Any) -> None:
+        billed = int(getattr(job, "total_bytes_billed", None) or 0)
+        with self._lock:
+            self._billed.append((what, billed))
+
+    @property
+    def bytes_billed(self) -> int:
+        """Bytes BigQuery billed for this warehouse's query jobs so far (`total_bytes_billed`
+        of each job: metadata queries bill a minimum), for a step's metadata."""
+        with self._lock:
+            return sum(n for _, n in self._billed)
+
+    @property
+    def query_jobs(self) -> list[tuple[str, int]]:
+        """(what, bytes billed) of each query job run so far."""
+        with self._lock:
+            return list(self._billed)
 
     # -- Warehouse -------------------------------------------------------------------------
     def information_schema(self) -> list[SchemaRow]:
@@ -152,14 +222,9 @@ class BigQueryWarehouse(Warehouse):
             "ORDER BY table_name, ordinal_position"
         )
 
-        def query() -> pa.Table:
-            result = self.client.query_and_wait(
-                sql, location=self.location, retry=None, job_retry=None
-            )
-            return result.to_arrow(create_bqstorage_client=False)
-
+        what = f"{dataset}.INFORMATION_SCHEMA.COLUMNS"
         try:
-            data = self._call(f"{dataset}.INFORMATION_SCHEMA.COLUMNS", query)
+            data = self.query(what, dataset, sql)
         except WarehouseError as exc:
             if not isinstance(exc.__cause__, gexc.BadRequest):
                 raise
@@ -172,6 +237,24 @@ class BigQueryWarehouse(Warehouse):
             for t, c, o, d in zip(*(data.column(i).to_pylist() for i in range(4)), strict=True)
         ]
 
+    def query(self, what: str, dataset: str, sql: str, config: Any = None) -> pa.Table:
+        """The rows of a query job run where `dataset` lives, retried as a whole on transient
+        errors; its `total_bytes_billed` is counted (`bytes_billed`)."""
+        location = self.location_of(dataset)
+
+        def run() -> pa.Table:
+            # The client's own job retries (a new job on some errors) are off: this retrier
+            # alone retries, counted.
+            job = self.client.query(
+                sql, job_config=config, location=location, retry=None, job_retry=None
+            )
+            rows = job.result(retry=None, timeout=self.rpc_timeout_s, job_retry=None)
+            data = rows.to_arrow(create_bqstorage_client=False)
+            self._bill(what, job)
+            return data
+
+        return self._call(what, run)
+
     def _schema_rows_from_api(self, dataset: str) -> list[SchemaRow]:
         ref = bigquery.DatasetReference(self.project, dataset)
         items = self._call(dataset, lambda: list(self.client.list_tables(ref, retry=None)))
@@ -182,7 +265,7 @@ class BigQueryWarehouse(Warehouse):
                 lambda item=item: self.client.get_table(item.reference, retry=None),
             )
             for ordinal, field in enumerate(table.schema, start=1):
-                dtype = _STANDARD_TYPES.get(field.field_type, field.field_type)
+                dtype = STANDARD_TYPES.get(field.field_type, field.field_type)
                 rows.append(SchemaRow(dataset, item.table_id, field.name, ordinal, dtype))
         return rows
 
@@ -203,6 +286,11 @@ class BigQueryWarehouse(Warehouse):
     ) -> PartitionStates:
         return partitions.partition_states(self, dataset, tables)
 
+    @property
+    def partitions_batch(self) -> int:
+        """Tables named in one `INFORMATION_SCHEMA.PARTITIONS` query."""
+        return self._partitions_batch
+
     def read(
         self,
         dataset: str,
@@ -212,7 +300,7 @@ class BigQueryWarehouse(Warehouse):
         *,
         cut: Cut | None = None,
     ) -> TableRead:
-        return read.read_table(self, dataset, table, columns, window)
+        return read.read_table(self, dataset, table, columns, window, cut=cut)
 
     @property
     def resumes(self) -> list[tuple[str, int]]:
@@ -223,9 +311,17 @@ class BigQueryWarehouse(Warehouse):
 
     # -- extract jobs ----------------------------------------------------------------------
     def export(
-        self, dataset: str, table: str, destination_uri: str, *, compression: str = "ZSTD"
+        self,
+        dataset: str,
+        table: str,
+        destination_uri: str,
+        *,
+        job_id: str | None = None,
+        compression: str = "ZSTD",
     ) -> export.ExportResult:
-        return export.export(self, dataset, table, destination_uri, compression=compression)
+        return export.export(
+            self, dataset, table, destination_uri, job_id=job_id, compression=compression
+        )
 
     def export_table(
         self,
@@ -236,7 +332,7 @@ class BigQueryWarehouse(Warehouse):
         *,
         cut: Cut | None = None,
     ) -> TableRead:
-        return export.export_table(self, dataset, table, columns, staging_uri)
+        return export.export_table(self, dataset, table, columns, staging_uri, cut=cut)
 
     def close(self) -> None:
         self.client.close()

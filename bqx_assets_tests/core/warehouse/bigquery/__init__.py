@@ -1,0 +1,1 @@
+"""Tests of the BigQuery warehouse package, module by module."""
