@@ -90,8 +90,8 @@ def test_partitions_page_lists_the_built_pairs(
         assert pair in body
     assert "Materialized (3)" in body and "Missing (25)" in body  # 28 pairs, 3 built
     page.get_by_text(PAIRS[0], exact=True).first.click()
-    detail = _shoot(page, "ui-training-file-partition-eurusd.png", ["rows"])
-    assert PAIRS[0] in detail
+    detail = _shoot(page, "ui-training-file-partition-eurusd.png", ["size_mb"])
+    assert PAIRS[0] in detail and "dagster/row_count" in detail and "passed" in detail
 
 
 def test_checks_tab_lists_every_gate_check(
@@ -176,7 +176,8 @@ def test_the_gate_view_shows_the_failing_pair_first_with_its_check_and_reason(
     assert rows, view
     first = rows[0]
     assert first.startswith(FAULTY_PAIR) and "FAILED" in first, rows
-    assert "no_target_leakage" in first and "target_bqx" in first, first  # the check, the why
+    # The check, and why: the column that looks like a target, named.
+    assert "no_target_leakage" in first and "regime_bqx_45__" in first, first
     assert all("passed" in row for row in rows[1:]), rows
 
 
