@@ -185,7 +185,8 @@ def _family_metadata(checkpoints: Sequence[ChunkedCheckpoint]) -> dict[str, dg.M
         "chunks_extracted": dg.MetadataValue.int(chunks["extracted"]),
         "chunks_reused": dg.MetadataValue.int(chunks["reused"] + chunks["compacted"]),
         "size_mb": md.mb(sum(c.bytes for c in checkpoints)),
-        "read_mb": md.mb(sum(c.bytes_read for c in checkpoints)),
+        # Read sessions report an estimate from metadata, not the bytes billed.
+        "read_mb_estimated": md.mb(sum(c.bytes_read for c in checkpoints)),
         "details": dg.MetadataValue.md(
             md.table(
                 ["tables extracted", "tables reused", "chunks compacted", "rows", "seconds"],
@@ -239,6 +240,7 @@ def _extract(
             staging_uri=settings.export_staging_uri,
             cut=cut,
         )
+        billed = wh.bytes_billed
     finally:
         wh.close()
     if cut is not None:
@@ -255,13 +257,16 @@ def _extract(
         # The moment every table of the step was read as of.
         CUT_KEY: dg.MetadataValue.text(step_done.cut.at.isoformat()),
     }
+    # What BigQuery billed the step's metadata queries (partition look-ups), as billed; the
+    # families' `read_mb_estimated` are the read sessions' estimates.
+    billed_mb = {"step_query_billed_mb": md.mb(billed)}
     keys = sorted(context.selected_asset_keys, key=lambda k: k.to_user_string())
     for key in keys:
         made = by_family.get(key.path[-1], [])
         # The step's cost and memory once: on its first family (adding up the families'
         # metadata then counts the step once).
         own = (
-            step
+            {**step, **billed_mb}
             if key == keys[0]
             else {"step_usage": dg.MetadataValue.text(f"recorded on {keys[0].to_user_string()}")}
         )

@@ -150,7 +150,7 @@ def test_shared_checkpoints_are_written_once_for_both_pairs(
     # One of gbpusd's two cov tables is eurusd's, reused; the other read.
     assert "| 1 | 1 |" in meta["details"].value  # tables extracted, tables reused
     assert meta["chunks_reused"].value >= 1 and meta["chunks_extracted"].value >= 1
-    assert meta["read_mb"].value > 0
+    assert meta["read_mb_estimated"].value > 0
     shared_dir = materialized["root"] / "ckpt" / "shared"
     assert len(list(shared_dir.glob("tri_*/*.parquet"))) >= 1
     assert not (materialized["root"] / "ckpt" / "gbpusd" / "tri_agg_bqx_eur_usd_gbp").exists()
@@ -194,6 +194,9 @@ def test_the_metadata_of_a_training_file_is_a_few_keys_with_units(
     # Each checkpoint step records its usage once, on one family.
     made = materialized["runs"][PAIR].asset_materializations_for_node("pair_checkpoints")
     assert sum("usage" in m.metadata for m in made) == 1
+    # Query bytes as billed, once (the embedded warehouse bills none); reads as estimates.
+    billed = [m.metadata["step_query_billed_mb"].value for m in made if "usage" in m.metadata]
+    assert billed == [0.0] and all("read_mb_estimated" in m.metadata for m in made)
 
 
 def test_the_gate_summary_shows_every_pair_on_one_page(

@@ -65,7 +65,8 @@ def _costs(args: argparse.Namespace) -> int:
         f"prices: ${prices.vcpu_second}/vCPU-s, ${prices.gib_second}/GiB-s "
         f"({container.vcpus:g} vCPU, {container.memory_gib:g} GiB), "
         f"${prices.storage_read_tib}/TiB read (Storage Read API; the first "
-        f"{prices.storage_read_free_tib_per_month:g} TiB a month are free, not subtracted)"
+        f"{prices.storage_read_free_tib_per_month:g} TiB a month are free, not subtracted); "
+        "bytes read are the read sessions' estimates, not the bytes billed"
     )
     print(format_report(lines))
     summed = totals(lines)

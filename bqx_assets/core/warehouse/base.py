@@ -130,6 +130,13 @@ class Warehouse(ABC):
         """A cut at this moment, for a run to read every table as of."""
         return Cut(datetime.now(UTC))
 
+    @property
+    def bytes_billed(self) -> int:
+        """Bytes the warehouse billed for this connection's query jobs so far, as it reports
+        them (the embedded warehouse bills nothing). Reads report their own bytes, which
+        `TableRead.bytes_estimated` says are estimates or not."""
+        return 0
+
     @abstractmethod
     def partition_states(
         self, dataset: str, tables: Sequence[str], *, cut: Cut | None = None
