@@ -243,8 +243,13 @@ def _extract(
         billed = wh.bytes_billed
     finally:
         wh.close()
-    if cut is not None:
+    if cut is not None and step_done.cut == cut:
         context.log.info(f"{what}: read as of the shared checkpoints' cut {cut.at.isoformat()}")
+    elif cut is not None:
+        context.log.warning(
+            f"{what}: tables created or replaced since the shared checkpoints' cut "
+            f"{cut.at.isoformat()}: read as of this step's own cut {step_done.cut.at.isoformat()}"
+        )
     by_family = step_done.by_family()
     usage.add_bytes_read(step_done.bytes_read)
     step = md.step_usage(

@@ -520,3 +520,13 @@ def test_a_pair_step_reads_as_of_the_shared_checkpoints_cut(
     )
     assert run.success and cut_of(run, "pair_checkpoints") == {later}
     assert pq.read_metadata(tmp_path / "out" / training_file_key(PAIR)).num_rows > rows
+
+    # The warehouse created anew since the shared step (as upstream jobs may replace tables):
+    # nothing existed at the shared cut, so the pair reads as of its own instead of failing.
+    from bqx_assets.core.warehouse.embedded import create_warehouse
+
+    create_warehouse(path, catalog, pairs=MINI_PAIRS, rows=3 * DAY).close()
+    run = dg.materialize([pair_checkpoints], partition_key=PAIR, resources=res, instance=instance)
+    assert run.success
+    (own,) = cut_of(run, "pair_checkpoints")
+    assert own > later

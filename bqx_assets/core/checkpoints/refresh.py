@@ -4,6 +4,7 @@ chunks whose days changed or are new."""
 from __future__ import annotations
 
 import bisect
+import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ from bqx_assets.core.layout import CHECKPOINT_ROW_GROUP_ROWS, chunk_key
 from bqx_assets.core.metrics import Stopwatch
 from bqx_assets.core.storage import Storage
 from bqx_assets.core.warehouse import Cut, DateRange, PartitionState, Warehouse
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -377,9 +380,29 @@ def refresh_checkpoints(
     One cut for the step, taken first (the warehouse's `cut()`, or `cut` where given: a pair's
     step given the shared step's cut reads as of the same moment, so that its spine ends
     where the shared tables do): the window, every table's partition states and every read
-    are as of it, whatever upstream jobs write while the step reads."""
-    cut = cut if cut is not None else warehouse.cut()
+    are as of it, whatever upstream jobs write while the step reads. A given cut that some of
+    the step's tables did not exist at yet (created or replaced since: BigQuery cannot read a
+    table as of a time before its creation) gives way to the step's own."""
+    cut = _usable(warehouse, [*sources, *spines], cut) if cut is not None else warehouse.cut()
     resolved = resolve_window(warehouse, spines, window, cut=cut)
     done = refresh_tables(warehouse, sources, storage, window=resolved, cut=cut, **options)
     require_chunks(storage, sources, resolved, what)
     return CheckpointStep(resolved, done, cut)
+
+
+def _usable(warehouse: Warehouse, sources: Sequence[Source], cut: Cut) -> Cut:
+    """`cut`, where every one of `sources` that exists now existed then; else a cut now."""
+    by_dataset: dict[str, set[str]] = {}
+    for source in sources:
+        by_dataset.setdefault(source.dataset, set()).add(source.name)
+    for dataset, names in by_dataset.items():
+        then = warehouse.partition_states(dataset, sorted(names), cut=cut)
+        absent = sorted(names - set(then) - set(then.errors))
+        if absent and set(warehouse.partition_states(dataset, absent)) & set(absent):
+            log.warning(
+                "%d table(s) of %s did not exist at the given cut %s (created or replaced "
+                "since, e.g. %s): reading as of this step's own cut",
+                len(absent), dataset, cut.at.isoformat(), absent[0],
+            )  # fmt: skip
+            return warehouse.cut()
+    return cut

@@ -50,6 +50,10 @@ def profile_drift(
                 **trend,
             },
         )
+    # A file that grew keeps its earlier rows' nulls over more rows: a share that fell by no more
+    # than the new rows dilute it (to `before * dilution`, new rows without a null) is no drift
+    # (the warm-up nulls of a file's first days weigh less each day an all-time window adds).
+    dilution = history.rows / profile.rows if profile.rows > history.rows > 0 else 1.0
     families: list[tuple[str, str, str, str, str]] = []
     for f in profile.families:
         before = history.family(f.family)
@@ -57,7 +61,9 @@ def profile_drift(
             continue
         allowed = max(th.drift_family_null_share, th.drift_relative * before.null_share)
         moved = f.null_share - before.null_share
-        if abs(moved) > allowed:
+        floor = before.null_share * dilution
+        down = max(th.drift_family_null_share, th.drift_relative * floor)
+        if moved > allowed or floor - f.null_share > down:
             families.append(
                 (
                     f.family,
@@ -83,8 +89,13 @@ def profile_drift(
     hi_now, hi_then = values(now, "max", a), values(then, "max", b)
     dtype_now = now.column("dtype").to_pylist()
     dtype_then = then.column("dtype").to_pylist()
-    moved = np.abs(share_now - share_then) > np.maximum(
-        th.drift_column_null_share, th.drift_relative * share_then
+    floor_then = share_then * dilution
+    moved = (
+        share_now - share_then
+        > np.maximum(th.drift_column_null_share, th.drift_relative * share_then)
+    ) | (
+        floor_then - share_now
+        > np.maximum(th.drift_column_null_share, th.drift_relative * floor_then)
     )
     became_null = (share_now >= 1.0) & (share_then < 1.0)
     span = hi_then - lo_then

@@ -122,3 +122,25 @@ def test_drift_shows_each_familys_null_share_over_the_published_builds(
     tri = listed(outcome, "series")[2]
     assert tri["family"] == "tri" and tri["2024-01-19 06:00:00"] == "-"
     assert tri["2024-01-20 06:00:00"] == tri["this build"] == "20.00%"
+
+
+def test_a_file_that_grew_may_dilute_its_earlier_nulls_without_drift(history: Profile) -> None:
+    """An all-time window grows: the nulls of its first days (rolling windows warming up) weigh
+    less each day added. A share that fell as the new rows dilute it is no drift; the same fall
+    in a file of unchanged length is."""
+    import pyarrow.compute as pc
+
+    rows = history.rows * 5 // 3
+    keep = history.rows / rows  # the new rows have no null: shares x 0.6
+    columns = history.columns
+    index = columns.schema.get_field_index("null_share")
+    diluted = columns.set_column(
+        index, "null_share", pc.multiply(columns.column("null_share"), keep)
+    )
+    families = tuple(replace(f, null_share=f.null_share * keep) for f in history.families)
+    grown = replace(history, rows=rows, families=families, columns=diluted)
+    assert profile_drift(grown, history, Thresholds()).passed
+    same_length = replace(grown, rows=history.rows)
+    outcome = profile_drift(same_length, history, Thresholds())
+    assert not outcome.passed
+    assert "corr" in {r["family"] for r in listed(outcome, "drifted_families")}
