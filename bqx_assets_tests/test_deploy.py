@@ -3,6 +3,7 @@
 import fnmatch
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -18,6 +19,8 @@ import pytest
 import yaml
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
+
+from bqx_assets.core.costs import JOB
 
 REPO = Path(__file__).resolve().parents[1]
 PROD = REPO / "deploy" / "dagster.prod.yaml"
@@ -94,6 +97,19 @@ def test_every_configurable_class_accepts_its_config(
     assert result.success, result.errors
     assert result.value["postgres_db"]["password"] == PROD_ENV["DAGSTER_PG_PASSWORD"]
     assert checked == ["QueuedRunCoordinator", "CloudRunRunLauncher", "GCSComputeLogManager"]
+
+
+def test_a_dead_run_worker_gives_back_its_pool_slots_and_is_retried(
+    tmp_path: Path, prod_env: dict[str, str]
+) -> None:
+    """A container killed inside a `bigquery` step (OOM, preemption) is failed by run
+    monitoring, its pool slot freed, and its run retried: without the freeing, the slot stays
+    claimed and the retry waits in the queue for ever (found by the production rehearsal)."""
+    config = _prod_config(tmp_path)
+    monitoring = config["run_monitoring"]
+    assert monitoring["enabled"] and monitoring["poll_interval_seconds"] > 0
+    assert 0 < monitoring["free_slots_after_run_end_seconds"] <= monitoring["poll_interval_seconds"]
+    assert config["run_retries"]["enabled"] and config["run_retries"]["max_retries"] >= 1
 
 
 def test_cloud_run_launcher_targets_this_code_location_with_a_long_enough_timeout(
@@ -293,3 +309,46 @@ def test_the_image_installs_every_package_the_production_instance_names() -> Non
     assert packages - {"dagster"} <= deploy, packages - deploy
     runs = " ".join(i.args for i in _dockerfile() if i.name == "RUN")
     assert runs.count("--extra deploy") == 2
+
+
+def _gcloud_jobs_create(text: str) -> list[str]:
+    """The words of deploy/README.md's `gcloud run jobs create` command, continuations joined."""
+    command = re.search(r"^gcloud run jobs create (?:.*\\\n)*.*$", text, re.MULTILINE)
+    assert command, "deploy/README.md has no `gcloud run jobs create` command"
+    return shlex.split(command.group(0).replace("\\\n", " "))
+
+
+def _flag(words: list[str], name: str) -> str:
+    for i, word in enumerate(words):
+        if word == name:
+            return words[i + 1]
+        if word.startswith(f"{name}="):
+            return word.split("=", 1)[1]
+    raise AssertionError(f"`gcloud run jobs create` in deploy/README.md has no {name}")
+
+
+def test_the_job_size_is_defined_once_and_the_deploy_files_repeat_it() -> None:
+    """`JOB` (core/costs.py) is the Cloud Run job's size; the README's command creates the job
+    with it, and neither deploy file states another size in prose."""
+    readme = (REPO / "deploy" / "README.md").read_text()
+    words = _gcloud_jobs_create(readme)
+    assert float(_flag(words, "--cpu")) == JOB.vcpus
+    memory = _flag(words, "--memory")
+    assert memory.endswith("Gi"), f"--memory {memory}: give it in Gi, as JOB.memory_gib is"
+    assert float(memory.removesuffix("Gi")) == JOB.memory_gib
+    sizes = re.compile(r"(\d+(?:\.\d+)?) vCPU\s*/\s*(\d+(?:\.\d+)?) GiB")
+    for name, text in (
+        ("deploy/README.md", readme),
+        ("deploy/dagster.prod.yaml", PROD.read_text()),
+    ):
+        for vcpus, gib in sizes.findall(text.split("## Kubernetes")[0]):
+            assert (float(vcpus), float(gib)) == (JOB.vcpus, JOB.memory_gib), (
+                f"{name} says {vcpus} vCPU / {gib} GiB; the job's size is JOB in core/costs.py"
+            )
+    assert not re.search(r"\d+ ?GiB", PROD.read_text()), "the job's size belongs in core/costs.py"
+
+
+def test_the_job_size_check_fails_on_a_readme_that_disagrees() -> None:
+    readme = (REPO / "deploy" / "README.md").read_text()
+    words = _gcloud_jobs_create(readme.replace("--memory 4Gi", "--memory 16Gi"))
+    assert float(_flag(words, "--memory").removesuffix("Gi")) != JOB.memory_gib

@@ -57,6 +57,13 @@ class Container:
     memory_gib: float = 4.0
 
 
+JOB = Container()
+"""The Cloud Run job's size, defined here only: deploy/README.md's `gcloud run jobs create --cpu
+--memory` must say the same (bqx_assets_tests/test_deploy.py), `bqx costs` prices runs at it, and
+the production rehearsal (bqx_assets_tests/e2e/test_production.py) holds each run to its memory.
+"""
+
+
 @dataclass(frozen=True)
 class Usage:
     """What one step (or a sum of steps) used and what it is estimated to cost."""
@@ -137,7 +144,7 @@ def estimate(
     """(Cloud Run USD, BigQuery USD) of a step that held `container` for `wall_seconds` and
     read `bytes_read` bytes through the Storage Read API."""
     prices = prices or Prices()
-    container = container or Container()
+    container = container or JOB
     per_second = container.vcpus * prices.vcpu_second + container.memory_gib * prices.gib_second
     return wall_seconds * per_second, bytes_read / 2**40 * prices.storage_read_tib
 

@@ -30,7 +30,7 @@ MAX_CONCURRENT_RUNS = 3
 """Three pair runs at once, so the bigquery pool (2), not the run queue, bounds warehouse reads."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -102,7 +102,7 @@ def _project(root: Path) -> dict[str, str]:
     return env
 
 
-def _start(deployment: Deployment, name: str, *args: str) -> subprocess.Popen[bytes]:
+def start_process(deployment: Deployment, name: str, *args: str) -> subprocess.Popen[bytes]:
     log = (deployment.root / f"{name}.log").open("wb")
     process = subprocess.Popen(
         args,
@@ -116,7 +116,7 @@ def _start(deployment: Deployment, name: str, *args: str) -> subprocess.Popen[by
     return process
 
 
-def _wait_until_loaded(deployment: Deployment, timeout: float = 300) -> None:
+def wait_until_loaded(deployment: Deployment, timeout: float = 300) -> None:
     query = """{ workspaceOrError { __typename ... on Workspace {
         locationEntries { name loadStatus
           locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
@@ -144,7 +144,7 @@ def _wait_until_loaded(deployment: Deployment, timeout: float = 300) -> None:
     raise AssertionError(f"webserver did not load the code location in {timeout} s: {last}")
 
 
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in processes:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -161,7 +161,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     """Warehouse, shared checkpoints, then the webserver and daemon on a free local port."""
     ARTIFACTS.mkdir(exist_ok=True)
     root = tmp_path_factory.mktemp("bqx-e2e")
-    port = _free_port()
+    port = free_port()
     deployment = Deployment(root, _project(root), f"http://127.0.0.1:{port}")
     clock = time.monotonic()
     warehouse = Path(deployment.env["BQX_WAREHOUSE_PATH"])
@@ -183,15 +183,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     )  # fmt: skip
     deployment.figures["shared_checkpoints_seconds"] = round(time.monotonic() - clock, 1)
     try:
-        _start(
-            deployment, "webserver", str(BIN / "dagster-webserver"),
+        start_process(
+deployment, "webserver", str(BIN / "dagster-webserver"),
             "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port),
         )  # fmt: skip
-        _start(deployment, "daemon", str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml")
-        _wait_until_loaded(deployment)
+        start_process(
+            deployment, "daemon", str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"
+        )
+        wait_until_loaded(deployment)
         yield deployment
     finally:
-        _stop(deployment.processes)
+        stop_processes(deployment.processes)
         for name in ("webserver", "daemon"):
             log = root / f"{name}.log"
             if log.exists():

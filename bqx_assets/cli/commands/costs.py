@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from bqx_assets.core.costs import (
+    JOB,
     STORAGE_READ_PRICING_URL,
     Container,
     Prices,
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--pairs", default=None, help="comma-separated pairs (default: all built)")
     parser.add_argument("--no-shared", action="store_true", help="leave the shared run out")
-    defaults, size = Prices(), Container()
+    defaults, size = Prices(), JOB
     parser.add_argument("--vcpu-second", type=float, default=defaults.vcpu_second)
     parser.add_argument("--gib-second", type=float, default=defaults.gib_second)
     parser.add_argument(

@@ -1,0 +1,339 @@
+"""The production instance rehearsed: a backfill through Postgres, the daemon, pools and GCS."""
+
+import io
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+import pytest
+
+from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.costs import JOB
+from bqx_assets.core.gate.validate import CHECK_NAMES
+from bqx_assets_tests.e2e.conftest import (
+    ARTIFACTS,
+    BIN,
+    PAIRS,
+    start_process,
+    wait_for_backfill,
+)
+from bqx_assets_tests.e2e.launcher import LIMIT_TAG, PID_TAG
+from bqx_assets_tests.e2e.rehearsal import (
+    BIGQUERY_POOL_LIMIT,
+    MAX_CONCURRENT_RUNS,
+    MONITOR_POLL_SECONDS,
+    Rehearsal,
+    RunFacts,
+    chunk_counts,
+    launch,
+    max_overlap,
+    missing_logs,
+    pool_intervals,
+    rehearsal,
+    run_facts,
+    run_memory,
+    temporaries,
+)
+
+
+def _pairs() -> tuple[str, ...]:
+    """CI's 3 pairs, or those bench/rehearsal.py asks for (`all`: the catalog's 28)."""
+    chosen = os.environ.get("BQX_REHEARSAL_PAIRS")
+    if not chosen:
+        return PAIRS
+    return tuple(Catalog.load().pairs) if chosen == "all" else tuple(chosen.split(","))
+
+
+REHEARSED = _pairs()
+ROWS = int(os.environ.get("BQX_REHEARSAL_ROWS", "300"))
+BACKFILL_TIMEOUT_S = max(1500, 300 * len(REHEARSED))
+
+# Setup (Postgres, emulator, warehouse, shared checkpoints, servers, backfill) runs inside the
+# first test's limit.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(BACKFILL_TIMEOUT_S + 900)]
+FIGURES = ARTIFACTS / "rehearsal-figures.json"
+OOM_LIMIT_MIB = 500
+"""Below a run's need at any size: the run worker and one step process import Dagster and the
+pipeline (~250 MiB each) before reading any data."""
+
+
+def record(name: str, value: Any) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    figures[name] = value
+    FIGURES.write_text(json.dumps(figures, indent=2, default=str))
+
+
+@dataclass
+class Done:
+    id: str
+    state: dict[str, Any]
+    seconds: float
+    runs: list[RunFacts]
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
+    with rehearsal(tmp_path_factory.mktemp("rehearsal"), list(REHEARSED), ROWS) as deployment:
+        yield deployment
+    for name in ("webserver", "daemon"):
+        log = deployment.root / f"{name}.log"
+        if log.exists():
+            (ARTIFACTS / f"rehearsal-{name}.log").write_bytes(log.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def backfill(production: Rehearsal) -> Done:
+    clock = time.monotonic()
+    backfill_id = launch(production, list(REHEARSED))
+    state = wait_for_backfill(production, backfill_id, BACKFILL_TIMEOUT_S)
+    seconds = round(time.monotonic() - clock, 1)
+    record("setup_seconds", production.figures)
+    record("backfill_seconds", seconds)
+    return Done(backfill_id, state, seconds, run_facts(production, backfill_id))
+
+
+def test_every_pair_is_published_with_every_check_passed(
+    production: Rehearsal, backfill: Done
+) -> None:
+    assert backfill.state["status"] in {"COMPLETED", "COMPLETED_SUCCESS"}, backfill.state
+    assert sorted(r.pair for r in backfill.runs) == sorted(REHEARSED)
+    published = set(production.blobs(production.output))
+    for run in backfill.runs:
+        assert run.status == "SUCCESS", (run.pair, run.failures)
+        assert run.published, run.pair
+        assert run.checks == dict.fromkeys(CHECK_NAMES, True), (run.pair, run.checks)
+        assert f"training_{run.pair}.parquet" in published, sorted(published)
+    assert temporaries(production) == []
+
+
+def test_runs_and_pool_slots_stay_within_the_instance_limits(
+    production: Rehearsal, backfill: Done
+) -> None:
+    runs = backfill.runs
+    for pair in REHEARSED:
+        assert max_overlap([(r.start, r.end) for r in runs if r.pair == pair]) == 1, pair
+    # Reached, not only respected: the queue, not the machine, held the runs back.
+    assert max_overlap([(r.start, r.end) for r in runs]) == MAX_CONCURRENT_RUNS
+    slots = pool_intervals(runs)
+    assert len(slots) == len(REHEARSED)
+    assert max_overlap(slots) <= BIGQUERY_POOL_LIMIT, slots
+    with production.instance() as instance:
+        pool = instance.event_log_storage.get_concurrency_info("bigquery")
+        assert pool.slot_count == BIGQUERY_POOL_LIMIT
+
+
+def test_every_step_log_is_in_the_log_bucket(production: Rehearsal, backfill: Done) -> None:
+    assert all(run.steps for run in backfill.runs)
+    assert missing_logs(production, backfill.runs) == []
+
+
+def test_each_run_is_held_to_the_job_memory(
+    production: Rehearsal, backfill: Done, capsys: pytest.CaptureFixture[str]
+) -> None:
+    limit = int(JOB.memory_gib * 2**30)
+    rows = []
+    for run in backfill.runs:
+        memory = run_memory(production, run)
+        rows.append({"pair": run.pair, "seconds": round(run.seconds, 1), **memory})
+        # Every step measured its own peak RSS and local bytes, whatever the launcher could do.
+        assert memory["step_footprint_mib"] > 0, memory
+        if production.memory_limit is None:
+            assert 0 < memory["cgroup_peak_mib"] * 2**20 < limit, memory
+    record("memory_limit", production.memory_limit or f"{JOB.memory_gib:g} GiB per run (cgroup)")
+    record("runs", rows)
+    with capsys.disabled():
+        print(f"\nbackfill of {len(REHEARSED)} pairs: {backfill.seconds} s; runs: {rows}")
+        if production.memory_limit is not None:
+            print(f"no memory limit: {production.memory_limit}")
+
+
+def test_costs_price_every_pair(
+    production: Rehearsal, backfill: Done, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = production.run(str(BIN / "bqx"), "costs", "--pairs", ",".join(REHEARSED))
+    summary = json.loads(output.strip().splitlines()[-1])
+    lines = {line["name"]: line for line in summary["lines"]}
+    assert set(REHEARSED) <= set(lines)
+    for pair in REHEARSED:
+        assert lines[pair]["estimated_cost_usd"] > 0, lines[pair]
+    report = "\n".join(output.strip().splitlines()[:-1])
+    record("costs_total", summary["total"])
+    record("costs_report", report)
+    with capsys.disabled():
+        print("\n" + report)
+
+
+def test_the_daemon_killed_mid_backfill_and_restarted_finishes_every_pair_once_at_a_time(
+    production: Rehearsal, backfill: Done
+) -> None:
+    """The daemon SIGKILLed (with its code server) once a backfill's first run has started, and
+    started again: the runs it launched go on (each is its own process, as each is its own
+    container), the new daemon launches the rest, no pair is skipped or run twice at once."""
+    pairs = list(REHEARSED)
+    backfill_id = launch(production, pairs)
+    deadline = time.monotonic() + 600
+    while not any(r.status == "STARTED" for r in run_facts(production, backfill_id)):
+        assert time.monotonic() < deadline, "no run of the backfill started"
+        time.sleep(0.5)
+    daemon = next(
+        p for p in production.processes if "dagster-daemon" in str(p.args[0]) and p.poll() is None
+    )
+    os.killpg(daemon.pid, signal.SIGKILL)
+    daemon.wait()
+    killed_at = time.monotonic()
+    time.sleep(5)
+    start_process(production, "daemon", str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml")
+    state = wait_for_backfill(production, backfill_id, BACKFILL_TIMEOUT_S)
+    runs = run_facts(production, backfill_id)
+    assert state["status"] in {"COMPLETED", "COMPLETED_SUCCESS"}, state
+    for pair in pairs:
+        mine = [r for r in runs if r.pair == pair]
+        assert [r.status for r in mine if r.published] == ["SUCCESS"], [
+            (r.status, r.failures) for r in mine
+        ]
+        assert max_overlap([(r.start, r.end) for r in mine]) == 1, pair
+    assert max_overlap([(r.start, r.end) for r in runs]) <= MAX_CONCURRENT_RUNS
+    assert max_overlap(pool_intervals(runs)) <= BIGQUERY_POOL_LIMIT
+    record(
+        "daemon_killed_mid_backfill",
+        {"runs": len(runs), "seconds_after_kill": round(time.monotonic() - killed_at, 1)},
+    )
+
+
+def _complete_chunks(production: Rehearsal, pair: str) -> list[str]:
+    """The pair's checkpoint files whose manifest is written too: complete, reusable."""
+    names = set(production.blobs(production.staging, f"checkpoints/{pair}/"))
+    return sorted(
+        n
+        for n in names
+        if n.endswith(".parquet") and n.removesuffix(".parquet") + ".manifest.json" in names
+    )
+
+
+def _wait_for_runs(
+    production: Rehearsal, backfill_id: str, count: int, timeout: float = 900
+) -> list[RunFacts]:
+    """The backfill's runs once at least `count` exist and all have ended."""
+    deadline = time.monotonic() + timeout
+    runs: list[RunFacts] = []
+    while time.monotonic() < deadline:
+        runs = run_facts(production, backfill_id)
+        if len(runs) >= count and all(r.status in {"SUCCESS", "FAILURE", "CANCELED"} for r in runs):
+            return runs
+        time.sleep(2)
+    raise AssertionError(f"runs of {backfill_id} did not end in {timeout} s: {runs}")
+
+
+def _started_step(production: Rehearsal, backfill_id: str, step: str) -> RunFacts | None:
+    for run in run_facts(production, backfill_id):
+        if step in run.steps and run.steps[step][1] is None:
+            return run
+    return None
+
+
+def test_a_run_killed_during_extraction_is_retried_and_reuses_its_chunks(
+    production: Rehearsal, backfill: Done
+) -> None:
+    """The pair's checkpoints deleted, its run SIGKILLed (worker and step, as a container dies)
+    once some tables are extracted: run monitoring fails it, run retries launch it again, the
+    retry reuses what was complete and publishes the file the uncrashed backfill published."""
+    pair = REHEARSED[0]
+    reference = production.gcs.client().bucket(production.output).blob(f"training_{pair}.parquet")
+    reference_bytes = reference.download_as_bytes()
+    first = next(r for r in backfill.runs if r.pair == pair)
+    total = sum(chunk_counts(first).values())
+    staging = production.gcs.client().bucket(production.staging)
+    owned = production.blobs(production.staging, f"checkpoints/{pair}/")
+    deleted = sum(name.endswith(".parquet") for name in owned)  # the rest are shared tables'
+    for name in owned:
+        staging.blob(name).delete()
+
+    backfill_id = launch(production, [pair])
+    deadline = time.monotonic() + 600
+    victim = None
+    while time.monotonic() < deadline:
+        victim = _started_step(production, backfill_id, "pair_checkpoints")
+        if victim is not None and _complete_chunks(production, pair):
+            break
+        time.sleep(0.2)
+    assert victim is not None, "the pair's run never started extracting"
+    pid = int(_pid(production, victim.run_id))
+    os.killpg(pid, signal.SIGKILL)
+    complete = _complete_chunks(production, pair)
+    killed_at = time.monotonic()
+
+    runs = _wait_for_runs(production, backfill_id, 2)
+    detected = time.monotonic() - killed_at
+    killed = next(r for r in runs if r.run_id == victim.run_id)
+    assert killed.status == "FAILURE"
+    assert any("run worker" in f and "exited" in f for f in killed.failures), killed.failures
+    assert not killed.published
+    retries = [r for r in runs if r.parent == killed.run_id]
+    assert [r.status for r in retries] == ["SUCCESS"], [(r.status, r.failures) for r in runs]
+    retry = retries[0]
+    counts = chunk_counts(retry)
+    # Every chunk complete when the run died is reused; only the rest is read again.
+    assert 0 < len(complete) < deleted <= total, (complete, deleted, total)
+    assert counts == {
+        "chunks_extracted": deleted - len(complete),
+        "chunks_reused": total - deleted + len(complete),
+    }, (counts, len(complete), deleted, total)
+    assert retry.published and retry.checks == dict.fromkeys(CHECK_NAMES, True)
+    assert temporaries(production) == []
+    published = production.gcs.client().bucket(production.output).blob(f"training_{pair}.parquet")
+    after = published.download_as_bytes()
+    assert pl.read_parquet(io.BytesIO(after)).equals(pl.read_parquet(io.BytesIO(reference_bytes)))
+    record(
+        "killed_during_extraction",
+        {
+            "complete_chunks_at_kill": len(complete),
+            "chunks_deleted_before_the_run": deleted,
+            "chunks": total,
+            "retry": counts,
+            "seconds_to_retry_success": round(time.monotonic() - killed_at, 1),
+            "seconds_to_detect_and_retry": round(detected, 1),
+            "identical_bytes": after == reference_bytes,
+            "failure": killed.failures,
+        },
+    )
+
+
+def _pid(production: Rehearsal, run_id: str) -> str:
+    with production.instance() as instance:
+        run = instance.get_run_by_id(run_id)
+        assert run is not None
+        return run.tags[PID_TAG]
+
+
+def test_a_run_over_its_memory_limit_is_killed_reported_and_publishes_nothing(
+    production: Rehearsal, backfill: Done
+) -> None:
+    """A run held to a limit below what its steps need (the job's size is JOB; this run's is
+    set lower through the rehearsal launcher's tag): the kernel kills it, the run fails saying
+    so, and the pair's published file is the one from before."""
+    if production.memory_limit is not None:
+        pytest.skip(production.memory_limit)
+    pair = REHEARSED[1]
+    before = production.gcs.client().bucket(production.output).get_blob(f"training_{pair}.parquet")
+    limit = OOM_LIMIT_MIB * 2**20
+    backfill_id = launch(production, [pair], {LIMIT_TAG: str(limit)})
+    runs = _wait_for_runs(production, backfill_id, 1)
+    time.sleep(MONITOR_POLL_SECONDS * 3)  # a retry of a killed worker would be launched by now
+    runs = _wait_for_runs(production, backfill_id, 1)
+    assert runs and all(r.status == "FAILURE" for r in runs), [(r.status, r.failures) for r in runs]
+    for run in runs:
+        assert not run.published
+        assert any("memory" in f.lower() for f in run.failures), run.failures
+        memory = run_memory(production, run)
+        assert memory["cgroup_peak_mib"] <= OOM_LIMIT_MIB + 1, memory
+    after = production.gcs.client().bucket(production.output).get_blob(f"training_{pair}.parquet")
+    assert after.generation == before.generation
+    assert temporaries(production) == []
+    record("over_memory_limit", {"limit_mib": OOM_LIMIT_MIB, "runs": len(runs),
+                                 "failures": [r.failures for r in runs]})  # fmt: skip
