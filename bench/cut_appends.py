@@ -25,13 +25,13 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the emulators
 
 from gate_hours import GATE, PAIR, mini_catalog
 
@@ -43,39 +43,10 @@ from bqx_assets.core.errors import BqxError
 from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.publish import publish_training_file
 from bqx_assets.core.storage import LocalStorage
-from bqx_assets.core.warehouse import Cut, DateRange, TableRead
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, create_warehouse
+from emulators.upstream import AppendingWarehouse
 
 DEFAULT_OUT = Path(__file__).with_name("out") / "cut_appends"
-
-
-class AppendingWarehouse(EmbeddedWarehouse):
-    """Appends `minutes` to every table right after its `after`-th read; `as_of_cut=False`
-    reads each table as of its own moment (the baseline)."""
-
-    def __init__(self, path: Path, *, as_of_cut: bool) -> None:
-        super().__init__(path, read_only=False)
-        self.as_of_cut = as_of_cut
-        self.after, self.minutes, self.reads = 0, 0, 0
-
-    def arm(self, after: int, minutes: int) -> None:
-        self.after, self.minutes, self.reads, self.fired = after, minutes, 0, False
-
-    def read(
-        self,
-        dataset: str,
-        table: str,
-        columns: Sequence[str],
-        window: DateRange,
-        *,
-        cut: Cut | None = None,
-    ) -> TableRead:
-        done = super().read(dataset, table, columns, window, cut=cut if self.as_of_cut else None)
-        self.reads += 1
-        if self.reads == self.after:
-            self.append(self.minutes)
-            self.fired = True
-        return done
 
 
 @dataclass
@@ -163,7 +134,7 @@ def main() -> int:
                 wh.close()
             results[as_of_cut].append(outcome)
             during[as_of_cut] += wh.fired
-            when = f"after read {after}" if wh.fired else f"after the step ({wh.reads} reads)"
+            when = f"after read {after}" if wh.fired else f"after the step ({len(wh.reads)} reads)"
             line = f"  {'cut' if as_of_cut else 'no cut'} run {run}: +{minutes} min {when}: "
             if as_of_cut:
                 scratch = args.out / "scratch"

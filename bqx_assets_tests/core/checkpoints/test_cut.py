@@ -13,9 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -31,11 +29,11 @@ from bqx_assets.core.gate.thresholds import Thresholds
 from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.publish import publish_training_file
 from bqx_assets.core.storage import LocalStorage
-from bqx_assets.core.warehouse import Cut, DateRange, TableRead
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 from bqx_assets.core.warehouse.synthetic import SHARED_OVERRUN
 from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses
 from bqx_assets_tests.core.gate.listings import listed
+from emulators.upstream import AppendingWarehouse
 
 PAIR = "eurusd"
 ROWS = 3_000
@@ -43,34 +41,6 @@ ROWS = 3_000
 grows Wednesday, the newest day, whose chunk the step reads last."""
 GATE = Thresholds(min_rows=100)
 """The local deployment's gate: production's thresholds, rows bounded for a small warehouse."""
-
-
-class AppendingWarehouse(EmbeddedWarehouse):
-    """The embedded warehouse, appending `minutes` to every table right after its `after`-th
-    read: upstream jobs writing while a run reads. `as_of_cut=False` reads as the warehouse was
-    before cuts existed (each read as of its own moment)."""
-
-    def __init__(self, path: Path, after: int, minutes: int, *, as_of_cut: bool = True) -> None:
-        super().__init__(path, read_only=False)
-        self.after, self.minutes, self.as_of_cut = after, minutes, as_of_cut
-        self.reads: list[str] = []
-        self.appended_at: datetime | None = None
-
-    def read(
-        self,
-        dataset: str,
-        table: str,
-        columns: Sequence[str],
-        window: DateRange,
-        *,
-        cut: Cut | None = None,
-    ) -> TableRead:
-        done = super().read(dataset, table, columns, window, cut=cut if self.as_of_cut else None)
-        self.reads.append(table)
-        if len(self.reads) == self.after:
-            self.append(self.minutes)
-            self.appended_at = self.cut().at
-        return done
 
 
 @dataclass(frozen=True)
