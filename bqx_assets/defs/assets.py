@@ -78,6 +78,16 @@ def checkpoint_asset_key(family: str) -> dg.AssetKey:
     return dg.AssetKey(["checkpoints", family])
 
 
+AFTER_SHARED = REBUILD & ~dg.AutomationCondition.any_deps_match(
+    dg.AutomationCondition.any_deps_updated()
+).allow(dg.AssetSelection.assets(*(checkpoint_asset_key(f) for f in SHARED_FAMILIES)))
+"""A pair's checkpoints read as of the shared checkpoints' cut, so they depend on them: REBUILD,
+held while the shared checkpoints' warehouse tables were just observed changed (the shared
+checkpoints are being requested), then run once those are re-extracted, at their new cut. Run
+alongside instead (the shared refresh is a run of its own), they would read as of the old cut
+and the pair would stay behind."""
+
+
 def _family_facts(catalog: Catalog, family: str) -> tuple[int, int, str]:
     if family == TARGETS:
         return 1, len(catalog.targets[catalog.pairs[0]].columns), "pair"
@@ -154,14 +164,16 @@ def _checkpoint_spec(catalog: Catalog, family: str) -> dg.AssetSpec:
             "once and reused by the second."
         )
         group = family
+    shared = family in SHARED_FAMILIES
     return dg.AssetSpec(
         checkpoint_asset_key(family),
-        deps=[warehouse_key(family)],
+        deps=[warehouse_key(family)]
+        + ([] if shared else [checkpoint_asset_key(f) for f in SHARED_FAMILIES]),
         description=text,
         group_name=group,
         kinds={"parquet"},
         skippable=True,
-        automation_condition=REBUILD,
+        automation_condition=REBUILD if shared else AFTER_SHARED,
     )
 
 

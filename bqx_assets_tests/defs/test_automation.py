@@ -211,18 +211,24 @@ def test_a_changed_family_rebuilds_only_its_checkpoints_and_the_pair(
     graph = Graph(instance, _states(["eurusd", "gbpusd"]))
     graph.evaluate(T0)
     graph.observe(["eurusd", "gbpusd"])
-    first = graph.evaluate(T0 + timedelta(minutes=1))
     # A source's first observation counts as a change: every checkpoint is requested (and reused
-    # by extraction where its table did not change); training files wait for their checkpoints.
-    assert set(first) == _checkpoints((*PAIR_FAMILIES, TARGETS, *SHARED_FAMILIES))
-    assert first["checkpoints/agg"] == {"eurusd", "gbpusd"}
+    # by extraction where its table did not change), the pairs' once the shared ones, whose cut
+    # they read as of, are extracted, each in one run with the pair's training file.
+    first = graph.evaluate(T0 + timedelta(minutes=1))
+    assert first == {key: {None} for key in _checkpoints(SHARED_FAMILIES)}
+    assert graph.evaluate(T0 + timedelta(minutes=1, seconds=30)) == {}  # still extracting
     for key in first:
-        for pair in first[key]:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(dg.AssetKey.from_user_string(key))
+        )
+    built = graph.evaluate(T0 + timedelta(minutes=2))
+    pair_keys = [*_checkpoints((*PAIR_FAMILIES, TARGETS)), TRAINING_FILE.to_user_string()]
+    assert built == {key: {"eurusd", "gbpusd"} for key in pair_keys}
+    for key in built:
+        for pair in built[key]:
             instance.report_runless_asset_event(
                 dg.AssetMaterialization(dg.AssetKey.from_user_string(key), partition=pair)
             )
-    built = graph.evaluate(T0 + timedelta(minutes=2))
-    assert built == {TRAINING_FILE.to_user_string(): {"eurusd", "gbpusd"}}
 
     graph.observe(["eurusd", "gbpusd"])  # nothing changed in the warehouse
     assert graph.evaluate(T0 + timedelta(minutes=3)) == {}
@@ -253,6 +259,40 @@ def test_re_extracted_shared_checkpoints_rebuild_every_built_pair(
     after = graph.evaluate(T0 + timedelta(minutes=3))
     # gbpusd has no checkpoints: it stays unbuilt until a backfill builds it.
     assert after == {TRAINING_FILE.to_user_string(): {"eurusd"}}
+
+
+def test_a_day_appended_everywhere_refreshes_the_shared_checkpoints_then_each_pair(
+    instance: dg.DagsterInstance,
+) -> None:
+    """Upstream appends to every table (shared and the pairs'): the pair checkpoints wait for
+    the shared ones, whose cut they read as of, then run once with the training file; a pair
+    checkpoint run beside the shared refresh would read as of the old cut and stay behind."""
+    graph = Graph(instance, _states(["eurusd", "gbpusd"]))
+    graph.evaluate(T0)
+    graph.observe(["eurusd", "gbpusd"])
+    for family in SHARED_FAMILIES:
+        instance.report_runless_asset_event(dg.AssetMaterialization(checkpoint_asset_key(family)))
+    for pair in ("eurusd", "gbpusd"):
+        for family in (*PAIR_FAMILIES, TARGETS):
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(checkpoint_asset_key(family), partition=pair)
+            )
+        instance.report_runless_asset_event(dg.AssetMaterialization(TRAINING_FILE, partition=pair))
+    graph.evaluate(T0 + timedelta(minutes=1))
+    graph.observe(["eurusd", "gbpusd"])
+    assert graph.evaluate(T0 + timedelta(minutes=2)) == {}
+
+    graph.states = dict.fromkeys(graph.states, "2026-01-02T00:00:00+00:00")
+    graph.observe(["eurusd", "gbpusd"])
+    first = graph.evaluate(T0 + timedelta(minutes=3))
+    assert first == {key: {None} for key in _checkpoints(SHARED_FAMILIES)}
+    for family in SHARED_FAMILIES:
+        instance.report_runless_asset_event(dg.AssetMaterialization(checkpoint_asset_key(family)))
+    then = graph.evaluate(T0 + timedelta(minutes=4))
+    both = {"eurusd", "gbpusd"}
+    assert then == dict.fromkeys(
+        [*_checkpoints((*PAIR_FAMILIES, TARGETS)), TRAINING_FILE.to_user_string()], both
+    )
 
 
 def test_sensors_load_with_the_definitions() -> None:
