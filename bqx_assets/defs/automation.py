@@ -94,7 +94,8 @@ def _innermost(event: dg.DagsterEvent) -> str:
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Sends one alert per failed run of this code location through the `alerts` resource "
+        "Sends one alert per failed run of this code location (per run's last try, when run "
+        "retries launch it again) through the `alerts` resource "
         "(a JSON webhook set by BQX_ALERT_WEBHOOK; unset, the alert is only logged): for a "
         "pair whose gate failed, the failed checks with their reasons; for any other failure, "
         "the failed steps' errors; and the link to the run (BQX_DAGSTER_URL). Each alert sent "
@@ -109,6 +110,13 @@ def failure_alert_sensor(
     # Returns None: the run status sensor then goes on to the next failed run of the same tick.
     # Nothing here raises: an error would fail the tick, not retry the run (its cursor moves on).
     run_id = context.dagster_run.run_id
+    if context.dagster_run.tags.get(WILL_RETRY_TAG) == "true":
+        # Run retries launch it again (dagster.prod.yaml: run_retries): only the last try of a
+        # run is alerted, so a failure run retries fix (a database failover) sends nothing.
+        context.log.info(
+            f"run {run_id} failed and will be retried: its retry is alerted if it fails"
+        )
+        return
     storage = training_io_manager.storage()
     try:
         if alert_sent(storage, run_id):
@@ -129,6 +137,10 @@ def failure_alert_sensor(
     except Exception as e:  # sent but not recorded: only a retried tick could repeat it
         context.log.warning(f"run {run_id}: alert sent but not recorded under alerts/: {e}")
     context.log.info(f"run {run_id}: alert sent to {channel or 'the log only (no webhook set)'}")
+
+
+WILL_RETRY_TAG = "dagster/will_retry"
+"""Dagster sets it on a failed run when the instance's run retries will launch it again."""
 
 
 automation: list[dg.SensorDefinition] = [refresh_sensor, view_sensor, failure_alert_sensor]

@@ -29,7 +29,7 @@ from bqx_assets.defs.alerts import (
     run_alert,
 )
 from bqx_assets.defs.assets import pair_checkpoints, shared_checkpoints, training_file
-from bqx_assets.defs.automation import failure_alert_sensor
+from bqx_assets.defs.automation import WILL_RETRY_TAG, failure_alert_sensor
 from bqx_assets.defs.resources import CheckpointStore
 from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses
 from bqx_assets_tests.defs.pipeline import PAIR, resources
@@ -115,7 +115,12 @@ def failed_runs(
 
 
 def _evaluate(
-    failed_runs: dict[str, Any], which: str, alerts: WebhookAlerts, *, output: Path | None = None
+    failed_runs: dict[str, Any],
+    which: str,
+    alerts: WebhookAlerts,
+    *,
+    output: Path | None = None,
+    tags: dict[str, str] | None = None,
 ) -> None:
     """The alert sensor's evaluation of one failed run, as the daemon's run status sensor makes
     it (the partition key from the run's partition)."""
@@ -128,7 +133,7 @@ def _evaluate(
         sensor_name=failure_alert_sensor.name,
         dagster_event=run.get_run_failure_event(),
         dagster_instance=failed_runs["instance"],
-        dagster_run=run.dagster_run,
+        dagster_run=run.dagster_run.with_tags({**run.dagster_run.tags, **(tags or {})}),
         resources={"alerts": alerts, "training_io_manager": io},
         partition_key=PAIR,
     )
@@ -191,6 +196,21 @@ def test_a_failed_run_without_a_gate_failure_arrives_with_its_step_error(
     assert step["reason"].startswith(f"ExtractionError: pair {PAIR}: 15 of 15 tables have no")
     assert message["text"].startswith("bqx: a run of __ephemeral_asset_job__ failed (pair eurusd)")
     assert "failed_checks" not in message
+
+
+def test_a_run_that_will_be_retried_is_not_alerted_its_last_try_is(
+    failed_runs: dict[str, Any], receiver: Receiver, tmp_path: Path
+) -> None:
+    """Run retries launch a failed run again (a database failover, a preempted container):
+    nothing is sent for the try that will be retried; the same failure on the last try is."""
+    out = tmp_path / "out"
+    _copy_reports(failed_runs["root"] / "out", out)
+    webhook = _webhook(receiver.url)
+    _evaluate(failed_runs, "step", webhook, output=out, tags={WILL_RETRY_TAG: "true"})
+    assert receiver.messages == []
+    assert not (out / alert_key(failed_runs["step"].run_id)).exists()
+    _evaluate(failed_runs, "step", webhook, output=out, tags={WILL_RETRY_TAG: "false"})
+    assert [m["kind"] for m in receiver.messages] == ["run_failure"]
 
 
 def test_an_undelivered_alert_is_logged_not_raised_and_sent_once_the_channel_is_back(
