@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", default="all", help="comma-separated pairs, or 'all' (28)")
     parser.add_argument("--rows", type=int, default=300, help="minutes (rows) per pair")
     parser.add_argument(
-        "--backfill-only", action="store_true", help="leave out the crash, daemon and memory runs"
+        "--backfill-only",
+        action="store_true",
+        help="leave out the crash, memory and source-change runs",
     )
     args = parser.parse_args(argv)
 
@@ -40,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, "-m", "pytest", TEST, "-m", "slow", "-q", "-p", "no:cacheprovider",
                "-s"]  # fmt: skip
     if args.backfill_only:
-        command += ["-k", "not killed and not memory_limit and not daemon"]
+        command += [
+            "-k",
+            "not killed and not memory_limit and not daemon and not postgres and not source",
+        ]
     env = {**os.environ, "BQX_REHEARSAL_PAIRS": args.pairs, "BQX_REHEARSAL_ROWS": str(args.rows)}
     started = time.monotonic()
     done = subprocess.run(command, cwd=REPO, env=env, check=False)

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,8 +51,11 @@ class Deployment:
         request = urllib.request.Request(
             f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(request, timeout=120) as response:
-            answer = json.loads(response.read())
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as error:  # its body holds the GraphQL error
+            raise AssertionError(f"GraphQL {error.code}: {error.read()[:4000]!r}") from error
         if answer.get("errors"):
             raise AssertionError(f"GraphQL errors: {answer['errors']}")
         return answer["data"]
@@ -156,23 +159,21 @@ def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """Warehouse, shared checkpoints, then the webserver and daemon on a free local port."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    root = tmp_path_factory.mktemp("bqx-e2e")
-    port = free_port()
-    deployment = Deployment(root, _project(root), f"http://127.0.0.1:{port}")
+def start_deployment(
+    deployment: Deployment, pairs: Sequence[str], rows: int, *, prebuilt: str | None = None
+) -> None:
+    """The warehouse (`rows` minutes of `pairs`, or a copy of `prebuilt`), the shared
+    checkpoints, then the webserver and the daemon on a free local port, loaded: the
+    deployment's processes, which `stop_processes` ends."""
     clock = time.monotonic()
     warehouse = Path(deployment.env["BQX_WAREHOUSE_PATH"])
-    prebuilt = os.environ.get("BQX_E2E_WAREHOUSE")  # a warehouse made by the same command
     if prebuilt:
-        warehouse.parent.mkdir(parents=True)
+        warehouse.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(prebuilt, warehouse)
     else:
         deployment.run(
-            str(BIN / "bqx"), "warehouse", "create", "--rows", str(ROWS),
-            "--pairs", ",".join(PAIRS), "--path", str(warehouse),
+            str(BIN / "bqx"), "warehouse", "create", "--rows", str(rows),
+            "--pairs", ",".join(pairs), "--path", str(warehouse),
             "--start", "2024-01-01T08:00",  # inside ETF hours: corr tables have rows
         )  # fmt: skip
     deployment.figures["warehouse_seconds"] = round(time.monotonic() - clock, 1)
@@ -182,15 +183,24 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "-j", "shared_checkpoints_job",
     )  # fmt: skip
     deployment.figures["shared_checkpoints_seconds"] = round(time.monotonic() - clock, 1)
+    port = deployment.url.rsplit(":", 1)[1]
+    start_process(
+        deployment, "webserver", str(BIN / "dagster-webserver"),
+        "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", port,
+    )  # fmt: skip
+    start_process(deployment, "daemon", str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml")
+    wait_until_loaded(deployment)
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Warehouse, shared checkpoints, then the webserver and daemon on a free local port."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    root = tmp_path_factory.mktemp("bqx-e2e")
+    deployment = Deployment(root, _project(root), f"http://127.0.0.1:{free_port()}")
     try:
-        start_process(
-deployment, "webserver", str(BIN / "dagster-webserver"),
-            "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port),
-        )  # fmt: skip
-        start_process(
-            deployment, "daemon", str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"
-        )
-        wait_until_loaded(deployment)
+        # BQX_E2E_WAREHOUSE: a warehouse made by the same command, copied.
+        start_deployment(deployment, PAIRS, ROWS, prebuilt=os.environ.get("BQX_E2E_WAREHOUSE"))
         yield deployment
     finally:
         stop_processes(deployment.processes)
@@ -237,11 +247,16 @@ def pair_asset_keys(deployment: Deployment) -> list[list[str]]:
     return [*sorted(keys), ["training_file"]]
 
 
-def launch_backfill(deployment: Deployment, pairs: list[str]) -> str:
+def launch_backfill(
+    deployment: Deployment, pairs: Sequence[str], tags: dict[str, str] | None = None
+) -> str:
+    """A backfill of `pairs`' pair assets, as the UI's backfill button sends it."""
     params = {
-        "partitionNames": pairs,
+        "partitionNames": list(pairs),
         "assetSelection": [{"path": key} for key in pair_asset_keys(deployment)],
-        "title": f"e2e {','.join(pairs)}",
+        # Dagster refuses a title over 100 characters (28 pairs' names are 195).
+        "title": f"e2e {','.join(pairs)}" if len(pairs) <= 8 else f"e2e {len(pairs)} pairs",
+        "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
     }
     result = deployment.graphql(LAUNCH, {"params": params})["launchPartitionBackfill"]
     assert result["__typename"] == "LaunchBackfillSuccess", result

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,11 @@ import yaml
 from bqx_assets.core.costs import JOB
 from bqx_assets_tests.e2e.conftest import (
     BIN,
-    LAUNCH,
     REPO,
     Deployment,
     free_port,
-    pair_asset_keys,
-    start_process,
+    start_deployment,
     stop_processes,
-    wait_until_loaded,
 )
 from bqx_assets_tests.e2e.launcher import CgroupRunLauncher, cgroup_usable
 
@@ -223,27 +221,7 @@ def rehearsal(work: Path, pairs: list[str], rows: int) -> Iterator[Rehearsal]:
             gcs=gcs,
         )  # fmt: skip
         try:
-            clock = time.monotonic()
-            deployment.run(
-                str(BIN / "bqx"), "warehouse", "create", "--rows", str(rows),
-                "--pairs", ",".join(pairs), "--path", env["BQX_WAREHOUSE_PATH"],
-                "--start", "2024-01-01T08:00",
-            )  # fmt: skip
-            deployment.figures["warehouse_seconds"] = round(time.monotonic() - clock, 1)
-            clock = time.monotonic()
-            deployment.run(
-                str(BIN / "dagster"), "job", "execute", "-m", "bqx_assets.definitions",
-                "-j", "shared_checkpoints_job",
-            )  # fmt: skip
-            deployment.figures["shared_checkpoints_seconds"] = round(time.monotonic() - clock, 1)
-            start_process(
-deployment, "webserver", str(BIN / "dagster-webserver"),
-                "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port),
-            )  # fmt: skip
-            start_process(
-                deployment, "daemon", str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"
-            )
-            wait_until_loaded(deployment)
+            start_deployment(deployment, pairs, rows)
             yield deployment
         finally:
             stop_processes(deployment.processes)
@@ -279,8 +257,13 @@ def _remove_cgroups(parent: str) -> None:
         return
     for child in top.iterdir():
         if child.is_dir():
-            with contextlib.suppress(OSError):
-                child.rmdir()
+            # A worker killed a moment ago may not have left its cgroup yet.
+            deadline = time.monotonic() + 10
+            while child.exists() and time.monotonic() < deadline:
+                try:
+                    child.rmdir()
+                except OSError:
+                    time.sleep(0.2)
     with contextlib.suppress(OSError):
         top.rmdir()
 
@@ -303,25 +286,34 @@ class RunFacts:
     """step key -> the metadata of each of its materializations."""
     log_files: dict[str, list[str]]
     """file_key -> the step keys whose stdout/stderr it holds (LOGS_CAPTURED events)."""
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
         return self.end - self.start
 
 
-def run_facts(rehearsal: Rehearsal, backfill_id: str) -> list[RunFacts]:
-    """Every run of the backfill (retries included: they keep its tags), from the instance."""
+def run_facts(
+    rehearsal: Rehearsal, backfill_id: str | None = None, *, created_after: float | None = None
+) -> list[RunFacts]:
+    """Every run of the backfill (retries included: they keep its tags), or every run created
+    after the `created_after` timestamp, from the instance."""
     import dagster as dg
 
     from bqx_assets_tests.e2e.conftest import RANGE_START_TAG
 
     out: list[RunFacts] = []
     kinds = dg.DagsterEventType
+    if backfill_id is not None:
+        runs_filter = dg.RunsFilter(tags={"dagster/backfill": backfill_id})
+    else:
+        assert created_after is not None
+        runs_filter = dg.RunsFilter(created_after=datetime.fromtimestamp(created_after, UTC))
     with rehearsal.instance() as instance:
-        records = instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+        records = instance.get_run_records(runs_filter)
         for record in records:
             run = record.dagster_run
-            pair = run.tags.get("dagster/partition") or run.tags.get(RANGE_START_TAG, "?")
+            pair = run.tags.get("dagster/partition") or run.tags.get(RANGE_START_TAG, "")
             steps: dict[str, tuple[float, float | None]] = {}
             failures: list[str] = []
             checks: dict[str, bool] = {}
@@ -363,6 +355,7 @@ def run_facts(rehearsal: Rehearsal, backfill_id: str) -> list[RunFacts]:
                     start=record.start_time or 0.0, end=record.end_time or 0.0,
                     parent=run.parent_run_id, steps=steps, failures=failures, checks=checks,
                     published=published, step_metadata=metadata, log_files=logs,
+                    tags=dict(run.tags),
                 )
             )  # fmt: skip
     return sorted(out, key=lambda r: r.start)
@@ -441,14 +434,70 @@ def chunk_counts(run: RunFacts, step: str = "pair_checkpoints") -> dict[str, int
     return out
 
 
-def launch(production: Deployment, pairs: list[str], tags: dict[str, str] | None = None) -> str:
-    """A backfill of `pairs`' pair assets, as the UI's backfill button sends it."""
-    params: dict[str, Any] = {
-        "partitionNames": pairs,
-        "assetSelection": [{"path": key} for key in pair_asset_keys(production)],
-        "title": f"rehearsal {','.join(pairs)}",
-        "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
+LOCATION = "bqx_assets"
+"""workspace.yaml's code location."""
+REPOSITORY = "__repository__"
+"""The repository a `Definitions` object is served as."""
+
+LAUNCH_RUN = """
+mutation Run($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+
+START_SENSOR = """
+mutation Start($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on PythonError { message }
+  }
+}"""
+
+
+def observe_sources(rehearsal: Rehearsal, pairs: list[str], tags: dict[str, str]) -> list[str]:
+    """The warehouse families observed as the UI's "Observe sources" does: a run of the sources
+    of each pair, and one of the shared sources. Returns the run ids."""
+    nodes = rehearsal.graphql("{ assetNodes { assetKey { path } opNames isObservable } }")
+    sources: dict[str, list[list[str]]] = {}
+    for node in nodes["assetNodes"]:
+        if node["isObservable"]:
+            for op in node["opNames"]:
+                sources.setdefault(op, []).append(node["assetKey"]["path"])
+    launches = [(op, pair) for op in ("pair_sources",) for pair in pairs] + [
+        ("shared_sources", None)
+    ]
+    run_ids = []
+    for op, pair in launches:
+        run_tags = {**tags, **({"dagster/partition": pair} if pair else {})}
+        params = {
+            "selector": {
+                "repositoryLocationName": LOCATION,
+                "repositoryName": REPOSITORY,
+                "pipelineName": "__ASSET_JOB",
+                "assetSelection": [{"path": key} for key in sorted(sources[op])],
+                "assetCheckSelection": [],  # not the sources' preflight checks
+            },
+            "mode": "default",
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in run_tags.items()]},
+        }
+        result = rehearsal.graphql(LAUNCH_RUN, {"params": params})["launchRun"]
+        assert result["__typename"] == "LaunchRunSuccess", result
+        run_ids.append(result["run"]["runId"])
+    return run_ids
+
+
+def start_sensor(rehearsal: Rehearsal, name: str) -> None:
+    """The sensor turned on, as its toggle in the UI does."""
+    selector = {
+        "repositoryLocationName": LOCATION,
+        "repositoryName": REPOSITORY,
+        "sensorName": name,
     }
-    result = production.graphql(LAUNCH, {"params": params})["launchPartitionBackfill"]
-    assert result["__typename"] == "LaunchBackfillSuccess", result
-    return result["backfillId"]
+    result = rehearsal.graphql(START_SENSOR, {"selector": selector})["startSensor"]
+    assert result.get("sensorState", {}).get("status") == "RUNNING", result

@@ -7,6 +7,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import polars as pl
@@ -19,6 +20,7 @@ from bqx_assets_tests.e2e.conftest import (
     ARTIFACTS,
     BIN,
     PAIRS,
+    launch_backfill,
     start_process,
     wait_for_backfill,
 )
@@ -30,13 +32,14 @@ from bqx_assets_tests.e2e.rehearsal import (
     Rehearsal,
     RunFacts,
     chunk_counts,
-    launch,
     max_overlap,
     missing_logs,
+    observe_sources,
     pool_intervals,
     rehearsal,
     run_facts,
     run_memory,
+    start_sensor,
     temporaries,
 )
 
@@ -81,6 +84,7 @@ class Done:
 def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
     with rehearsal(tmp_path_factory.mktemp("rehearsal"), list(REHEARSED), ROWS) as deployment:
         yield deployment
+    ARTIFACTS.mkdir(exist_ok=True)
     for name in ("webserver", "daemon"):
         log = deployment.root / f"{name}.log"
         if log.exists():
@@ -90,7 +94,7 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
 @pytest.fixture(scope="module")
 def backfill(production: Rehearsal) -> Done:
     clock = time.monotonic()
-    backfill_id = launch(production, list(REHEARSED))
+    backfill_id = launch_backfill(production, list(REHEARSED))
     state = wait_for_backfill(production, backfill_id, BACKFILL_TIMEOUT_S)
     seconds = round(time.monotonic() - clock, 1)
     record("setup_seconds", production.figures)
@@ -176,7 +180,7 @@ def test_the_daemon_killed_mid_backfill_and_restarted_finishes_every_pair_once_a
     started again: the runs it launched go on (each is its own process, as each is its own
     container), the new daemon launches the rest, no pair is skipped or run twice at once."""
     pairs = list(REHEARSED)
-    backfill_id = launch(production, pairs)
+    backfill_id = launch_backfill(production, pairs)
     deadline = time.monotonic() + 600
     while not any(r.status == "STARTED" for r in run_facts(production, backfill_id)):
         assert time.monotonic() < deadline, "no run of the backfill started"
@@ -254,7 +258,7 @@ def test_a_run_killed_during_extraction_is_retried_and_reuses_its_chunks(
     for name in owned:
         staging.blob(name).delete()
 
-    backfill_id = launch(production, [pair])
+    backfill_id = launch_backfill(production, [pair])
     deadline = time.monotonic() + 600
     victim = None
     while time.monotonic() < deadline:
@@ -322,7 +326,7 @@ def test_a_run_over_its_memory_limit_is_killed_reported_and_publishes_nothing(
     pair = REHEARSED[1]
     before = production.gcs.client().bucket(production.output).get_blob(f"training_{pair}.parquet")
     limit = OOM_LIMIT_MIB * 2**20
-    backfill_id = launch(production, [pair], {LIMIT_TAG: str(limit)})
+    backfill_id = launch_backfill(production, [pair], {LIMIT_TAG: str(limit)})
     runs = _wait_for_runs(production, backfill_id, 1)
     time.sleep(MONITOR_POLL_SECONDS * 3)  # a retry of a killed worker would be launched by now
     runs = _wait_for_runs(production, backfill_id, 1)
@@ -337,3 +341,299 @@ def test_a_run_over_its_memory_limit_is_killed_reported_and_publishes_nothing(
     assert temporaries(production) == []
     record("over_memory_limit", {"limit_mib": OOM_LIMIT_MIB, "runs": len(runs),
                                  "failures": [r.failures for r in runs]})  # fmt: skip
+
+
+def _details(markdown: str) -> dict[str, str]:
+    """The first row of a `details` metadata table (defs/metadata.table), by its headers."""
+    head, _, first = (line.strip("| ").split(" | ") for line in markdown.splitlines()[:3])
+    return dict(zip(head, first, strict=True))
+
+
+def _segments(production: Rehearsal, pair: str) -> list[str]:
+    """The kept segments of the pair's published file (the GCS sink's `.segments/` folder)."""
+    return production.blobs(production.output, f".segments/training_{pair}.parquet/")
+
+
+def test_a_run_killed_during_the_merge_is_retried_and_publishes_the_same_file(
+    production: Rehearsal, backfill: Done
+) -> None:
+    """The pair's run SIGKILLed (worker and step) once its training_file step is writing: the
+    published file stays the one before, run retries build it again from the same complete
+    chunks (none read from the warehouse), the file equals the uncrashed build, and the
+    killed upload's segments and temporary objects are gone once the retry commits."""
+    pair = REHEARSED[-1]
+    output = production.gcs.client().bucket(production.output)
+    before = output.get_blob(f"training_{pair}.parquet")
+    reference = before.download_as_bytes()
+    segments_before = len(_segments(production, pair))
+
+    backfill_id = launch_backfill(production, [pair])
+    deadline = time.monotonic() + 600
+    victim = None
+    while time.monotonic() < deadline:
+        victim = _started_step(production, backfill_id, "training_file")
+        if victim is not None:
+            break
+        time.sleep(0.2)
+    assert victim is not None, "the pair's training_file step never started"
+    # Killed once the merge has begun sending the file: a segment newer than the published file.
+    while time.monotonic() < deadline:
+        uploads = [
+            b
+            for b in output.list_blobs(prefix=f".segments/training_{pair}.parquet/")
+            if b.time_created > before.updated
+        ]
+        if uploads:
+            break
+        time.sleep(0.1)
+    assert uploads, "the merge never sent a segment"
+    os.killpg(int(_pid(production, victim.run_id)), signal.SIGKILL)
+    killed_at = time.monotonic()
+    assert output.get_blob(f"training_{pair}.parquet").generation == before.generation
+
+    runs = _wait_for_runs(production, backfill_id, 2)
+    killed = next(r for r in runs if r.run_id == victim.run_id)
+    assert killed.status == "FAILURE" and not killed.published, killed.failures
+    assert any("run worker" in f and "exited" in f for f in killed.failures), killed.failures
+    retries = [r for r in runs if r.parent == killed.run_id]
+    assert [r.status for r in retries] == ["SUCCESS"], [(r.status, r.failures) for r in runs]
+    retry = retries[0]
+    # Run retries re-execute from the failure: the checkpoint step had succeeded, so the retry
+    # is the merge alone, over the complete chunks, none read from the warehouse again.
+    assert set(retry.steps) == {"training_file"}, retry.steps
+    details = _details(retry.step_metadata["training_file"][0]["details"])
+    assert details["chunks extracted again"] == "0", details
+    assert retry.published and retry.checks == dict.fromkeys(CHECK_NAMES, True)
+    after = output.get_blob(f"training_{pair}.parquet")
+    data = after.download_as_bytes()
+    assert pl.read_parquet(io.BytesIO(data)).equals(pl.read_parquet(io.BytesIO(reference)))
+    assert temporaries(production) == []
+    assert len(_segments(production, pair)) == segments_before
+    record(
+        "killed_during_merge",
+        {
+            "segments_sent_before_the_kill": len(uploads),
+            "retry_steps": sorted(retry.steps),
+            "retry_merge": details,
+            "seconds_to_retry_success": round(time.monotonic() - killed_at, 1),
+            "identical_bytes": data == reference,
+            "failure": killed.failures,
+        },
+    )
+
+
+STORAGES_PROBE = """{
+  runsOrError(limit: 1) { __typename }
+  assetsOrError(limit: 1) { __typename }
+  instance { daemonHealth { allDaemonStatuses { daemonType healthy } } }
+}"""
+"""A GraphQL request that reads the run storage, the event log and the daemons' heartbeats."""
+
+
+def test_postgres_restarted_mid_run_leaves_one_published_build(
+    production: Rehearsal, backfill: Done
+) -> None:
+    """The instance's PostgreSQL stopped while a run extracts and started again 10 s later: the
+    run completes, or fails and is retried; the pair is published by exactly one run, with
+    every check passed, its file equal to the uncrashed build, and no temporary object."""
+    assert production.postgres is not None
+    pair = REHEARSED[0]
+    output = production.gcs.client().bucket(production.output)
+    reference = output.blob(f"training_{pair}.parquet").download_as_bytes()
+    staging = production.gcs.client().bucket(production.staging)
+    for name in production.blobs(production.staging, f"checkpoints/{pair}/"):
+        staging.blob(name).delete()  # the run reads its tables again: a long step to cut into
+
+    backfill_id = launch_backfill(production, [pair])
+    deadline = time.monotonic() + 600
+    while _started_step(production, backfill_id, "pair_checkpoints") is None:
+        assert time.monotonic() < deadline, "the pair's run never started extracting"
+        time.sleep(0.2)
+    production.postgres.stop("fast")  # every connection closed, as a failover or restart does
+    time.sleep(10)
+    production.postgres.start()
+    restarted_at = time.monotonic()
+    # The webserver holds one pooled connection per storage (optimize_for_webserver, no
+    # pre-ping): a request on a connection the restart closed fails once, the next reconnects.
+    failed_requests = 0
+    while True:
+        try:
+            production.graphql(STORAGES_PROBE)
+            break
+        except AssertionError:
+            failed_requests += 1
+            assert failed_requests <= 5, "the webserver does not answer after the restart"
+
+    # The run's own end, or its retry's (a retry of a failed run is launched within seconds).
+    deadline = time.monotonic() + 900
+    runs = _wait_for_runs(production, backfill_id, 1)
+    while not any(r.status == "SUCCESS" for r in runs) and time.monotonic() < deadline:
+        time.sleep(MONITOR_POLL_SECONDS * 3)
+        runs = _wait_for_runs(production, backfill_id, len(runs))
+    published = [r for r in runs if r.published]
+    assert [r.status for r in published] == ["SUCCESS"], [(r.status, r.failures) for r in runs]
+    assert published[0].checks == dict.fromkeys(CHECK_NAMES, True)
+    assert max_overlap([(r.start, r.end) for r in runs]) == 1
+    data = output.blob(f"training_{pair}.parquet").download_as_bytes()
+    assert pl.read_parquet(io.BytesIO(data)).equals(pl.read_parquet(io.BytesIO(reference)))
+    assert temporaries(production) == []
+    record(
+        "postgres_restarted_mid_run",
+        {
+            "runs": [(r.status, r.failures[:2]) for r in runs],
+            "seconds_after_restart": round(time.monotonic() - restarted_at, 1),
+            "webserver_requests_failed_after_restart": failed_requests,
+        },
+    )
+
+
+APPENDED_MINUTES = 60
+OBSERVED = {"bqx/rehearsal": "observe"}
+"""The tag of the rehearsal's own observation runs, told apart from the automation's."""
+SENSOR_INTERVAL_S = 30
+"""How often an AutomationConditionSensorDefinition evaluates (its default)."""
+
+
+OBSERVATIONS = {"pair_sources", "shared_sources"}
+"""The steps of a run that only observes the warehouse."""
+
+
+def _automation_runs(production: Rehearsal, since: float, pairs: list[str]) -> list[RunFacts]:
+    """The runs created after `since` other than observations and the gate view's, once every
+    one of `pairs` has published from one of them, all have ended, and no new one came for two
+    of the refresh sensor's evaluations."""
+    deadline = time.monotonic() + 1500
+    settled_after = 2 * SENSOR_INTERVAL_S + 10
+    runs: list[RunFacts] = []
+    last_change, seen = time.monotonic(), -1
+    while time.monotonic() < deadline:
+        runs = [
+            r
+            for r in run_facts(production, created_after=since)
+            if not OBSERVED.items() <= r.tags.items()
+            and not (r.steps and set(r.steps) <= OBSERVATIONS | {"gate_summary"})
+        ]
+        if len(runs) != seen:
+            last_change, seen = time.monotonic(), len(runs)
+        ended = all(r.status in {"SUCCESS", "FAILURE", "CANCELED"} for r in runs)
+        published = {r.pair for r in runs if r.published}
+        if ended and set(pairs) <= published and time.monotonic() - last_change > settled_after:
+            return runs
+        time.sleep(5)
+    raise AssertionError(f"the automation did not settle: {[(r.pair, r.status) for r in runs]}")
+
+
+def _cut(run: RunFacts, step: str) -> set[str]:
+    return {str(m["cut"]) for m in run.step_metadata.get(step, []) if m.get("cut")}
+
+
+def _rows(data: bytes) -> int:
+    return pl.read_parquet(io.BytesIO(data), columns=["interval_time"]).height
+
+
+def test_a_source_change_during_a_backfill_then_automation_brings_the_pairs_behind_up_to_date(
+    production: Rehearsal, backfill: Done
+) -> None:
+    """Upstream appends an hour to every table while the backfill's runs extract (the pairs'
+    checkpoints deleted first, so each run reads): every pair's run reads as of the shared
+    checkpoints' cut, so each file equals the build from before the append and passes its
+    gate. The refresh sensor then turned on and the sources observed (the UI's "Observe
+    sources"): the shared checkpoints are refreshed once, then each pair once, at the new cut,
+    and nothing else. Last, one pair's own table alone grows: only that pair is rebuilt."""
+    from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
+    from bqx_assets.defs.automation import refresh_sensor
+
+    pairs = list(REHEARSED)
+    output = production.gcs.client().bucket(production.output)
+    reference = {p: output.blob(f"training_{p}.parquet").download_as_bytes() for p in pairs}
+    staging = production.gcs.client().bucket(production.staging)
+    for pair in pairs:
+        for name in production.blobs(production.staging, f"checkpoints/{pair}/"):
+            staging.blob(name).delete()
+    warehouse = production.env["BQX_WAREHOUSE_PATH"]
+
+    backfill_id = launch_backfill(production, pairs)
+    deadline = time.monotonic() + 600
+    while not any(_complete_chunks(production, p) for p in pairs):
+        assert time.monotonic() < deadline, "no run of the backfill started extracting"
+        time.sleep(0.2)
+    # DuckDB lets a writer in only between the readers' steps: the append waits for one to end.
+    appended = production.run(
+        str(BIN / "bqx"), "warehouse", "append", "--minutes", str(APPENDED_MINUTES),
+        "--path", warehouse,
+    )  # fmt: skip
+    appended_at = time.time()
+    state = wait_for_backfill(production, backfill_id, BACKFILL_TIMEOUT_S)
+    assert state["status"] in {"COMPLETED", "COMPLETED_SUCCESS"}, state
+    runs = run_facts(production, backfill_id)
+    reads = sorted(r.steps["pair_checkpoints"][0] for r in runs)
+    assert reads[0] < appended_at < reads[-1], ("no pair read after the append", appended)
+    shared_cut = {str(m["cut"]) for m in _shared_materializations(production)}
+    assert len(shared_cut) == 1, shared_cut
+    for run in runs:
+        assert run.status == "SUCCESS" and run.published, (run.pair, run.failures)
+        assert run.checks == dict.fromkeys(CHECK_NAMES, True), (run.pair, run.checks)
+        assert _cut(run, "pair_checkpoints") == shared_cut, run.pair
+        data = output.blob(f"training_{run.pair}.parquet").download_as_bytes()
+        before = pl.read_parquet(io.BytesIO(reference[run.pair]))
+        assert pl.read_parquet(io.BytesIO(data)).equals(before), run.pair
+
+    since = time.time()
+    start_sensor(production, refresh_sensor.name)
+    time.sleep(SENSOR_INTERVAL_S + 10)  # its first evaluation, before anything is observed
+    observed = observe_sources(production, pairs, OBSERVED)
+    runs = _automation_runs(production, since, pairs)
+    shared = [r for r in runs if "shared_checkpoints" in r.steps]
+    assert [r.status for r in shared] == ["SUCCESS"], [(r.pair, r.steps.keys()) for r in runs]
+    new_cut = _cut(shared[0], "shared_checkpoints")
+    assert len(new_cut) == 1 and new_cut != shared_cut, (new_cut, shared_cut)
+    assert datetime.fromisoformat(next(iter(new_cut))).timestamp() > appended_at
+    rebuilt = [r for r in runs if r not in shared]
+    assert sorted(r.pair for r in rebuilt) == sorted(pairs), [(r.pair, r.steps) for r in runs]
+    for run in rebuilt:
+        assert run.status == "SUCCESS" and run.published, (run.pair, run.failures)
+        assert run.checks == dict.fromkeys(CHECK_NAMES, True), (run.pair, run.checks)
+        # Read once the shared refresh ended, as of its cut: one moment in the whole file.
+        assert run.steps["pair_checkpoints"][0] >= shared[0].end, run.pair
+        assert _cut(run, "pair_checkpoints") == new_cut, run.pair
+        data = output.blob(f"training_{run.pair}.parquet").download_as_bytes()
+        assert _rows(data) == _rows(reference[run.pair]) + APPENDED_MINUTES, run.pair
+
+    behind = pairs[-1]
+    table = next(t for t in Catalog.load().tables_for(behind) if t.scope == "pair")
+    wh = EmbeddedWarehouse(warehouse, read_only=False)
+    try:
+        wh.append_minutes(table.dataset, table.name, 30)
+    finally:
+        wh.close()
+    since = time.time()
+    observed += observe_sources(production, pairs, OBSERVED)
+    runs = _automation_runs(production, since, [behind])
+    assert [(r.pair, r.status) for r in runs] == [(behind, "SUCCESS")], [
+        (r.pair, r.steps.keys()) for r in runs
+    ]
+    assert runs[0].checks == dict.fromkeys(CHECK_NAMES, True)
+    record(
+        "source_change_during_backfill",
+        {
+            "appended_minutes": APPENDED_MINUTES,
+            "pair_reads_after_the_append": sum(t > appended_at for t in reads),
+            "automation_runs": 1 + len(pairs),
+            "one_table_changed_runs": [r.pair for r in runs],
+            "observation_runs": len(observed),
+        },
+    )
+
+
+def _shared_materializations(production: Rehearsal) -> list[dict[str, Any]]:
+    """The metadata of the shared checkpoints' latest materializations."""
+    from bqx_assets.defs.assets import SHARED_FAMILIES, checkpoint_asset_key
+
+    out = []
+    with production.instance() as instance:
+        for family in SHARED_FAMILIES:
+            event = instance.get_latest_materialization_event(checkpoint_asset_key(family))
+            assert event is not None and event.asset_materialization is not None, family
+            metadata = event.asset_materialization.metadata
+            out.append({k: getattr(v, "value", v) for k, v in metadata.items()})
+    return out
