@@ -79,13 +79,13 @@ def checkpoint_asset_key(family: str) -> dg.AssetKey:
 
 
 AFTER_SHARED = REBUILD & ~dg.AutomationCondition.any_deps_match(
-    dg.AutomationCondition.any_deps_updated()
+    dg.AutomationCondition.any_deps_updated() | dg.AutomationCondition.any_deps_in_progress()
 ).allow(dg.AssetSelection.assets(*(checkpoint_asset_key(f) for f in SHARED_FAMILIES)))
 """A pair's checkpoints read as of the shared checkpoints' cut, so they depend on them: REBUILD,
-held while the shared checkpoints' warehouse tables were just observed changed (the shared
-checkpoints are being requested), then run once those are re-extracted, at their new cut. Run
-alongside instead (the shared refresh is a run of its own), they would read as of the old cut
-and the pair would stay behind."""
+held while the shared tables are being observed (each observation is a run of its own, the
+pairs' often done first) or were just observed changed (the shared checkpoints are being
+requested), then run once those are re-extracted, at their new cut. Run alongside instead, they
+would read as of the old cut, and run again after the shared refresh."""
 
 
 def _family_facts(catalog: Catalog, family: str) -> tuple[int, int, str]:

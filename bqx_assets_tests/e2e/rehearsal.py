@@ -434,7 +434,9 @@ def chunk_counts(run: RunFacts, step: str = "pair_checkpoints") -> dict[str, int
     return out
 
 
-LOCATION = "bqx_assets"
+LOCATION = yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"][0]["python_module"][
+    "location_name"
+]
 """workspace.yaml's code location."""
 REPOSITORY = "__repository__"
 """The repository a `Definitions` object is served as."""
