@@ -1,7 +1,9 @@
-"""Helpers the tests of several modules share: an upstream correction, a root that keeps xattrs."""
+"""Helpers the tests of several modules share: an upstream correction, a root that keeps xattrs,
+memory held for a moment."""
 
 from __future__ import annotations
 
+import mmap
 import os
 from datetime import date
 from pathlib import Path
@@ -46,3 +48,18 @@ def root_with_xattrs(tmp_path: Path) -> Path:
     finally:
         probe.unlink()
     return tmp_path / "root"
+
+
+PAGE = mmap.PAGESIZE
+
+
+def hold_memory(size: int) -> None:
+    """`size` bytes resident for a moment, then handed back: a mapping of their own, each page
+    touched, unmapped at the end. (A `bytearray` may be carved from freed heap memory that is
+    resident already and stays so, which leaves the process's RSS where it was.)"""
+    held = mmap.mmap(-1, size)
+    try:
+        for offset in range(0, size, PAGE):
+            held[offset] = 1
+    finally:
+        held.close()

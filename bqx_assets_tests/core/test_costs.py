@@ -17,6 +17,7 @@ from bqx_assets.core.costs import (
     total,
 )
 from bqx_assets.core.metrics import peak_rss_bytes
+from bqx_assets_tests.builders import hold_memory
 
 
 def test_estimate_prices_the_container_for_its_wall_time_plus_bytes_read() -> None:
@@ -74,11 +75,9 @@ def test_steps_run_one_after_another_in_one_process_each_report_their_own_peak()
     """`bqx demo` runs every step in its one process: the step that held 300 MiB and the one
     that held 30 MiB report different peaks, not both the process's (issue 29)."""
     with StepUsage() as first:
-        ballast = bytearray(300 * 2**20)
-        del ballast
+        hold_memory(300 * 2**20)
     with StepUsage() as second:
-        ballast = bytearray(30 * 2**20)
-        del ballast
+        hold_memory(30 * 2**20)
     if not (first.own_peak and second.own_peak):
         pytest.skip("this kernel refuses to reset the peak (/proc/self/clear_refs)")
     large, small = first.finish().peak_rss_bytes, second.finish().peak_rss_bytes

@@ -18,14 +18,9 @@ from bqx_assets.core.metrics import (
     footprint_metadata,
     peak_rss_bytes,
 )
+from bqx_assets_tests.builders import hold_memory
 
 MiB = 2**20
-
-
-def _hold(size: int) -> None:
-    """Touch `size` bytes, then hand them back (an allocation this large is its own mapping)."""
-    ballast = bytearray(size)
-    del ballast
 
 
 def test_peak_local_bytes_counts_a_file_that_came_and_went(tmp_path: Path) -> None:
@@ -85,9 +80,9 @@ def test_a_window_reports_the_peak_since_its_start_and_the_process_keeps_its_who
     None
 ):
     with PeakRss() as large:
-        _hold(300 * MiB)
+        hold_memory(300 * MiB)
     with PeakRss() as small:
-        _hold(30 * MiB)
+        hold_memory(30 * MiB)
     if not (large.own and small.own):
         pytest.skip("this kernel refuses to reset the peak (/proc/self/clear_refs)")
     # Without the reset both would be the process's peak, the same figure.
@@ -97,9 +92,9 @@ def test_a_window_reports_the_peak_since_its_start_and_the_process_keeps_its_who
 
 def test_a_window_started_inside_another_hides_none_of_the_outer_windows_peak() -> None:
     with PeakRss() as outer:
-        _hold(200 * MiB)
+        hold_memory(200 * MiB)
         with PeakRss() as inner:
-            _hold(20 * MiB)
+            hold_memory(20 * MiB)
     if not inner.own:
         pytest.skip("this kernel refuses to reset the peak (/proc/self/clear_refs)")
     assert outer.bytes - inner.bytes > 150 * MiB
@@ -114,6 +109,6 @@ def test_where_the_reset_is_refused_a_window_reports_the_process_whole_life_peak
     monkeypatch.setattr(metrics, "_CLEAR_REFS", tmp_path)  # a folder: the write fails
     before = peak_rss_bytes()
     with PeakRss() as peak:
-        _hold(10 * MiB)
+        hold_memory(10 * MiB)
     assert not peak.own
     assert before <= peak.bytes <= peak_rss_bytes()
