@@ -105,6 +105,16 @@ def _project(root: Path) -> dict[str, str]:
     return env
 
 
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one instant; one ending as another starts is no overlap."""
+    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    running = peak = 0
+    for _, change in points:
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
 def start_process(deployment: Deployment, name: str, *args: str) -> subprocess.Popen[bytes]:
     log = (deployment.root / f"{name}.log").open("wb")
     process = subprocess.Popen(

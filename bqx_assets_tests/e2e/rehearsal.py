@@ -361,16 +361,6 @@ def run_facts(
     return sorted(out, key=lambda r: r.start)
 
 
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    """The most intervals open at one instant; one ending as another starts is no overlap."""
-    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    running = peak = 0
-    for _, change in points:
-        running += change
-        peak = max(peak, running)
-    return peak
-
-
 def pool_intervals(runs: list[RunFacts]) -> list[tuple[float, float]]:
     """(start, end) of every step that holds a `bigquery` pool slot."""
     return [

@@ -17,6 +17,7 @@ from bqx_assets_tests.e2e.conftest import (
     Backfill,
     Deployment,
     launch_backfill,
+    max_overlap,
     wait_for_backfill,
 )
 
@@ -83,16 +84,6 @@ def step_intervals(
         elif kind in {"STEP_SUCCESS", "STEP_FAILURE"} and step in starts:
             intervals.append((starts.pop(step), stamp))
     return intervals
-
-
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    # Ends sort before starts at the same instant: a slot handed over is not an overlap.
-    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    running = peak = 0
-    for _, change in points:
-        running += change
-        peak = max(peak, running)
-    return peak
 
 
 def _record(name: str, value: Any) -> None:

@@ -21,6 +21,7 @@ from bqx_assets_tests.e2e.conftest import (
     BIN,
     PAIRS,
     launch_backfill,
+    max_overlap,
     start_process,
     wait_for_backfill,
 )
@@ -32,7 +33,6 @@ from bqx_assets_tests.e2e.rehearsal import (
     Rehearsal,
     RunFacts,
     chunk_counts,
-    max_overlap,
     missing_logs,
     observe_sources,
     pool_intervals,
