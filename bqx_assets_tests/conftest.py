@@ -7,17 +7,19 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.catalog import Catalog, Table
 
 if TYPE_CHECKING:
     from emulators.bigquery import BigQueryEmulator
     from emulators.gcs import GCSEmulator
+    from emulators.proxy import HttpAnswerProxy, Rule
 
 # Nothing in the suite may look for the cloud metadata server.
 os.environ.setdefault("NO_GCE_CHECK", "True")
@@ -46,6 +48,22 @@ def mini_catalog(pairs: tuple[str, ...] = MINI_PAIRS) -> Catalog:
     return Catalog(
         full.project, full.features_dataset, full.targets_dataset, full.pairs, tables,
         full.targets, full.excluded,
+    )  # fmt: skip
+
+
+def every_family(catalog: Catalog, pairs: tuple[str, ...] = ("eurusd",)) -> Catalog:
+    """The pairs' catalog cut to the first table of every family of each: the asset graph's
+    shape (an asset per family) on a few tables."""
+    full = catalog.subset(pairs)
+    kept: dict[str, Table] = {}
+    for pair in pairs:
+        first: dict[str, Table] = {}
+        for table in full.tables_for(pair):
+            first.setdefault(table.family, table)
+        kept |= {t.name: t for t in first.values()}
+    return Catalog(
+        full.project, full.features_dataset, full.targets_dataset, full.pairs,
+        kept, full.targets, full.excluded,
     )  # fmt: skip
 
 
@@ -135,6 +153,19 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GCSEmulat
 def gcs_bucket(gcs_emulator: GCSEmulator) -> str:
     """A fresh, empty bucket in the session's emulator."""
     return gcs_emulator.create_bucket()
+
+
+@contextmanager
+def gcs_as_google_answers(emulator: GCSEmulator, *before: Rule) -> Iterator[HttpAnswerProxy]:
+    """A proxy in front of the emulator that holds server-side copies to GCS's generation
+    preconditions (`rewrite_preconditions`), after the test's own `before` rules; its clients
+    are `emulator.client(proxy.endpoint)`."""
+    from emulators import proxy as proxies
+    from emulators.gcs import rewrite_preconditions
+
+    rules = [*before, rewrite_preconditions(emulator.endpoint)]
+    with proxies.HttpAnswerProxy(emulator.endpoint, before=rules) as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="session")

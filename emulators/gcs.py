@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,9 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
+
+from emulators.proxy import Exchange, Reply, Rule
 
 # Set before anything imports google-auth or gcsfs: without them google-auth probes the GCE
 # metadata server and gcsfs waits 60 s per call probing for hierarchical namespaces.
@@ -48,13 +54,14 @@ class GCSEmulator:
     log: Path
     buckets: list[str] = field(default_factory=list)
 
-    def client(self) -> storage.Client:
+    def client(self, endpoint: str | None = None) -> storage.Client:
+        """A client of the emulator (or of a proxy in front of it, at `endpoint`)."""
         # The endpoint is passed explicitly so a client works even where the environment
         # variable is not (yet) set, e.g. in a subprocess started by a test.
         return storage.Client(
             project=EMULATOR_PROJECT,
             credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": self.endpoint},
+            client_options={"api_endpoint": endpoint or self.endpoint},
         )
 
     def create_bucket(self, name: str | None = None, *, versioning: bool = False) -> str:
@@ -125,3 +132,48 @@ def run_gcs_emulator(workdir: Path, *, backend: str = "memory") -> Iterator[GCSE
     finally:
         process.kill()
         process.wait()
+
+
+def rewrite_preconditions(upstream: str) -> Rule:
+    """An `HttpAnswerProxy` rule that holds a rewrite (a server-side copy) to the generation
+    precondition GCS enforces and fake-gcs-server does not: a copy whose `ifGenerationMatch` is
+    not the destination's generation (0: none there) is refused with 412 conditionNotMet
+    (https://cloud.google.com/storage/docs/request-preconditions). The check and the copy are
+    made under one lock, so that two copies to one name are taken one after the other, as GCS
+    orders writes to an object."""
+    host = upstream.removeprefix("http://")
+    lock = threading.Lock()
+
+    def call(method: str, path: str, exchange: Exchange | None = None) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection(host, timeout=120)
+        try:
+            headers = {}
+            if exchange is not None:
+                headers = {k: v for k, v in exchange.headers.items()
+                           if k.lower() not in ("host", "content-length")}  # fmt: skip
+            body = exchange.body if exchange is not None else None
+            connection.request(method, path, body=body or None, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def rule(exchange: Exchange) -> Reply | None:
+        if exchange.method != "POST" or "/rewriteTo/b/" not in exchange.route:
+            return None
+        bucket, _, name = exchange.route.partition("/rewriteTo/b/")[2].partition("/o/")
+        expected = parse_qs(urlsplit(exchange.path).query).get("ifGenerationMatch")
+        with lock:
+            if expected is not None:
+                status, body = call("GET", f"/storage/v1/b/{bucket}/o/{name}")
+                current = int(json.loads(body)["generation"]) if status == 200 else 0
+                if current != int(expected[0]):
+                    message = "At least one of the pre-conditions you specified did not hold."
+                    error = {"domain": "global", "reason": "conditionNotMet", "message": message,
+                             "locationType": "header", "location": "If-Match"}  # fmt: skip
+                    return Reply(412, {"error": {"code": 412, "message": message,
+                                                 "errors": [error]}})  # fmt: skip
+            status, body = call("POST", exchange.path, exchange)
+        return Reply(status, json.loads(body) if body else {})
+
+    return rule

@@ -20,14 +20,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from bqx_assets.cli import main
-from bqx_assets.core.catalog import Catalog, Table
+from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.gate.profile import load_history, load_profile
 from bqx_assets.core.gate.validate import CHECK_NAMES
 from bqx_assets.core.publish import latest_report
 from bqx_assets.core.storage import LocalStorage
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 from bqx_assets.core.warehouse.synthetic import DEFAULT_START, ETF_OPEN
-from bqx_assets_tests.conftest import Warehouses
+from bqx_assets_tests.conftest import Warehouses, every_family
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS = 300
@@ -45,22 +45,6 @@ ETF_HOURS = DEFAULT_START + timedelta(minutes=ETF_OPEN)
 def full_warehouse(warehouses: Warehouses) -> Path:
     """eurusd's whole catalog (668 tables), a few rows each."""
     return warehouses.path(Catalog.load(), pairs=["eurusd"], rows=ROWS, start=ETF_HOURS)
-
-
-def every_family(catalog: Catalog, pairs: tuple[str, ...] = ("eurusd",)) -> Catalog:
-    """The pairs' catalog cut to the first table of every family of each: the asset graph's
-    shape (an asset per family) on a few tables."""
-    full = catalog.subset(pairs)
-    kept: dict[str, Table] = {}
-    for pair in pairs:
-        first: dict[str, Table] = {}
-        for table in full.tables_for(pair):
-            first.setdefault(table.family, table)
-        kept |= {t.name: t for t in first.values()}
-    return Catalog(
-        full.project, full.features_dataset, full.targets_dataset, full.pairs,
-        kept, full.targets, full.excluded,
-    )  # fmt: skip
 
 
 def _project(base: Path, warehouse: Path | None = None, **env: str) -> tuple[Path, dict[str, str]]:

@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from google.api_core import exceptions as api_exceptions
-from google.cloud.storage import Blob
 
 from bqx_assets.core.errors import StorageError
 from bqx_assets.core.gate.profile import (
@@ -43,6 +41,8 @@ from bqx_assets.core.storage import (
     bytes_crc32c,
     open_storage,
 )
+from bqx_assets_tests.conftest import gcs_as_google_answers
+from emulators.gcs import GCSEmulator
 
 CHUNK = 256 * 1024  # the smallest chunk a resumable upload accepts
 KEY = training_file_key("eurusd")
@@ -300,40 +300,33 @@ def test_a_staged_file_gone_before_its_publish_is_a_clear_error(
 
 @pytest.mark.emulator
 def test_a_concurrent_publish_on_gcs_is_refused_and_kept(
-    gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+    gcs_emulator: GCSEmulator, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another writer published the pair's file after this one looked: this one is refused
-    (GCS's generation precondition), the other's file stays and no temporary is left."""
+    (GCS's generation precondition, answered by the proxy as GCS answers it), the other's file
+    stays and no temporary is left."""
     from bqx_assets.core.storage.gcs import GCSStorage
 
-    output = GCSStorage(gcs_bucket, chunk_size=CHUNK)
-    rewrite = Blob.rewrite
+    with gcs_as_google_answers(gcs_emulator) as proxy:
+        client = gcs_emulator.client(proxy.endpoint)
+        output = GCSStorage(gcs_bucket, chunk_size=CHUNK, client=client)
+        publish_training_file(output, TrainingFile("eurusd", _staged(output, _file(1000)), True))
+        copy = output.copy
 
-    def checked(self: Blob, source: Blob, **kwargs: Any) -> Any:
-        # What GCS does, and fake-gcs-server does not for a rewrite.
-        expected = kwargs.get("if_generation_match")
-        if expected is not None:
-            current = self.bucket.get_blob(self.name)
-            if (current.generation if current is not None else 0) != expected:
-                raise api_exceptions.PreconditionFailed("conditionNotMet")
-        return rewrite(self, source, **kwargs)
+        def copy_then_another_writer(src_key: str, dst_key: str) -> ObjectInfo:
+            info = copy(src_key, dst_key)
+            output.write_bytes(KEY, b"another writer's file")
+            return info
 
-    monkeypatch.setattr(Blob, "rewrite", checked)
-    publish_training_file(output, TrainingFile("eurusd", _staged(output, _file(1000)), True))
-    copy = output.copy
-
-    def copy_then_another_writer(src_key: str, dst_key: str) -> ObjectInfo:
-        info = copy(src_key, dst_key)
-        output.write_bytes(KEY, b"another writer's file")
-        return info
-
-    monkeypatch.setattr(output, "copy", copy_then_another_writer)
-    with pytest.raises(StorageError, match=r"training_eurusd\.parquet changed while it was being"):
-        publish_training_file(output, TrainingFile("eurusd", _staged(output, _file(2000)), True))
-    other = output.stat(KEY)
-    assert output.read_bytes(KEY) == b"another writer's file"
-    assert other is not None and other.crc32c == bytes_crc32c(b"another writer's file")
-    assert _temporaries(output) == []
+        monkeypatch.setattr(output, "copy", copy_then_another_writer)
+        with pytest.raises(StorageError, match=r"training_eurusd\.parquet changed while it was"):
+            publish_training_file(
+                output, TrainingFile("eurusd", _staged(output, _file(2000)), True)
+            )
+        other = output.stat(KEY)
+        assert output.read_bytes(KEY) == b"another writer's file"
+        assert other is not None and other.crc32c == bytes_crc32c(b"another writer's file")
+        assert _temporaries(output) == []
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from bqx_assets.core.storage import file_crc32c, open_storage
 from bqx_assets.defs.frames import FrameIOManager
 from bqx_assets.defs.io_managers import TrainingFileIOManager
 from bqx_assets_tests.conftest import Warehouses
+from bqx_assets_tests.conftest import every_family as cut_to_every_family
 from emulators.gcs import GCSEmulator
 
 PAIRS = dg.StaticPartitionsDefinition(["eurusd", "gbpusd"])
@@ -290,14 +291,7 @@ def every_family(
     """eurusd's catalog cut to its first table of every family, its file and a warehouse."""
     from bqx_assets.core.catalog import Catalog
 
-    full = Catalog.load().subset(["eurusd"])
-    first: dict[str, Any] = {}
-    for table in full.tables_for("eurusd"):
-        first.setdefault(table.family, table)
-    catalog = Catalog(
-        full.project, full.features_dataset, full.targets_dataset, full.pairs,
-        {t.name: t for t in first.values()}, full.targets, full.excluded,
-    )  # fmt: skip
+    catalog = cut_to_every_family(Catalog.load())
     root = tmp_path_factory.mktemp("every_family")
     path = catalog.dump(root / "catalog.json")
     return catalog, path, warehouses.path(catalog, pairs=["eurusd"], rows=1500)

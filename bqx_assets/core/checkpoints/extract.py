@@ -66,8 +66,10 @@ class ChunkPlan:
 
 def clear_temporaries(storage: Storage, source: Source, workdir: Path | None = None) -> int:
     """Delete the temporary files a killed writer of this table left: in its chunk folder and
-    in the local work folder. Only one writer runs per table (one step per pair; shared tables
-    in one step), so a temporary file found before writing is a dead writer's."""
+    in the local work folder. One step writes a table, except a cov table, which the steps of
+    both its pairs may write at once: a temporary file of the other, live, writer deleted here
+    is made again by its `put_file`, and where both publish a chunk, the later one keeps the
+    other's identical bytes. In the work folder only dead processes' files are deleted."""
     owner = owner_of(source)
     removed = 0
     for key in list(storage.temporaries(chunk_folder(owner, source.name))):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from bqx_assets.core.storage.checksum import bytes_crc32c, file_crc32c
 from bqx_assets.core.storage.gcs_file import GCSFile
 from bqx_assets.core.storage.gcs_sink import GCSSink
 
+log = logging.getLogger(__name__)
+
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 """When set (`http://127.0.0.1:4443`), clients talk to that emulator with anonymous credentials."""
 
@@ -34,8 +37,9 @@ UPLOAD_CHUNK_BYTES = 32 * 1024 * 1024
 memory held by the client is one chunk."""
 
 UPLOAD_ATTEMPTS = 3
-"""Uploads whose stored checksum or size differs from the local file are retried this many times
-in all, then fail without publishing."""
+"""Uploads whose stored checksum or size differs from the local file, or whose temporary object
+was deleted before its copy, are retried this many times in all, then fail without
+publishing."""
 
 TEMP_SUFFIX = ".tmp"
 """Objects being uploaded are named `{dir}/.{name}.{uuid}.tmp` until verified; `list` skips them
@@ -82,6 +86,11 @@ class UploadedObject(ObjectInfo):
 
 class _ChecksumMismatch(Exception):
     """An uploaded temporary object differs from the local file (retried, never published)."""
+
+
+class _TemporaryGone(Exception):
+    """The temporary object was deleted before its copy: another writer of the same folder took
+    it for a dead writer's (`clear_temporaries`). Uploaded again."""
 
 
 class GCSStorage(Storage):
@@ -253,7 +262,9 @@ class GCSStorage(Storage):
     ) -> UploadedObject:
         """Upload, verify, publish; `move=True` deletes the local file once the published object
         is verified. `if_generation_match` defaults to the generation of `key` (0: none) seen when
-        the upload starts, so a writer that published meanwhile is not overwritten."""
+        the upload starts, so a writer that published meanwhile is not overwritten (and one that
+        published the very same bytes stands for this publish). A temporary object deleted
+        before its copy (by another writer clearing the folder) is uploaded again."""
         local = Path(local)
         name = self._name(key)
         uri = self._gs(name)
@@ -271,7 +282,7 @@ class GCSStorage(Storage):
         upload_seconds = 0.0
 
         def attempt() -> storage.Blob:
-            nonlocal attempts, upload_seconds, verify_seconds
+            nonlocal attempts, upload_seconds, verify_seconds, temp
             attempts += 1
             try:
                 blob, upload_seconds = self._upload_temp(local, name, size, expected)
@@ -281,8 +292,12 @@ class GCSStorage(Storage):
                 if "crc32c" not in str(exc).lower():
                     raise
                 raise _ChecksumMismatch(f"GCS refused the upload: {exc}") from exc
+            temp = blob
             check = Stopwatch()
-            blob.reload()
+            try:
+                blob.reload()
+            except api_exceptions.NotFound as exc:
+                raise _TemporaryGone(f"{self._gs(blob.name)} deleted before its check") from exc
             verify_seconds += check.seconds
             if blob.crc32c != expected or blob.size != size:
                 with suppress(api_exceptions.NotFound):
@@ -291,28 +306,41 @@ class GCSStorage(Storage):
                     f"stored crc32c {blob.crc32c}, {blob.size} bytes; "
                     f"local {expected}, {size} bytes"
                 )
-            return blob
+            try:
+                return self._publish(blob, name, if_generation_match)
+            except api_exceptions.NotFound as exc:
+                raise _TemporaryGone(f"{self._gs(blob.name)} deleted before its copy") from exc
 
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.attempts),
             retry=tenacity.retry_if_exception_type(
-                (_ChecksumMismatch, media_exceptions.DataCorruption)
+                (_ChecksumMismatch, media_exceptions.DataCorruption, _TemporaryGone)
             ),
             reraise=True,
         )
         try:
-            temp = retrying(attempt)
-            published = self._publish(temp, name, if_generation_match)
+            published = retrying(attempt)
+        except _TemporaryGone as exc:
+            raise StorageError(
+                f"upload of {local} to {uri}: the temporary object was deleted before its copy "
+                f"{attempts} times ({exc}); nothing was published"
+            ) from exc
         except (_ChecksumMismatch, media_exceptions.DataCorruption) as exc:
             raise StorageError(
                 f"upload of {local} to {uri} failed verification {attempts} times ({exc}); "
                 "nothing was published"
             ) from exc
         except api_exceptions.PreconditionFailed as exc:
-            raise StorageError(
-                f"{uri} changed while {local} was uploading (expected generation "
-                f"{if_generation_match}); nothing was published"
-            ) from exc
+            current = self._get_blob(name)
+            if current is None or current.crc32c != expected or int(current.size or 0) != size:
+                raise StorageError(
+                    f"{uri} changed while {local} was uploading (expected generation "
+                    f"{if_generation_match}); nothing was published"
+                ) from exc
+            # Another writer published these very bytes meanwhile (a cov table is written by
+            # the steps of both its pairs, each as of the same cut): kept as they are.
+            log.info("%s: published meanwhile by another writer, with the same bytes", uri)
+            published = current
         except (
             api_exceptions.GoogleAPICallError,
             media_exceptions.InvalidResponse,

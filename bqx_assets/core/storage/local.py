@@ -170,36 +170,54 @@ class LocalStorage(Storage):
         return stat.S_ISREG(st.st_mode) and self._recorded(path, st) is not None
 
     def put_file(self, local: Path, key: str, *, move: bool = False) -> ObjectInfo:
+        """Copy (or with `move`, link) `local` to a temporary file beside `key`, then rename it
+        into place. A temporary file deleted before its rename (by another writer clearing the
+        folder: a cov table is written by the steps of both its pairs) is made again."""
         local = Path(local)
         dst = self._path(key)
         if _same_file(local, dst):
             return self._info(dst)
         expected = file_crc32c(local)
-        tmp = self._temp(dst)
-        try:
-            renamed = False
-            if move:
-                try:
-                    os.replace(local, tmp)
-                    renamed = True
-                except OSError:  # another filesystem: copy, then drop the source below
-                    shutil.copyfile(local, tmp)
-            else:
-                shutil.copyfile(local, tmp)
-            if self.durable:
-                _fsync(tmp)
-            # A rename keeps the very bytes that were checksummed; a copy is read back.
-            if not renamed and file_crc32c(tmp) != expected:
-                raise StorageError(f"checksum mismatch writing {dst}; nothing was replaced")
-            # Recorded before the rename, which keeps the inode, its mtime and its xattrs: the
-            # file appears under its key with its checksum.
-            self._record(tmp, None, expected)
-            os.replace(tmp, dst)
-            if move and local.exists():
-                local.unlink()
-        finally:
-            tmp.unlink(missing_ok=True)
+        for _ in range(PUT_ATTEMPTS):
+            tmp = self._temp(dst)
+            try:
+                self._put_temp(local, tmp, dst, expected, move)
+                os.replace(tmp, dst)
+                break
+            except FileNotFoundError as exc:
+                if exc.filename is None or os.fspath(exc.filename) != str(tmp):
+                    raise
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            raise StorageError(
+                f"{dst}: the temporary file was deleted before its rename {PUT_ATTEMPTS} times; "
+                "nothing was replaced"
+            )
+        if move:
+            local.unlink(missing_ok=True)
         return self._known(str(dst), expected)
+
+    def _put_temp(self, local: Path, tmp: Path, dst: Path, expected: str, move: bool) -> None:
+        linked = False
+        if move:
+            try:
+                # A link, not a rename: the source stays until the file is in place, so a
+                # temporary file deleted under the writer can be made again from it.
+                os.link(local, tmp)
+                linked = True
+            except OSError:  # another filesystem: copy, then drop the source once in place
+                shutil.copyfile(local, tmp)
+        else:
+            shutil.copyfile(local, tmp)
+        if self.durable:
+            _fsync(tmp)
+        # A link keeps the very bytes that were checksummed; a copy is read back.
+        if not linked and file_crc32c(tmp) != expected:
+            raise StorageError(f"checksum mismatch writing {dst}; nothing was replaced")
+        # Recorded before the rename, which keeps the inode, its mtime and its xattrs: the file
+        # appears under its key with its checksum.
+        self._record(tmp, None, expected)
 
     def _known(self, path: str, crc32c: str) -> ObjectInfo:
         """The info of a file just renamed into place whose bytes' CRC32C is known."""
@@ -357,6 +375,8 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+PUT_ATTEMPTS = 3
+"""Times `put_file` makes its temporary file, when others delete it before its rename."""
 _ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
 """Errors of a stat that mean "no file there", as `Path.is_file` treats them."""
 

@@ -10,8 +10,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +25,7 @@ from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.checkpoints import schema
 from bqx_assets.core.checkpoints.manifest import ChunkManifest, stored_manifests
 from bqx_assets.core.checkpoints.refresh import (
+    ChunkedCheckpoint,
     RefreshProgress,
     refresh_checkpoints,
     refresh_table,
@@ -35,10 +38,11 @@ from bqx_assets.core.errors import ExtractionError
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.merge import pair_inputs
 from bqx_assets.core.storage import LocalStorage, open_storage
+from bqx_assets.core.storage.gcs import GCSStorage
 from bqx_assets.core.warehouse import Cut, DateRange, TableRead
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, connect
 from bqx_assets_tests.builders import correct_day
-from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses
+from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses, gcs_as_google_answers
 from bqx_assets_tests.core.checkpoints.conftest import (
     DAY,
     PAIR,
@@ -53,6 +57,7 @@ from bqx_assets_tests.core.checkpoints.conftest import (
 
 if TYPE_CHECKING:
     from emulators.gcs import GCSEmulator
+    from emulators.proxy import Exchange, Reply
 
 
 def _chunk_files(storage: LocalStorage) -> set[str]:
@@ -736,3 +741,56 @@ def test_chunks_in_gcs_clear_a_dead_writers_objects_and_are_read_in_place(
         merged(storage, catalog, tmp_path / "gcs"),
         merged(local, catalog, tmp_path / "local-out"),
     )
+
+
+@pytest.mark.emulator
+def test_a_cov_table_refreshed_by_both_its_pairs_at_once_is_published_once_and_both_succeed(
+    gcs_emulator: GCSEmulator, mini: tuple[Catalog, Path], three_days: Path, tmp_path: Path
+) -> None:
+    """The checkpoint steps of eurusd and gbpusd (production's pool lets 4 such steps run)
+    refresh their shared cov table at once, as of one cut: both plan every chunk as missing,
+    and the first two copies to each chunk meet at the proxy. GCS refuses the later copy (its
+    generation precondition), whose writer keeps the other's identical chunk: both steps
+    succeed, with the chunks a lone refresh makes."""
+    catalog, _ = mini
+    table = catalog.table("cov_agg_eurusd_gbpusd")
+    bucket = gcs_emulator.create_bucket()
+    arrived: dict[str, int] = {}
+    meetings: dict[str, threading.Barrier] = {}
+    lock = threading.Lock()
+
+    def first_two_copies_meet(exchange: Exchange) -> Reply | None:
+        if "/rewriteTo/" in exchange.route and exchange.route.endswith(".parquet"):
+            chunk = exchange.route.rsplit("/o/", 1)[1]
+            with lock:
+                arrived[chunk] = arrived.get(chunk, 0) + 1
+                barrier = meetings.setdefault(chunk, threading.Barrier(2, timeout=30))
+                meets = arrived[chunk] <= 2
+            if meets:
+                barrier.wait()
+        return None
+
+    wh = EmbeddedWarehouse(three_days)
+    try:
+        cut = wh.cut()
+        (states,) = wh.partition_states(table.dataset, [table.name], cut=cut).values()
+        with gcs_as_google_answers(gcs_emulator, first_two_copies_meet) as proxy:
+            storage = GCSStorage(bucket, "checkpoints", client=gcs_emulator.client(proxy.endpoint))
+
+            def step(pair: str) -> ChunkedCheckpoint:
+                work = tmp_path / pair
+                return refresh_table(wh, table, storage, states, workdir=work, cut=cut)
+
+            with ThreadPoolExecutor(2) as pool:
+                done = list(pool.map(step, MINI_PAIRS))
+            refused = [e for e in proxy.sent("POST", "/rewriteTo/") if e.status == 412]
+        local = LocalStorage(tmp_path / "local")
+        alone = refresh_table(wh, table, local, states, cut=cut)
+    finally:
+        wh.close()
+    assert refused, "the two steps' copies did not meet"
+    crcs = [sorted(c.manifest.crc32c for c in d.chunks) for d in (*done, alone)]
+    assert crcs[0] == crcs[1] == crcs[2]
+    stored = stored_manifests(GCSStorage(bucket, "checkpoints"), table)
+    assert sorted(m.crc32c for m in stored.manifests.values()) == crcs[2]
+    assert not list(GCSStorage(bucket, "checkpoints").temporaries(f"shared/{table.name}"))

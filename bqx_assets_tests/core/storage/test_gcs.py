@@ -10,19 +10,20 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud.storage import Blob
 
 from bqx_assets.core.errors import StorageError
 from bqx_assets.core.storage import ObjectInfo, bytes_crc32c, file_crc32c, open_storage
 from bqx_assets.core.storage.gcs import GCSStorage, UploadedObject, split_gs_uri, storage_client
 from bqx_assets.core.storage.gcs_file import GCSFile, RangeReader
+from bqx_assets_tests.conftest import gcs_as_google_answers
 from emulators.gcs import GCSEmulator
+from emulators.proxy import Exchange, Reply
 
 pytestmark = pytest.mark.emulator
 
@@ -301,44 +302,72 @@ def test_upload_killed_mid_way_is_restarted_and_correct(
     assert [n for n in _all_object_names(gcs_emulator, gcs_bucket) if n.endswith(".tmp")] == []
 
 
-def enforce_generation_match(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rewrites refused as GCS refuses them when the destination is not the generation named by
-    `if_generation_match` (0: when it exists). fake-gcs-server checks the precondition of an
-    upload but not of a rewrite."""
-    rewrite = Blob.rewrite
-
-    def checked(self: Blob, source: Blob, **kwargs: Any) -> Any:
-        expected = kwargs.get("if_generation_match")
-        if expected is not None:
-            current = self.bucket.get_blob(self.name)
-            if (current.generation if current is not None else 0) != expected:
-                raise api_exceptions.PreconditionFailed("conditionNotMet")
-        return rewrite(self, source, **kwargs)
-
-    monkeypatch.setattr(Blob, "rewrite", checked)
-
-
 def test_a_concurrent_publish_is_refused_and_kept(
-    gcs_emulator: GCSEmulator, gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gcs_emulator: GCSEmulator, gcs_bucket: str, tmp_path: Path
 ) -> None:
-    """A writer that published while this one was uploading is not overwritten."""
-    enforce_generation_match(monkeypatch)
-    storage = GCSStorage(gcs_bucket, "out", chunk_size=CHUNK)
-    first = storage.write_bytes("training_eurusd.parquet", b"first")
-    other = storage.write_bytes("training_eurusd.parquet", b"another writer's")
+    """A writer that published while this one was uploading is not overwritten (GCS's
+    generation precondition on the copy, answered by the proxy as GCS answers it)."""
+    with gcs_as_google_answers(gcs_emulator) as proxy:
+        client = gcs_emulator.client(proxy.endpoint)
+        storage = GCSStorage(gcs_bucket, "out", chunk_size=CHUNK, client=client)
+        first = storage.write_bytes("training_eurusd.parquet", b"first")
+        other = storage.write_bytes("training_eurusd.parquet", b"another writer's")
+        local = _random_file(tmp_path / "mine.parquet", 2 * CHUNK)
+        with pytest.raises(StorageError, match=r"changed while .* was uploading .*nothing was pub"):
+            storage.put_file(local, "training_eurusd.parquet", if_generation_match=first.generation)
+        assert _identity(storage.stat("training_eurusd.parquet")) == _identity(other)
+        assert local.exists()
+        assert [n for n in _all_object_names(gcs_emulator, gcs_bucket)] == [
+            "out/training_eurusd.parquet"
+        ]  # no temporary left
+        # Without a precondition given, the one seen when the upload starts.
+        info = storage.put_file(local, "training_eurusd.parquet")
+        assert info.crc32c == file_crc32c(local) and info.generation != other.generation
+        with pytest.raises(
+            StorageError, match=r"cannot copy .*missing\.parquet: it does not exist"
+        ):
+            storage.copy("missing.parquet", "elsewhere.parquet")
+
+
+def test_a_concurrent_publish_of_the_same_bytes_stands_for_this_one(
+    gcs_emulator: GCSEmulator, gcs_bucket: str, tmp_path: Path
+) -> None:
+    """Two writers of one object with the same bytes (a cov table's two pairs, as of one cut):
+    the later one's copy is refused by the precondition, and it keeps the other's object."""
     local = _random_file(tmp_path / "mine.parquet", 2 * CHUNK)
-    with pytest.raises(StorageError, match=r"changed while .* was uploading .*nothing was pub"):
-        storage.put_file(local, "training_eurusd.parquet", if_generation_match=first.generation)
-    assert _identity(storage.stat("training_eurusd.parquet")) == _identity(other)
-    assert local.exists()
-    assert [n for n in _all_object_names(gcs_emulator, gcs_bucket)] == [
-        "out/training_eurusd.parquet"
-    ]  # no temporary left
-    # Without a precondition given, the one seen when the upload starts.
-    info = storage.put_file(local, "training_eurusd.parquet")
-    assert info.crc32c == file_crc32c(local) and info.generation != other.generation
-    with pytest.raises(StorageError, match=r"cannot copy .*missing\.parquet: it does not exist"):
-        storage.copy("missing.parquet", "elsewhere.parquet")
+    with gcs_as_google_answers(gcs_emulator) as proxy:
+        client = gcs_emulator.client(proxy.endpoint)
+        storage = GCSStorage(gcs_bucket, "out", chunk_size=CHUNK, client=client)
+        other = storage.write_bytes("chunk.parquet", local.read_bytes())
+        info = storage.put_file(local, "chunk.parquet", if_generation_match=0, move=True)
+    assert _identity(info) == _identity(other)
+    assert not local.exists()  # moved: it is published
+    assert _all_object_names(gcs_emulator, gcs_bucket) == ["out/chunk.parquet"]
+
+
+def test_a_temporary_object_deleted_before_its_copy_is_uploaded_again(
+    gcs_emulator: GCSEmulator, gcs_bucket: str, tmp_path: Path
+) -> None:
+    """Another writer of the folder took this one's temporary object for a dead writer's and
+    deleted it between its upload and its copy: it is uploaded again, and published."""
+    deleted: list[str] = []
+
+    def delete_the_first_copys_source(exchange: Exchange) -> Reply | None:
+        if "/rewriteTo/" in exchange.route and not deleted:
+            source = unquote(exchange.route.split("/o/", 1)[1].split("/rewriteTo/", 1)[0])
+            gcs_emulator.client().bucket(gcs_bucket).blob(source).delete()
+            deleted.append(source)
+        return None  # then forwarded: the copy of an object that is gone
+
+    local = _random_file(tmp_path / "mine.parquet", 2 * CHUNK)
+    with gcs_as_google_answers(gcs_emulator, delete_the_first_copys_source) as proxy:
+        client = gcs_emulator.client(proxy.endpoint)
+        storage = GCSStorage(gcs_bucket, "out", chunk_size=CHUNK, client=client)
+        info = storage.put_file(local, "chunk.parquet")
+    assert deleted and deleted[0].endswith(".tmp")
+    assert info.attempts == 2
+    assert storage.read_bytes("chunk.parquet") == local.read_bytes()
+    assert _all_object_names(gcs_emulator, gcs_bucket) == ["out/chunk.parquet"]
 
 
 # listings

@@ -10,6 +10,7 @@ import pytest
 
 from bqx_assets.core.errors import StorageError
 from bqx_assets.core.storage import LocalFile, LocalStorage, bytes_crc32c, open_storage
+from bqx_assets.core.storage.local import PUT_ATTEMPTS
 from bqx_assets_tests.builders import root_with_xattrs
 
 
@@ -273,6 +274,43 @@ def test_put_file_stores_the_file_whole_under_its_key(tmp_path: Path, move: bool
     assert list(storage.temporaries("eurusd")) == []
     # Storing the stored file itself again is no change.
     assert storage.put_file(tmp_path / "root/eurusd/chunk.parquet", "eurusd/chunk.parquet") == info
+
+
+@pytest.mark.parametrize("move", [False, True], ids=["copied", "moved"])
+@pytest.mark.parametrize("clears", [1, PUT_ATTEMPTS])
+def test_a_temporary_file_cleared_by_another_writer_before_its_rename_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, move: bool, clears: int
+) -> None:
+    """Another writer of the folder (a cov table's other pair) clears its temporary files,
+    taking this one's for a dead writer's, between its copy and its rename: the file is put
+    again from the source; cleared every time, the put fails and replaces nothing."""
+    storage = LocalStorage(tmp_path / "root")
+    storage.write_bytes("t/chunk.parquet", b"the stored chunk")
+    local = tmp_path / "new.parquet"
+    local.write_bytes(b"the new chunk")
+    record = storage._record
+    cleared: list[str] = []
+
+    def cleared_first(path: str | Path, *args: object) -> None:
+        if len(cleared) < clears:
+            for key in list(storage.temporaries("t")):  # as clear_temporaries does
+                storage.delete(key)
+                cleared.append(key)
+        record(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage, "_record", cleared_first)
+    if clears < PUT_ATTEMPTS:
+        info = storage.put_file(local, "t/chunk.parquet", move=move)
+        assert info.crc32c == bytes_crc32c(b"the new chunk")
+        assert storage.read_bytes("t/chunk.parquet") == b"the new chunk"
+        assert local.exists() != move
+    else:
+        with pytest.raises(StorageError, match=r"deleted before its rename 3 times; nothing"):
+            storage.put_file(local, "t/chunk.parquet", move=move)
+        assert storage.read_bytes("t/chunk.parquet") == b"the stored chunk"
+        assert local.read_bytes() == b"the new chunk"
+    assert len(cleared) == clears
+    assert list(storage.temporaries("t")) == []
 
 
 def test_a_copy_that_differs_from_its_source_is_refused_and_nothing_is_replaced(
