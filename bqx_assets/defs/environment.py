@@ -131,6 +131,12 @@ def _alerts() -> WebhookAlerts:
     )
 
 
+def _production_min_rows() -> dict[str, Any]:
+    """Production's least row count, unless `BQX_MIN_ROWS` sets another (a rehearsal's few
+    hundred minutes); unset, the gate's default stands."""
+    return {"min_rows": dg.EnvVar.int("BQX_MIN_ROWS")} if os.environ.get("BQX_MIN_ROWS") else {}
+
+
 def resources_for(which: Deployment | None = None) -> dict[str, Any]:
     """The resources of a deployment: the same assets, other warehouse and roots."""
     if (which or deployment()) == "prod":
@@ -139,12 +145,17 @@ def resources_for(which: Deployment | None = None) -> dict[str, Any]:
                 project=_env("BQX_BQ_PROJECT", "bqx-ml"),
                 location=_env("BQX_BQ_LOCATION", None),
                 max_read_streams=_env_int("BQX_BQ_READ_STREAMS", 4),
+                # Unset in production; an emulator's endpoints (the production rehearsal's).
+                api_endpoint=_env("BQX_BQ_API_ENDPOINT", None),
+                read_endpoint=_env("BQX_BQ_READ_ENDPOINT", None),
             ),
             "checkpoints": CheckpointStore(
                 root=_env("BQX_CHECKPOINT_ROOT", "gs://bqx-ml-staging/checkpoints"),
                 cache_dir=_env("BQX_CACHE_DIR", "/tmp/bqx/cache/checkpoints"),
             ),
-            "settings": _settings(staging="gs://bqx-ml-staging/exports"),
+            "settings": _settings(
+                staging="gs://bqx-ml-staging/exports", gate=GateConfig(**_production_min_rows())
+            ),
             "training_io_manager": TrainingFileIOManager(
                 output_root=_env("BQX_OUTPUT_ROOT", "gs://bqx-ml-output"),
                 cache_dir=_env("BQX_OUTPUT_CACHE_DIR", "/tmp/bqx/cache/output"),

@@ -10,7 +10,13 @@ import pytest
 
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.errors import CatalogError, WindowError
-from bqx_assets.defs.environment import deployment, graph_catalog, resolved, resources_for
+from bqx_assets.defs.environment import (
+    deployment,
+    graph_catalog,
+    resolved,
+    resolved_resource,
+    resources_for,
+)
 from bqx_assets.defs.resources import (
     BigQueryWarehouseResource,
     EmbeddedWarehouseResource,
@@ -18,12 +24,33 @@ from bqx_assets.defs.resources import (
 )
 
 
-def test_prod_resources_point_at_bigquery_and_gcs() -> None:
+def test_prod_resources_point_at_bigquery_and_gcs(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BQX_MIN_ROWS", "BQX_BQ_API_ENDPOINT", "BQX_BQ_READ_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
     prod = resources_for("prod")
     assert isinstance(prod["warehouse"], BigQueryWarehouseResource)
+    # Google's endpoints, through the clients' defaults.
+    assert prod["warehouse"].api_endpoint is None and prod["warehouse"].read_endpoint is None
     assert prod["checkpoints"].root == "gs://bqx-ml-staging/checkpoints"
     assert prod["training_io_manager"].output_root == "gs://bqx-ml-output"
     assert prod["settings"].gate.min_rows == 150_000
+
+
+def test_prod_resources_take_an_emulators_endpoints_and_a_rehearsals_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BQX_BQ_API_ENDPOINT", "http://127.0.0.1:9050")
+    monkeypatch.setenv("BQX_BQ_READ_ENDPOINT", "127.0.0.1:9060")
+    monkeypatch.setenv("BQX_MIN_ROWS", "100")
+    prod = resources_for("prod")
+    warehouse = resolved_resource(prod["warehouse"])
+    assert (warehouse.api_endpoint, warehouse.read_endpoint) == (
+        "http://127.0.0.1:9050",
+        "127.0.0.1:9060",
+    )
+    assert resolved(prod["settings"].gate.min_rows) == 100
+    # Every other threshold stays production's.
+    assert prod["settings"].gate.max_rows == 200_000
 
 
 def test_the_local_deployment_runs_with_nothing_set(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,13 +170,19 @@ def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def start_deployment(
-    deployment: Deployment, pairs: Sequence[str], rows: int, *, prebuilt: str | None = None
+    deployment: Deployment,
+    pairs: Sequence[str],
+    rows: int,
+    *,
+    prebuilt: str | None = None,
+    made: Callable[[Path], None] | None = None,
 ) -> None:
-    """The warehouse (`rows` minutes of `pairs`, or a copy of `prebuilt`), the shared
-    checkpoints, then the webserver and the daemon on a free local port, loaded: the
-    deployment's processes, which `stop_processes` ends."""
+    """The warehouse (`rows` minutes of `pairs` of the deployment's catalog, or a copy of
+    `prebuilt`), handed to `made`, the shared checkpoints, then the webserver and the daemon on a
+    free local port, loaded: the deployment's processes, which `stop_processes` ends."""
     clock = time.monotonic()
     warehouse = Path(deployment.env["BQX_WAREHOUSE_PATH"])
+    catalog = deployment.env.get("BQX_CATALOG_PATH")
     if prebuilt:
         warehouse.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(prebuilt, warehouse)
@@ -185,7 +191,10 @@ def start_deployment(
             str(BIN / "bqx"), "warehouse", "create", "--rows", str(rows),
             "--pairs", ",".join(pairs), "--path", str(warehouse),
             "--start", "2024-01-01T08:00",  # inside ETF hours: corr tables have rows
+            *(["--catalog", catalog] if catalog else []),
         )  # fmt: skip
+    if made is not None:
+        made(warehouse)
     deployment.figures["warehouse_seconds"] = round(time.monotonic() - clock, 1)
     clock = time.monotonic()
     deployment.run(

@@ -13,8 +13,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -28,6 +29,9 @@ from bqx_assets_tests.e2e.conftest import (
     stop_processes,
 )
 from bqx_assets_tests.e2e.launcher import CgroupRunLauncher, cgroup_usable
+
+if TYPE_CHECKING:
+    from emulators.bigquery import BigQueryEmulator
 
 PROD = REPO / "deploy" / "dagster.prod.yaml"
 MAX_CONCURRENT_RUNS = 2
@@ -155,8 +159,11 @@ class Rehearsal(Deployment):
     log_bucket: str = ""
     cgroup_parent: str = ""
     memory_limit: str | None = None
-    gcs: Any = None
     """None when each run is held to JOB's memory; else why it could not be."""
+    gcs: Any = None
+    bigquery_source: Path | None = None
+    """The embedded warehouse the BigQuery emulator was loaded from, moved out of the runs'
+    reach (None: the runs read the embedded warehouse)."""
 
     def instance(self) -> Any:
         import dagster as dg
@@ -168,10 +175,20 @@ class Rehearsal(Deployment):
 
 
 @contextlib.contextmanager
-def rehearsal(work: Path, pairs: list[str], rows: int) -> Iterator[Rehearsal]:
+def rehearsal(
+    work: Path,
+    pairs: list[str],
+    rows: int,
+    *,
+    catalog: Path | None = None,
+    bigquery: bool = False,
+) -> Iterator[Rehearsal]:
     """Postgres, the GCS emulator, the warehouse, shared checkpoints, then the webserver and the
     daemon: the environment variables set here are this process's too while it lasts, so that
-    `Rehearsal.instance()` reads the same Postgres."""
+    `Rehearsal.instance()` reads the same Postgres. `catalog`: a catalog file in place of the
+    packaged one (the graph's and the runs'). `bigquery`: the production resources
+    (`BQX_ENV=prod`), the warehouse's tables copied into the BigQuery emulator and read from
+    there by the production `BigQueryWarehouse`."""
     from emulators.gcs import run_gcs_emulator
 
     work.mkdir(parents=True, exist_ok=True)
@@ -186,6 +203,7 @@ def rehearsal(work: Path, pairs: list[str], rows: int) -> Iterator[Rehearsal]:
     with (
         postgres_server(Path(tempfile.mkdtemp(prefix="bqx-pg-"))) as postgres,
         run_gcs_emulator(work / "gcs") as gcs,
+        _bigquery_emulator(work / "bigquery", bigquery) as emulator,
     ):
         staging, output, logs = gcs.create_bucket(), gcs.create_bucket(), gcs.create_bucket()
         config = instance_config(limit, cgroup_parent)
@@ -213,6 +231,16 @@ def rehearsal(work: Path, pairs: list[str], rows: int) -> Iterator[Rehearsal]:
             PYTHONPATH=str(REPO),  # the launcher's module, for the daemon
             PYTHONUNBUFFERED="1",
         )
+        if catalog is not None:
+            env["BQX_CATALOG_PATH"] = str(catalog)
+        if emulator is not None:
+            env.update(
+                BQX_ENV="prod",
+                BQX_BQ_PROJECT=emulator.project,
+                BQX_BQ_API_ENDPOINT=emulator.rest_endpoint,
+                BQX_BQ_READ_ENDPOINT=emulator.grpc_endpoint,
+                BQX_BQ_READ_STREAMS="1",
+            )
         os.environ.update(env)
         port = free_port()
         deployment = Rehearsal(
@@ -221,7 +249,10 @@ def rehearsal(work: Path, pairs: list[str], rows: int) -> Iterator[Rehearsal]:
             gcs=gcs,
         )  # fmt: skip
         try:
-            start_deployment(deployment, pairs, rows)
+            made = None
+            if emulator is not None:
+                made = partial(_copy_to_bigquery, deployment, emulator, pairs)
+            start_deployment(deployment, pairs, rows, made=made)
             yield deployment
         finally:
             stop_processes(deployment.processes)
@@ -230,6 +261,37 @@ def rehearsal(work: Path, pairs: list[str], rows: int) -> Iterator[Rehearsal]:
             os.environ.update(saved)
             shutil.rmtree(local, ignore_errors=True)
             _remove_cgroups(cgroup_parent)
+
+
+@contextlib.contextmanager
+def _bigquery_emulator(folder: Path, wanted: bool) -> Iterator[BigQueryEmulator | None]:
+    if not wanted:
+        yield None
+        return
+    from emulators.bigquery import start_emulator
+
+    emulator = start_emulator(folder)
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+def _copy_to_bigquery(
+    deployment: Rehearsal, emulator: BigQueryEmulator, pairs: list[str], warehouse: Path
+) -> None:
+    """The embedded warehouse's tables of the deployment's catalog, loaded into the emulator's
+    datasets of the catalog's names."""
+    from bqx_assets.core.catalog import Catalog
+    from emulators.bigquery import load_warehouse
+
+    clock = time.monotonic()
+    catalog = Catalog.load(deployment.env.get("BQX_CATALOG_PATH"))
+    loaded = load_warehouse(emulator.client(), warehouse, catalog, pairs)
+    # Out of the runs' reach: only the emulator holds the tables now.
+    deployment.bigquery_source = warehouse.rename(warehouse.with_suffix(".in-bigquery.duckdb"))
+    deployment.figures["bigquery_tables"] = len(loaded)
+    deployment.figures["bigquery_load_seconds"] = round(time.monotonic() - clock, 1)
 
 
 def _kill_workers(root: Path) -> None:
