@@ -223,10 +223,16 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         yield deployment
     finally:
         stop_processes(deployment.processes)
-        for name in ("webserver", "daemon"):
-            log = root / f"{name}.log"
-            if log.exists():
-                shutil.copy(log, ARTIFACTS / f"e2e-{name}.log")
+        keep_logs(deployment, "e2e")
+
+
+def keep_logs(deployment: Deployment, prefix: str) -> None:
+    """The webserver's and the daemon's logs, kept in test-artifacts as `{prefix}-{name}.log`."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    for name in ("webserver", "daemon"):
+        log = deployment.root / f"{name}.log"
+        if log.exists():
+            shutil.copy(log, ARTIFACTS / f"{prefix}-{name}.log")
 
 
 LAUNCH = """

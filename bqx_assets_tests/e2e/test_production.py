@@ -20,6 +20,7 @@ from bqx_assets_tests.e2e.conftest import (
     ARTIFACTS,
     BIN,
     PAIRS,
+    keep_logs,
     launch_backfill,
     max_overlap,
     start_process,
@@ -84,11 +85,7 @@ class Done:
 def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
     with rehearsal(tmp_path_factory.mktemp("rehearsal"), list(REHEARSED), ROWS) as deployment:
         yield deployment
-    ARTIFACTS.mkdir(exist_ok=True)
-    for name in ("webserver", "daemon"):
-        log = deployment.root / f"{name}.log"
-        if log.exists():
-            (ARTIFACTS / f"rehearsal-{name}.log").write_bytes(log.read_bytes())
+    keep_logs(deployment, "rehearsal")
 
 
 @pytest.fixture(scope="module")

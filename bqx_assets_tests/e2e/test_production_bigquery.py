@@ -24,6 +24,7 @@ from bqx_assets_tests.e2e.conftest import (
     ARTIFACTS,
     BIN,
     REPO,
+    keep_logs,
     launch_backfill,
     max_overlap,
     wait_for_backfill,
@@ -52,11 +53,7 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
         work / "instance", list(MINI_PAIRS), ROWS, catalog=catalog, bigquery=True
     ) as deployment:
         yield deployment
-    ARTIFACTS.mkdir(exist_ok=True)
-    for name in ("webserver", "daemon"):
-        log = deployment.root / f"{name}.log"
-        if log.exists():
-            (ARTIFACTS / f"rehearsal-bigquery-{name}.log").write_bytes(log.read_bytes())
+    keep_logs(deployment, "rehearsal-bigquery")
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +134,15 @@ def test_each_file_equals_the_embedded_warehouses_build_of_the_same_rows(
         assert built.columns == local.columns, pair
         assert built.height == local.height > 0, pair
         assert built.equals(local), pair
+
+
+def test_costs_price_the_bigquery_reads_of_both_pairs(
+    production: Rehearsal, runs: list[RunFacts]
+) -> None:
+    """`bqx costs` over the instance's records: each pair's reads through Storage Read, at the
+    configured price per TiB, beside its run time."""
+    output = production.run(str(BIN / "bqx"), "costs", "--pairs", ",".join(MINI_PAIRS))
+    summary = json.loads(output.strip().splitlines()[-1])
+    lines = {line["name"]: line for line in summary["lines"]}
+    for pair in MINI_PAIRS:
+        assert lines[pair]["bytes_read"] > 0 and lines[pair]["bigquery_usd"] > 0, lines[pair]
