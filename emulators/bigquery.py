@@ -300,8 +300,8 @@ def load_warehouse(
     """The catalog's shared tables and `pairs`' own and targets tables, copied from the embedded
     warehouse at `embedded` into the emulator's datasets of the same names (as production has
     them); returns rows loaded per table. The emulator finds a table by listing every table it
-    holds, so each load takes longer than the last: 2 tables a second at first, and 1,137
-    tables (three pairs of the packaged catalog) well over 10 minutes."""
+    holds, so each load takes longer than the last: under 2 tables a second at first, about 400
+    of the packaged catalog's 1,137 tables of three pairs in 5 minutes."""
     from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 
     sources: dict[tuple[str, str], Sequence[str]] = {}
