@@ -310,15 +310,15 @@ def load_warehouse(
     for pair in pairs:
         targets = catalog.targets[pair]
         sources[targets.dataset, targets.name] = [KEY, *(c.name for c in targets.columns)]
+    by_dataset: dict[str, dict[str, pa.Table]] = {}
     warehouse = EmbeddedWarehouse(embedded)
     try:
-        data = {
-            (dataset, name): warehouse.read(dataset, name, columns, DateRange()).data
-            for (dataset, name), columns in sources.items()
-        }
+        for (dataset, name), columns in sources.items():
+            data = warehouse.read(dataset, name, columns, DateRange()).data
+            by_dataset.setdefault(dataset, {})[name] = data
     finally:
         warehouse.close()
     loaded: dict[str, int] = {}
-    for (dataset, name), rows in data.items():
-        loaded |= load_tables(client, dataset, {name: rows})
+    for dataset, tables in by_dataset.items():
+        loaded |= load_tables(client, dataset, tables)
     return loaded

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -21,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from emulators.proxy import Exchange, Reply, Rule
+from emulators.proxy import Exchange, Reply, Rule, forward
 
 # Set before anything imports google-auth or gcsfs: without them google-auth probes the GCE
 # metadata server and gcsfs waits 60 s per call probing for hierarchical namespaces.
@@ -141,22 +140,7 @@ def rewrite_preconditions(upstream: str) -> Rule:
     (https://cloud.google.com/storage/docs/request-preconditions). The check and the copy are
     made under one lock, so that two copies to one name are taken one after the other, as GCS
     orders writes to an object."""
-    host = upstream.removeprefix("http://")
     lock = threading.Lock()
-
-    def call(method: str, path: str, exchange: Exchange | None = None) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection(host, timeout=120)
-        try:
-            headers = {}
-            if exchange is not None:
-                headers = {k: v for k, v in exchange.headers.items()
-                           if k.lower() not in ("host", "content-length")}  # fmt: skip
-            body = exchange.body if exchange is not None else None
-            connection.request(method, path, body=body or None, headers=headers)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
 
     def rule(exchange: Exchange) -> Reply | None:
         if exchange.method != "POST" or "/rewriteTo/b/" not in exchange.route:
@@ -165,7 +149,8 @@ def rewrite_preconditions(upstream: str) -> Rule:
         expected = parse_qs(urlsplit(exchange.path).query).get("ifGenerationMatch")
         with lock:
             if expected is not None:
-                status, body = call("GET", f"/storage/v1/b/{bucket}/o/{name}")
+                lookup = Exchange("GET", f"/storage/v1/b/{bucket}/o/{name}", {}, b"")
+                status, _, body = forward(upstream, lookup)
                 current = int(json.loads(body)["generation"]) if status == 200 else 0
                 if current != int(expected[0]):
                     message = "At least one of the pre-conditions you specified did not hold."
@@ -173,7 +158,7 @@ def rewrite_preconditions(upstream: str) -> Rule:
                              "locationType": "header", "location": "If-Match"}  # fmt: skip
                     return Reply(412, {"error": {"code": 412, "message": message,
                                                  "errors": [error]}})  # fmt: skip
-            status, body = call("POST", exchange.path, exchange)
+            status, _, body = forward(upstream, exchange)
         return Reply(status, json.loads(body) if body else {})
 
     return rule

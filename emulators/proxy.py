@@ -75,19 +75,15 @@ class HttpFaultProxy(_Server):
                     self.end_headers()
                     self.wfile.write(payload)
                     return
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=120)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                self.send_response(response.status)
-                for key, value in response.getheaders():
+                request = Exchange(self.command, self.path, dict(self.headers.items()), body or b"")
+                status, headers, data = forward(proxy.upstream, request)
+                self.send_response(status)
+                for key, value in headers:
                     if key.lower() not in ("transfer-encoding", "content-length", "connection"):
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                conn.close()
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
@@ -150,6 +146,23 @@ Rewrite = Callable[[Exchange], "bytes | None"]
 """Looks at a request before it is forwarded; returns the body to forward instead (so that
 the emulator answers a request it cannot take as sent), or None to forward it as it is. The
 exchange keeps the body the client sent."""
+
+
+def forward(
+    upstream: str, exchange: Exchange, body: bytes | None = None
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The request of `exchange` (with `body` in place of its own, where given) sent to
+    `upstream` (`host:port`): the response's status, headers and body."""
+    connection = http.client.HTTPConnection(upstream.removeprefix("http://"), timeout=120)
+    try:
+        sent = {k: v for k, v in exchange.headers.items()
+                if k.lower() not in ("host", "content-length")}  # fmt: skip
+        data = exchange.body if body is None else body
+        connection.request(exchange.method, exchange.path, body=data or None, headers=sent)
+        response = connection.getresponse()
+        return response.status, response.getheaders(), response.read()
+    finally:
+        connection.close()
 
 
 def bigquery_error(status: int, reason: str, message: str) -> Reply:
@@ -218,14 +231,9 @@ class HttpAnswerProxy(_Server):
                     body = exchange.body
                     for rewrite in proxy.rewrite:
                         body = rewrite(exchange) or body
-                    conn = http.client.HTTPConnection(proxy.upstream, timeout=120)
-                    sent = {k: v for k, v in exchange.headers.items()
-                            if k.lower() not in ("host", "content-length")}  # fmt: skip
-                    conn.request(self.command, self.path, body=body or None, headers=sent)
-                    response = conn.getresponse()
-                    exchange.status, exchange.response = response.status, response.read()
-                    headers = response.getheaders()
-                    conn.close()
+                    exchange.status, headers, exchange.response = forward(
+                        proxy.upstream, exchange, body
+                    )
                     reply = _first(proxy.after, exchange)
                 if reply is None:
                     self._send(exchange.status or 502, exchange.response, headers)

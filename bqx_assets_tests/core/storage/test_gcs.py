@@ -370,6 +370,34 @@ def test_a_temporary_object_deleted_before_its_copy_is_uploaded_again(
     assert _all_object_names(gcs_emulator, gcs_bucket) == ["out/chunk.parquet"]
 
 
+def test_a_temporary_object_deleted_before_every_copy_fails_and_keeps_the_published_one(
+    gcs_emulator: GCSEmulator, gcs_bucket: str, tmp_path: Path
+) -> None:
+    """Deleted before each of its copies, the upload gives up naming the object: the object
+    already published and the local file stay as they were."""
+
+    def delete_every_copys_source(exchange: Exchange) -> Reply | None:
+        if "/rewriteTo/" in exchange.route:
+            source = unquote(exchange.route.split("/o/", 1)[1].split("/rewriteTo/", 1)[0])
+            gcs_emulator.client().bucket(gcs_bucket).blob(source).delete()
+        return None
+
+    local = _random_file(tmp_path / "mine.parquet", 2 * CHUNK)
+    with gcs_as_google_answers(gcs_emulator, delete_every_copys_source) as proxy:
+        client = gcs_emulator.client(proxy.endpoint)
+        storage = GCSStorage(gcs_bucket, "out", chunk_size=CHUNK, client=client)
+        before = storage.write_bytes("chunk.parquet", b"the published chunk")
+        with pytest.raises(
+            StorageError,
+            match=r"chunk\.parquet: the temporary object was deleted before its copy 3 times "
+            r".*nothing was published",
+        ):
+            storage.put_file(local, "chunk.parquet", move=True)
+        assert _identity(storage.stat("chunk.parquet")) == _identity(before)
+    assert local.exists()
+    assert _all_object_names(gcs_emulator, gcs_bucket) == ["out/chunk.parquet"]
+
+
 # listings
 
 
