@@ -1,12 +1,8 @@
-"""The embedded warehouse: the catalog's tables, per-day states, appends, bounded memory."""
+"""The embedded warehouse read as BigQuery is: its catalog, reads, per-day states, appends and
+reads as of a cut."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,21 +13,20 @@ import pytest
 from bqx_assets.core.catalog import Catalog, catalog_from_schema
 from bqx_assets.core.checkpoints.schema import expected_schema
 from bqx_assets.core.errors import WarehouseError
-from bqx_assets.core.warehouse import Cut, DateRange, embedded
+from bqx_assets.core.warehouse import Cut, DateRange
 from bqx_assets.core.warehouse.embedded import (
     REVISED_ROWS,
     EmbeddedWarehouse,
-    create_warehouse,
     warehouse_params,
 )
 from bqx_assets.core.warehouse.synthetic import (
     DEFAULT_SEED,
     DEFAULT_START,
     Series,
-    feature_table_data,
     targets_table_data,
 )
 from bqx_assets_tests.conftest import Warehouses
+from bqx_assets_tests.core.warehouse.embedded.helpers import as_generated, as_stored
 
 
 def test_information_schema_refreshes_to_the_same_catalog(
@@ -105,22 +100,10 @@ def test_append_minutes_to_a_targets_table_fills_its_old_look_ahead(
     targets = small.targets["eurusd"].name
     assert wh.append_minutes(small.targets_dataset, targets, 30).rows == 1_030
     expected = targets_table_data(small.targets["eurusd"], wh.series().grown(30))
-    stored = _stored(wh, small.targets_dataset, targets)
+    stored = as_stored(wh, small.targets_dataset, targets)
     for column in expected.schema.names:
         want = expected.column(column).cast(stored.schema.field(column).type)
         assert stored.column(column).equals(want), column
-
-
-def test_every_connection_has_bounded_memory_and_threads(mini_warehouse: Path) -> None:
-    wh = EmbeddedWarehouse(mini_warehouse)
-    limit, threads = (
-        wh._cursor()
-        .execute("SELECT current_setting('memory_limit'), current_setting('threads')")
-        .fetchone()
-    )
-    number, unit = limit.split()
-    assert float(number) * {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit] <= 2**30
-    assert int(threads) <= 2
 
 
 def test_per_day_partition_states(mini: tuple[Catalog, Path], mini_warehouse: Path) -> None:
@@ -180,65 +163,6 @@ def test_missing_warehouse_and_table_are_clear_errors(tmp_path: Path, mini_wareh
         wh.read("bqx_ml_v3_features_v2", "agg_usdjpy", ["interval_time"], DateRange())
 
 
-# Peaks from VmHWM (metrics.peak_rss_bytes): ru_maxrss would carry pytest's own high-water mark
-# into the child across fork and exec.
-_MEASURE = """
-import sys
-from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.metrics import peak_rss_bytes
-from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse, create_warehouse
-from bqx_assets.core.warehouse import DateRange, embedded
-catalog = Catalog.load()
-create_warehouse(sys.argv[1], catalog, pairs=["eurusd"], rows=int(sys.argv[2])).close()
-created = peak_rss_bytes()
-wh = EmbeddedWarehouse(sys.argv[1])
-for table in catalog.tables_for("eurusd"):
-    wh.read(table.dataset, table.name, ["interval_time", *(c.name for c in table.columns)],
-            DateRange())
-print(created, peak_rss_bytes())
-"""
-
-
-@pytest.mark.slow
-def test_creation_and_reads_stay_in_bounded_memory(tmp_path: Path) -> None:
-    """A whole pair (668 tables) at 20,000 rows: creation, then reading every table back, stay
-    under 2 GiB: DuckDB's capped buffer pool, a commit batch and the table at hand (1.46 GiB
-    measured here; 1.84 GiB for a pair at 177,748 rows)."""
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", _MEASURE, str(tmp_path / "w.duckdb"), "20000"],
-        capture_output=True, text=True, check=True, timeout=1_800,
-    )  # fmt: skip
-    created, read = map(int, done.stdout.split()[-2:])
-    assert created < 2 * 2**30 and read < 2 * 2**30, (created, read)
-
-
-def test_a_bad_start_is_a_clear_error_and_writes_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from bqx_assets.cli import main
-
-    path = tmp_path / "w.duckdb"
-    argv = ["warehouse", "create", "--rows", "20", "--path", str(path), "--start", "Monday"]
-    assert main(argv) == 1
-    assert "--start 'Monday' is not an ISO 8601 date and time" in capsys.readouterr().err
-    assert not path.exists() and list(tmp_path.iterdir()) == []
-
-
-def _generated(catalog: Catalog, name: str, series: Series) -> pa.Table:
-    for targets in catalog.targets.values():
-        if targets.name == name:
-            return targets_table_data(targets, series)
-    return feature_table_data(catalog.table(name), series)
-
-
-def _stored(wh: EmbeddedWarehouse, dataset: str, name: str) -> pa.Table:
-    sql = f'SELECT * FROM "{dataset}"."{name}" ORDER BY interval_time'
-    return wh._cursor().execute(sql).to_arrow_table()
-
-
 def test_an_appended_warehouse_equals_one_generated_at_the_grown_length(
     tmp_path: Path, mini: tuple[Catalog, Path], warehouses: Warehouses
 ) -> None:
@@ -255,7 +179,7 @@ def test_an_appended_warehouse_equals_one_generated_at_the_grown_length(
     targets = small.targets["eurusd"].name
     before = EmbeddedWarehouse(path)
     old_days = {d.day: d for d in before.partitions(small.targets_dataset, targets)}
-    old_tail = _stored(before, small.targets_dataset, targets).slice(rows - REVISED_ROWS)
+    old_tail = as_stored(before, small.targets_dataset, targets).slice(rows - REVISED_ROWS)
     before.close()
     late = "target_bqx45_h105"
     assert old_tail.column(late).null_count > 0  # look-ahead: the minutes after were unknown
@@ -267,15 +191,15 @@ def test_an_appended_warehouse_equals_one_generated_at_the_grown_length(
     tables = [(small.targets_dataset, targets)]
     tables += [(t.dataset, t.name) for t in small.tables_for("eurusd")]
     for dataset, name in tables:
-        stored = _stored(wh, dataset, name)
-        expected = _generated(small, name, grown)
+        stored = as_stored(wh, dataset, name)
+        expected = as_generated(small, name, grown)
         assert stored.schema.names == expected.schema.names, name
         for column in expected.schema.names:
             want = expected.column(column).cast(stored.schema.field(column).type)
             assert stored.column(column).equals(want), (name, column)
         assert sum(d.rows for d in wh.partitions(dataset, name)) == stored.num_rows, name
         assert wh.state(dataset, name).rows == stored.num_rows, name
-    filled = _stored(wh, small.targets_dataset, targets).slice(rows - REVISED_ROWS, REVISED_ROWS)
+    filled = as_stored(wh, small.targets_dataset, targets).slice(rows - REVISED_ROWS, REVISED_ROWS)
     assert filled.column(late).null_count == 0
     # The days of the rewritten rows changed (a refresh re-reads them); Monday did not.
     days = {d.day: d for d in wh.partitions(small.targets_dataset, targets)}
@@ -286,64 +210,6 @@ def test_an_appended_warehouse_equals_one_generated_at_the_grown_length(
     assert [days[d].rows for d in sorted(days)] == [1440, 1440, 60 + minutes]
 
 
-def test_tables_made_ahead_on_threads_are_written_exactly_as_generated(
-    tmp_path: Path, mini: tuple[Catalog, Path]
-) -> None:
-    """Creation generates tables on a thread pool ahead of the writer: every table of the
-    warehouse (two pairs, so pair, cov and shared tables) still equals the generator's output
-    for it, in the same order of rows, values and nulls, with the seed it was given."""
-    catalog, _ = mini
-    rows, seed = 1_500, 11
-    path = tmp_path / "w.duckdb"
-    create_warehouse(path, catalog, pairs=["eurusd", "gbpusd"], rows=rows, seed=seed).close()
-    wh = EmbeddedWarehouse(path)
-    series = Series(DEFAULT_START, rows, rows, seed)
-    subset = catalog.subset(["eurusd", "gbpusd"])
-    tables = {(subset.targets_dataset, t.name) for t in subset.targets.values()}
-    tables |= {(t.dataset, t.name) for p in subset.pairs for t in subset.tables_for(p)}
-    for dataset, name in sorted(tables):
-        stored = _stored(wh, dataset, name)
-        expected = _generated(subset, name, series)
-        assert stored.schema.names == expected.schema.names, name
-        for column in expected.schema.names:
-            want = expected.column(column).cast(stored.schema.field(column).type)
-            assert stored.column(column).equals(want), (name, column)
-
-
-def test_tables_made_ahead_come_in_order_within_the_byte_bound_and_stop_at_an_error() -> None:
-    started: list[int] = []
-    outstanding: list[int] = []  # sizes started and not yet taken, at each start
-    taken: set[int] = set()
-    sizes = [10, 30, 10, 10, 50, 10, 10]
-    lock = threading.Lock()
-
-    def maker(i: int) -> Callable[[], pa.Table]:
-        def make() -> pa.Table:
-            with lock:
-                started.append(i)
-                outstanding.append(sum(sizes[j] for j in started if j not in taken))
-            time.sleep(0.01 * (len(sizes) - i))  # later tables are ready sooner
-            if i == 5:
-                raise WarehouseError("table 5 failed")
-            return pa.table({"i": [i]})
-
-        return make
-
-    made = embedded._made_in_order(
-        [maker(i) for i in range(len(sizes))], sizes, threads=3, ahead_bytes=40
-    )
-    got = []
-    with pytest.raises(WarehouseError, match="table 5 failed"):
-        for table in made:
-            got.append(table.column("i")[0].as_py())
-            taken.add(got[-1])
-    assert got == [0, 1, 2, 3, 4]
-    assert max(outstanding) <= 50  # 40, or one larger table started alone
-    count = len(started)
-    time.sleep(0.1)
-    assert len(started) == count  # nothing starts once the error is raised
-
-
 # -- as of a cut -----------------------------------------------------------------------------
 def _everything(wh: EmbeddedWarehouse, catalog: Catalog, cut: Cut | None = None) -> dict:
     """Every table's rows (all columns, whole table) and day states, as of `cut`."""
@@ -351,7 +217,7 @@ def _everything(wh: EmbeddedWarehouse, catalog: Catalog, cut: Cut | None = None)
     tables = [(catalog.targets_dataset, catalog.targets["eurusd"].name)]
     tables += [(t.dataset, t.name) for t in catalog.tables_for("eurusd")]
     for dataset, name in tables:
-        columns = [c for c in _stored(wh, dataset, name).schema.names]
+        columns = [c for c in as_stored(wh, dataset, name).schema.names]
         data = wh.read(dataset, name, columns, DateRange(), cut=cut).data
         days = wh.partition_states(dataset, [name], cut=cut)[name]
         out[name] = (data, days)
@@ -399,51 +265,3 @@ def test_reads_and_day_states_as_of_a_cut_ignore_appends_committed_after_it(
 
 def _us(value: datetime) -> int:
     return int(value.timestamp() * 1_000_000)
-
-
-_HOLD = """
-import sys, time
-from bqx_assets.core.warehouse.embedded import connect
-con = connect(sys.argv[1], read_only=sys.argv[2] == "ro")
-print("held", flush=True)
-time.sleep(float(sys.argv[3]))
-con.close()
-"""
-
-
-def _holder(path: Path, mode: str, seconds: float) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(path), mode, str(seconds)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    return proc
-
-
-def test_an_append_waits_for_a_run_holding_the_file_or_fails_naming_it(
-    tmp_path: Path, mini: tuple[Catalog, Path], warehouses: Warehouses
-) -> None:
-    """DuckDB lets one process write a file or many read it, never both: an append (as `bqx
-    warehouse append` opens it) while another process reads waits for the file, then appends;
-    past its wait it fails naming the file and the lock, having changed nothing."""
-    catalog, _ = mini
-    small = catalog.subset(["eurusd"])
-    path = warehouses.copy(tmp_path / "w.duckdb", small, pairs=["eurusd"], rows=50)
-    run = _holder(path, "ro", 30)
-    try:
-        with pytest.raises(
-            WarehouseError, match=r"cannot open embedded warehouse .*w\.duckdb.*lock"
-        ):
-            EmbeddedWarehouse(path, read_only=False, lock_wait=0.3)
-    finally:
-        run.kill()
-        run.wait()
-    run = _holder(path, "ro", 0.5)
-    try:
-        wh = EmbeddedWarehouse(path, read_only=False, lock_wait=30)
-        wh.append(10)
-        wh.close()
-    finally:
-        run.wait()
-    assert EmbeddedWarehouse(path).state(small.features_dataset, "agg_eurusd").rows == 60
