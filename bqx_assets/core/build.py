@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bqx_assets.core.catalog import Catalog
+from bqx_assets.core.checkpoints.recover import Recovery
 from bqx_assets.core.checkpoints.select import stored_window
 from bqx_assets.core.checkpoints.window import ResolvedWindow, TrainingWindow
 from bqx_assets.core.gate.profile import Profile, load_profile
@@ -49,6 +50,7 @@ def build_training_file(
     window: TrainingWindow,
     thresholds: Thresholds,
     *,
+    recovered: Recovery | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> TrainingBuild:
     """The pair's training file, merged into a sink of `output` and gate-checked there.
@@ -59,11 +61,18 @@ def build_training_file(
     change are copied from the pair's published file. Its drift is judged against the profile
     published with the pair's last file; a file that passes carries its own profile, published
     with it (`publish.publish_training_file`). On any error nothing is left in `output` but what
-    was there."""
+    was there.
+
+    `recovered`: the pair's chunks as the step before the merge checked (and re-made) them
+    (`recover.recover_pair_chunks`), read as they are instead of being looked up again."""
     cleared = tuple(clear_dead_writes(output, pair))
     history = load_profile(output, pair)
-    resolved = stored_window(checkpoints, catalog.targets[pair], window)
-    inputs = pair_inputs(checkpoints, catalog, pair, resolved)
+    if recovered is None:
+        resolved = stored_window(checkpoints, catalog.targets[pair], window)
+        inputs = pair_inputs(checkpoints, catalog, pair, resolved)
+    else:
+        resolved = recovered.window
+        inputs = pair_inputs(checkpoints, catalog, pair, resolved, recovered.chunks)
     # Looked up before the sink is opened: the merge aborts the sink on its own errors only.
     key = training_file_key(pair)
     previous = output.find_file(key)

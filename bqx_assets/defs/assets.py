@@ -424,6 +424,7 @@ def training_file(
         pair,
         settings.training_window(),
         settings.thresholds(),
+        recovered=recovered,
         progress=context.log.info,
     )
     if built.cleared:

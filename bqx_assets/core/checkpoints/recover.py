@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bqx_assets.core.catalog import Catalog
-from bqx_assets.core.checkpoints.manifest import MANIFEST_SUFFIX, StoredChunks, stored_manifests
+from bqx_assets.core.checkpoints.manifest import (
+    MANIFEST_SUFFIX,
+    ChunkManifest,
+    StoredChunks,
+    stored_manifests,
+)
 from bqx_assets.core.checkpoints.refresh import ChunkedCheckpoint, refresh_tables
 from bqx_assets.core.checkpoints.schema import Source
 from bqx_assets.core.checkpoints.select import current_chunks, require_chunks, stored_window
@@ -31,14 +36,30 @@ from bqx_assets.core.warehouse import Warehouse
 _DAYS = re.compile(r"(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})$")
 
 
+Chosen = dict[str, list[tuple[str, ChunkManifest]]]
+"""Each table's verified chunks for a window, in key order, by table name: what the merge reads
+(`select.require_chunks`)."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The tables' chunks as found before a merge: the whole tables' and why the others fail."""
+
+    chunks: Chosen
+    missing: dict[str, str]
+    """Why each other table cannot be merged as extracted, by table name."""
+
+
 @dataclass(frozen=True)
 class Recovery:
-    """What the step before a merge found missing, and the refresh that re-made it."""
+    """What the step before a merge found missing, the refresh that re-made it, and every
+    table's verified chunks after it, which the merge reads without listing them again."""
 
     window: ResolvedWindow
     """The window the pair's checkpoints were made for, which the merge reads."""
     missing: dict[str, str]
     """Why each table was refreshed again, by table name (none: nothing was missing)."""
+    chunks: Chosen
     checkpoints: tuple[ChunkedCheckpoint, ...] = ()
 
     @property
@@ -68,14 +89,15 @@ def gone_chunks(storage: Storage, source: Source, found: StoredChunks | None = N
     return out
 
 
-def missing_chunks(
+def check_chunks(
     storage: Storage, sources: Sequence[Source], window: Window, grain: ChunkGrain = DEFAULT_GRAIN
-) -> dict[str, str]:
-    """Why each of `sources` cannot be merged as extracted for `window`, by table name: a chunk
-    that does not match its manifest, no chunk, overlapping chunks (`select.current_chunks`),
-    or chunks gone with their manifests (`gone_chunks`). Empty when every table is whole."""
+) -> Checked:
+    """Each of `sources` checked as the merge will read it for `window`, with one listing of
+    its folder: its verified chunks (`select.current_chunks`), or why it cannot be merged as
+    extracted: a chunk that does not match its manifest, no chunk, overlapping chunks, or
+    chunks gone with their manifests (`gone_chunks`)."""
 
-    def why(source: Source) -> str | None:
+    def check(source: Source) -> list[tuple[str, ChunkManifest]] | str:
         found = stored_manifests(storage, source)  # one listing for both checks
         gone = gone_chunks(storage, source, found)
         if gone:
@@ -85,15 +107,20 @@ def missing_chunks(
             )
         try:
             mine = table_window(window, source, grain)
-            current_chunks(storage, source, mine.window, mine.after, found)
+            return current_chunks(storage, source, mine.window, mine.after, found)
         except ExtractionError as exc:
             return str(exc)
-        return None
 
     # As `require_chunks`: a few tables at a time, each two or three requests.
     with ThreadPoolExecutor(storage.concurrency) as pool:
-        found = zip(sources, pool.map(why, sources), strict=True)
-    return {source.name: reason for source, reason in found if reason is not None}
+        results = zip(sources, pool.map(check, sources), strict=True)
+    checked = Checked({}, {})
+    for source, result in results:
+        if isinstance(result, str):
+            checked.missing[source.name] = result
+        else:
+            checked.chunks[source.name] = result
+    return checked
 
 
 def recover_chunks(
@@ -106,21 +133,21 @@ def recover_chunks(
 ) -> Recovery:
     """Every table of `sources` whose chunks for `window` are missing or unverifiable refreshed
     again (`refresh.refresh_tables` with `options`: its verified chunks reused, the others read
-    again), then checked as the merge will check them. The warehouse is opened (and closed)
-    only when something is missing. Raises ExtractionError naming each table that the refresh
-    could not make whole."""
+    again), then checked as the merge will check them; every table's chunks returned. The
+    warehouse is opened (and closed) only when something is missing. Raises ExtractionError
+    naming each table that the refresh could not make whole."""
     grain = options.get("grain", DEFAULT_GRAIN)
-    missing = missing_chunks(storage, sources, window, grain)
-    if not missing:
-        return Recovery(window, {})
-    redo = [s for s in sources if s.name in missing]
+    checked = check_chunks(storage, sources, window, grain)
+    if not checked.missing:
+        return Recovery(window, {}, checked.chunks)
+    redo = [s for s in sources if s.name in checked.missing]
     warehouse = open_warehouse()
     try:
         done = refresh_tables(warehouse, redo, storage, window=window, **options)
     finally:
         warehouse.close()
-    require_chunks(storage, redo, window, what, grain)
-    return Recovery(window, missing, tuple(done))
+    chunks = {**checked.chunks, **require_chunks(storage, redo, window, what, grain)}
+    return Recovery(window, checked.missing, chunks, tuple(done))
 
 
 def recover_pair_chunks(

@@ -112,12 +112,23 @@ def chunk_id(manifest: ChunkManifest) -> ChunkId:
     return ChunkId(micros(r.start), micros(r.end), f"{manifest.crc32c}:{manifest.bytes}")
 
 
-def pair_inputs(storage: Storage, catalog: Catalog, pair: str, window: Window) -> PairInputs:
+def pair_inputs(
+    storage: Storage,
+    catalog: Catalog,
+    pair: str,
+    window: Window,
+    chosen: Mapping[str, list[tuple[str, ChunkManifest]]] | None = None,
+) -> PairInputs:
     """The pair's verified chunks inside `window` as the merge's inputs, each opened in place
     (in an object store, pinned to the version whose size and CRC32C its manifest records)
-    with its id and recorded facts; fails naming every table without verified chunks."""
+    with its id and recorded facts; fails naming every table without verified chunks.
+    `chosen`: each table's chunks where the caller checked them already (`recover`)."""
     targets = catalog.targets[pair]
-    chosen = require_chunks(storage, [*catalog.tables_for(pair), targets], window, f"pair {pair}")
+    tables = [*catalog.tables_for(pair), targets]
+    if chosen is None or any(t.name not in chosen for t in tables):
+        chosen = require_chunks(storage, tables, window, f"pair {pair}")
+    else:
+        chosen = {t.name: chosen[t.name] for t in tables}
     opened = _opened(storage, chosen)
     return PairInputs(
         spine_table(targets, opened[targets.name]),
@@ -126,7 +137,7 @@ def pair_inputs(storage: Storage, catalog: Catalog, pair: str, window: Window) -
 
 
 def _opened(
-    storage: Storage, chosen: dict[str, list[tuple[str, ChunkManifest]]]
+    storage: Storage, chosen: Mapping[str, list[tuple[str, ChunkManifest]]]
 ) -> dict[str, tuple[InputChunk, ...]]:
     def open_one(item: tuple[str, ChunkManifest]) -> InputChunk:
         key, manifest = item

@@ -13,8 +13,8 @@ from bqx_assets.core.build import build_training_file
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.checkpoints.manifest import MANIFEST_SUFFIX, stored_manifests
 from bqx_assets.core.checkpoints.recover import (
+    check_chunks,
     gone_chunks,
-    missing_chunks,
     recover_pair_chunks,
 )
 from bqx_assets.core.checkpoints.refresh import refresh_checkpoints
@@ -24,7 +24,7 @@ from bqx_assets.core.errors import ExtractionError
 from bqx_assets.core.gate.thresholds import Thresholds
 from bqx_assets.core.layout import training_file_key
 from bqx_assets.core.publish import publish_training_file
-from bqx_assets.core.storage import LocalStorage, Storage
+from bqx_assets.core.storage import LocalStorage, ObjectInfo, Storage
 from bqx_assets.core.warehouse import Warehouse
 from bqx_assets.core.warehouse.embedded import META, EmbeddedWarehouse
 from bqx_assets_tests.core.checkpoints.conftest import PAIR, CountingWarehouse, pair_sources
@@ -93,7 +93,7 @@ def test_a_chunk_deleted_after_the_checkpoint_step_is_extracted_again(
         # The stored spine now gives a window one trading day later: a file one day short.
         moved = stored_window(storage, catalog.targets[PAIR], window)
         assert moved.training.start > step.window.training.start
-    found = missing_chunks(storage, sources, step.window)
+    found = check_chunks(storage, sources, step.window).missing
     assert set(found) == {spine.name, lost_file.name, lost_both.name}
     assert "does not match its manifest" in found[lost_file.name]
     assert (
@@ -115,9 +115,55 @@ def test_a_chunk_deleted_after_the_checkpoint_step_is_extracted_again(
     # Only the three tables are read, each its missing chunk only.
     assert sorted(name for name, *_ in opened[-1].reads) == sorted(found)
     assert recovered.chunks_extracted == 3 and recovered.bytes_read > 0
-    assert missing_chunks(storage, sources, step.window) == {}
+    assert check_chunks(storage, sources, step.window).missing == {}
     # The file equals the one built before anything was deleted, byte for byte.
     assert built_file(storage, tmp_path / "recovered", catalog, window) == expected
+
+
+class Listed(LocalStorage):
+    """A local root that records each folder it lists."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, durable=False)
+        self.listed: list[str] = []
+
+    def infos(self, prefix: str) -> dict[str, ObjectInfo]:
+        self.listed.append(prefix)
+        return super().infos(prefix)
+
+
+def test_the_merge_reads_the_chunks_the_recovery_checked_without_listing_them_again(
+    mini: tuple[Catalog, Path], warehouse: CountingWarehouse, tmp_path: Path
+) -> None:
+    catalog, _ = mini
+    sources = pair_sources(catalog)
+    storage = Listed(tmp_path / "ckpt")
+    window = TrainingWindow()
+    refresh_checkpoints(
+        warehouse, storage, sources, [catalog.targets[PAIR]], window, f"pair {PAIR}", threads=2
+    )
+    expected = built_file(storage, tmp_path / "alone", catalog, window)
+    lost = sources[1]
+    storage.delete(sorted(stored_manifests(storage, lost).manifests)[-1])
+    warehouse.close()
+
+    storage.listed.clear()
+    recovered = recover_pair_chunks(
+        lambda: CountingWarehouse(warehouse.path), storage, catalog, PAIR, window, threads=2
+    )
+    assert recovered is not None and recovered.tables == (lost.name,)
+    assert set(recovered.chunks) == {s.name for s in sources}
+    checked = len(storage.listed)
+    assert checked >= len(sources)  # each table's folder listed by the check
+
+    output = LocalStorage(tmp_path / "out")
+    built = build_training_file(storage, output, catalog, PAIR, window, GATE, recovered=recovered)
+    # The merge read what the recovery checked: no folder listed again, the same bytes.
+    assert storage.listed[checked:] == []
+    assert built.report.passed and built.window == recovered.window
+    assert publish_training_file(output, built.training_file).published
+    data = output.read_bytes(training_file_key(PAIR))
+    assert data is not None and hashlib.sha256(data).hexdigest() == expected
 
 
 def test_a_table_that_cannot_be_extracted_again_is_named(
