@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -59,7 +59,7 @@ from bqx_assets.core.errors import ExtractionError
 from bqx_assets.core.layout import CHECKPOINT_ROW_GROUP_ROWS, chunk_key
 from bqx_assets.core.metrics import Stopwatch
 from bqx_assets.core.storage import Storage
-from bqx_assets.core.warehouse import Cut, DateRange, PartitionState, Warehouse
+from bqx_assets.core.warehouse import Cut, DateRange, PartitionState, PartitionStates, Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -294,19 +294,25 @@ def refresh_tables(
     mode: ExtractMode = "read",
     staging_uri: str | None = None,
     cut: Cut | None = None,
+    known: Mapping[str, PartitionStates] | None = None,
 ) -> list[ChunkedCheckpoint]:
     """Refresh many tables' chunks on a bounded thread pool, with one partition look-up per
     dataset, every table's states and rows as of one `cut` (the warehouse's `cut()` now, where
     none is given). A table that fails does not stop the others; then one ExtractionError names
     every failed table and its reason. A `ResolvedWindow` gives each table its chunk window
-    (`ResolvedWindow.for_table`); a date range cuts every table alike."""
+    (`ResolvedWindow.for_table`); a date range cuts every table alike. `known`: the look-ups
+    as of `cut` the caller made already, by dataset (`step_states`), used instead of asking
+    again."""
     clock = Stopwatch()
-    cut = cut if cut is not None else warehouse.cut()
+    if cut is None:
+        cut, known = warehouse.cut(), None
     states: dict[tuple[str, str], tuple[PartitionState, ...]] = {}
     undescribed: dict[tuple[str, str], str] = {}
     for dataset in sorted({s.dataset for s in sources}):
         names = [s.name for s in sources if s.dataset == dataset]
-        found = warehouse.partition_states(dataset, names, cut=cut)
+        found = (known or {}).get(dataset)
+        if found is None:
+            found = warehouse.partition_states(dataset, names, cut=cut)
         states.update({(dataset, n): st for n, st in found.items()})
         undescribed.update({(dataset, n): why for n, why in found.errors.items()})
     counts = {"extracted": 0, "reused": 0, "bytes": 0}
@@ -383,26 +389,52 @@ def refresh_checkpoints(
     are as of it, whatever upstream jobs write while the step reads. A given cut that some of
     the step's tables did not exist at yet (created or replaced since: BigQuery cannot read a
     table as of a time before its creation) gives way to the step's own."""
-    cut = _usable(warehouse, [*sources, *spines], cut) if cut is not None else warehouse.cut()
-    resolved = resolve_window(warehouse, spines, window, cut=cut)
-    done = refresh_tables(warehouse, sources, storage, window=resolved, cut=cut, **options)
+    tables = [*sources, *spines]
+    if cut is None:
+        cut = warehouse.cut()
+        known = step_states(warehouse, tables, cut)
+    else:
+        known = step_states(warehouse, tables, cut)
+        if not _existed(warehouse, known, tables, cut):
+            cut = warehouse.cut()
+            known = step_states(warehouse, tables, cut)
+    resolved = resolve_window(warehouse, spines, window, cut=cut, known=known)
+    done = refresh_tables(
+        warehouse, sources, storage, window=resolved, cut=cut, known=known, **options
+    )
     require_chunks(storage, sources, resolved, what)
     return CheckpointStep(resolved, done, cut)
 
 
-def _usable(warehouse: Warehouse, sources: Sequence[Source], cut: Cut) -> Cut:
-    """`cut`, where every one of `sources` that exists now existed then; else a cut now."""
+def step_states(
+    warehouse: Warehouse, tables: Sequence[Source | TargetsTable], cut: Cut
+) -> dict[str, PartitionStates]:
+    """The tables' partition states as of `cut`: one look-up per dataset for the whole step
+    (the window and the refresh both take them from here)."""
     by_dataset: dict[str, set[str]] = {}
-    for source in sources:
-        by_dataset.setdefault(source.dataset, set()).add(source.name)
-    for dataset, names in by_dataset.items():
-        then = warehouse.partition_states(dataset, sorted(names), cut=cut)
-        absent = sorted(names - set(then) - set(then.errors))
+    for table in tables:
+        by_dataset.setdefault(table.dataset, set()).add(table.name)
+    return {
+        dataset: warehouse.partition_states(dataset, sorted(names), cut=cut)
+        for dataset, names in sorted(by_dataset.items())
+    }
+
+
+def _existed(
+    warehouse: Warehouse,
+    then: Mapping[str, PartitionStates],
+    tables: Sequence[Source | TargetsTable],
+    cut: Cut,
+) -> bool:
+    """Whether every one of `tables` that exists now existed at `cut` (its states `then`)."""
+    for dataset, states in then.items():
+        names = {t.name for t in tables if t.dataset == dataset}
+        absent = sorted(names - set(states) - set(states.errors))
         if absent and set(warehouse.partition_states(dataset, absent)) & set(absent):
             log.warning(
                 "%d table(s) of %s did not exist at the given cut %s (created or replaced "
                 "since, e.g. %s): reading as of this step's own cut",
                 len(absent), dataset, cut.at.isoformat(), absent[0],
             )  # fmt: skip
-            return warehouse.cut()
-    return cut
+            return False
+    return True

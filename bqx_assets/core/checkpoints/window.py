@@ -6,7 +6,7 @@ day of the newest month."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
@@ -14,7 +14,7 @@ from typing import Literal
 from bqx_assets.core.catalog import TargetsTable
 from bqx_assets.core.checkpoints.schema import Source
 from bqx_assets.core.errors import ExtractionError, WindowError
-from bqx_assets.core.warehouse import Cut, DateRange, Warehouse
+from bqx_assets.core.warehouse import Cut, DateRange, PartitionStates, Warehouse
 
 ChunkGrain = Literal["month", "day"]
 CHUNK_GRAINS: tuple[ChunkGrain, ...] = ("month", "day")
@@ -233,12 +233,13 @@ def resolve_window(
     window: TrainingWindow,
     *,
     cut: Cut | None = None,
+    known: Mapping[str, PartitionStates] | None = None,
 ) -> ResolvedWindow:
     """The window a run uses: a fixed one as it is; a rolling one from the day partitions of the
-    pairs' targets tables `spines` as of `cut` (one look-up per dataset), starting at the
-    earliest of their windows' first days (the shared tables serve every pair). A pair whose
-    targets table is missing is left out (its own step fails naming it); none found is a
-    WindowError."""
+    pairs' targets tables `spines` as of `cut` (one look-up per dataset, or the caller's
+    `known` ones, by dataset), starting at the earliest of their windows' first days (the
+    shared tables serve every pair). A pair whose targets table is missing is left out (its
+    own step fails naming it); none found is a WindowError."""
     if not window.rolling:
         return ResolvedWindow(DateRange(window.start, window.end))
     if not spines:
@@ -246,7 +247,9 @@ def resolve_window(
     starts, missing = [], []
     for dataset in sorted({t.dataset for t in spines}):
         names = sorted(t.name for t in spines if t.dataset == dataset)
-        found = warehouse.partition_states(dataset, names, cut=cut)
+        found = (known or {}).get(dataset)
+        if found is None:
+            found = warehouse.partition_states(dataset, names, cut=cut)
         missing += [f"{dataset}.{n}" for n in names if n not in found and n not in found.errors]
         missing += [f"{dataset}.{n} ({why})" for n, why in found.errors.items()]
         for name in (n for n in names if n in found):

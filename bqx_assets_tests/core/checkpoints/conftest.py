@@ -18,7 +18,7 @@ from bqx_assets.core.checkpoints.window import ALL_TIME, Window
 from bqx_assets.core.layout import KEY
 from bqx_assets.core.merge import merge_checkpoints, pair_inputs
 from bqx_assets.core.storage import LocalStorage, Storage
-from bqx_assets.core.warehouse import Cut, DateRange, TableRead
+from bqx_assets.core.warehouse import Cut, DateRange, PartitionStates, TableRead
 from bqx_assets.core.warehouse.embedded import EmbeddedWarehouse
 from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses
 
@@ -34,11 +34,19 @@ def utc(day: date) -> datetime:
 
 
 class CountingWarehouse(EmbeddedWarehouse):
-    """The embedded warehouse, recording each read: (table, window, bytes, rows)."""
+    """The embedded warehouse, recording each read: (table, window, bytes, rows), and each
+    partition look-up: (dataset, tables asked, cut)."""
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         super().__init__(path, read_only=read_only)
         self.reads: list[tuple[str, DateRange, int, int]] = []
+        self.lookups: list[tuple[str, int, Cut | None]] = []
+
+    def partition_states(
+        self, dataset: str, tables: Sequence[str], *, cut: Cut | None = None
+    ) -> PartitionStates:
+        self.lookups.append((dataset, len(tables), cut))
+        return super().partition_states(dataset, tables, cut=cut)
 
     def read(
         self,

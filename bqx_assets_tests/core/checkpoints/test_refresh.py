@@ -794,3 +794,22 @@ def test_a_cov_table_refreshed_by_both_its_pairs_at_once_is_published_once_and_b
     stored = stored_manifests(GCSStorage(bucket, "checkpoints"), table)
     assert sorted(m.crc32c for m in stored.manifests.values()) == crcs[2]
     assert not list(GCSStorage(bucket, "checkpoints").temporaries(f"shared/{table.name}"))
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["own-cut", "given-cut"])
+def test_a_checkpoint_step_looks_up_each_dataset_s_partitions_once(
+    mini: tuple[Catalog, Path], warehouse: CountingWarehouse, tmp_path: Path, given: bool
+) -> None:
+    """The window, the check that a given cut is usable and the refresh take one look-up per
+    dataset (each a metadata query billed on BigQuery), all as of the step's cut."""
+    catalog, _ = mini
+    sources = pair_sources(catalog)
+    cut = warehouse.cut() if given else None
+    storage = LocalStorage(tmp_path / "ckpt", durable=False)
+    step = refresh_checkpoints(
+        warehouse, storage, sources, [catalog.targets[PAIR]], TrainingWindow(days=2),
+        f"pair {PAIR}", threads=2, cut=cut,
+    )  # fmt: skip
+    assert sorted(d for d, _, _ in warehouse.lookups) == sorted({s.dataset for s in sources})
+    assert {at for _, _, at in warehouse.lookups} == {step.cut}
+    assert step.cut == (cut or step.cut) and len(step.checkpoints) == len(sources)
