@@ -16,6 +16,7 @@ METADATA_KEYS: tuple[str, ...] = (
     "step_peak_rss_bytes",
     "step_wall_seconds",
     "step_bytes_read",
+    "step_query_bytes_billed",
     "step_cloud_run_usd",
     "step_bigquery_usd",
     "step_estimated_cost_usd",
@@ -26,6 +27,9 @@ step's usage on each family's materialization, beside that family's own `bytes_r
 
 STORAGE_READ_PRICING_URL = "https://cloud.google.com/bigquery/pricing#data_extraction_pricing"
 """Google's BigQuery pricing page, "Data extraction pricing": the Storage Read API's price."""
+QUERY_PRICING_URL = "https://cloud.google.com/bigquery/pricing#on_demand_pricing"
+"""The same page, "On-demand compute pricing": queries billed per TiB, at least 10 MB a table
+referenced (INFORMATION_SCHEMA.PARTITIONS look-ups are such queries)."""
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,13 @@ class Prices:
     Bytes read are Storage Read API bytes, which BigQuery prices on their own ("Data extraction
     pricing", STORAGE_READ_PRICING_URL), not at the on-demand query rate ($6.25 per TiB scanned):
     on-demand, $1.10 per TiB read in the US multi-region. Export mode reads nothing billable (an
-    extract job is free)."""
+    extract job is free). The step's metadata queries (partition look-ups) are billed as
+    queries: their `total_bytes_billed` at the on-demand rate (QUERY_PRICING_URL)."""
 
     vcpu_second: float = 0.000018
     gib_second: float = 0.000002
     storage_read_tib: float = 1.10
+    query_tib: float = 6.25
     storage_read_free_tib_per_month: float = 300.0
     """The free Storage Read allowance per billing account and month. Not subtracted by the
     estimates: a step cannot know the month's total; at ~12 GB per pair, a whole backfill of
@@ -74,6 +80,9 @@ class Usage:
     bytes_read: int = 0
     cloud_run_usd: float = 0.0
     bigquery_usd: float = 0.0
+    """Storage Read bytes at the read price, plus the queries' billed bytes at the query rate."""
+    query_bytes_billed: int = 0
+    """Bytes BigQuery billed the step's queries (its partition look-ups), as billed."""
 
     @property
     def estimated_cost_usd(self) -> float:
@@ -86,6 +95,7 @@ class Usage:
             peak_rss_bytes=max(self.peak_rss_bytes, other.peak_rss_bytes),
             wall_seconds=self.wall_seconds + other.wall_seconds,
             bytes_read=self.bytes_read + other.bytes_read,
+            query_bytes_billed=self.query_bytes_billed + other.query_bytes_billed,
             cloud_run_usd=self.cloud_run_usd + other.cloud_run_usd,
             bigquery_usd=self.bigquery_usd + other.bigquery_usd,
         )
@@ -93,7 +103,9 @@ class Usage:
     def priced(self, prices: Prices | None = None, container: Container | None = None) -> Usage:
         """The same usage with its costs estimated at `prices` for `container` (a report may
         price recorded runs differently from how they were priced when they ran)."""
-        cloud_run, bigquery = estimate(self.wall_seconds, self.bytes_read, prices, container)
+        cloud_run, bigquery = estimate(
+            self.wall_seconds, self.bytes_read, prices, container, self.query_bytes_billed
+        )
         return replace(self, cloud_run_usd=cloud_run, bigquery_usd=bigquery)
 
     def to_metadata(self) -> dict[str, float | int]:
@@ -103,6 +115,7 @@ class Usage:
             "step_peak_rss_bytes": int(self.peak_rss_bytes),
             "step_wall_seconds": round(self.wall_seconds, 3),
             "step_bytes_read": int(self.bytes_read),
+            "step_query_bytes_billed": int(self.query_bytes_billed),
             "step_cloud_run_usd": round(self.cloud_run_usd, 6),
             "step_bigquery_usd": round(self.bigquery_usd, 6),
             "step_estimated_cost_usd": round(self.estimated_cost_usd, 6),
@@ -130,6 +143,7 @@ class Usage:
             peak_rss_bytes=int(get("step_peak_rss_bytes") or 0),
             wall_seconds=float(get("step_wall_seconds") or 0.0),
             bytes_read=int(get("step_bytes_read") or 0),
+            query_bytes_billed=int(get("step_query_bytes_billed") or 0),
             cloud_run_usd=float(get("step_cloud_run_usd") or 0.0),
             bigquery_usd=float(get("step_bigquery_usd") or 0.0),
         )
@@ -140,13 +154,18 @@ def estimate(
     bytes_read: int,
     prices: Prices | None = None,
     container: Container | None = None,
+    query_bytes_billed: int = 0,
 ) -> tuple[float, float]:
-    """(Cloud Run USD, BigQuery USD) of a step that held `container` for `wall_seconds` and
-    read `bytes_read` bytes through the Storage Read API."""
+    """(Cloud Run USD, BigQuery USD) of a step that held `container` for `wall_seconds`, read
+    `bytes_read` bytes through the Storage Read API and was billed `query_bytes_billed` for
+    its queries."""
     prices = prices or Prices()
     container = container or JOB
     per_second = container.vcpus * prices.vcpu_second + container.memory_gib * prices.gib_second
-    return wall_seconds * per_second, bytes_read / 2**40 * prices.storage_read_tib
+    bigquery = (
+        bytes_read * prices.storage_read_tib + query_bytes_billed * prices.query_tib
+    ) / 2**40
+    return wall_seconds * per_second, bigquery
 
 
 def _cpu_seconds() -> float:
@@ -169,6 +188,7 @@ class StepUsage:
     prices: Prices = field(default_factory=Prices)
     container: Container = field(default_factory=Container)
     bytes_read: int = 0
+    query_bytes_billed: int = 0
     _started: float | None = None
     _cpu_start: float = 0.0
     _children_peak: int = 0
@@ -196,6 +216,9 @@ class StepUsage:
     def add_bytes_read(self, count: int) -> None:
         self.bytes_read += int(count)
 
+    def add_query_bytes_billed(self, count: int) -> None:
+        self.query_bytes_billed += int(count)
+
     def finish(self) -> Usage:
         """The usage from `start()` to now (the first call fixes it)."""
         if self._result is not None:
@@ -203,12 +226,15 @@ class StepUsage:
         if self._started is None:
             raise RuntimeError("StepUsage.finish() before start()")
         wall = time.perf_counter() - self._started
-        cloud_run, bigquery = estimate(wall, self.bytes_read, self.prices, self.container)
+        cloud_run, bigquery = estimate(
+            wall, self.bytes_read, self.prices, self.container, self.query_bytes_billed
+        )
         self._result = Usage(
             cpu_seconds=max(0.0, _cpu_seconds() - self._cpu_start),
             peak_rss_bytes=self._peak_rss_bytes(),
             wall_seconds=wall,
             bytes_read=self.bytes_read,
+            query_bytes_billed=self.query_bytes_billed,
             cloud_run_usd=cloud_run,
             bigquery_usd=bigquery,
         )

@@ -264,6 +264,7 @@ def _extract(
         )
     by_family = step_done.by_family()
     usage.add_bytes_read(step_done.bytes_read)
+    usage.add_query_bytes_billed(billed)
     step = md.step_usage(
         usage.finish(), footprint_metadata(usage.finish().peak_rss_bytes, local.stop())
     )
@@ -274,8 +275,9 @@ def _extract(
         # The moment every table of the step was read as of.
         CUT_KEY: dg.MetadataValue.text(step_done.cut.at.isoformat()),
     }
-    # What BigQuery billed the step's metadata queries (partition look-ups), as billed; the
-    # families' `read_mb_estimated` are the read sessions' estimates.
+    # What BigQuery billed the step's metadata queries (partition look-ups), as billed (priced
+    # in the step's cost at the query rate); the families' `read_mb_estimated` are the read
+    # sessions' estimates.
     billed_mb = {"step_query_billed_mb": md.mb(billed)}
     keys = sorted(context.selected_asset_keys, key=lambda k: k.to_user_string())
     for key in keys:

@@ -66,9 +66,28 @@ def test_step_usage_measures_cpu_wall_memory_and_bytes() -> None:
         peak_rss_bytes=metadata["step_peak_rss_bytes"],
         wall_seconds=metadata["step_wall_seconds"],
         bytes_read=metadata["step_bytes_read"],
+        query_bytes_billed=metadata["step_query_bytes_billed"],
         cloud_run_usd=metadata["step_cloud_run_usd"],
         bigquery_usd=metadata["step_bigquery_usd"],
     )
+
+
+def test_queries_billed_bytes_are_priced_at_the_on_demand_rate_beside_the_reads() -> None:
+    # A pair step's partition look-ups: 2 datasets, BigQuery's 10 MB minimum each
+    # ("On-demand compute pricing", $6.25 per TiB), beside 12 GB read at $1.10 per TiB.
+    billed = 2 * 10 * 2**20
+    with StepUsage() as usage:
+        usage.add_bytes_read(12 * 10**9)
+        usage.add_query_bytes_billed(billed)
+    measured = usage.finish()
+    assert measured.query_bytes_billed == billed
+    assert measured.bigquery_usd == pytest.approx((12e9 * 1.10 + billed * 6.25) / 2**40)
+    recorded = Usage.from_metadata(usage.metadata())
+    assert recorded is not None and recorded.query_bytes_billed == billed
+    # Priced again (as `bqx costs` prices recorded runs) and summed, the queries stay counted.
+    both = recorded.priced() + recorded.priced()
+    assert both.query_bytes_billed == 2 * billed
+    assert both.bigquery_usd == pytest.approx(2 * measured.bigquery_usd, rel=1e-4)
 
 
 def test_steps_run_one_after_another_in_one_process_each_report_their_own_peak() -> None:

@@ -66,8 +66,9 @@ def _costs(args: argparse.Namespace) -> int:
         f"prices: ${prices.vcpu_second}/vCPU-s, ${prices.gib_second}/GiB-s "
         f"({container.vcpus:g} vCPU, {container.memory_gib:g} GiB), "
         f"${prices.storage_read_tib}/TiB read (Storage Read API; the first "
-        f"{prices.storage_read_free_tib_per_month:g} TiB a month are free, not subtracted); "
-        "bytes read are the read sessions' estimates, not the bytes billed"
+        f"{prices.storage_read_free_tib_per_month:g} TiB a month are free, not subtracted), "
+        f"${prices.query_tib}/TiB billed for the partition look-ups (on-demand queries); "
+        "bytes read are the read sessions' estimates, the queries' bytes as billed"
     )
     print(format_report(lines))
     summed = totals(lines)
