@@ -188,16 +188,18 @@ def _requested(config: Mapping[str, Any]) -> list[str]:
     ]
 
 
-class SlowExtractJobs(JobRules):
-    """After-rules: an extract job reports RUNNING (on insert and on jobs.get) for `seconds`
+class SlowJobs(JobRules):
+    """After-rules: a job of `kind` ("extract" or "query") reports RUNNING (on insert, on
+    jobs.get, and for a query on jobs.getQueryResults as `jobComplete: false`) for `seconds`
     after its insert, then as the emulator reports it (which finishes it at once); a second
     insert of a job id already inserted is answered 409 as BigQuery answers a duplicate id
     ("Already Exists: Job ...", https://cloud.google.com/bigquery/docs/error-messages);
     cancellations are counted."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, kind: str = "extract") -> None:
         super().__init__()
         self.seconds = seconds
+        self.kind = kind
         self.cancelled: list[str] = []
 
     def duplicate(self, exchange: Exchange) -> Reply | None:
@@ -212,6 +214,11 @@ class SlowExtractJobs(JobRules):
             return bigquery_error(409, "duplicate", f"Already Exists: Job {project}:{job_id}")
         return None
 
+    def inserts(self) -> list[str]:
+        """The ids of the jobs of `kind` inserted, in order."""
+        with self.lock:
+            return [job_id for job_id, config in self.inserted.items() if self.kind in config]
+
     def __call__(self, exchange: Exchange) -> Reply | None:
         self.remember(exchange)
         if exchange.method == "POST" and exchange.route.endswith("/cancel"):
@@ -222,12 +229,16 @@ class SlowExtractJobs(JobRules):
             return None
         body = exchange.response_json() or {}
         job_id = (body.get("jobReference") or {}).get("jobId")
-        if "extract" not in (body.get("configuration") or {}):
-            return None
         with self.lock:
+            config = self.inserted.get(job_id or "") or {}
             started = self.inserted_at.get(job_id or "")
-        if started is None or time.monotonic() - started >= self.seconds:
+        if self.kind not in config or started is None:
             return None
+        if time.monotonic() - started >= self.seconds:
+            return None
+        if _job_id(exchange, "queries") is not None:  # jobs.getQueryResults
+            return Reply(200, {"kind": body.get("kind"), "jobReference": body.get("jobReference"),
+                               "jobComplete": False})  # fmt: skip
         return Reply(200, {**body, "status": {"state": "RUNNING"}})
 
 

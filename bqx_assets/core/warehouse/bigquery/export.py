@@ -174,7 +174,7 @@ def export(
             raise
     except BaseException:
         if created or existed:
-            _cancel(wh, what, job_id, location)
+            wh.cancel_job(what, job_id, location)
         raise
     return ExportResult(
         job_id=job_id,
@@ -184,17 +184,6 @@ def export(
         inserts=inserts,
         existed=existed,
     )
-
-
-def _cancel(wh: BigQueryWarehouse, what: str, job_id: str, location: str) -> None:
-    """Ask BigQuery to cancel the job (a finished or never-created job is left as it is)."""
-    try:
-        wh.client.cancel_job(
-            job_id, project=wh.project, location=location, retry=None, timeout=wh.rpc_timeout_s
-        )
-        log.warning("bigquery: %s: extract job %s cancelled", what, job_id)
-    except Exception as exc:  # the export's own error is the one to report
-        log.info("bigquery: %s: extract job %s not cancelled: %r", what, job_id, exc)
 
 
 def export_table(

@@ -238,22 +238,53 @@ class BigQueryWarehouse(Warehouse):
         ]
 
     def query(self, what: str, dataset: str, sql: str, config: Any = None) -> pa.Table:
-        """The rows of a query job run where `dataset` lives, retried as a whole on transient
-        errors; its `total_bytes_billed` is counted (`bytes_billed`)."""
+        """The rows of one query job run where `dataset` lives; its `total_bytes_billed` is
+        counted (`bytes_billed`). A job still running when a poll times out is polled again by
+        id, not run again (`job.result(timeout=)` raising does not stop the job: a second one
+        would bill again beside it); a job that failed, or a call that failed, with a
+        transient error is run again; a job still running when the query gives up is
+        cancelled."""
         location = self.location_of(dataset)
+        running: list[Any] = []  # the job being polled, until it fails
 
         def run() -> pa.Table:
-            # The client's own job retries (a new job on some errors) are off: this retrier
-            # alone retries, counted.
-            job = self.client.query(
-                sql, job_config=config, location=location, retry=None, job_retry=None
-            )
-            rows = job.result(retry=None, timeout=self.rpc_timeout_s, job_retry=None)
-            data = rows.to_arrow(create_bqstorage_client=False)
+            if not running:
+                # The client's own job retries (a new job on some errors) are off: this
+                # retrier alone retries, counted.
+                running.append(
+                    self.client.query(
+                        sql, job_config=config, location=location, retry=None, job_retry=None
+                    )
+                )
+            job = running[0]
+            try:
+                rows = job.result(retry=None, timeout=self.rpc_timeout_s, job_retry=None)
+                data = rows.to_arrow(create_bqstorage_client=False)
+            except TimeoutError:
+                raise  # still running: the next attempt polls the same job
+            except BaseException:
+                running.clear()
+                raise
             self._bill(what, job)
             return data
 
-        return self._call(what, run)
+        try:
+            return self._call(what, run)
+        except BaseException:
+            for job in running:
+                self.cancel_job(what, job.job_id, location)
+            raise
+
+    def cancel_job(self, what: str, job_id: str, location: str) -> None:
+        """Ask BigQuery to cancel a job (a finished or never-created one is left as it is)."""
+        try:
+            self.client.cancel_job(
+                job_id, project=self.project, location=location, retry=None,
+                timeout=self.rpc_timeout_s,
+            )  # fmt: skip
+            log.warning("bigquery: %s: job %s cancelled", what, job_id)
+        except Exception as exc:  # the caller's own error is the one to report
+            log.info("bigquery: %s: job %s not cancelled: %r", what, job_id, exc)
 
     def _schema_rows_from_api(self, dataset: str) -> list[SchemaRow]:
         ref = bigquery.DatasetReference(self.project, dataset)

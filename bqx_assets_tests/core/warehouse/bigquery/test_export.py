@@ -14,7 +14,7 @@ from bqx_assets.core.layout import KEY, PAIR_COLUMN
 from bqx_assets.core.warehouse.base import Cut
 from bqx_assets.core.warehouse.bigquery.export import ExportQuotaError, export_job_id
 from bqx_assets_tests.core.warehouse.conftest import BigQueryMini
-from emulators.bigquery_limits import SlowExtractJobs, extract_quota_refused
+from emulators.bigquery_limits import SlowJobs, extract_quota_refused
 from emulators.proxy import HttpAnswerProxy
 
 pytestmark = pytest.mark.emulator
@@ -47,7 +47,7 @@ def test_a_job_running_past_the_poll_timeout_is_polled_not_inserted_again(
     """The job reports RUNNING for 2 s, polls time out after 0.3 s: exactly one jobs.insert,
     the job polled by id (jobs.get) until done, the rows those of the table, its folder named
     by the job id, emptied afterwards; nothing cancelled."""
-    slow = SlowExtractJobs(seconds=2.0)
+    slow = SlowJobs(seconds=2.0)
     with HttpAnswerProxy(
         bq_mini.emulator.rest_endpoint, before=[slow.duplicate], after=[slow]
     ) as proxy:
@@ -78,7 +78,7 @@ def test_the_same_export_again_finds_its_job_and_a_finished_one_is_followed_by_t
     """The job id is derived from the table and the cut: the same export again is answered 409
     (the job exists) and polls it; its files were read and deleted already, so the next id of
     the sequence exports anew. Another cut is another job."""
-    jobs = SlowExtractJobs(seconds=0.0)
+    jobs = SlowJobs(seconds=0.0)
     cut = Cut(datetime(2024, 2, 1, tzinfo=UTC))
     with HttpAnswerProxy(
         bq_mini.emulator.rest_endpoint, before=[jobs.duplicate], after=[jobs]

@@ -12,10 +12,11 @@ import pytest
 from bqx_assets.core.errors import WarehouseError
 from bqx_assets.core.layout import KEY, KEY_TYPE
 from bqx_assets.core.warehouse import PartitionState
+from bqx_assets.core.warehouse.bigquery import RetrySettings
 from bqx_assets.core.warehouse.bigquery.partitions import PARTITIONS_TABLE_LIMIT, TOO_MANY_TABLES
 from bqx_assets_tests.core.warehouse.conftest import open_warehouse
 from emulators.bigquery import BigQueryEmulator, load_tables
-from emulators.bigquery_limits import PartitionsAnswer, partitions_table_limit
+from emulators.bigquery_limits import PartitionsAnswer, SlowJobs, partitions_table_limit
 from emulators.proxy import HttpAnswerProxy
 
 pytestmark = pytest.mark.emulator
@@ -241,3 +242,47 @@ def test_a_catalog_of_2500_tables_is_asked_in_batches_of_1000(
     assert [len(a) for a in asked] == [1000, 1000, 500]
     assert sorted(n for a in asked for n in a) == names
     assert wh.bytes_billed == 3 * BILLED
+
+
+def test_a_partitions_query_running_past_its_poll_timeout_is_polled_not_run_again(
+    bigquery_emulator: BigQueryEmulator,
+) -> None:
+    """The query job reports RUNNING for 2 s, each poll gives up after 0.3 s: one jobs.insert
+    (beside the first one, of `last_modified_time`, which the emulator's view refuses), the job
+    polled by id until done, its bytes billed once, the states those of the tables. Held
+    RUNNING past every attempt, the look-up fails naming the view, and its one job is cancelled
+    (`job.result(timeout=)` raising does not stop a job)."""
+    emulator = bigquery_emulator
+    dataset = emulator.dataset("slow_query")
+    names = ["agg_a", "agg_b"]
+    load_tables(emulator.client(), dataset, _tiny(names))
+    slow = SlowJobs(seconds=2.0, kind="query")
+    answer = PartitionsAnswer(billed=BILLED)
+    with HttpAnswerProxy(
+        emulator.rest_endpoint, before=[slow.duplicate], after=[slow, answer]
+    ) as proxy:
+        wh = open_warehouse(emulator, dataset, dataset, api_endpoint=proxy.endpoint,
+                            rpc_timeout_s=0.3)  # fmt: skip
+        try:
+            states = wh.partition_states(dataset, names)
+        finally:
+            wh.close()
+        assert sorted(states) == names
+        _, job_id = slow.inserts()
+        assert len(proxy.sent("GET", f"/queries/{job_id}")) >= 3
+        assert wh.bytes_billed == BILLED and slow.cancelled == []
+
+    stuck = SlowJobs(seconds=3600.0, kind="query")
+    with HttpAnswerProxy(
+        emulator.rest_endpoint, before=[stuck.duplicate], after=[stuck, answer]
+    ) as proxy:
+        retry = RetrySettings(attempts=3, initial_s=0.05, maximum_s=0.1)
+        wh = open_warehouse(emulator, dataset, dataset, api_endpoint=proxy.endpoint,
+                            rpc_timeout_s=0.2, retry=retry)  # fmt: skip
+        try:
+            with pytest.raises(WarehouseError, match=rf"{dataset}\.INFORMATION_SCHEMA"):
+                wh.partition_states(dataset, names)
+        finally:
+            wh.close()
+        _, job_id = stuck.inserts()
+        assert stuck.cancelled == [job_id]
