@@ -414,6 +414,7 @@ def training_file(
     )
     if recovered is not None and recovered.missing:
         usage.add_bytes_read(recovered.bytes_read)
+        usage.add_query_bytes_billed(recovered.query_bytes_billed)
         context.log.warning(
             f"{len(recovered.missing)} table(s) of {pair} extracted again before the merge "
             f"({recovered.chunks_extracted} chunks): "

@@ -61,6 +61,8 @@ class Recovery:
     """Why each table was refreshed again, by table name (none: nothing was missing)."""
     chunks: Chosen
     checkpoints: tuple[ChunkedCheckpoint, ...] = ()
+    query_bytes_billed: int = 0
+    """What the warehouse billed the refresh's queries (its partition look-ups)."""
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -144,10 +146,11 @@ def recover_chunks(
     warehouse = open_warehouse()
     try:
         done = refresh_tables(warehouse, redo, storage, window=window, **options)
+        billed = warehouse.bytes_billed
     finally:
         warehouse.close()
     chunks = {**checked.chunks, **require_chunks(storage, redo, window, what, grain)}
-    return Recovery(window, checked.missing, chunks, tuple(done))
+    return Recovery(window, checked.missing, chunks, tuple(done), billed)
 
 
 def recover_pair_chunks(

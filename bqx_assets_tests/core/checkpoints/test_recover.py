@@ -132,6 +132,14 @@ class Listed(LocalStorage):
         return super().infos(prefix)
 
 
+class Billing(CountingWarehouse):
+    """Bills BigQuery's 10 MiB minimum per partition look-up (the embedded one bills none)."""
+
+    @property
+    def bytes_billed(self) -> int:
+        return len(self.lookups) * 10 * 2**20
+
+
 def test_the_merge_reads_the_chunks_the_recovery_checked_without_listing_them_again(
     mini: tuple[Catalog, Path], warehouse: CountingWarehouse, tmp_path: Path
 ) -> None:
@@ -149,9 +157,11 @@ def test_the_merge_reads_the_chunks_the_recovery_checked_without_listing_them_ag
 
     storage.listed.clear()
     recovered = recover_pair_chunks(
-        lambda: CountingWarehouse(warehouse.path), storage, catalog, PAIR, window, threads=2
+        lambda: Billing(warehouse.path), storage, catalog, PAIR, window, threads=2
     )
     assert recovered is not None and recovered.tables == (lost.name,)
+    # The refresh's one look-up (the lost table's dataset) billed, for the step's cost.
+    assert recovered.query_bytes_billed == 10 * 2**20
     assert set(recovered.chunks) == {s.name for s in sources}
     checked = len(storage.listed)
     assert checked >= len(sources)  # each table's folder listed by the check
