@@ -85,7 +85,11 @@ AFTER_SHARED = REBUILD & ~dg.AutomationCondition.any_deps_match(
 held while the shared tables are being observed (each observation is a run of its own, the
 pairs' often done first) or were just observed changed (the shared checkpoints are being
 requested), then run once those are re-extracted, at their new cut. Run alongside instead, they
-would read as of the old cut, and run again after the shared refresh."""
+would read as of the old cut, and run again after the shared refresh. The training file is held
+alike: requested with the shared checkpoints, it would merge them with the pair's checkpoints
+not yet refreshed. A pair whose observation ends before the shared tables' observation starts
+is not held (nothing says yet that they changed): it is rebuilt as of the old cut, a consistent
+file, and again after the shared refresh."""
 
 
 def _family_facts(catalog: Catalog, family: str) -> tuple[int, int, str]:
@@ -378,7 +382,7 @@ def _shared_cuts(context: dg.AssetExecutionContext) -> list[datetime]:
     io_manager_key="training_io_manager",
     group_name=TRAINING_GROUP,
     kinds={"parquet"},
-    automation_condition=REBUILD,
+    automation_condition=AFTER_SHARED,
 )
 def training_file(
     context: dg.AssetExecutionContext,
