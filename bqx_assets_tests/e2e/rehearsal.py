@@ -121,15 +121,21 @@ class Postgres:
 
 
 @contextlib.contextmanager
-def postgres_server(folder: Path) -> Iterator[Postgres]:
-    server = Postgres(folder, free_port())
-    server.init()
-    server.start()
+def postgres_server() -> Iterator[Postgres]:
+    """A server on a data folder of its own under the temp folder (the postgres user must reach
+    it, which pytest's private temp folders do not let it), removed when the server stops."""
+    folder = Path(tempfile.mkdtemp(prefix="bqx-pg-"))
     try:
-        server.create_db()
-        yield server
+        server = Postgres(folder, free_port())
+        server.init()
+        server.start()
+        try:
+            server.create_db()
+            yield server
+        finally:
+            server.stop("immediate")
     finally:
-        server.stop("immediate")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def instance_config(memory_limit_bytes: int, cgroup_parent: str) -> dict[str, Any]:
@@ -201,12 +207,14 @@ def rehearsal(
     limit = 0 if why_not else int(JOB.memory_gib * 2**30)
     saved = dict(os.environ)
     with (
-        postgres_server(Path(tempfile.mkdtemp(prefix="bqx-pg-"))) as postgres,
+        postgres_server() as postgres,
         run_gcs_emulator(work / "gcs") as gcs,
         _bigquery_emulator(work / "bigquery", bigquery) as emulator,
     ):
         staging, output, logs = gcs.create_bucket(), gcs.create_bucket(), gcs.create_bucket()
         config = instance_config(limit, cgroup_parent)
+        # Logs are staged on the runs' local folder (memory, as in a container), not left in /tmp.
+        config["compute_logs"]["config"]["local_dir"] = str(local / "compute-logs")
         (root / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         shutil.copy(REPO / "workspace.yaml", root / "workspace.yaml")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BQX_", "DAGSTER_"))}
