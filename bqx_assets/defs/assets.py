@@ -231,7 +231,6 @@ def _extract(
     cut: Cut | None = None,
 ) -> Iterator[dg.MaterializeResult]:
     usage = StepUsage(prices=Prices(storage_read_tib=settings.bq_price_per_tib)).start()
-    local = LocalBytes(_step_folders(settings, checkpoints)).start()
     storage = checkpoints.storage()
     context.log.info(f"{what}: {len(sources)} tables from {warehouse.describe()} to {storage.uri}")
 
@@ -239,6 +238,7 @@ def _extract(
         context.log.info(f"{what}: {progress.line()}")
 
     wh = warehouse.open()
+    local = LocalBytes(_step_folders(settings, checkpoints)).start()
     try:
         # Only chunks whose day partitions changed or are new are read, each run of them in one
         # read restricted to its days; the others are reused after verification.
@@ -259,6 +259,8 @@ def _extract(
         billed = wh.bytes_billed
     finally:
         wh.close()
+        # Stopped whatever the step's outcome: a failed step leaves no sampler thread behind.
+        peak_local = local.stop()
     if cut is not None and step_done.cut == cut:
         context.log.info(f"{what}: read as of the shared checkpoints' cut {cut.at.isoformat()}")
     elif cut is not None:
@@ -270,7 +272,7 @@ def _extract(
     usage.add_bytes_read(step_done.bytes_read)
     usage.add_query_bytes_billed(billed)
     step = md.step_usage(
-        usage.finish(), footprint_metadata(usage.finish().peak_rss_bytes, local.stop())
+        usage.finish(), footprint_metadata(usage.finish().peak_rss_bytes, peak_local)
     )
     start = step_done.window.training.start
     # The first day of the training window the chunks were made for (a rolling one moves).
@@ -403,37 +405,41 @@ def training_file(
     usage = StepUsage(prices=Prices(storage_read_tib=settings.bq_price_per_tib)).start()
     local = LocalBytes(_step_folders(settings, checkpoints, training_io_manager.cache_dir)).start()
     pair = context.partition_key
-    # Chunks gone or unverifiable since the checkpoint steps (a lifecycle rule, a person) are
-    # extracted again first; the warehouse is opened only then.
-    recovered = recover_pair_chunks(
-        warehouse.open,
-        checkpoints.storage(),
-        settings.catalog(),
-        pair,
-        settings.training_window(),
-        threads=settings.extract_threads,
-        workdir=settings.work_path("extract"),
-        mode=settings.mode(),
-        staging_uri=settings.export_staging_uri,
-    )
-    if recovered is not None and recovered.missing:
-        usage.add_bytes_read(recovered.bytes_read)
-        usage.add_query_bytes_billed(recovered.query_bytes_billed)
-        context.log.warning(
-            f"{len(recovered.missing)} table(s) of {pair} extracted again before the merge "
-            f"({recovered.chunks_extracted} chunks): "
-            + "; ".join(f"{k}: {v}" for k, v in list(recovered.missing.items())[:3])
+    try:
+        # Chunks gone or unverifiable since the checkpoint steps (a lifecycle rule, a person)
+        # are extracted again first; the warehouse is opened only then.
+        recovered = recover_pair_chunks(
+            warehouse.open,
+            checkpoints.storage(),
+            settings.catalog(),
+            pair,
+            settings.training_window(),
+            threads=settings.extract_threads,
+            workdir=settings.work_path("extract"),
+            mode=settings.mode(),
+            staging_uri=settings.export_staging_uri,
         )
-    built = build_training_file(
-        checkpoints.storage(),
-        training_io_manager.storage(),
-        settings.catalog(),
-        pair,
-        settings.training_window(),
-        settings.thresholds(),
-        recovered=recovered,
-        progress=context.log.info,
-    )
+        if recovered is not None and recovered.missing:
+            usage.add_bytes_read(recovered.bytes_read)
+            usage.add_query_bytes_billed(recovered.query_bytes_billed)
+            context.log.warning(
+                f"{len(recovered.missing)} table(s) of {pair} extracted again before the merge "
+                f"({recovered.chunks_extracted} chunks): "
+                + "; ".join(f"{k}: {v}" for k, v in list(recovered.missing.items())[:3])
+            )
+        built = build_training_file(
+            checkpoints.storage(),
+            training_io_manager.storage(),
+            settings.catalog(),
+            pair,
+            settings.training_window(),
+            settings.thresholds(),
+            recovered=recovered,
+            progress=context.log.info,
+        )
+    finally:
+        # Stopped whatever the step's outcome: a failed step leaves no sampler thread behind.
+        peak_local = local.stop()
     if built.cleared:
         context.log.warning(
             f"deleted {len(built.cleared)} temporary file(s) a killed writer of {pair}'s "
@@ -443,7 +449,7 @@ def training_file(
     verdict = "passed every gate check" if report.passed else f"failed {list(report.failed)}"
     context.log.info(f"training file of {pair}: {merged.rows} x {merged.columns}, {verdict}")
     own = usage.finish()
-    step = md.step_usage(own, footprint_metadata(own.peak_rss_bytes, local.stop()))
+    step = md.step_usage(own, footprint_metadata(own.peak_rss_bytes, peak_local))
     details = md.table(
         [
             "merge s",

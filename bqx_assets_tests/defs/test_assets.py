@@ -4,6 +4,7 @@ observed data versions, and the errors a step fails with."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -258,6 +259,7 @@ def test_missing_checkpoints_fail_the_training_file_by_name(
 ) -> None:
     _, catalog_path = mini
     res = resources(tmp_path, catalog_path, mini_warehouse)
+    samplers = _samplers()
     run = dg.materialize(
         [training_file], partition_key="eurusd", resources=res, raise_on_error=False,
         instance=dg.DagsterInstance.ephemeral(),
@@ -266,6 +268,12 @@ def test_missing_checkpoints_fail_the_training_file_by_name(
     failure = run.get_step_failure_events()[0].event_specific_data.error.to_string()
     assert "pair eurusd: 15 of 15 tables have no verified checkpoint: agg_eurusd" in failure
     assert not (tmp_path / "out" / "training_eurusd.parquet").exists()
+    assert _samplers() == samplers  # the failed step stopped its local-bytes sampler
+
+
+def _samplers() -> set[threading.Thread]:
+    """The local-bytes sampler threads alive in this process (a step's runs in it)."""
+    return {t for t in threading.enumerate() if t.name == "local-bytes" and t.is_alive()}
 
 
 def test_a_changed_source_table_makes_its_checkpoint_stale(
@@ -379,12 +387,14 @@ def test_a_start_and_a_rolling_length_on_the_resource_fail_the_step_writing_noth
     catalog, catalog_path = mini
     path = warehouses.path(catalog, pairs=MINI_PAIRS, rows=3 * DAY, start=START)
     res = resources(tmp_path, catalog_path, path, window_start="2024-01-30", window_days=2)
+    samplers = _samplers()
     run = dg.materialize(
         [pair_checkpoints], partition_key=PAIR, resources=res, raise_on_error=False
     )
     assert not run.success
     failure = next(e for e in run.all_events if e.is_step_failure)
     assert "both a start" in str(failure.step_failure_data.error)
+    assert _samplers() == samplers  # the failed step stopped its local-bytes sampler
     assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").rglob("*.parquet"))
 
 
