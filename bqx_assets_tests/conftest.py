@@ -26,6 +26,21 @@ os.environ.setdefault("NO_GCE_CHECK", "True")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 MINI_PAIRS = ("eurusd", "gbpusd")
+FAST_WORKERS = 2
+"""Worker processes for the default (not slow) run, `-n auto` in pyproject.toml: a test file per
+worker, each with its own emulators and temp folders. Two halves the suite's time on a 2-core
+machine; more would only share the same cores."""
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """FAST_WORKERS for the default run; the slow suites (and any other marker selection) in
+    this one process, since their deployments each take the whole machine and their timings are
+    reported. PYTEST_XDIST_AUTO_NUM_WORKERS, when set, decides instead."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    if config.getoption("markexpr") != "not slow":
+        return 0
+    return min(FAST_WORKERS, os.cpu_count() or 1) if (os.cpu_count() or 1) > 1 else 0
 
 
 def mini_catalog(pairs: tuple[str, ...] = MINI_PAIRS) -> Catalog:

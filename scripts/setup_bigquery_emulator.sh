@@ -19,6 +19,12 @@ extensions=(ducklake icu spatial json parquet inet)
 constraints="annotated-doc==0.0.7 annotated-types==0.8.0 anyio==4.16.0 certifi==2026.10.19.post1 cffi==2.1.1 charset-normalizer==3.5.2 click==8.5.1 cryptography==50.0.2 fastapi==0.165.0 fastavro==1.13.1 google-api-core==2.44.0 google-auth==2.63.0 google-cloud-bigquery-storage==2.43.0 googleapis-common-protos==1.76.0 grpcio==1.85.3 grpcio-status==1.85.3 h11==0.16.0 idna==3.20 mini-racer==0.14.1 numpy==2.5.5 opentelemetry-api==1.45.2 prompt-toolkit==3.0.53 proto-plus==1.29.0 protobuf==7.36.2 pyarrow==26.0.1 pyasn1==0.6.5 pyasn1-modules==0.4.2 pycparser==3.12 pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 pygments==2.21.0 python-dotenv==1.2.4 requests==2.34.2 sqlglot==30.30.0 starlette==1.10.0 typing-extensions==4.16.0 typing-inspection==0.4.5 urllib3==2.8.0 uvicorn==0.54.0 wcwidth==0.9.4"
 stamp="local-bigquery==$local_bigquery_version duckdb==$duckdb_version ${extensions[*]} $constraints"
 
+# One creator at a time (the test suite's worker processes may each ask at once): the others
+# wait here, then find the stamp written.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
+
 if [[ -f "$venv/.bqx-stamp" && "$(cat "$venv/.bqx-stamp")" == "$stamp" && -x "$venv/bin/local-bigquery" ]]; then
     echo "BigQuery emulator venv up to date: $venv"
     exit 0
