@@ -40,7 +40,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
         return None
     if config.getoption("markexpr") != "not slow":
         return 0
-    return min(FAST_WORKERS, os.cpu_count() or 1) if (os.cpu_count() or 1) > 1 else 0
+    cpus = os.cpu_count() or 1
+    return min(FAST_WORKERS, cpus) if cpus > 1 else 0
 
 
 def mini_catalog(pairs: tuple[str, ...] = MINI_PAIRS) -> Catalog:

@@ -49,7 +49,6 @@ if [[ -z "$python313" ]]; then
 fi
 
 rm -rf "$venv"
-mkdir -p "$(dirname "$venv")"
 packages=("local-bigquery==$local_bigquery_version" "duckdb==$duckdb_version")
 for ext in "${extensions[@]}"; do
     packages+=("duckdb-extension-$ext==$duckdb_version")

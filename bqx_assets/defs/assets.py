@@ -238,29 +238,28 @@ def _extract(
         context.log.info(f"{what}: {progress.line()}")
 
     wh = warehouse.open()
-    local = LocalBytes(_step_folders(settings, checkpoints)).start()
     try:
-        # Only chunks whose day partitions changed or are new are read, each run of them in one
-        # read restricted to its days; the others are reused after verification.
-        step_done = refresh_checkpoints(
-            wh,
-            storage,
-            sources,
-            spines,
-            settings.training_window(),
-            what,
-            threads=settings.extract_threads,
-            workdir=settings.work_path("extract"),
-            progress=report,
-            mode=settings.mode(),
-            staging_uri=settings.export_staging_uri,
-            cut=cut,
-        )
+        # The sampler stops whatever the step's outcome: a failed step leaves no thread behind.
+        with LocalBytes(_step_folders(settings, checkpoints)) as local:
+            # Only chunks whose day partitions changed or are new are read, each run of them in
+            # one read restricted to its days; the others are reused after verification.
+            step_done = refresh_checkpoints(
+                wh,
+                storage,
+                sources,
+                spines,
+                settings.training_window(),
+                what,
+                threads=settings.extract_threads,
+                workdir=settings.work_path("extract"),
+                progress=report,
+                mode=settings.mode(),
+                staging_uri=settings.export_staging_uri,
+                cut=cut,
+            )
         billed = wh.bytes_billed
     finally:
         wh.close()
-        # Stopped whatever the step's outcome: a failed step leaves no sampler thread behind.
-        peak_local = local.stop()
     if cut is not None and step_done.cut == cut:
         context.log.info(f"{what}: read as of the shared checkpoints' cut {cut.at.isoformat()}")
     elif cut is not None:
@@ -272,7 +271,7 @@ def _extract(
     usage.add_bytes_read(step_done.bytes_read)
     usage.add_query_bytes_billed(billed)
     step = md.step_usage(
-        usage.finish(), footprint_metadata(usage.finish().peak_rss_bytes, peak_local)
+        usage.finish(), footprint_metadata(usage.finish().peak_rss_bytes, local.peak)
     )
     start = step_done.window.training.start
     # The first day of the training window the chunks were made for (a rolling one moves).
@@ -403,9 +402,9 @@ def training_file(
     then renamed (local) or copied server-side (gs://) into place; with gs:// roots nothing
     passes through local disk, the checkpoints being read in place by ranged reads."""
     usage = StepUsage(prices=Prices(storage_read_tib=settings.bq_price_per_tib)).start()
-    local = LocalBytes(_step_folders(settings, checkpoints, training_io_manager.cache_dir)).start()
     pair = context.partition_key
-    try:
+    # The sampler stops whatever the step's outcome: a failed step leaves no thread behind.
+    with LocalBytes(_step_folders(settings, checkpoints, training_io_manager.cache_dir)) as local:
         # Chunks gone or unverifiable since the checkpoint steps (a lifecycle rule, a person)
         # are extracted again first; the warehouse is opened only then.
         recovered = recover_pair_chunks(
@@ -437,9 +436,6 @@ def training_file(
             recovered=recovered,
             progress=context.log.info,
         )
-    finally:
-        # Stopped whatever the step's outcome: a failed step leaves no sampler thread behind.
-        peak_local = local.stop()
     if built.cleared:
         context.log.warning(
             f"deleted {len(built.cleared)} temporary file(s) a killed writer of {pair}'s "
@@ -449,7 +445,7 @@ def training_file(
     verdict = "passed every gate check" if report.passed else f"failed {list(report.failed)}"
     context.log.info(f"training file of {pair}: {merged.rows} x {merged.columns}, {verdict}")
     own = usage.finish()
-    step = md.step_usage(own, footprint_metadata(own.peak_rss_bytes, peak_local))
+    step = md.step_usage(own, footprint_metadata(own.peak_rss_bytes, local.peak))
     details = md.table(
         [
             "merge s",
