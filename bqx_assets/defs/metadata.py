@@ -9,7 +9,8 @@ from bqx_assets.core.costs import Usage
 
 USAGE = "usage"
 """The step's usage as recorded (CPU, memory, time, bytes read, cost; `costs.METADATA_KEYS` and
-the footprint keys), for `bqx costs` and the gate view: on one materialization per step."""
+the footprint keys), for `bqx costs` and the gate view: on one materialization per step, as a
+table of a row per measure (its exact value, and the value in MiB, MB, s or $)."""
 
 
 def mb(count: int) -> dg.MetadataValue:
@@ -62,13 +63,42 @@ def step_usage(usage: Usage, footprint: Mapping[str, int]) -> dict[str, dg.Metad
         "step_seconds": seconds(usage.wall_seconds),
         "step_peak_memory_mib": mib(held),
         "step_cost_usd": usd(usage.estimated_cost_usd),
-        USAGE: dg.MetadataValue.json({**usage.to_metadata(), **footprint}),
+        USAGE: _record({**usage.to_metadata(), **footprint}),
     }
 
 
+def _record(values: Mapping[str, int | float]) -> dg.TableMetadataValue:
+    """A row per measure: its key, its exact value (what `recorded_usage` reads back) and the
+    value in a person's unit."""
+    columns = [
+        dg.TableColumn("measure", "string"),
+        dg.TableColumn("value", "float"),
+        dg.TableColumn("shown", "string", description="the value in a person's unit"),
+    ]
+    rows = [
+        dg.TableRecord({"measure": k, "value": v, "shown": _shown(k, v)}) for k, v in values.items()
+    ]
+    return dg.MetadataValue.table(rows, dg.TableSchema(columns))
+
+
+def _shown(key: str, value: float) -> str:
+    if key.endswith("_usd"):
+        return f"${value:,.6f}"
+    if key.endswith("_seconds"):
+        return f"{value:,.2f} s"
+    if key in ("step_bytes_read", "step_query_bytes_billed"):
+        return f"{value / 1e6:,.2f} MB"
+    if key.endswith("_bytes"):
+        return f"{value / 2**20:,.1f} MiB"
+    return f"{value:,}"
+
+
 def recorded_usage(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The usage record of a materialization's metadata (`USAGE`), or the metadata itself where
-    it is older than that key and carries the usage keys directly."""
+    """The usage record of a materialization's metadata (`USAGE`: a table, or a JSON
+    object as events recorded before the table carry it), or the metadata itself where it is
+    older than that key and carries the usage keys directly."""
     value = metadata.get(USAGE)
     value = getattr(value, "value", value)
+    if isinstance(value, dg.TableMetadataValue):
+        return {r.data["measure"]: r.data["value"] for r in value.records}
     return value if isinstance(value, Mapping) else metadata

@@ -31,6 +31,7 @@ from bqx_assets.defs.assets import (
     training_file,
     warehouse_key,
 )
+from bqx_assets.defs.metadata import recorded_usage
 from bqx_assets.defs.overview import gate_summary
 from bqx_assets_tests.builders import correct_day
 from bqx_assets_tests.conftest import MINI_PAIRS, Warehouses
@@ -198,6 +199,12 @@ def test_the_metadata_of_a_training_file_is_a_few_keys_with_units(
     # Query bytes as billed, once (the embedded warehouse bills none); reads as estimates.
     billed = [m.metadata["step_query_billed_mb"].value for m in made if "usage" in m.metadata]
     assert billed == [0.0] and all("read_mb_estimated" in m.metadata for m in made)
+    # No JSON anywhere: the usage record is a one-row table, read back whole for `bqx costs`.
+    every = [*made, *materialized["runs"][PAIR].asset_materializations_for_node("training_file")]
+    assert not any(isinstance(v, dg.JsonMetadataValue) for m in every for v in m.metadata.values())
+    usage = recorded_usage(meta)
+    assert usage["step_wall_seconds"] == pytest.approx(meta["step_seconds"], abs=0.01)
+    assert usage["step_estimated_cost_usd"] == pytest.approx(meta["step_cost_usd"], abs=1e-6)
 
 
 def test_the_gate_summary_shows_every_pair_on_one_page(

@@ -16,6 +16,7 @@ from bqx_assets.core.publish import TrainingFile
 from bqx_assets.core.storage import file_crc32c, open_storage
 from bqx_assets.defs.frames import FrameIOManager
 from bqx_assets.defs.io_managers import TrainingFileIOManager
+from bqx_assets.defs.metadata import recorded_usage
 from bqx_assets_tests.conftest import Warehouses
 from bqx_assets_tests.conftest import every_family as cut_to_every_family
 from emulators.gcs import GCSEmulator
@@ -373,7 +374,9 @@ def test_whole_pair_with_both_roots_in_gcs(
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
     names = [b.name for b in gcs_emulator.client().list_blobs(output)]
     assert not [n for n in names if n.endswith(".tmp")]  # the temporary object was deleted
-    usage = meta["usage"]  # the step's record: its memory is its RSS plus what it held on disk
+    usage = recorded_usage(
+        meta
+    )  # the step's record: its memory is its RSS plus what it held on disk
     assert (
         usage[STEP_FOOTPRINT_BYTES] == usage["step_peak_rss_bytes"] + usage[STEP_PEAK_LOCAL_BYTES]
     )
