@@ -63,11 +63,11 @@ def step_usage(usage: Usage, footprint: Mapping[str, int]) -> dict[str, dg.Metad
         "step_seconds": seconds(usage.wall_seconds),
         "step_peak_memory_mib": mib(held),
         "step_cost_usd": usd(usage.estimated_cost_usd),
-        USAGE: _record({**usage.to_metadata(), **footprint}),
+        USAGE: _usage_table({**usage.to_metadata(), **footprint}),
     }
 
 
-def _record(values: Mapping[str, int | float]) -> dg.TableMetadataValue:
+def _usage_table(values: Mapping[str, int | float]) -> dg.TableMetadataValue:
     """A row per measure: its key, its exact value (what `recorded_usage` reads back) and the
     value in a person's unit."""
     columns = [
@@ -76,12 +76,14 @@ def _record(values: Mapping[str, int | float]) -> dg.TableMetadataValue:
         dg.TableColumn("shown", "string", description="the value in a person's unit"),
     ]
     rows = [
-        dg.TableRecord({"measure": k, "value": v, "shown": _shown(k, v)}) for k, v in values.items()
+        dg.TableRecord({"measure": k, "value": v, "shown": _in_unit(k, v)})
+        for k, v in values.items()
     ]
     return dg.MetadataValue.table(rows, dg.TableSchema(columns))
 
 
-def _shown(key: str, value: float) -> str:
+def _in_unit(key: str, value: float) -> str:
+    """A usage value in the unit the other metadata use: reads in MB, memory in MiB."""
     if key.endswith("_usd"):
         return f"${value:,.6f}"
     if key.endswith("_seconds"):
