@@ -270,9 +270,8 @@ def _extract(
     by_family = step_done.by_family()
     usage.add_bytes_read(step_done.bytes_read)
     usage.add_query_bytes_billed(billed)
-    step = md.step_usage(
-        usage.finish(), footprint_metadata(usage.finish().peak_rss_bytes, local.peak)
-    )
+    used = usage.finish()
+    step = md.step_usage(used, footprint_metadata(used.peak_rss_bytes, local.peak))
     start = step_done.window.training.start
     # The first day of the training window the chunks were made for (a rolling one moves).
     step_window = {

@@ -83,15 +83,16 @@ def _usage_table(values: Mapping[str, int | float]) -> dg.TableMetadataValue:
 
 
 def _in_unit(key: str, value: float) -> str:
-    """A usage value in the unit the other metadata use: reads in MB, memory in MiB."""
+    """A usage value in the unit the other metadata use: memory (`..._bytes`) in MiB, bytes read
+    or billed (`..._bytes_read`, `..._bytes_billed`) in MB."""
     if key.endswith("_usd"):
         return f"${value:,.6f}"
     if key.endswith("_seconds"):
         return f"{value:,.2f} s"
-    if key in ("step_bytes_read", "step_query_bytes_billed"):
-        return f"{value / 1e6:,.2f} MB"
     if key.endswith("_bytes"):
         return f"{value / 2**20:,.1f} MiB"
+    if "_bytes_" in key:
+        return f"{value / 1e6:,.2f} MB"
     return f"{value:,}"
 
 

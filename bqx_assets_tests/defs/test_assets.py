@@ -199,7 +199,7 @@ def test_the_metadata_of_a_training_file_is_a_few_keys_with_units(
     # Query bytes as billed, once (the embedded warehouse bills none); reads as estimates.
     billed = [m.metadata["step_query_billed_mb"].value for m in made if "usage" in m.metadata]
     assert billed == [0.0] and all("read_mb_estimated" in m.metadata for m in made)
-    # No JSON anywhere: the usage record is a one-row table, read back whole for `bqx costs`.
+    # No JSON anywhere: the usage record is a table of a row per measure, read back whole.
     every = [*made, *materialized["runs"][PAIR].asset_materializations_for_node("training_file")]
     assert not any(isinstance(v, dg.JsonMetadataValue) for m in every for v in m.metadata.values())
     usage = recorded_usage(meta)

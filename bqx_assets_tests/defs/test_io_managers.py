@@ -374,9 +374,8 @@ def test_whole_pair_with_both_roots_in_gcs(
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
     names = [b.name for b in gcs_emulator.client().list_blobs(output)]
     assert not [n for n in names if n.endswith(".tmp")]  # the temporary object was deleted
-    usage = recorded_usage(
-        meta
-    )  # the step's record: its memory is its RSS plus what it held on disk
+    # The step's record: its memory is its RSS plus what it held on disk.
+    usage = recorded_usage(meta)
     assert (
         usage[STEP_FOOTPRINT_BYTES] == usage["step_peak_rss_bytes"] + usage[STEP_PEAK_LOCAL_BYTES]
     )
