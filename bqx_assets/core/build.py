@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.checkpoints.recover import Recovery
 from bqx_assets.core.checkpoints.select import stored_window
 from bqx_assets.core.checkpoints.window import ResolvedWindow, TrainingWindow
+from bqx_assets.core.errors import ReplacedWhileRead
 from bqx_assets.core.gate.profile import Profile, load_profile
 from bqx_assets.core.gate.report import Expectation, ValidationReport
 from bqx_assets.core.gate.thresholds import Thresholds
@@ -18,6 +20,13 @@ from bqx_assets.core.merge import MergeReport, merge_checkpoints, pair_inputs
 from bqx_assets.core.metrics import Stopwatch
 from bqx_assets.core.publish import TrainingFile, clear_dead_writes
 from bqx_assets.core.storage import Storage
+
+T = TypeVar("T")
+
+BUILD_ATTEMPTS = 3
+"""How many times a pair's build starts, its checkpoints looked up again each time, when a
+checkpoint it reads is replaced under it: a refresh of the shared checkpoints (the same for
+every pair) may run while a pair merges. A third meeting fails the step."""
 
 
 @dataclass(frozen=True)
@@ -95,3 +104,48 @@ def build_training_file(
         output.discard(merged.staged)
         raise
     return TrainingBuild(pair, resolved, merged, report, history, clock.seconds, cleared)
+
+
+def redone_if_replaced(
+    build: Callable[[], T],
+    warn: Callable[[str], None],
+    *,
+    attempts: int = BUILD_ATTEMPTS,
+) -> T:
+    """`build()`, started again from the checkpoints as they are now when a checkpoint it read
+    was replaced or deleted under it (`ReplacedWhileRead`, however the merge wrapped it), at
+    most `attempts` times in all: each such start is said through `warn`. A build that read a
+    replaced chunk wrote nothing (the merge discards its own temporary file on any error).
+
+    The writer is a refresh of the shared checkpoints: the automation holds a pair's build
+    while they are being observed or re-extracted, but not one already running when that
+    starts (nor does a person's). Started again, the build merges the pair's checkpoints with
+    the refreshed shared ones, a file of the pair's rows, complete; the automation then
+    rebuilds the pair's checkpoints and file at the refresh's cut (defs/assets.py:
+    AFTER_SHARED). Without this, the step would fail, and the instance's run retries would
+    start it again the same way after a failed run."""
+    attempt = 1
+    while True:
+        try:
+            return build()
+        except Exception as exc:
+            replaced = _replaced(exc)
+            if replaced is None or attempt >= attempts:
+                raise
+        attempt += 1
+        warn(
+            f"a checkpoint was replaced while the build read it ({replaced}): started again "
+            f"from the checkpoints as they are now (attempt {attempt} of {attempts})"
+        )
+
+
+def _replaced(exc: BaseException) -> ReplacedWhileRead | None:
+    """The `ReplacedWhileRead` behind an error, through its causes and contexts."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ReplacedWhileRead):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

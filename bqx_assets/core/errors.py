@@ -33,5 +33,10 @@ class StorageError(BqxError):
     """A file could not be written, verified or published under a storage root."""
 
 
+class ReplacedWhileRead(StorageError):
+    """A stored file changed or went after it was checked, while it was being read: a refresh
+    of the checkpoints it belongs to replaced it. What was read is of no one version."""
+
+
 class ValidationError(BqxError):
     """A training file failed a gate check."""

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from bqx_assets.core.build import build_training_file
+from bqx_assets.core.build import TrainingBuild, build_training_file, redone_if_replaced
 from bqx_assets.core.catalog import (
     FAMILY_ORDER,
     SHARED_PREFIXES,
@@ -15,7 +15,7 @@ from bqx_assets.core.catalog import (
     Catalog,
     TargetsTable,
 )
-from bqx_assets.core.checkpoints.recover import recover_pair_chunks
+from bqx_assets.core.checkpoints.recover import Recovery, recover_pair_chunks
 from bqx_assets.core.checkpoints.refresh import (
     ChunkedCheckpoint,
     RefreshProgress,
@@ -89,7 +89,8 @@ would read as of the old cut, and run again after the shared refresh. The traini
 alike: requested with the shared checkpoints, it would merge them with the pair's checkpoints
 not yet refreshed. A pair whose observation ends before the shared tables' observation starts
 is not held (nothing says yet that they changed): it is rebuilt as of the old cut, a consistent
-file, and again after the shared refresh."""
+file, and again after the shared refresh. If that refresh replaces shared chunks while the pair
+merges, the merge starts again from them (core/build.py: redone_if_replaced)."""
 
 
 def _family_facts(catalog: Catalog, family: str) -> tuple[int, int, str]:
@@ -406,35 +407,38 @@ def training_file(
     with LocalBytes(_step_folders(settings, checkpoints, training_io_manager.cache_dir)) as local:
         # Chunks gone or unverifiable since the checkpoint steps (a lifecycle rule, a person)
         # are extracted again first; the warehouse is opened only then.
-        recovered = recover_pair_chunks(
-            warehouse.open,
-            checkpoints.storage(),
-            settings.catalog(),
-            pair,
-            settings.training_window(),
-            threads=settings.extract_threads,
-            workdir=settings.work_path("extract"),
-            mode=settings.mode(),
-            staging_uri=settings.export_staging_uri,
-        )
-        if recovered is not None and recovered.missing:
-            usage.add_bytes_read(recovered.bytes_read)
-            usage.add_query_bytes_billed(recovered.query_bytes_billed)
-            context.log.warning(
-                f"{len(recovered.missing)} table(s) of {pair} extracted again before the merge "
-                f"({recovered.chunks_extracted} chunks): "
-                + "; ".join(f"{k}: {v}" for k, v in list(recovered.missing.items())[:3])
+        def build() -> tuple[Recovery | None, TrainingBuild]:
+            recovered = recover_pair_chunks(
+                warehouse.open,
+                checkpoints.storage(),
+                settings.catalog(),
+                pair,
+                settings.training_window(),
+                threads=settings.extract_threads,
+                workdir=settings.work_path("extract"),
+                mode=settings.mode(),
+                staging_uri=settings.export_staging_uri,
             )
-        built = build_training_file(
-            checkpoints.storage(),
-            training_io_manager.storage(),
-            settings.catalog(),
-            pair,
-            settings.training_window(),
-            settings.thresholds(),
-            recovered=recovered,
-            progress=context.log.info,
-        )
+            if recovered is not None and recovered.missing:
+                usage.add_bytes_read(recovered.bytes_read)
+                usage.add_query_bytes_billed(recovered.query_bytes_billed)
+                context.log.warning(
+                    f"{len(recovered.missing)} table(s) of {pair} extracted again before the "
+                    f"merge ({recovered.chunks_extracted} chunks): "
+                    + "; ".join(f"{k}: {v}" for k, v in list(recovered.missing.items())[:3])
+                )
+            return recovered, build_training_file(
+                checkpoints.storage(),
+                training_io_manager.storage(),
+                settings.catalog(),
+                pair,
+                settings.training_window(),
+                settings.thresholds(),
+                recovered=recovered,
+                progress=context.log.info,
+            )
+
+        recovered, built = redone_if_replaced(build, context.log.warning)
     if built.cleared:
         context.log.warning(
             f"deleted {len(built.cleared)} temporary file(s) a killed writer of {pair}'s "

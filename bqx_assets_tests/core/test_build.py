@@ -4,6 +4,8 @@ training files it writes byte for byte as main wrote them before the core moved 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,11 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bqx_assets.core.build import TrainingBuild, build_training_file
+from bqx_assets.core.build import TrainingBuild, build_training_file, redone_if_replaced
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.checkpoints.refresh import refresh_tables
 from bqx_assets.core.checkpoints.window import ALL_TIME, TrainingWindow
-from bqx_assets.core.errors import MergeError
+from bqx_assets.core.errors import BqxError, MergeError, ReplacedWhileRead
 from bqx_assets.core.gate.profile import load_profile, profile_key
 from bqx_assets.core.gate.thresholds import Thresholds
 from bqx_assets.core.layout import training_file_key
@@ -197,6 +199,102 @@ def test_a_dead_writer_s_temporaries_are_cleared_first(
     assert built.cleared == (dead.name,)
     assert not dead.exists() and other.exists()  # another pair's may be running
     output.discard(built.merge.staged)
+
+
+# -- a shared refresh while a pair merges -------------------------------------------------------
+@pytest.mark.parametrize("root", ["local", pytest.param("gcs", marks=pytest.mark.emulator)])
+def test_a_build_meeting_a_shared_refresh_starts_again_from_the_refreshed_checkpoints(
+    warehouses: Warehouses,
+    mini: tuple[Catalog, Path],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    root: str,
+) -> None:
+    """The shared checkpoints (the same for every pair) refreshed after an upstream append,
+    while a pair merges, replace chunks the merge has opened: the build fails on the first
+    read of one (nothing written), and `redone_if_replaced` starts it again from the
+    checkpoints as they are then, once; the file is the one a build started afterwards
+    writes."""
+    catalog, _ = mini
+    path = warehouses.copy(tmp_path / "w.duckdb", catalog, pairs=MINI_PAIRS, rows=600)
+    if root == "gcs":
+        ckpt: Storage = GCSStorage(request.getfixturevalue("gcs_bucket"), "ckpt")
+    else:
+        ckpt = LocalStorage(tmp_path / "ckpt", durable=False)
+    shared = [t for t in catalog.tables_for(PAIR) if t.scope == "shared"]
+    with closing(EmbeddedWarehouse(path, read_only=False)) as wh:
+        refresh_tables(wh, sources(catalog, PAIR), ckpt, window=ALL_TIME, threads=2)
+        for table in shared:
+            wh.append_minutes(table.dataset, table.name, 60)
+    output = LocalStorage(tmp_path / "out")
+    starts: list[str] = []
+
+    def refresh_shared_once(line: str) -> None:
+        if line.startswith("inputs checked") and len(starts) == 1:
+            starts.append("refreshed")
+            with closing(EmbeddedWarehouse(path)) as source:
+                refresh_tables(source, shared, ckpt, window=ALL_TIME, threads=2)
+
+    def attempt() -> TrainingBuild:
+        starts.append("started")
+        return build(ckpt, output, catalog, progress=refresh_shared_once)
+
+    # Not started again: the merge's error, from the chunk replaced under it.
+    with pytest.raises(BqxError) as caught:
+        redone_if_replaced(attempt, starts.append, attempts=1)
+    assert starts == ["started", "refreshed"]
+    chain = [caught.value]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)  # type: ignore[arg-type]
+    replaced = [e for e in chain if isinstance(e, ReplacedWhileRead)]
+    assert replaced and any(t.name in str(replaced[0]) for t in shared), chain
+    assert hidden(tmp_path / "out") == [] and list(output.list()) == []
+
+    # Started again: the chunks are the refreshed ones; the file is what a later build writes.
+    starts.clear()
+    with closing(EmbeddedWarehouse(path, read_only=False)) as wh:
+        for table in shared:  # the refresh above made them current: the next one rewrites
+            wh.append_minutes(table.dataset, table.name, 60)
+    warnings: list[str] = []
+    built = redone_if_replaced(attempt, warnings.append)
+    assert starts == ["started", "refreshed", "started"]
+    assert len(warnings) == 1 and "started again" in warnings[0], warnings
+    assert "(attempt 2 of 3)" in warnings[0]
+    assert built.report.passed, built.report.failed
+    redone = Path(built.merge.staged.info.uri).read_bytes()
+    output.discard(built.merge.staged)
+    later = build(ckpt, output, catalog)
+    assert Path(later.merge.staged.info.uri).read_bytes() == redone
+    output.discard(later.merge.staged)
+    assert hidden(tmp_path / "out") == []
+
+
+def test_only_a_replaced_checkpoint_starts_a_build_again() -> None:
+    """Any other error is raised at once; a replaced checkpoint met at every start fails the
+    last one, with its own error."""
+    calls: list[int] = []
+
+    def failing(error: Exception) -> Callable[[], None]:
+        def attempt() -> None:
+            calls.append(1)
+            raise error
+
+        return attempt
+
+    warnings: list[str] = []
+    with pytest.raises(MergeError, match="not a readable parquet file"):
+        redone_if_replaced(failing(MergeError("not a readable parquet file")), warnings.append)
+    assert (len(calls), warnings) == (1, [])
+    calls.clear()
+    try:
+        raise ReplacedWhileRead("gs://b/ckpt/x.parquet generation 1 was replaced")
+    except ReplacedWhileRead as inner:
+        wrapped = MergeError("table x: gs://b/ckpt/x.parquet generation 1 was replaced")
+        wrapped.__cause__ = inner
+    with pytest.raises(MergeError, match="table x"):
+        redone_if_replaced(failing(wrapped), warnings.append, attempts=3)
+    assert len(calls) == 3 and len(warnings) == 2
+    assert all("gs://b/ckpt/x.parquet generation 1 was replaced" in w for w in warnings)
 
 
 # -- byte identity with main before the move ---------------------------------------------------

@@ -400,7 +400,7 @@ def run_facts(
                 elif kind in (kinds.STEP_SUCCESS, kinds.STEP_FAILURE):
                     steps[event.step_key] = (steps[event.step_key][0], entry.timestamp)
                     if kind == kinds.STEP_FAILURE:
-                        failures.append(f"{event.step_key}: {event.message}")
+                        failures.append(f"{event.step_key}: {event.message}{_cause(event)}")
                 elif kind in (kinds.RUN_FAILURE, kinds.ENGINE_EVENT) and event.message:
                     if kind == kinds.RUN_FAILURE or "memory" in event.message.lower():
                         failures.append(event.message)
@@ -429,6 +429,14 @@ def run_facts(
                 )
             )  # fmt: skip
     return sorted(out, key=lambda r: r.start)
+
+
+def _cause(event: Any) -> str:
+    """A step failure's innermost error (the user code's, under Dagster's wrappers)."""
+    error = getattr(event.event_specific_data, "error", None)
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return f" ({error.message.strip()})" if error is not None else ""
 
 
 def pool_intervals(runs: list[RunFacts]) -> list[tuple[float, float]]:

@@ -18,7 +18,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage import exceptions as media_exceptions
 
-from bqx_assets.core.errors import StorageError
+from bqx_assets.core.errors import ReplacedWhileRead, StorageError
 from bqx_assets.core.metrics import Stopwatch
 from bqx_assets.core.storage.base import ObjectInfo, StagedFile, Storage
 from bqx_assets.core.storage.checksum import bytes_crc32c, file_crc32c
@@ -425,10 +425,11 @@ class GCSStorage(Storage):
     def open_file(self, key: str, *, size: int, crc32c: str) -> GCSFile:
         name = self._name(key)
         blob = self._get_blob(name)
+        # Checked against its manifest before: gone or different now, a refresh replaced it.
         if blob is None:
-            raise StorageError(f"{self._gs(name)} does not exist")
+            raise ReplacedWhileRead(f"{self._gs(name)} does not exist")
         if int(blob.size or 0) != size or blob.crc32c != crc32c:
-            raise StorageError(
+            raise ReplacedWhileRead(
                 f"{self._gs(name)} has {blob.size} bytes, crc32c {blob.crc32c}; expected {size} "
                 f"bytes, crc32c {crc32c}: it changed since it was checked"
             )

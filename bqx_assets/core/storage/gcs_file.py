@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from google.api_core import exceptions as api_exceptions
 from google.cloud.storage import exceptions as media_exceptions
 
-from bqx_assets.core.errors import StorageError
+from bqx_assets.core.errors import ReplacedWhileRead, StorageError
 from bqx_assets.core.storage.base import StoredFile
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class GCSFile(StoredFile):
                 raw_download=True,
             )
         except (api_exceptions.NotFound, api_exceptions.PreconditionFailed) as exc:
-            raise StorageError(
+            raise ReplacedWhileRead(
                 f"{self.uri} generation {self.generation} was replaced or deleted while being "
                 f"read ({type(exc).__name__})"
             ) from exc

@@ -320,7 +320,14 @@ class LocalStorage(Storage):
 
     # -- read in place, written by a sink --------------------------------------------------------
     def open_file(self, key: str, *, size: int, crc32c: str) -> LocalFile:
-        return LocalFile(self._where(key), size)
+        # Pinned to the file there now (checked against its manifest by the caller). One gone
+        # already is left to fail when read, as a file of a listing may.
+        path = self._where(key)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return LocalFile(path, size)
+        return LocalFile(path, size, pinned=(st.st_dev, st.st_ino))
 
     def find_file(self, key: str) -> LocalFile | None:
         path = self._where(key)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import google_crc32c
 import numpy as np
 
-from bqx_assets.core.errors import StorageError
+from bqx_assets.core.errors import ReplacedWhileRead, StorageError
 from bqx_assets.core.storage.base import ObjectInfo, StagedFile, StoredFile
 from bqx_assets.core.storage.checksum import crc32c_concat
 from bqx_assets.core.storage.sink import CopyMismatch, Sink
@@ -34,13 +34,23 @@ _UNREAD = ""
 class LocalFile(StoredFile):
     """A file of a local root read in place. `vouched`: its root holds a checksum recorded
     when it was written, still bound to its size and mtime (`LocalStorage.vouches`), so its
-    bytes may be copied without being read again to check them."""
+    bytes may be copied without being read again to check them. `pinned`: the (device, inode)
+    of the version that was checked; a read that finds another file there (a refresh renamed
+    a new version onto the key) or none fails instead of mixing two versions."""
 
-    def __init__(self, path: Path | str, size: int | None = None, *, vouched: bool = False):
+    def __init__(
+        self,
+        path: Path | str,
+        size: int | None = None,
+        *,
+        vouched: bool = False,
+        pinned: tuple[int, int] | None = None,
+    ):
         self.path = Path(path)
         self.uri = str(self.path)
         self._size = size
         self.vouched = vouched
+        self.pinned = pinned
 
     @property
     def size(self) -> int:  # type: ignore[override]
@@ -54,8 +64,11 @@ class LocalFile(StoredFile):
     def read_range(self, start: int, stop: int) -> bytes:
         try:
             with open(self.path, "rb") as f:
+                self._same(os.fstat(f.fileno()))
                 f.seek(start)
                 data = f.read(stop - start)
+        except FileNotFoundError as exc:
+            raise self._gone(exc) from exc
         except OSError as exc:
             raise StorageError(f"cannot read {self.uri}: {exc}") from exc
         if len(data) != stop - start:
@@ -67,7 +80,29 @@ class LocalFile(StoredFile):
 
         # An open file, not a path: pyarrow would resolve a filesystem for each of ~4,000
         # chunk files (~0.1 ms each). The file closes with its reader.
-        return pa.OSFile(str(self.path))
+        try:
+            opened = pa.OSFile(str(self.path))
+        except FileNotFoundError as exc:
+            if self.pinned is None:
+                raise  # the reader's caller names the file that is not there
+            raise self._gone(exc) from exc
+        if self.pinned is not None:
+            # The path looked at once opened: the same file, or the one opened may be another.
+            try:
+                self._same(os.stat(self.path))
+            except BaseException:
+                opened.close()
+                raise
+        return opened
+
+    def _same(self, st: os.stat_result) -> None:
+        if self.pinned is not None and (st.st_dev, st.st_ino) != self.pinned:
+            raise ReplacedWhileRead(f"{self.uri} was replaced while being read")
+
+    def _gone(self, exc: OSError) -> StorageError:
+        if self.pinned is None:
+            return StorageError(f"cannot read {self.uri}: {exc}")
+        return ReplacedWhileRead(f"{self.uri} does not exist: deleted while being read")
 
 
 class LocalSink(Sink):

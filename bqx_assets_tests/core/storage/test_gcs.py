@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
-from bqx_assets.core.errors import StorageError
+from bqx_assets.core.errors import ReplacedWhileRead, StorageError
 from bqx_assets.core.storage import ObjectInfo, bytes_crc32c, file_crc32c, open_storage
 from bqx_assets.core.storage.gcs import GCSStorage, UploadedObject, split_gs_uri, storage_client
 from bqx_assets.core.storage.gcs_file import GCSFile, RangeReader
@@ -472,11 +472,11 @@ def test_a_file_is_pinned_to_the_version_that_was_checked(gcs_bucket: str, tmp_p
 
     storage.write_bytes("t.parquet", b"the second version")
     # Checked against its manifest when opened: a changed object is refused before any read.
-    with pytest.raises(StorageError, match="changed since it was checked"):
+    with pytest.raises(ReplacedWhileRead, match="changed since it was checked"):
         storage.open_file("t.parquet", size=first.size, crc32c=first.crc32c)
     # Opened before the change: a read fails instead of mixing two versions.
-    with pytest.raises(StorageError, match=r"t\.parquet generation \d+ was replaced or deleted"):
+    with pytest.raises(ReplacedWhileRead, match=r"t\.parquet generation \d+ was replaced or del"):
         opened.read_range(4, 9)
     storage.delete("t.parquet")
-    with pytest.raises(StorageError, match="does not exist"):
+    with pytest.raises(ReplacedWhileRead, match="does not exist"):
         storage.open_file("t.parquet", size=first.size, crc32c=first.crc32c)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bqx_assets.core.errors import StorageError
+from bqx_assets.core.errors import ReplacedWhileRead, StorageError
 from bqx_assets.core.storage import LocalFile, LocalStorage, bytes_crc32c, open_storage
 from bqx_assets.core.storage.local import PUT_ATTEMPTS
 from bqx_assets_tests.builders import root_with_xattrs
@@ -371,10 +371,40 @@ def test_stored_files_are_read_in_place(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="escapes the storage root"):
         storage.find_file("../outside.parquet")
     storage.delete("t/t.parquet")
-    with pytest.raises(StorageError, match=r"cannot read .*t\.parquet"):
+    with pytest.raises(ReplacedWhileRead, match=r"t\.parquet does not exist: deleted while"):
         opened.read_range(0, 4)
     with pytest.raises(StorageError, match=r"cannot read .*t\.parquet"):
         _ = LocalFile(tmp_path / "root" / "t" / "t.parquet").size
+
+
+def test_an_opened_file_is_pinned_to_the_file_that_was_checked(tmp_path: Path) -> None:
+    """As an object of a GCS root is pinned to its generation: a file renamed onto the key
+    after it was opened (a refresh replacing a chunk) fails its reads instead of mixing two
+    versions, and so does one deleted."""
+    storage = LocalStorage(tmp_path / "root")
+    first = storage.write_bytes("t.parquet", b"the first version")
+    opened = storage.open_file("t.parquet", size=first.size, crc32c=first.crc32c)
+    assert opened.read_range(4, 9) == b"first"
+    with opened.reader() as f:
+        assert f.read(9) == b"the first"
+
+    storage.write_bytes("t.parquet", b"the second version")
+    with pytest.raises(ReplacedWhileRead, match=r"t\.parquet was replaced while being read"):
+        opened.read_range(4, 9)
+    with pytest.raises(ReplacedWhileRead, match=r"t\.parquet was replaced while being read"):
+        opened.reader()
+    # Opened again (after its manifest was checked again): the new version reads.
+    second = storage.stat("t.parquet")
+    assert second is not None
+    again = storage.open_file("t.parquet", size=second.size, crc32c=second.crc32c)
+    assert again.read_range(4, 10) == b"second"
+    storage.delete("t.parquet")
+    with pytest.raises(ReplacedWhileRead, match="does not exist: deleted while being read"):
+        again.reader()
+    # A file found by listing is not pinned: gone, it is an ordinary error.
+    with pytest.raises(StorageError, match=r"cannot read .*t\.parquet") as caught:
+        LocalFile(tmp_path / "root" / "t.parquet").read_range(0, 4)
+    assert not isinstance(caught.value, ReplacedWhileRead)
 
 
 def test_a_found_file_is_vouched_for_while_its_checksum_record_holds(tmp_path: Path) -> None:
