@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import shutil
 import subprocess
@@ -356,6 +357,8 @@ class RunFacts:
     """step key -> the metadata of each of its materializations."""
     log_files: dict[str, list[str]]
     """file_key -> the step keys whose stdout/stderr it holds (LOGS_CAPTURED events)."""
+    warnings: list[str] = field(default_factory=list)
+    """The messages the run's steps logged as warnings."""
     tags: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -390,9 +393,12 @@ def run_facts(
             metadata: dict[str, list[dict[str, Any]]] = {}
             logs: dict[str, list[str]] = {}
             published = False
+            warnings: list[str] = []
             for entry in instance.all_logs(run.run_id):
                 event = entry.dagster_event
                 if event is None:
+                    if entry.level == logging.WARNING:
+                        warnings.append(entry.user_message)
                     continue
                 kind = event.event_type
                 if kind == kinds.STEP_START:
@@ -425,7 +431,7 @@ def run_facts(
                     start=record.start_time or 0.0, end=record.end_time or 0.0,
                     parent=run.parent_run_id, steps=steps, failures=failures, checks=checks,
                     published=published, step_metadata=metadata, log_files=logs,
-                    tags=dict(run.tags),
+                    warnings=warnings, tags=dict(run.tags),
                 )
             )  # fmt: skip
     return sorted(out, key=lambda r: r.start)
