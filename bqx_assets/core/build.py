@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -23,10 +24,12 @@ from bqx_assets.core.storage import Storage
 
 T = TypeVar("T")
 
-BUILD_ATTEMPTS = 3
-"""How many times a pair's build starts, its checkpoints looked up again each time, when a
-checkpoint it reads is replaced under it: a refresh of the shared checkpoints (the same for
-every pair) may run while a pair merges. A third meeting fails the step."""
+RESTART_WAITS_S = (30.0, 90.0)
+"""The seconds a pair's build waits before it starts again, its checkpoints looked up again,
+each time a checkpoint it reads is replaced under it (a refresh of the shared checkpoints, the
+same for every pair, may run while a pair merges): 3 starts in all; a third meeting fails the
+step. Long enough for that refresh to end: a day's refresh of the 411 shared tables took 14 s on
+the embedded warehouse at 44,437 rows (bench/README.md); through BigQuery it is not measured."""
 
 
 @dataclass(frozen=True)
@@ -110,12 +113,13 @@ def redone_if_replaced(
     build: Callable[[], T],
     warn: Callable[[str], None],
     *,
-    attempts: int = BUILD_ATTEMPTS,
+    waits_s: Sequence[float] = RESTART_WAITS_S,
 ) -> T:
-    """`build()`, started again from the checkpoints as they are now when a checkpoint it read
-    was replaced or deleted under it (`ReplacedWhileRead`, however the merge wrapped it), at
-    most `attempts` times in all: each such start is said through `warn`. A build that read a
-    replaced chunk wrote nothing (the merge discards its own temporary file on any error).
+    """`build()`, started again from the checkpoints as they are then when a checkpoint it read
+    was replaced or deleted under it (`ReplacedWhileRead`, however the merge wrapped it), after
+    each of `waits_s` in turn; once they are spent, the error is raised. Each restart is said
+    through `warn`. A build that read a replaced chunk wrote nothing (the merge discards its
+    own temporary file on any error).
 
     The writer is a refresh of the shared checkpoints: the automation holds a pair's build
     while they are being observed or re-extracted, but not one already running when that
@@ -124,19 +128,21 @@ def redone_if_replaced(
     rebuilds the pair's checkpoints and file at the refresh's cut (defs/assets.py:
     AFTER_SHARED). Without this, the step would fail, and the instance's run retries would
     start it again the same way after a failed run."""
-    attempt = 1
-    while True:
+    attempts = len(waits_s) + 1
+    for attempt, wait in enumerate([*waits_s, None], start=1):
         try:
             return build()
         except Exception as exc:
             replaced = _replaced(exc)
-            if replaced is None or attempt >= attempts:
+            if replaced is None or wait is None:
                 raise
-        attempt += 1
         warn(
-            f"a checkpoint was replaced while the build read it ({replaced}): started again "
-            f"from the checkpoints as they are now (attempt {attempt} of {attempts})"
+            f"a checkpoint was replaced while the build read it ({replaced}): starting again "
+            f"in {wait:g} s from the checkpoints as they are then (attempt {attempt + 1} of "
+            f"{attempts})"
         )
+        time.sleep(wait)
+    raise AssertionError("the last attempt returns or raises")
 
 
 def _replaced(exc: BaseException) -> ReplacedWhileRead | None:

@@ -14,7 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bqx_assets.core.build import TrainingBuild, build_training_file, redone_if_replaced
+from bqx_assets.core.build import (
+    RESTART_WAITS_S,
+    TrainingBuild,
+    build_training_file,
+    redone_if_replaced,
+)
 from bqx_assets.core.catalog import Catalog
 from bqx_assets.core.checkpoints.refresh import refresh_tables
 from bqx_assets.core.checkpoints.window import ALL_TIME, TrainingWindow
@@ -241,7 +246,7 @@ def test_a_build_meeting_a_shared_refresh_starts_again_from_the_refreshed_checkp
 
     # Not started again: the merge's error, from the chunk replaced under it.
     with pytest.raises(BqxError) as caught:
-        redone_if_replaced(attempt, starts.append, attempts=1)
+        redone_if_replaced(attempt, starts.append, waits_s=())
     assert starts == ["started", "refreshed"]
     chain = [caught.value]
     while chain[-1].__cause__ is not None:
@@ -256,9 +261,9 @@ def test_a_build_meeting_a_shared_refresh_starts_again_from_the_refreshed_checkp
         for table in shared:  # the refresh above made them current: the next one rewrites
             wh.append_minutes(table.dataset, table.name, 60)
     warnings: list[str] = []
-    built = redone_if_replaced(attempt, warnings.append)
+    built = redone_if_replaced(attempt, warnings.append, waits_s=(0, 0))
     assert starts == ["started", "refreshed", "started"]
-    assert len(warnings) == 1 and "started again" in warnings[0], warnings
+    assert len(warnings) == 1 and "starting again in 0 s" in warnings[0], warnings
     assert "(attempt 2 of 3)" in warnings[0]
     assert built.report.passed, built.report.failed
     redone = Path(built.merge.staged.info.uri).read_bytes()
@@ -269,9 +274,11 @@ def test_a_build_meeting_a_shared_refresh_starts_again_from_the_refreshed_checkp
     assert hidden(tmp_path / "out") == []
 
 
-def test_only_a_replaced_checkpoint_starts_a_build_again() -> None:
+def test_only_a_replaced_checkpoint_starts_a_build_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any other error is raised at once; a replaced checkpoint met at every start fails the
-    last one, with its own error."""
+    last one, with its own error, after the waits of RESTART_WAITS_S."""
+    slept: list[float] = []
+    monkeypatch.setattr("bqx_assets.core.build.time.sleep", slept.append)
     calls: list[int] = []
 
     def failing(error: Exception) -> Callable[[], None]:
@@ -292,8 +299,9 @@ def test_only_a_replaced_checkpoint_starts_a_build_again() -> None:
         wrapped = MergeError("table x: gs://b/ckpt/x.parquet generation 1 was replaced")
         wrapped.__cause__ = inner
     with pytest.raises(MergeError, match="table x"):
-        redone_if_replaced(failing(wrapped), warnings.append, attempts=3)
-    assert len(calls) == 3 and len(warnings) == 2
+        redone_if_replaced(failing(wrapped), warnings.append)
+    assert len(calls) == 3 and len(warnings) == 2 and slept == list(RESTART_WAITS_S) == [30, 90]
+    assert "starting again in 30 s" in warnings[0] and "(attempt 3 of 3)" in warnings[1]
     assert all("gs://b/ckpt/x.parquet generation 1 was replaced" in w for w in warnings)
 
 
