@@ -87,9 +87,12 @@ class LocalFile(StoredFile):
                 raise  # the reader's caller names the file that is not there
             raise self._gone(exc) from exc
         if self.pinned is not None:
-            # The path looked at once opened: the same file, or the one opened may be another.
+            # Looked at after opening: the path still the pinned file, the one opened is it.
             try:
                 self._same(os.stat(self.path))
+            except FileNotFoundError as exc:
+                opened.close()
+                raise self._gone(exc) from exc
             except BaseException:
                 opened.close()
                 raise
