@@ -129,20 +129,20 @@ def redone_if_replaced(
     AFTER_SHARED). Without this, the step would fail, and the instance's run retries would
     start it again the same way after a failed run."""
     attempts = len(waits_s) + 1
-    for attempt, wait in enumerate([*waits_s, None], start=1):
+    for attempt, wait in enumerate(waits_s, start=2):
         try:
             return build()
         except Exception as exc:
             replaced = _replaced(exc)
-            if replaced is None or wait is None:
+            if replaced is None:
                 raise
         warn(
             f"a checkpoint was replaced while the build read it ({replaced}): starting again "
-            f"in {wait:g} s from the checkpoints as they are then (attempt {attempt + 1} of "
+            f"in {wait:g} s from the checkpoints as they are then (attempt {attempt} of "
             f"{attempts})"
         )
         time.sleep(wait)
-    raise AssertionError("the last attempt returns or raises")
+    return build()
 
 
 def _replaced(exc: BaseException) -> ReplacedWhileRead | None:

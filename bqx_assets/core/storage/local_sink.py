@@ -68,7 +68,9 @@ class LocalFile(StoredFile):
                 f.seek(start)
                 data = f.read(stop - start)
         except FileNotFoundError as exc:
-            raise self._gone(exc) from exc
+            if self.pinned is None:
+                raise StorageError(f"cannot read {self.uri}: {exc}") from exc
+            raise self._gone() from exc
         except OSError as exc:
             raise StorageError(f"cannot read {self.uri}: {exc}") from exc
         if len(data) != stop - start:
@@ -85,26 +87,25 @@ class LocalFile(StoredFile):
         except FileNotFoundError as exc:
             if self.pinned is None:
                 raise  # the reader's caller names the file that is not there
-            raise self._gone(exc) from exc
-        if self.pinned is not None:
-            # Looked at after opening: the path still the pinned file, the one opened is it.
-            try:
-                self._same(os.stat(self.path))
-            except FileNotFoundError as exc:
-                opened.close()
-                raise self._gone(exc) from exc
-            except BaseException:
-                opened.close()
-                raise
+            raise self._gone() from exc
+        if self.pinned is None:
+            return opened
+        # Looked at after opening: the path still the pinned file, the one opened is it.
+        try:
+            self._same(os.stat(self.path))
+        except FileNotFoundError as exc:
+            opened.close()
+            raise self._gone() from exc
+        except BaseException:
+            opened.close()
+            raise
         return opened
 
     def _same(self, st: os.stat_result) -> None:
         if self.pinned is not None and (st.st_dev, st.st_ino) != self.pinned:
             raise ReplacedWhileRead(f"{self.uri} was replaced while being read")
 
-    def _gone(self, exc: OSError) -> StorageError:
-        if self.pinned is None:
-            return StorageError(f"cannot read {self.uri}: {exc}")
+    def _gone(self) -> ReplacedWhileRead:
         return ReplacedWhileRead(f"{self.uri} does not exist: deleted while being read")
 
 
